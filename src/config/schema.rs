@@ -1,0 +1,345 @@
+//! The TOML schema: every key an operator can write, with defaults that work.
+//!
+//! Structs here are plain data (`serde` + `#[serde(default)]`); meaning is
+//! checked in `validate.rs`. Values that validation must point back at are
+//! kept as `toml::Spanned` so errors can name line and column.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SIP listeners and limits.
+    #[serde(default)]
+    pub sip: SipConfig,
+    /// The PBX: where inbound calls go, and whose requests are outbound calls.
+    pub pbx: PbxConfig,
+    /// Carrier trunks: where outbound calls go, and whose requests are inbound.
+    #[serde(default, rename = "trunk")]
+    pub trunks: Vec<TrunkConfig>,
+    /// How numbers are normalised and what withheld callers get.
+    #[serde(default)]
+    pub screening: ScreeningConfig,
+    /// The admin HTTP listener (metrics, health, later the API).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// CRM integration settings for numbers without a `[[line]]`.
+    #[serde(default)]
+    pub defaults: LineDefaults,
+    /// Per-number CRM integration settings.
+    #[serde(default, rename = "line")]
+    pub lines: Vec<LineConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Transport protocol of a SIP hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Largest message accepted on any transport, in bytes (headers + body).
+    pub max_message_bytes: usize,
+    /// Host written into our Via and Record-Route; default: the listener's IP.
+    pub advertise: Option<String>,
+    /// Most TCP connections at once (accepted + opened by us).
+    pub max_tcp_connections: usize,
+    /// A TCP connection silent for this long is closed, in seconds.
+    pub tcp_idle_timeout_secs: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: vec!["127.0.0.1:5060".parse().expect("literal address")],
+            tcp: vec!["127.0.0.1:5060".parse().expect("literal address")],
+            max_message_bytes: 65536,
+            advertise: None,
+            max_tcp_connections: 4096,
+            tcp_idle_timeout_secs: 600,
+        }
+    }
+}
+
+/// `[pbx]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxConfig {
+    /// Address inbound calls are forwarded to.
+    pub target: SocketAddr,
+    /// Transport towards the PBX.
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// Source networks whose requests are outbound calls.
+    #[serde(default)]
+    pub sources: Vec<IpNet>,
+}
+
+/// `[[trunk]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Name lines refer to with `trunk = "..."`.
+    pub name: Spanned<String>,
+    /// Address outbound calls on this trunk are forwarded to.
+    pub target: SocketAddr,
+    /// Transport towards the trunk.
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// Source networks whose requests are inbound calls from this trunk.
+    #[serde(default)]
+    pub sources: Vec<IpNet>,
+    /// Whether this carrier's P-Asserted-Identity names the caller.
+    #[serde(default)]
+    pub trust_pai: bool,
+}
+
+/// Verdict given to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The call may create CRM records.
+    #[default]
+    Log,
+    /// The call stays out of the CRM (listed number).
+    Exception,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Log => "log",
+            Verdict::Exception => "exception",
+        }
+    }
+}
+
+/// `[screening]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScreeningConfig {
+    /// ISO 3166 region for national-format numbers (`030…` -> `+4930…`).
+    pub default_region: Spanned<String>,
+    /// Verdict for withheld / anonymous / non-numeric callers.
+    pub anonymous: Verdict,
+    /// Optional seed list: `VALUE; comment` per line.
+    pub exceptions_file: Option<Spanned<PathBuf>>,
+    /// Country codes that mark a bare digit string (no `+`, no `00`) as
+    /// international, e.g. `["49"]` reads `4930901820` as `+4930901820`.
+    pub bare_country_codes: Vec<String>,
+}
+
+impl Default for ScreeningConfig {
+    fn default() -> Self {
+        ScreeningConfig {
+            default_region: Spanned::new(0..0, "DE".to_string()),
+            anonymous: Verdict::Log,
+            exceptions_file: None,
+            bare_country_codes: Vec::new(),
+        }
+    }
+}
+
+/// Role of an admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    View,
+    Edit,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address of the admin HTTP server; none disables it.
+    pub listen: Option<SocketAddr>,
+    /// API tokens (hashes only).
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some("127.0.0.1:8080".parse().expect("literal address")),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[[admin.tokens]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name recorded as the actor of changes.
+    pub name: String,
+    /// What the token may do.
+    pub role: Role,
+    /// Hex SHA-256 of the token (the token itself is never stored).
+    pub sha256: Option<Spanned<String>>,
+    /// Or: environment variable holding the token.
+    pub env: Option<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory for the embedded store (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// What an unknown caller creates in the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CreateMode {
+    /// Create the record automatically.
+    #[default]
+    Auto,
+    /// Offer it to the agent in the call window.
+    Offer,
+    /// Create nothing.
+    Off,
+}
+
+/// For which calls records are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CreateFor {
+    Incoming,
+    Outgoing,
+    #[default]
+    All,
+}
+
+/// Classic CRM creates a lead, simple CRM a contact plus a deal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CrmMode {
+    #[default]
+    Classic,
+    Simple,
+}
+
+/// `[defaults]`: CRM integration for numbers without a `[[line]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LineDefaults {
+    pub create: CreateMode,
+    pub create_for: CreateFor,
+    pub crm_mode: CrmMode,
+    /// CRM source id written as `X-CRM-Source`.
+    pub source: String,
+    /// Deal pipeline (simple CRM).
+    pub pipeline: Option<String>,
+    /// Queue; its first member is the default responsible person.
+    pub queue: Vec<String>,
+    pub forward_to_responsible: bool,
+    pub change_responsible_on_transfer: bool,
+    /// Trunk for outbound calls (default: the first `[[trunk]]`).
+    pub trunk: Option<Spanned<String>>,
+    /// Region for national-format numbers on this line.
+    pub region: Option<Spanned<String>>,
+}
+
+impl Default for LineDefaults {
+    fn default() -> Self {
+        LineDefaults {
+            create: CreateMode::Auto,
+            create_for: CreateFor::All,
+            crm_mode: CrmMode::Classic,
+            source: "CALL".to_string(),
+            pipeline: None,
+            queue: Vec::new(),
+            forward_to_responsible: false,
+            change_responsible_on_transfer: false,
+            trunk: None,
+            region: None,
+        }
+    }
+}
+
+/// `[[line]]`: one rented number; unset keys fall back to `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    /// The line's number, any format the region understands.
+    pub number: Spanned<String>,
+    pub create: Option<CreateMode>,
+    pub create_for: Option<CreateFor>,
+    pub crm_mode: Option<CrmMode>,
+    pub source: Option<String>,
+    pub pipeline: Option<String>,
+    pub queue: Option<Vec<String>>,
+    pub forward_to_responsible: Option<bool>,
+    pub change_responsible_on_transfer: Option<bool>,
+    pub trunk: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json` (the `--log-json` flag overrides).
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (the environment variable overrides).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_string(),
+        }
+    }
+}

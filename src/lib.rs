@@ -1,0 +1,22 @@
+//! sipscreen: a SIP call-screening sidecar between a carrier trunk and a PBX.
+//!
+//! Map of the crate (one concept per module):
+//! - `sip`: scanner, edit list, TCP framing (no tokio; fuzzable alone).
+//! - `transport`: UDP and TCP listeners; bytes in, bytes out.
+//! - `proxy`: the stateless proxy core: classify source, route, Via /
+//!   Record-Route, local replies, tagging.
+//! - `screening`: E.164 normalisation, the exception set, line settings,
+//!   verdict and tags.
+//! - `config`: TOML schema, load and validate with file:line:column errors.
+//! - `runtime`: what a config builds (routing, screener) and its atomic
+//!   swap on reload.
+//! - `admin`: the HTTP listener for `/metrics`, `/healthz`, `/readyz`.
+//! - `metrics`: one registry, passed in.
+//! - `server`: wires it together (`run(config, shutdown)`).
+
+pub mod config;
+pub mod metrics;
+pub mod screening;
+pub mod shutdown;
+pub mod sip;
+pub mod transport;

@@ -1,0 +1,215 @@
+//! One `Metrics` struct with its own registry, passed to whoever counts.
+//!
+//! Label values are `&'static str` from closed sets (methods outside the
+//! known list count as `other`), so counting never allocates and the number
+//! of series stays bounded whatever peers send.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type L1 = [(&'static str, &'static str); 1];
+type L2 = [(&'static str, &'static str); 2];
+type L4 = [(&'static str, &'static str); 4];
+
+/// Every metric sipscreen exports (names are prefixed `sipscreen_`).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// SIP messages received, by transport, kind, method and side.
+    sip_messages: Family<L4, Counter>,
+    /// INVITEs screened, by direction and verdict.
+    calls_screened: Family<L2, Counter>,
+    /// Time from receiving an INVITE to handing it to the transport.
+    screening_seconds: Histogram,
+    /// Entries in the exception set, by type. Steady: the list size; a
+    /// jump to 0 after a reload means the source went empty.
+    exception_entries: Family<L1, Gauge>,
+    /// Config reloads by result (`ok` / `error`).
+    config_reloads: Family<L1, Counter>,
+    /// SIP messages refused or dropped, by reason.
+    sip_errors: Family<L1, Counter>,
+    /// Open TCP connections. Steady: the number of peers; a climb without
+    /// more peers means connections are not being closed.
+    tcp_connections: Gauge,
+    /// 1 while the last reload succeeded, 0 after a failed one.
+    config_last_reload_ok: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sipscreen");
+        let sip_messages = Family::<L4, Counter>::default();
+        registry.register(
+            "sip_messages",
+            "SIP messages received, by transport, kind (request/response), method and side (trunk/pbx/unknown)",
+            sip_messages.clone(),
+        );
+        let calls_screened = Family::<L2, Counter>::default();
+        registry.register(
+            "calls_screened",
+            "Dialog-creating INVITEs screened, by direction and verdict",
+            calls_screened.clone(),
+        );
+        let screening_seconds = Histogram::new(exponential_buckets(250e-9, 2.0, 16));
+        registry.register(
+            "screening_duration_seconds",
+            "Time from an INVITE's arrival to its forwarding (parse, classify, normalise, look up, tag, serialise)",
+            screening_seconds.clone(),
+        );
+        let exception_entries = Family::<L1, Gauge>::default();
+        registry.register(
+            "exception_entries",
+            "Entries in the in-memory exception set, by type (phone/email)",
+            exception_entries.clone(),
+        );
+        let config_reloads = Family::<L1, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok/error)",
+            config_reloads.clone(),
+        );
+        let sip_errors = Family::<L1, Counter>::default();
+        registry.register(
+            "sip_errors",
+            "SIP messages refused or dropped, by reason",
+            sip_errors.clone(),
+        );
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "tcp_connections",
+            "Open SIP TCP connections",
+            tcp_connections.clone(),
+        );
+        let config_last_reload_ok = Gauge::default();
+        config_last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_ok",
+            "1 if the last config reload succeeded (or none was tried), 0 if it failed",
+            config_last_reload_ok.clone(),
+        );
+        Metrics {
+            registry,
+            sip_messages,
+            calls_screened,
+            screening_seconds,
+            exception_entries,
+            config_reloads,
+            sip_errors,
+            tcp_connections,
+            config_last_reload_ok,
+        }
+    }
+
+    /// Counts one received SIP message.
+    pub fn message(
+        &self,
+        transport: &'static str,
+        kind: &'static str,
+        method: &'static str,
+        side: &'static str,
+    ) {
+        self.sip_messages
+            .get_or_create(&[
+                ("transport", transport),
+                ("kind", kind),
+                ("method", method),
+                ("side", side),
+            ])
+            .inc();
+    }
+
+    /// Counts one screened call.
+    pub fn screened(&self, direction: &'static str, verdict: &'static str) {
+        self.calls_screened
+            .get_or_create(&[("direction", direction), ("verdict", verdict)])
+            .inc();
+    }
+
+    /// Records how long one INVITE took, in seconds.
+    pub fn screening_time(&self, seconds: f64) {
+        self.screening_seconds.observe(seconds);
+    }
+
+    /// Sets the exception set's size.
+    pub fn set_exception_entries(&self, phones: usize, emails: usize) {
+        self.exception_entries
+            .get_or_create(&[("type", "phone")])
+            .set(phones as i64);
+        self.exception_entries
+            .get_or_create(&[("type", "email")])
+            .set(emails as i64);
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&[("result", if ok { "ok" } else { "error" })])
+            .inc();
+        self.config_last_reload_ok.set(i64::from(ok));
+    }
+
+    /// Counts a refused or dropped message.
+    pub fn sip_error(&self, reason: &'static str) {
+        self.sip_errors.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Reads back a SIP error counter (tests and logs).
+    pub fn sip_error_count(&self, reason: &'static str) -> u64 {
+        self.sip_errors
+            .get(&[("reason", reason)])
+            .map_or(0, |c| c.get())
+    }
+
+    /// The open TCP connection gauge (the transport moves it).
+    pub fn tcp_connections(&self) -> &Gauge {
+        &self.tcp_connections
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_with_prefix() {
+        let m = Metrics::new();
+        m.message("udp", "request", "INVITE", "trunk");
+        m.screened("inbound", "exception");
+        m.screening_time(1e-6);
+        m.set_exception_entries(3, 1);
+        m.reload(false);
+        m.sip_error("max_forwards");
+        let text = m.encode();
+        for name in [
+            "sipscreen_sip_messages_total{transport=\"udp\",kind=\"request\",method=\"INVITE\",side=\"trunk\"} 1",
+            "sipscreen_calls_screened_total{direction=\"inbound\",verdict=\"exception\"} 1",
+            "sipscreen_screening_duration_seconds_count 1",
+            "sipscreen_exception_entries{type=\"phone\"} 3",
+            "sipscreen_config_reloads_total{result=\"error\"} 1",
+            "sipscreen_sip_errors_total{reason=\"max_forwards\"} 1",
+            "sipscreen_config_last_reload_ok 0",
+            "sipscreen_tcp_connections 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert_eq!(m.sip_error_count("max_forwards"), 1);
+    }
+}

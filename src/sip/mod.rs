@@ -1,0 +1,6 @@
+//! SIP on the hot path: a lazy, zero-copy scanner over `bytes::Bytes`, an
+//! edit list over the received buffer (Kamailio's "lumps"), and TCP framing.
+//! Depends on `bytes` and `memchr` only: no tokio, config or metrics, so it
+//! can be fuzzed and benchmarked alone.
+
+pub mod framing;
