@@ -1,0 +1,643 @@
+//! The message scanner. `Message::scan` indexes one message in a single
+//! pass: the start line, every header line as byte ranges (folded lines
+//! joined), the body start. Nothing is copied: the message keeps the
+//! received `Bytes` and hands out slices. Values are parsed only when asked
+//! (`values.rs`).
+//!
+//! Scanning fails only when the bytes are not a SIP message at all (no
+//! reply possible). Everything a proxy must refuse but can still answer
+//! (missing headers, bad CSeq, bad Request-URI, ...) is found by
+//! `validate`, which says which status to answer with.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use memchr::memchr;
+use smallvec::SmallVec;
+
+use super::header::{HeaderName, classify, is_token};
+use super::values::{NameAddr, Uri, Via, is_lws, split_commas, trim};
+
+/// Request methods the proxy tells apart; the rest are `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Refer,
+    Update,
+    Prack,
+    Info,
+    Message,
+    Notify,
+    Subscribe,
+    Publish,
+    Other,
+}
+
+impl Method {
+    /// Classifies a method token (case-sensitive, RFC 3261 §7.1).
+    pub fn from_bytes(b: &[u8]) -> Method {
+        match b {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"REGISTER" => Method::Register,
+            b"OPTIONS" => Method::Options,
+            b"REFER" => Method::Refer,
+            b"UPDATE" => Method::Update,
+            b"PRACK" => Method::Prack,
+            b"INFO" => Method::Info,
+            b"MESSAGE" => Method::Message,
+            b"NOTIFY" => Method::Notify,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"PUBLISH" => Method::Publish,
+            _ => Method::Other,
+        }
+    }
+
+    /// Metric label (unknown methods collapse to `other`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Refer => "REFER",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Info => "INFO",
+            Method::Message => "MESSAGE",
+            Method::Notify => "NOTIFY",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Publish => "PUBLISH",
+            Method::Other => "other",
+        }
+    }
+}
+
+/// One header line. Offsets are absolute into the message buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the name says.
+    pub name: HeaderName,
+    /// Start of the line (the first byte of the name).
+    pub start: u32,
+    /// End of the name (before optional space and the colon).
+    pub name_end: u32,
+    /// The trimmed value (may span folded lines).
+    pub value: (u32, u32),
+    /// Just past the line's (last) line ending.
+    pub end: u32,
+}
+
+impl Header {
+    /// The whole line(s), ending included: what to delete to remove it.
+    pub fn line(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// The trimmed value.
+    pub fn value_range(&self) -> Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+/// Request or response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request {
+        method: Method,
+        /// The method token as written.
+        method_range: Range<usize>,
+        /// The Request-URI as written (may hold junk `validate` refuses).
+        uri: Range<usize>,
+        /// The SIP-Version as written (empty if missing).
+        version: Range<usize>,
+    },
+    Response {
+        code: u16,
+        version: Range<usize>,
+    },
+}
+
+/// The bytes are not a SIP message at all; nothing can be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("empty message")]
+    Empty,
+    #[error("start line is neither a request nor a status line")]
+    StartLine,
+    #[error("header line without a colon")]
+    HeaderLine,
+    #[error("too many header lines")]
+    TooManyHeaders,
+}
+
+impl ScanError {
+    /// Label for the `sip_errors` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScanError::Empty => "scan_empty",
+            ScanError::StartLine => "scan_start_line",
+            ScanError::HeaderLine => "scan_header_line",
+            ScanError::TooManyHeaders => "scan_too_many_headers",
+        }
+    }
+}
+
+/// A message the proxy must refuse: the status to answer (requests) and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid {
+    /// Status code for the reply (400, 416, 505, ...).
+    pub status: u16,
+    /// Short reason, also the metric label.
+    pub reason: &'static str,
+}
+
+const fn bad(reason: &'static str) -> Invalid {
+    Invalid {
+        status: 400,
+        reason,
+    }
+}
+
+/// Header lines a message may have (more is refused, not truncated).
+pub const MAX_HEADERS: usize = 256;
+
+/// Header names whose first occurrence is remembered for fast access.
+const TRACKED: usize = HeaderName::Other as usize;
+
+/// A scanned SIP message over its receive buffer.
+#[derive(Debug, Clone)]
+pub struct Message {
+    buf: Bytes,
+    start: StartLine,
+    headers: SmallVec<[Header; 24]>,
+    /// Index of the first header of each tracked name (u8::MAX: none).
+    first: [u8; TRACKED],
+    /// How many headers of each tracked name.
+    count: [u8; TRACKED],
+    /// Where new header lines go: the start of the blank line.
+    header_end: usize,
+    /// Whether a blank line ends the headers.
+    terminated: bool,
+    /// First byte after the blank line.
+    body_start: usize,
+}
+
+impl Message {
+    /// Indexes `buf` (one message, as framed by the transport).
+    pub fn scan(buf: Bytes) -> Result<Message, ScanError> {
+        let b = &buf[..];
+        // Leading CRLFs are keep-alive leftovers (RFC 3261 §7.5).
+        let mut pos = b
+            .iter()
+            .position(|&c| c != b'\r' && c != b'\n')
+            .ok_or(ScanError::Empty)?;
+        let (line, next) = next_line(b, pos);
+        let start = parse_start_line(b, line)?;
+        pos = next;
+        let mut headers: SmallVec<[Header; 24]> = SmallVec::new();
+        let mut header_end = b.len();
+        let mut body_start = b.len();
+        let mut terminated = false;
+        while pos < b.len() {
+            let (line, next) = next_line(b, pos);
+            if line.is_empty() {
+                header_end = pos;
+                body_start = next;
+                terminated = true;
+                break;
+            }
+            if matches!(b[pos], b' ' | b'\t') {
+                // Folded continuation of the previous header.
+                let h = headers.last_mut().ok_or(ScanError::HeaderLine)?;
+                let cont = trim(b, line);
+                if !cont.is_empty() {
+                    if h.value.0 == h.value.1 {
+                        h.value.0 = cont.start as u32;
+                    }
+                    h.value.1 = cont.end as u32;
+                }
+                h.end = next as u32;
+            } else {
+                let colon =
+                    line.start + memchr(b':', &b[line.clone()]).ok_or(ScanError::HeaderLine)?;
+                let mut name_end = colon;
+                while name_end > line.start && matches!(b[name_end - 1], b' ' | b'\t') {
+                    name_end -= 1;
+                }
+                let name = &b[line.start..name_end];
+                if name.is_empty() || !name.iter().all(|&c| is_token(c)) {
+                    return Err(ScanError::HeaderLine);
+                }
+                if headers.len() >= MAX_HEADERS {
+                    return Err(ScanError::TooManyHeaders);
+                }
+                let value = trim(b, colon + 1..line.end);
+                headers.push(Header {
+                    name: classify(name),
+                    start: line.start as u32,
+                    name_end: name_end as u32,
+                    value: (value.start as u32, value.end as u32),
+                    end: next as u32,
+                });
+            }
+            pos = next;
+        }
+        let mut first = [u8::MAX; TRACKED];
+        let mut count = [0u8; TRACKED];
+        for (i, h) in headers.iter().enumerate() {
+            let k = h.name as usize;
+            if k < TRACKED {
+                if first[k] == u8::MAX {
+                    first[k] = i.min(254) as u8;
+                }
+                count[k] = count[k].saturating_add(1);
+            }
+        }
+        Ok(Message {
+            buf,
+            start,
+            headers,
+            first,
+            count,
+            header_end,
+            terminated,
+            body_start,
+        })
+    }
+
+    /// The received bytes.
+    pub fn buf(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// Bytes at `r`.
+    pub fn slice(&self, r: Range<usize>) -> &[u8] {
+        &self.buf[r]
+    }
+
+    /// The start line.
+    pub fn start_line(&self) -> &StartLine {
+        &self.start
+    }
+
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The request method (`None` for responses).
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI range (`None` for responses).
+    pub fn uri_range(&self) -> Option<Range<usize>> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri.clone()),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI bytes (empty for responses).
+    pub fn uri(&self) -> &[u8] {
+        self.uri_range().map_or(&[], |r| &self.buf[r])
+    }
+
+    /// The status code (`None` for requests).
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// All header lines in order.
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    /// The first header named `name` (tracked names only).
+    pub fn first(&self, name: HeaderName) -> Option<&Header> {
+        let k = name as usize;
+        (k < TRACKED && self.first[k] != u8::MAX).then(|| &self.headers[self.first[k] as usize])
+    }
+
+    /// How many headers are named `name` (tracked names; saturates at 255).
+    pub fn count(&self, name: HeaderName) -> usize {
+        let k = name as usize;
+        if k < TRACKED {
+            self.count[k] as usize
+        } else {
+            0
+        }
+    }
+
+    /// Every header named `name`, in order.
+    pub fn all(&self, name: HeaderName) -> impl Iterator<Item = &Header> {
+        self.headers.iter().filter(move |h| h.name == name)
+    }
+
+    /// The value of header `h`.
+    pub fn value(&self, h: &Header) -> &[u8] {
+        &self.buf[h.value_range()]
+    }
+
+    /// The value of the first header named `name`.
+    pub fn first_value(&self, name: HeaderName) -> Option<&[u8]> {
+        self.first(name).map(|h| self.value(h))
+    }
+
+    /// Each comma-separated value of every header named `name`, with the
+    /// index of the header it is in.
+    pub fn values(&self, name: HeaderName) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+        self.headers
+            .iter()
+            .enumerate()
+            .filter(move |(_, h)| h.name == name)
+            .flat_map(move |(i, h)| split_commas(&self.buf, h.value_range()).map(move |r| (i, r)))
+    }
+
+    /// The topmost Via value, parsed.
+    pub fn top_via(&self) -> Option<Via<'_>> {
+        let (_, r) = self.values(HeaderName::Via).next()?;
+        Via::parse(&self.buf, r).ok()
+    }
+
+    /// From, To or P-Asserted-Identity (first value), parsed.
+    pub fn name_addr(&self, name: HeaderName) -> Option<NameAddr<'_>> {
+        let (_, r) = self.values(name).next()?;
+        NameAddr::parse(&self.buf[r]).ok()
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> &[u8] {
+        self.first_value(HeaderName::CallId).unwrap_or(&[])
+    }
+
+    /// CSeq number and method token.
+    pub fn cseq(&self) -> Option<(u32, &[u8])> {
+        let v = self.first_value(HeaderName::CSeq)?;
+        let sp = v.iter().position(|&c| is_lws(c))?;
+        let n = parse_u64(&v[..sp]).filter(|&n| n <= u64::from(u32::MAX))? as u32;
+        let m = &v[sp..];
+        let r = trim(m, 0..m.len());
+        Some((n, &m[r]))
+    }
+
+    /// Max-Forwards (`None` if absent or not a number).
+    pub fn max_forwards(&self) -> Option<u32> {
+        parse_u64(self.first_value(HeaderName::MaxForwards)?)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// Declared Content-Length (`None` if absent or not a number).
+    pub fn content_length(&self) -> Option<usize> {
+        parse_u64(self.first_value(HeaderName::ContentLength)?).map(|n| n as usize)
+    }
+
+    /// Where new header lines are inserted (start of the blank line).
+    pub fn header_end(&self) -> usize {
+        self.header_end
+    }
+
+    /// End of the message: body start + Content-Length (capped at the
+    /// buffer), or the buffer's end when Content-Length is absent (UDP).
+    /// Trailing bytes of a datagram beyond it are not part of the message.
+    pub fn end(&self) -> usize {
+        match self.content_length() {
+            Some(n) => self.body_start.saturating_add(n).min(self.buf.len()),
+            None => self.buf.len(),
+        }
+    }
+
+    /// Length of the body that will be forwarded.
+    pub fn body_len(&self) -> usize {
+        self.end().saturating_sub(self.body_start)
+    }
+
+    /// Checks what a proxy must refuse. `Err` says which status to answer
+    /// (requests) or that the message is to be dropped (responses).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        use HeaderName::*;
+        if !self.terminated {
+            return Err(bad("headers_unterminated"));
+        }
+        match &self.start {
+            StartLine::Request {
+                method,
+                method_range,
+                uri,
+                version,
+            } => {
+                let v = &self.buf[version.clone()];
+                if v.is_empty() {
+                    return Err(bad("start_line"));
+                }
+                if !v.eq_ignore_ascii_case(b"SIP/2.0") {
+                    return Err(Invalid {
+                        status: 505,
+                        reason: "version",
+                    });
+                }
+                if !self.buf[method_range.clone()].iter().all(|&c| is_token(c)) {
+                    return Err(bad("method"));
+                }
+                self.validate_uri(&self.buf[uri.clone()])?;
+                for (h, what) in [
+                    (Via, "missing_via"),
+                    (From, "missing_from"),
+                    (To, "missing_to"),
+                    (CallId, "missing_call_id"),
+                    (CSeq, "missing_cseq"),
+                ] {
+                    if self.count(h) == 0 {
+                        return Err(bad(what));
+                    }
+                }
+                let (_, cseq_method) = self.cseq().ok_or(bad("cseq"))?;
+                if cseq_method != &self.buf[method_range.clone()] {
+                    return Err(bad("cseq_method"));
+                }
+                if self.count(MaxForwards) > 0 && self.max_forwards().is_none_or(|n| n > 255) {
+                    return Err(bad("max_forwards"));
+                }
+                if *method == Method::Invite {
+                    self.validate_accept()?;
+                }
+            }
+            StartLine::Response { code, version } => {
+                if !self.buf[version.clone()].eq_ignore_ascii_case(b"SIP/2.0")
+                    || !(100..=699).contains(code)
+                {
+                    return Err(bad("status_line"));
+                }
+                if self.count(Via) == 0 || self.cseq().is_none() {
+                    return Err(bad("response_headers"));
+                }
+            }
+        }
+        for h in [From, To, CallId, CSeq, MaxForwards, ContentLength] {
+            if self.count(h) > 1 {
+                return Err(bad("duplicate_header"));
+            }
+        }
+        for h in [From, To] {
+            if self.values(h).count() != 1 || self.name_addr(h).is_none() {
+                return Err(bad("name_addr"));
+            }
+        }
+        if self.values(Via).any(|(_, r)| r.is_empty()) || self.top_via().is_none() {
+            return Err(bad("via"));
+        }
+        if self.count(ContentLength) == 1 {
+            match self.content_length() {
+                Some(n) if self.body_start.saturating_add(n) <= self.buf.len() => {}
+                _ => return Err(bad("content_length")),
+            }
+        }
+        if let Some(d) = self.first_value(Date)
+            && !d.ends_with(b"GMT")
+        {
+            return Err(bad("date"));
+        }
+        for (_, r) in self.values(Contact) {
+            let v = &self.buf[r];
+            if v.is_empty() || (!v.contains(&b'<') && v.contains(&b'?')) {
+                return Err(bad("contact"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_uri(&self, uri: &[u8]) -> Result<(), Invalid> {
+        if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || uri[0] == b'<' {
+            return Err(bad("request_uri"));
+        }
+        let u = Uri::parse(uri).map_err(|_| bad("request_uri"))?;
+        let s = u.scheme;
+        if !(s.eq_ignore_ascii_case(b"sip")
+            || s.eq_ignore_ascii_case(b"sips")
+            || s.eq_ignore_ascii_case(b"tel"))
+        {
+            return Err(Invalid {
+                status: 416,
+                reason: "uri_scheme",
+            });
+        }
+        if u.headers.is_some() {
+            return Err(bad("request_uri_headers"));
+        }
+        Ok(())
+    }
+
+    /// An INVITE offering SDP whose Accept excludes SDP cannot be answered
+    /// by any UAS (RFC 4475 §3.3.15): 406 here saves the PBX the work.
+    fn validate_accept(&self) -> Result<(), Invalid> {
+        if self.count(HeaderName::Accept) == 0 || self.body_len() == 0 {
+            return Ok(());
+        }
+        let is_sdp = self
+            .first_value(HeaderName::ContentType)
+            .is_some_and(|ct| ct.len() >= 15 && ct[..15].eq_ignore_ascii_case(b"application/sdp"));
+        if !is_sdp {
+            return Ok(());
+        }
+        let accepts_sdp = self.values(HeaderName::Accept).any(|(_, r)| {
+            let v = &self.buf[r];
+            let ty = &v[..v.iter().position(|&c| c == b';').unwrap_or(v.len())];
+            let ty = &ty[trim(ty, 0..ty.len())];
+            ty.is_empty()
+                || ty == b"*/*"
+                || ty.eq_ignore_ascii_case(b"application/*")
+                || ty.eq_ignore_ascii_case(b"application/sdp")
+        });
+        if accepts_sdp {
+            Ok(())
+        } else {
+            Err(Invalid {
+                status: 406,
+                reason: "accept",
+            })
+        }
+    }
+}
+
+/// The line at `pos` without its ending, and the start of the next line.
+fn next_line(b: &[u8], pos: usize) -> (Range<usize>, usize) {
+    match memchr(b'\n', &b[pos..]) {
+        Some(i) => {
+            let nl = pos + i;
+            let end = if nl > pos && b[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            (pos..end, nl + 1)
+        }
+        None => (pos..b.len(), b.len()),
+    }
+}
+
+fn parse_start_line(b: &[u8], line: Range<usize>) -> Result<StartLine, ScanError> {
+    let l = &b[line.clone()];
+    if l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"SIP/") {
+        // SIP-Version SP Status-Code SP Reason-Phrase
+        let sp = memchr(b' ', l).ok_or(ScanError::StartLine)?;
+        let rest = &l[sp + 1..];
+        let code_end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
+        let code = &rest[..code_end];
+        if code.len() != 3 {
+            // Overlarge codes (`4294967301`) still scan; validate drops them.
+            let n = parse_u64(code).ok_or(ScanError::StartLine)?;
+            return Ok(StartLine::Response {
+                code: n.min(u64::from(u16::MAX)) as u16,
+                version: line.start..line.start + sp,
+            });
+        }
+        let code = parse_u64(code).ok_or(ScanError::StartLine)? as u16;
+        return Ok(StartLine::Response {
+            code,
+            version: line.start..line.start + sp,
+        });
+    }
+    let sp1 = memchr(b' ', l).ok_or(ScanError::StartLine)?;
+    if sp1 == 0 {
+        return Err(ScanError::StartLine);
+    }
+    let method_range = line.start..line.start + sp1;
+    let rest = line.start + sp1 + 1;
+    let (uri, version) = match memchr::memrchr(b' ', &b[rest..line.end]) {
+        Some(i) => (rest..rest + i, rest + i + 1..line.end),
+        None => (rest..line.end, line.end..line.end),
+    };
+    Ok(StartLine::Request {
+        method: Method::from_bytes(&b[method_range.clone()]),
+        method_range,
+        uri,
+        version,
+    })
+}
+
+/// Parses decimal digits (with surrounding LWS) into u64; `None` on
+/// anything else or overflow.
+pub fn parse_u64(v: &[u8]) -> Option<u64> {
+    let r = trim(v, 0..v.len());
+    let d = &v[r];
+    if d.is_empty() || d.len() > 19 || !d.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(d.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0')))
+}

@@ -1,0 +1,469 @@
+//! Parsers for the header values the proxy reads: comma-separated lists,
+//! Via, name-addr (From / To / P-Asserted-Identity / Route), SIP URIs.
+//! All borrow from the message buffer; positions that edits need are
+//! absolute byte ranges into it. Folded lines (CRLF + SP) count as spaces.
+
+use std::ops::Range;
+
+use super::header::is_token;
+
+/// Linear white space, including the CR/LF of a folded line.
+pub fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// `range` with leading and trailing LWS removed.
+pub fn trim(buf: &[u8], mut r: Range<usize>) -> Range<usize> {
+    while r.start < r.end && is_lws(buf[r.start]) {
+        r.start += 1;
+    }
+    while r.end > r.start && is_lws(buf[r.end - 1]) {
+        r.end -= 1;
+    }
+    r
+}
+
+/// Splits a header value at top-level commas (not inside quotes or `<>`),
+/// yielding trimmed absolute ranges. Empty elements are yielded as empty
+/// ranges so callers can refuse `a,,b`.
+pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut pos = r.start;
+    let end = r.end;
+    let mut done = r.start >= r.end;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let start = pos;
+        let (mut quoted, mut angle) = (false, false);
+        let mut i = pos;
+        while i < end {
+            match buf[i] {
+                b'\\' if quoted => i += 1,
+                b'"' => quoted = !quoted,
+                b'<' if !quoted => angle = true,
+                b'>' if !quoted => angle = false,
+                b',' if !quoted && !angle => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let i = i.min(end);
+        if i >= end {
+            done = true;
+        } else {
+            pos = i + 1;
+        }
+        Some(trim(buf, start..i))
+    })
+}
+
+/// Value of `;name=value` (or `Some(b"")` for a bare `;name`) in a param list.
+pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    for p in params.split(|&b| b == b';') {
+        let p = trim_slice(p);
+        let (k, v) = match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (trim_slice(&p[..eq]), trim_slice(&p[eq + 1..])),
+            None => (p, &p[p.len()..]),
+        };
+        if k.eq_ignore_ascii_case(name) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn trim_slice(s: &[u8]) -> &[u8] {
+    let r = trim(s, 0..s.len());
+    &s[r]
+}
+
+/// Why a value did not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueError {
+    Via,
+    NameAddr,
+    Uri,
+}
+
+/// One Via value: `SIP/2.0/UDP host:port;branch=..;received=..;rport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via<'a> {
+    /// `UDP`, `TCP`, ... as written.
+    pub transport: &'a [u8],
+    /// sent-by host (IPv6 with brackets).
+    pub host: &'a [u8],
+    /// sent-by port, if given.
+    pub port: Option<u16>,
+    /// Parameters after the sent-by (starting at the first `;`), raw.
+    pub params: &'a [u8],
+    /// Absolute range of the whole value (for inserting `;received=`).
+    pub range: Range<usize>,
+}
+
+impl<'a> Via<'a> {
+    /// Parses the value at `r` (already trimmed, one comma element).
+    pub fn parse(buf: &'a [u8], r: Range<usize>) -> Result<Via<'a>, ValueError> {
+        let v = &buf[r.clone()];
+        let slash2 = v
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .nth(1)
+            .map(|(i, _)| i)
+            .ok_or(ValueError::Via)?;
+        let (name, version) = split2(&v[..slash2], b'/').ok_or(ValueError::Via)?;
+        if !trim_slice(name).eq_ignore_ascii_case(b"SIP") || trim_slice(version) != b"2.0" {
+            return Err(ValueError::Via);
+        }
+        let rest = &v[slash2 + 1..];
+        let rest = &rest[rest
+            .iter()
+            .position(|&b| !is_lws(b))
+            .ok_or(ValueError::Via)?..];
+        let t_end = rest
+            .iter()
+            .position(|&b| is_lws(b))
+            .ok_or(ValueError::Via)?;
+        let transport = trim_slice(&rest[..t_end]);
+        if transport.is_empty() || !transport.iter().all(|&b| is_token(b)) {
+            return Err(ValueError::Via);
+        }
+        let rest = &rest[t_end..];
+        let sb_start = rest
+            .iter()
+            .position(|&b| !is_lws(b))
+            .ok_or(ValueError::Via)?;
+        let rest = &rest[sb_start..];
+        let sb_end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let sent_by = trim_slice(&rest[..sb_end]);
+        let (host, port) = host_port(sent_by).ok_or(ValueError::Via)?;
+        let params = &rest[sb_end..];
+        // Every parameter must have a name: `;;` or a trailing `;` is junk.
+        if !params.is_empty()
+            && params[1..]
+                .split(|&b| b == b';')
+                .any(|p| trim_slice(p).is_empty())
+        {
+            return Err(ValueError::Via);
+        }
+        Ok(Via {
+            transport,
+            host,
+            port,
+            params,
+            range: r,
+        })
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&'a [u8]> {
+        param(self.params, b"branch")
+    }
+
+    /// The `received` parameter.
+    pub fn received(&self) -> Option<&'a [u8]> {
+        param(self.params, b"received")
+    }
+
+    /// The `rport` parameter: `Some(None)` when present without a value.
+    pub fn rport(&self) -> Option<Option<u16>> {
+        param(self.params, b"rport").map(|v| parse_u16(v))
+    }
+}
+
+fn split2(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = s.iter().position(|&b| b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// Parses a decimal u16 (no sign, no spaces).
+pub fn parse_u16(s: &[u8]) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Splits `host[:port]` (IPv6 in brackets). The host must not be empty and
+/// must not hold spaces; an unbracketed host with several colons is refused.
+pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    if s.is_empty() || s.iter().any(|&b| is_lws(b)) {
+        return None;
+    }
+    if s[0] == b'[' {
+        let close = s.iter().position(|&b| b == b']')?;
+        let host = &s[..=close];
+        return match &s[close + 1..] {
+            [] => Some((host, None)),
+            [b':', port @ ..] => Some((host, Some(parse_u16(port)?))),
+            _ => None,
+        };
+    }
+    match s.iter().filter(|&&b| b == b':').count() {
+        0 => Some((s, None)),
+        1 => {
+            let (h, p) = split2(s, b':')?;
+            if h.is_empty() {
+                return None;
+            }
+            Some((h, Some(parse_u16(p)?)))
+        }
+        _ => None,
+    }
+}
+
+/// A SIP or SIPS URI (other schemes parse with `user`/`host` empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: &'a [u8],
+    pub user: Option<&'a [u8]>,
+    pub host: &'a [u8],
+    pub port: Option<u16>,
+    /// `;params` after the host, raw (starting with `;`, or empty).
+    pub params: &'a [u8],
+    /// `?headers`, raw without the `?`.
+    pub headers: Option<&'a [u8]>,
+}
+
+impl<'a> Uri<'a> {
+    /// Parses an absolute URI. `sip:`/`sips:` get user, host, port, params;
+    /// `tel:` gets the number as `user`; others only the scheme.
+    pub fn parse(s: &'a [u8]) -> Result<Uri<'a>, ValueError> {
+        if s.is_empty() || s.iter().any(|&b| is_lws(b) || b == b'<' || b == b'>') {
+            return Err(ValueError::Uri);
+        }
+        let colon = s.iter().position(|&b| b == b':').ok_or(ValueError::Uri)?;
+        let scheme = &s[..colon];
+        if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() {
+            return Err(ValueError::Uri);
+        }
+        let rest = &s[colon + 1..];
+        let mut uri = Uri {
+            scheme,
+            user: None,
+            host: &[],
+            port: None,
+            params: &[],
+            headers: None,
+        };
+        if scheme.eq_ignore_ascii_case(b"tel") {
+            let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            uri.user = Some(&rest[..end]);
+            uri.params = &rest[end..];
+            return Ok(uri);
+        }
+        if !(scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips")) {
+            return Ok(uri);
+        }
+        // userinfo never holds an unescaped '@' but may hold '?' and ';'.
+        let (user, hostpart) = match rest.iter().position(|&b| b == b'@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let (hostpart, headers) = match hostpart.iter().position(|&b| b == b'?') {
+            Some(q) => (&hostpart[..q], Some(&hostpart[q + 1..])),
+            None => (hostpart, None),
+        };
+        uri.headers = headers;
+        uri.user = user;
+        let hp_end = hostpart
+            .iter()
+            .position(|&b| b == b';')
+            .unwrap_or(hostpart.len());
+        let (host, port) = host_port(&hostpart[..hp_end]).ok_or(ValueError::Uri)?;
+        uri.host = host;
+        uri.port = port;
+        uri.params = &hostpart[hp_end..];
+        Ok(uri)
+    }
+
+    /// The user part without user parameters (`;npdi`, ...).
+    pub fn user_number(&self) -> Option<&'a [u8]> {
+        self.user
+            .map(|u| &u[..u.iter().position(|&b| b == b';').unwrap_or(u.len())])
+    }
+
+    /// Whether a `;lr` parameter is present.
+    pub fn is_loose(&self) -> bool {
+        param(self.params, b"lr").is_some()
+    }
+
+    /// The `transport` parameter.
+    pub fn transport(&self) -> Option<&'a [u8]> {
+        param(self.params, b"transport")
+    }
+}
+
+/// `"Display" <uri>;params` or `uri;params` (From, To, PAI, Route, Contact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// Display name as written (quotes kept), if any.
+    pub display: Option<&'a [u8]>,
+    /// The URI text.
+    pub uri: &'a [u8],
+    /// Header parameters after the URI, raw (starting with `;` or empty).
+    pub params: &'a [u8],
+}
+
+impl<'a> NameAddr<'a> {
+    /// Parses one (trimmed) name-addr or addr-spec.
+    pub fn parse(v: &'a [u8]) -> Result<NameAddr<'a>, ValueError> {
+        let mut display = None;
+        let mut i = 0;
+        // A quoted display name must be closed.
+        if v.first() == Some(&b'"') {
+            i = 1;
+            loop {
+                match v.get(i) {
+                    None => return Err(ValueError::NameAddr),
+                    Some(b'\\') => i += 2,
+                    Some(b'"') => break,
+                    Some(_) => i += 1,
+                }
+            }
+            display = Some(&v[..=i]);
+            i += 1;
+        }
+        match v[i..].iter().position(|&b| b == b'<') {
+            Some(lt) => {
+                let lt = i + lt;
+                let before = trim_slice(&v[i..lt]);
+                if display.is_none() && !before.is_empty() {
+                    // Unquoted display name: tokens separated by LWS only.
+                    if !before.iter().all(|&b| is_token(b) || is_lws(b)) {
+                        return Err(ValueError::NameAddr);
+                    }
+                    display = Some(before);
+                } else if display.is_some() && !before.is_empty() {
+                    return Err(ValueError::NameAddr);
+                }
+                let gt = lt
+                    + v[lt..]
+                        .iter()
+                        .position(|&b| b == b'>')
+                        .ok_or(ValueError::NameAddr)?;
+                let uri = &v[lt + 1..gt];
+                if uri.is_empty() || is_lws(uri[0]) || is_lws(uri[uri.len() - 1]) {
+                    return Err(ValueError::NameAddr);
+                }
+                let params = trim_slice(&v[gt + 1..]);
+                if !params.is_empty() && params[0] != b';' {
+                    return Err(ValueError::NameAddr);
+                }
+                Ok(NameAddr {
+                    display,
+                    uri,
+                    params,
+                })
+            }
+            None => {
+                if display.is_some() {
+                    return Err(ValueError::NameAddr);
+                }
+                // addr-spec: params after the URI belong to the header.
+                let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+                let uri = trim_slice(&v[..end]);
+                if uri.is_empty() || uri.iter().any(|&b| is_lws(b)) {
+                    return Err(ValueError::NameAddr);
+                }
+                Ok(NameAddr {
+                    display,
+                    uri,
+                    params: &v[end..],
+                })
+            }
+        }
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&'a [u8]> {
+        param(self.params, b"tag")
+    }
+
+    /// The URI, parsed.
+    pub fn parse_uri(&self) -> Result<Uri<'a>, ValueError> {
+        Uri::parse(self.uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn via(s: &str) -> Result<Via<'_>, ValueError> {
+        Via::parse(s.as_bytes(), 0..s.len())
+    }
+
+    #[test]
+    fn via_parts() {
+        let v = via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport").unwrap();
+        assert_eq!(v.transport, b"UDP");
+        assert_eq!(v.host, b"192.0.2.1");
+        assert_eq!(v.port, Some(5060));
+        assert_eq!(v.branch(), Some(&b"z9hG4bK1"[..]));
+        assert_eq!(v.rport(), Some(None));
+        let v = via("SIP / 2.0 / TCP [2001:db8::1]:5070 ; branch = x").unwrap();
+        assert_eq!(v.transport, b"TCP");
+        assert_eq!(v.host, b"[2001:db8::1]");
+        assert_eq!(v.branch(), Some(&b"x"[..]));
+        assert!(via("SIP/2.0/UDP 192.0.2.15;;").is_err());
+        assert!(via("SIP/2.0/UDP").is_err());
+        assert!(via("SIP/3.0/UDP h").is_err());
+    }
+
+    #[test]
+    fn commas_respect_quotes_and_brackets() {
+        let s = b"<sip:a;lr>, \"x,y\" <sip:b>,,<sip:c?a=1,2>";
+        let parts: Vec<&[u8]> = split_commas(s, 0..s.len()).map(|r| &s[r]).collect();
+        assert_eq!(
+            parts,
+            vec![
+                &b"<sip:a;lr>"[..],
+                b"\"x,y\" <sip:b>",
+                b"",
+                b"<sip:c?a=1,2>"
+            ]
+        );
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse(b"\"J \\\"Q\\\"\" <sip:+4930@h;user=phone>;tag=abc").unwrap();
+        assert_eq!(n.uri, b"sip:+4930@h;user=phone");
+        assert_eq!(n.tag(), Some(&b"abc"[..]));
+        let n = NameAddr::parse(b"sip:caller@example.net;tag=1").unwrap();
+        assert_eq!(n.uri, b"sip:caller@example.net");
+        assert_eq!(n.tag(), Some(&b"1"[..]));
+        let n = NameAddr::parse(b"Anonymous <sip:anonymous@anonymous.invalid>").unwrap();
+        assert_eq!(n.display, Some(&b"Anonymous"[..]));
+        assert!(NameAddr::parse(b"\"Mr. J. User <sip:j@example.com>").is_err());
+        assert!(NameAddr::parse(b"Bell, Alexander <sip:a@example.com>").is_err());
+        assert!(NameAddr::parse(b"\"W\" < sip:t@example.org >").is_err());
+    }
+
+    #[test]
+    fn uri_parts() {
+        let u = Uri::parse(b"sip:+49%2030;npdi@[::1]:5060;transport=tcp;lr?X=1").unwrap();
+        assert_eq!(u.user, Some(&b"+49%2030;npdi"[..]));
+        assert_eq!(u.user_number(), Some(&b"+49%2030"[..]));
+        assert_eq!(u.host, b"[::1]");
+        assert_eq!(u.port, Some(5060));
+        assert!(u.is_loose());
+        assert_eq!(u.transport(), Some(&b"tcp"[..]));
+        assert_eq!(u.headers, Some(&b"X=1"[..]));
+        assert_eq!(
+            Uri::parse(b"tel:+4930;x=1").unwrap().user,
+            Some(&b"+4930"[..])
+        );
+        assert!(Uri::parse(b"sip:user@2001:db8::10").is_err());
+        assert!(Uri::parse(b"sip:user@host:99999").is_err());
+        let odd = Uri::parse(b"sip:1_un?,/;;*:&it+has=1@example.com").unwrap();
+        assert_eq!(odd.host, b"example.com");
+        assert_eq!(odd.headers, None);
+        assert_eq!(
+            Uri::parse(b"soap.beep://192.0.2.103:3002").unwrap().host,
+            b""
+        );
+    }
+}
