@@ -14,9 +14,13 @@
 //! - `metrics`: one registry, passed in.
 //! - `server`: wires it together (`run(config, shutdown)`).
 
+pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod proxy;
+pub mod runtime;
 pub mod screening;
+pub mod server;
 pub mod shutdown;
 pub mod sip;
 pub mod transport;

@@ -1,6 +1,9 @@
 //! STUB: replaced by the screening work.
 use crate::config::Verdict;
+use crate::screening::exceptions::ExceptionSet;
 use crate::screening::lines::LineSettings;
+use crate::screening::normalize::Normalizer;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -36,12 +39,24 @@ pub struct Screening<'a> {
     pub settings: &'a LineSettings,
 }
 impl Screener {
+    pub fn build(
+        _l: &crate::config::Loaded,
+        _e: Arc<ExceptionSet>,
+    ) -> Result<Screener, crate::config::ConfigError> {
+        todo!()
+    }
     pub fn screen(
         &self,
         _d: Direction,
         _line_user: &[u8],
         _client_user: Option<&[u8]>,
     ) -> Screening<'_> {
+        todo!()
+    }
+    pub fn normalizer(&self) -> &Normalizer {
+        todo!()
+    }
+    pub fn line_trunk(&self, _l: Option<u64>) -> Option<&str> {
         todo!()
     }
 }

@@ -106,3 +106,27 @@ impl Sender {
         }
     }
 }
+
+/// STUB
+pub struct Transports;
+/// STUB
+pub async fn bind(
+    _c: &crate::config::SipConfig,
+    _m: Arc<crate::metrics::Metrics>,
+) -> std::io::Result<Transports> {
+    todo!()
+}
+impl Transports {
+    pub fn sender(&self) -> Sender {
+        todo!()
+    }
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        todo!()
+    }
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        todo!()
+    }
+    pub async fn run(self, _h: Arc<dyn Handler>, _s: crate::shutdown::Shutdown) {
+        todo!()
+    }
+}

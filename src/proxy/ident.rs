@@ -1,0 +1,177 @@
+//! Who we are on the wire, and the identifiers a stateless proxy derives
+//! instead of remembering: the branch of forwarded requests (RFC 3261
+//! §16.11: the same input Via gives the same branch, so retransmissions,
+//! CANCEL and non-2xx ACK follow the INVITE), the To tag of local replies
+//! and the `X-CRM-Call-Id` of a call.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::SocketAddr;
+
+use crate::config::TransportKind;
+use crate::sip::values::{Uri, Via};
+
+/// Every branch we generate starts with this (RFC 3261 cookie + our mark).
+pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKsS";
+
+/// Our addresses and the keys for derived identifiers (per process).
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Host written into Via / Record-Route.
+    pub host: String,
+    /// Our UDP listener, if any.
+    pub udp: Option<SocketAddr>,
+    /// Our TCP listener, if any.
+    pub tcp: Option<SocketAddr>,
+    keys: [RandomState; 2],
+}
+
+impl Local {
+    pub fn new(advertise: Option<&str>, udp: Option<SocketAddr>, tcp: Option<SocketAddr>) -> Local {
+        let host = match advertise {
+            Some(h) => h.to_string(),
+            None => {
+                let ip = udp.or(tcp).map(|a| a.ip()).unwrap_or([127, 0, 0, 1].into());
+                match ip {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                }
+            }
+        };
+        Local {
+            host,
+            udp,
+            tcp,
+            keys: [RandomState::new(), RandomState::new()],
+        }
+    }
+
+    /// Our port for `transport` (the other transport's as a fallback).
+    pub fn port(&self, transport: TransportKind) -> u16 {
+        let a = match transport {
+            TransportKind::Udp => self.udp.or(self.tcp),
+            TransportKind::Tcp => self.tcp.or(self.udp),
+        };
+        a.map_or(5060, |a| a.port())
+    }
+
+    /// Whether `host:port` names us.
+    pub fn is_me(&self, host: &[u8], port: Option<u16>) -> bool {
+        if !host.eq_ignore_ascii_case(self.host.as_bytes()) {
+            return false;
+        }
+        let p = port.unwrap_or(5060);
+        self.udp.is_some_and(|a| a.port() == p) || self.tcp.is_some_and(|a| a.port() == p)
+    }
+
+    /// Whether a Via value is one we wrote.
+    pub fn is_my_via(&self, via: &Via<'_>) -> bool {
+        via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX)) && self.is_me(via.host, via.port)
+    }
+
+    /// Whether a Route URI names us.
+    pub fn is_my_uri(&self, uri: &Uri<'_>) -> bool {
+        self.is_me(uri.host, uri.port)
+    }
+
+    /// Writes the branch for a request whose top Via (before ours) is
+    /// `via`, with Request-URI `ruri`, Call-ID and CSeq number. An RFC 3261
+    /// branch is hashed with the sent-by; an RFC 2543 one (no cookie) with
+    /// the whole transaction key.
+    pub fn branch(&self, via: &Via<'_>, ruri: &[u8], call_id: &[u8], cseq: u32, out: &mut Vec<u8>) {
+        let mut h = self.keys[0].build_hasher();
+        match via
+            .branch()
+            .filter(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
+        {
+            Some(b) => h.write(b),
+            None => {
+                h.write(via.params);
+                h.write(call_id);
+                h.write_u32(cseq);
+            }
+        }
+        h.write(via.host);
+        h.write_u16(via.port.unwrap_or(0));
+        h.write(ruri);
+        out.extend_from_slice(BRANCH_PREFIX);
+        push_hex(out, h.finish());
+    }
+
+    /// A To tag for a local reply: stable for retransmissions.
+    pub fn reply_tag(&self, call_id: &[u8], via_branch: &[u8], out: &mut Vec<u8>) {
+        let mut h = self.keys[1].build_hasher();
+        h.write(call_id);
+        h.write(via_branch);
+        push_hex(out, h.finish());
+    }
+
+    /// The `X-CRM-Call-Id` of a call: 32 hex digits from Call-ID and From
+    /// tag, the same for every retransmission of its INVITE.
+    pub fn call_id(&self, call_id: &[u8], from_tag: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, k) in self.keys.iter().enumerate() {
+            let mut h = k.build_hasher();
+            h.write(call_id);
+            h.write(from_tag);
+            hex16(h.finish(), &mut out[i * 16..i * 16 + 16]);
+        }
+        out
+    }
+}
+
+fn hex16(v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().enumerate().take(16) {
+        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 16];
+    hex16(v, &mut buf);
+    out.extend_from_slice(&buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Local {
+        Local::new(
+            None,
+            Some("127.0.0.1:5060".parse().unwrap()),
+            Some("127.0.0.1:5061".parse().unwrap()),
+        )
+    }
+
+    #[test]
+    fn branch_is_deterministic_and_depends_on_input() {
+        let l = local();
+        let s = b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc";
+        let v = Via::parse(s, 0..s.len()).unwrap();
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        l.branch(&v, b"sip:1@x", b"cid", 1, &mut a);
+        l.branch(&v, b"sip:1@x", b"cid", 2, &mut b);
+        l.branch(&v, b"sip:2@x", b"cid", 1, &mut c);
+        assert!(a.starts_with(BRANCH_PREFIX));
+        assert_eq!(
+            a, b,
+            "CSeq does not enter an RFC 3261 branch (CANCEL, ACK follow)"
+        );
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn recognises_own_address() {
+        let l = local();
+        assert!(l.is_me(b"127.0.0.1", Some(5061)));
+        assert!(l.is_me(b"127.0.0.1", Some(5060)));
+        assert!(l.is_me(b"127.0.0.1", None));
+        assert!(!l.is_me(b"127.0.0.1", Some(5080)));
+        assert!(!l.is_me(b"127.0.0.2", Some(5060)));
+        let id = l.call_id(b"abc", b"t1");
+        assert_eq!(id, l.call_id(b"abc", b"t1"));
+        assert_ne!(id, l.call_id(b"abc", b"t2"));
+        assert!(id.iter().all(u8::is_ascii_hexdigit));
+    }
+}

@@ -1,0 +1,211 @@
+//! The stateless screening proxy: the transports hand it every message,
+//! it decides (forward, answer, drop) and sends. It keeps no per-call
+//! state; everything it needs is in the message and the current
+//! `Runtime`, read lock-free through an `ArcSwap`.
+//!
+//! - `request`: refusals, next hop, screening, the forwarded request.
+//! - `response`: Via-based return path.
+//! - `reply`: local answers (400, 403, 483, ...).
+//! - `ident`: our address, branch / tag / call-id derivation.
+
+pub mod ident;
+pub mod reply;
+pub mod request;
+pub mod response;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::config::TransportKind;
+use crate::metrics::Metrics;
+use crate::runtime::{Runtime, Side};
+use crate::sip::framing::FramingError;
+use crate::sip::{Message, Method};
+use crate::transport::{Handler, Inbound, Sender};
+pub use ident::Local;
+use request::Outcome;
+
+/// Most 403s sent to unknown sources per second; beyond it they are
+/// dropped (a flood gets no amplification).
+const FORBIDDEN_PER_SECOND: u64 = 50;
+
+/// The proxy core.
+pub struct Proxy {
+    /// The current config generation.
+    runtime: ArcSwap<Runtime>,
+    /// Our address and identifier keys.
+    local: Local,
+    /// Counters.
+    metrics: Arc<Metrics>,
+    /// Reply budget for unknown sources: (second << 32) | count.
+    forbidden: AtomicU64,
+    /// Process start, the clock for the reply budget.
+    epoch: Instant,
+}
+
+impl Proxy {
+    pub fn new(runtime: Runtime, local: Local, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            runtime: ArcSwap::from_pointee(runtime),
+            local,
+            metrics,
+            forbidden: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The generation in use.
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
+    /// Swaps in a new generation; calls in flight finish on the old one.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Our identity on the wire.
+    pub fn local(&self) -> &Local {
+        &self.local
+    }
+
+    /// Whether a 403 may still be sent this second.
+    fn forbidden_allowed(&self) -> bool {
+        let now = self.epoch.elapsed().as_secs();
+        let cur = self.forbidden.load(Ordering::Relaxed);
+        let next = if cur >> 32 == now {
+            cur + 1
+        } else {
+            (now << 32) | 1
+        };
+        self.forbidden.store(next, Ordering::Relaxed);
+        next & 0xffff_ffff <= FORBIDDEN_PER_SECOND
+    }
+
+    fn send(&self, out: &Sender, transport: TransportKind, dest: SocketAddr, data: Bytes) -> bool {
+        match out.send(transport, dest, data) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%dest, error = %e, "send failed");
+                self.metrics.sip_error(e.reason());
+                false
+            }
+        }
+    }
+}
+
+impl Handler for Proxy {
+    fn on_message(&self, inb: Inbound, out: &Sender) {
+        let t0 = Instant::now();
+        let rt = self.runtime.load();
+        let too_large = inb.data.len() > rt.loaded.config.sip.max_message_bytes;
+        let msg = match Message::scan(inb.data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.sip_error(e.reason());
+                tracing::debug!(remote = %inb.remote, error = %e, "unparseable message dropped");
+                return;
+            }
+        };
+        let side = rt.routing.classify(inb.remote.ip());
+        let method = msg.method();
+        self.metrics.message(
+            inb.transport.as_str(),
+            if method.is_some() {
+                "request"
+            } else {
+                "response"
+            },
+            method.map_or("response", Method::label),
+            side.label(),
+        );
+        let mut screened = None;
+        let outcome = if too_large {
+            if method.is_some() {
+                Outcome::Reply {
+                    code: 513,
+                    reason: "too_large",
+                    extra: None,
+                }
+            } else {
+                Outcome::Drop("too_large")
+            }
+        } else if method.is_some() {
+            request::route(
+                &rt,
+                &self.local,
+                &msg,
+                inb.remote,
+                inb.transport,
+                side,
+                &mut screened,
+            )
+        } else {
+            response::route(&rt, &self.local, &msg, side)
+        };
+        match outcome {
+            Outcome::Forward {
+                dest,
+                transport,
+                data,
+            } => {
+                if self.send(out, transport, dest, data)
+                    && let Some(s) = screened
+                {
+                    self.metrics.screened(s.direction.as_str(), s.verdict);
+                    self.metrics.screening_time(t0.elapsed().as_secs_f64());
+                }
+            }
+            Outcome::Reply {
+                code,
+                reason,
+                extra,
+            } => {
+                self.metrics.sip_error(reason);
+                let refuse = method == Some(Method::Ack)
+                    || (side == Side::Unknown && !self.forbidden_allowed());
+                if refuse {
+                    return;
+                }
+                tracing::debug!(remote = %inb.remote, code, reason, "request refused");
+                let data = reply::build(
+                    &msg,
+                    code,
+                    inb.remote,
+                    &self.local,
+                    extra.as_deref().unwrap_or(b""),
+                );
+                self.send(out, inb.transport, inb.remote, data);
+            }
+            Outcome::Drop(reason) => {
+                tracing::debug!(remote = %inb.remote, reason, "message dropped");
+                self.metrics.sip_error(reason);
+            }
+        }
+    }
+
+    fn on_framing_error(
+        &self,
+        _t: TransportKind,
+        _local: SocketAddr,
+        remote: SocketAddr,
+        head: &[u8],
+        err: &FramingError,
+    ) -> Option<Bytes> {
+        let rt = self.runtime.load();
+        if rt.routing.classify(remote.ip()) == Side::Unknown {
+            return None;
+        }
+        let code = if matches!(err, FramingError::TooLarge { .. }) {
+            513
+        } else {
+            400
+        };
+        reply::build_from_head(head, code)
+    }
+}

@@ -1,0 +1,435 @@
+//! Requests: refuse what must be refused, pick the next hop, screen
+//! dialog-creating INVITEs, and build the forwarded message as an edit
+//! list over the received bytes (RFC 3261 §16.6 steps, stateless).
+//!
+//! Next hops are only ever configured peers: a trunk's requests go to the
+//! PBX, the PBX's to a trunk. In-dialog requests (that carry our Route)
+//! may go to the address in their Route / Request-URI only if that address
+//! belongs to the peer on the other side; otherwise to that peer's target.
+//! So the sidecar is never an open relay.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::ident::{BRANCH_PREFIX, Local};
+use crate::config::TransportKind;
+use crate::runtime::{Peer, Runtime, Side};
+use crate::screening::{Direction, Screening};
+use crate::sip::values::{NameAddr, Uri, Via, split_commas};
+use crate::sip::{Edits, HeaderName, Message, Method};
+
+/// What to do with a request.
+pub enum Outcome {
+    /// Send `data` to `dest`.
+    Forward {
+        dest: SocketAddr,
+        transport: TransportKind,
+        data: Bytes,
+    },
+    /// Answer the sender with `code` (plus header lines in `extra`).
+    Reply {
+        code: u16,
+        reason: &'static str,
+        extra: Option<Vec<u8>>,
+    },
+    /// Drop silently (counted under `reason`).
+    Drop(&'static str),
+}
+
+/// What the caller needs to know about a screened call.
+pub struct Screened {
+    pub direction: Direction,
+    pub verdict: &'static str,
+}
+
+fn reply(code: u16, reason: &'static str) -> Outcome {
+    Outcome::Reply {
+        code,
+        reason,
+        extra: None,
+    }
+}
+
+/// Decides the fate of request `msg` that came from `remote` on `side`.
+pub fn route(
+    rt: &Runtime,
+    local: &Local,
+    msg: &Message,
+    remote: SocketAddr,
+    in_transport: TransportKind,
+    side: Side,
+    screened: &mut Option<Screened>,
+) -> Outcome {
+    if side == Side::Unknown {
+        return reply(403, "forbidden_source");
+    }
+    if let Err(inv) = msg.validate() {
+        return reply(inv.status, inv.reason);
+    }
+    let method = msg.method().unwrap_or(Method::Other);
+    if msg.count(HeaderName::ProxyRequire) > 0 {
+        let mut extra = b"Unsupported: ".to_vec();
+        let tags: Vec<&[u8]> = msg
+            .values(HeaderName::ProxyRequire)
+            .map(|(_, r)| msg.slice(r))
+            .collect();
+        extra.extend_from_slice(&tags.join(&b", "[..]));
+        extra.extend_from_slice(b"\r\n");
+        return Outcome::Reply {
+            code: 420,
+            reason: "proxy_require",
+            extra: Some(extra),
+        };
+    }
+    let max_forwards = msg.max_forwards();
+    if max_forwards == Some(0) {
+        return reply(483, "max_forwards");
+    }
+    if is_loop(local, msg) {
+        return reply(482, "loop");
+    }
+    let Some(top_via) = msg.top_via() else {
+        return reply(400, "via");
+    };
+
+    // Our own Route entries (one, or two when we double-record-routed).
+    let mut popped: SmallVec<[(usize, Range<usize>); 2]> = SmallVec::new();
+    let mut next_route: Option<Uri<'_>> = None;
+    for (idx, r) in msg.values(HeaderName::Route) {
+        let Ok(na) = NameAddr::parse(msg.slice(r.clone())) else {
+            return reply(400, "route");
+        };
+        let Ok(uri) = Uri::parse(na.uri) else {
+            return reply(400, "route");
+        };
+        if next_route.is_none() && local.is_my_uri(&uri) {
+            popped.push((idx, r));
+        } else {
+            next_route = Some(uri);
+            break;
+        }
+    }
+    let Ok(ruri) = Uri::parse(msg.uri()) else {
+        return reply(400, "request_uri");
+    };
+    let to_tagged = msg
+        .name_addr(HeaderName::To)
+        .and_then(|t| t.tag().map(|_| ()))
+        .is_some();
+    let dialog_creating = method == Method::Invite && !to_tagged;
+
+    // Screening decides the line (and so the trunk) of PBX-originated
+    // requests; only dialog-creating INVITEs are counted and tagged.
+    let screening = if popped.is_empty() || dialog_creating {
+        Some(screen(rt, msg, &ruri, side))
+    } else {
+        None
+    };
+
+    let (dest, transport) = if !popped.is_empty() {
+        let hop = next_route.as_ref().unwrap_or(&ruri);
+        in_dialog_hop(rt, hop, side)
+    } else {
+        match side {
+            Side::Trunk(_) => (rt.routing.pbx.target, rt.routing.pbx.transport),
+            _ => {
+                let line = screening.as_ref().and_then(|s| s.line);
+                match rt.routing.trunk_for(rt.screener.line_trunk(line)) {
+                    Some(t) => (t.target, t.transport),
+                    None => return reply(503, "no_trunk"),
+                }
+            }
+        }
+    };
+
+    let mut e = Edits::new();
+    let first_via = msg
+        .first(HeaderName::Via)
+        .map_or(msg.header_end(), |h| h.start as usize);
+    e.insert_with(first_via, |a| {
+        let _ = write!(
+            a,
+            "Via: SIP/2.0/{} {}:{};branch=",
+            upper(transport),
+            local.host,
+            local.port(transport)
+        );
+        local.branch(
+            &top_via,
+            msg.uri(),
+            msg.call_id(),
+            msg.cseq().map_or(0, |c| c.0),
+            a,
+        );
+        a.extend_from_slice(b"\r\n");
+    });
+    received_edits(msg, &top_via, remote, in_transport, &mut e);
+    match max_forwards {
+        Some(n) => {
+            let h = msg.first(HeaderName::MaxForwards).expect("counted");
+            e.insert_with(h.value.0 as usize, |a| {
+                let _ = write!(a, "{}", n.min(256) - 1);
+            });
+            e.delete(h.value_range());
+        }
+        None => e.insert(msg.header_end(), b"Max-Forwards: 70\r\n"),
+    }
+    for h in msg.all(HeaderName::XCrm) {
+        e.delete(h.line());
+    }
+    delete_values(msg, &popped, &mut e);
+    if dialog_creating {
+        let at = msg
+            .first(HeaderName::RecordRoute)
+            .map_or(first_via, |h| h.start as usize);
+        e.insert_with(at, |a| {
+            record_route(a, local, transport);
+            if transport != in_transport {
+                record_route(a, local, in_transport);
+            }
+        });
+    }
+    if let Some(s) = screening.as_ref().filter(|_| dialog_creating) {
+        *screened = Some(Screened {
+            direction: s.direction,
+            verdict: s.verdict.as_str(),
+        });
+        if s.direction == Direction::Inbound {
+            let from_tag = msg
+                .name_addr(HeaderName::From)
+                .and_then(|f| f.tag())
+                .unwrap_or(b"");
+            let id = local.call_id(msg.call_id(), from_tag);
+            let id = std::str::from_utf8(&id).expect("hex digits");
+            e.insert_with(msg.header_end(), |a| s.write_tags(id, a));
+        }
+    }
+    if msg.content_length().is_none() {
+        e.insert_with(msg.header_end(), |a| {
+            let _ = write!(a, "Content-Length: {}\r\n", msg.body_len());
+        });
+    }
+    Outcome::Forward {
+        dest,
+        transport,
+        data: e.apply(msg.buf(), msg.end()),
+    }
+}
+
+/// Screens the call: line and client by direction (RFC 3325 identity
+/// from trusted trunks, and always from the PBX).
+fn screen<'r>(rt: &'r Runtime, msg: &Message, ruri: &Uri<'_>, side: Side) -> Screening<'r> {
+    let user_of = |name: HeaderName| -> Option<&[u8]> {
+        msg.name_addr(name)
+            .and_then(|na| Uri::parse(na.uri).ok())
+            .and_then(|u| u.user_number())
+    };
+    let identity = |trust_pai: bool| {
+        let pai = if trust_pai {
+            user_of(HeaderName::PAssertedIdentity)
+        } else {
+            None
+        };
+        pai.or_else(|| user_of(HeaderName::From))
+    };
+    let ruri_user = ruri.user_number().unwrap_or(b"");
+    match side {
+        Side::Trunk(i) => {
+            let trust = rt.routing.trunks[i].trust_pai;
+            rt.screener
+                .screen(Direction::Inbound, ruri_user, identity(trust))
+        }
+        _ => {
+            let line = identity(true).unwrap_or(b"");
+            rt.screener
+                .screen(Direction::Outbound, line, Some(ruri_user))
+        }
+    }
+}
+
+/// The next hop of an in-dialog request: its Route / Request-URI address
+/// if that belongs to the peer on the other side, else that peer's target.
+fn in_dialog_hop(rt: &Runtime, hop: &Uri<'_>, side: Side) -> (SocketAddr, TransportKind) {
+    let addr = ip_literal(hop.host).map(|ip| SocketAddr::new(ip, hop.port.unwrap_or(5060)));
+    let pick = |peer: &Peer| match addr {
+        Some(a) if peer.owns(a.ip()) => (a, peer.transport),
+        _ => (peer.target, peer.transport),
+    };
+    match side {
+        Side::Trunk(_) => pick(&rt.routing.pbx),
+        _ => match addr.and_then(|a| rt.routing.trunk_owning(a.ip())) {
+            Some(t) => pick(t),
+            None => match rt.routing.trunk_for(None) {
+                Some(t) => (t.target, t.transport),
+                None => pick(&rt.routing.pbx),
+            },
+        },
+    }
+}
+
+/// An IP address written in a URI or Via host (IPv6 in brackets).
+pub fn ip_literal(host: &[u8]) -> Option<IpAddr> {
+    let h = std::str::from_utf8(host).ok()?;
+    let h = h
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(h);
+    h.parse().ok()
+}
+
+fn upper(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Udp => "UDP",
+        TransportKind::Tcp => "TCP",
+    }
+}
+
+fn record_route(a: &mut Vec<u8>, local: &Local, t: TransportKind) {
+    let _ = write!(a, "Record-Route: <sip:{}:{}", local.host, local.port(t));
+    if t == TransportKind::Tcp {
+        a.extend_from_slice(b";transport=tcp");
+    }
+    a.extend_from_slice(b";lr>\r\n");
+}
+
+/// Deletes comma-separated values `vals` (header index, value range): a
+/// header left with no value goes as a whole line.
+fn delete_values(msg: &Message, vals: &[(usize, Range<usize>)], e: &mut Edits) {
+    let mut i = 0;
+    while i < vals.len() {
+        let idx = vals[i].0;
+        let h = &msg.headers()[idx];
+        let all: SmallVec<[Range<usize>; 4]> = split_commas(msg.buf(), h.value_range()).collect();
+        let mine = vals[i..].iter().take_while(|v| v.0 == idx).count();
+        if mine == all.len() {
+            e.delete(h.line());
+        } else {
+            // Popped values are the leading ones: cut up to the next value.
+            e.delete(all[0].start..all[mine].start);
+        }
+        i += mine;
+    }
+}
+
+/// The `received` / `rport` a server adds to the top Via (RFC 3261
+/// §18.2.1, RFC 3581). Over TCP `rport` is always filled in, so that
+/// responses find the request's connection again.
+fn received_edits(
+    msg: &Message,
+    via: &Via<'_>,
+    remote: SocketAddr,
+    transport: TransportKind,
+    e: &mut Edits,
+) {
+    let (rport_at, received) = via_fixups(msg, via, remote, transport);
+    if let Some(at) = rport_at {
+        e.insert_with(at, |a| {
+            let _ = write!(a, "={}", remote.port());
+        });
+    }
+    if let Some(add_rport) = received {
+        e.insert_with(via.range.end, |a| {
+            let _ = write!(a, ";received={}", remote.ip());
+            if add_rport {
+                let _ = write!(a, ";rport={}", remote.port());
+            }
+        });
+    }
+}
+
+/// Where to put `=port` (an empty `rport` present), and whether to append
+/// `;received=` (with `;rport=` too if true).
+fn via_fixups(
+    msg: &Message,
+    via: &Via<'_>,
+    remote: SocketAddr,
+    transport: TransportKind,
+) -> (Option<usize>, Option<bool>) {
+    let rport = via.rport();
+    let rport_at = match rport {
+        Some(None) => {
+            let base = msg.buf().as_ptr() as usize;
+            let p = via.params;
+            let off = find_param_end(p, b"rport");
+            off.map(|o| p.as_ptr() as usize - base + o)
+        }
+        _ => None,
+    };
+    let add_rport = rport.is_none() && transport == TransportKind::Tcp;
+    let needs_received = via.received().is_none()
+        && (ip_literal(via.host) != Some(remote.ip()) || rport.is_some() || add_rport);
+    (rport_at, needs_received.then_some(add_rport))
+}
+
+/// Offset just past a bare `;name` parameter in `params`.
+fn find_param_end(params: &[u8], name: &[u8]) -> Option<usize> {
+    let mut off = 0;
+    for p in params.split(|&b| b == b';') {
+        let t = p.trim_ascii();
+        if t.eq_ignore_ascii_case(name) {
+            let lead = p.len() - p.trim_ascii_start().len();
+            return Some(off + lead + t.len());
+        }
+        off += p.len() + 1;
+    }
+    None
+}
+
+/// Appends the top Via's `received`/`rport` fix-ups to a copied Via value
+/// (local replies).
+pub fn write_received(req: &Message, remote: SocketAddr, out: &mut Vec<u8>) {
+    let Some(via) = req.top_via() else { return };
+    let value_start = out.len() - via.range.len();
+    let (rport_at, received) = via_fixups(req, &via, remote, TransportKind::Udp);
+    if let Some(at) = rport_at {
+        let at = value_start + (at - via.range.start);
+        let port = format!("={}", remote.port());
+        out.splice(at..at, port.into_bytes());
+    }
+    if received.is_some() {
+        let _ = write!(out, ";received={}", remote.ip());
+    }
+}
+
+/// A request that comes back through us on the same branch is a loop
+/// (RFC 3261 §16.3 step 4); a spiral (new Request-URI) is not.
+fn is_loop(local: &Local, msg: &Message) -> bool {
+    let finder = memchr::memmem::Finder::new(BRANCH_PREFIX);
+    if !msg
+        .all(HeaderName::Via)
+        .any(|h| finder.find(msg.slice(h.value_range())).is_some())
+    {
+        return false;
+    }
+    let vias: SmallVec<[Range<usize>; 8]> = msg.values(HeaderName::Via).map(|(_, r)| r).collect();
+    for (i, r) in vias.iter().enumerate() {
+        let Ok(v) = Via::parse(msg.buf(), r.clone()) else {
+            continue;
+        };
+        if !local.is_my_via(&v) {
+            continue;
+        }
+        let Some(below) = vias
+            .get(i + 1)
+            .and_then(|r| Via::parse(msg.buf(), r.clone()).ok())
+        else {
+            return true;
+        };
+        let mut expect = Vec::with_capacity(32);
+        local.branch(
+            &below,
+            msg.uri(),
+            msg.call_id(),
+            msg.cseq().map_or(0, |c| c.0),
+            &mut expect,
+        );
+        if v.branch() == Some(&expect[..]) {
+            return true;
+        }
+    }
+    false
+}

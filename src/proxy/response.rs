@@ -1,0 +1,68 @@
+//! Responses (RFC 3261 §16.7, stateless): the top Via must be ours, it is
+//! removed, and the response goes where the next Via says (`received` /
+//! `rport` first). Responses from strangers, to strangers, or not carrying
+//! our Via on top are dropped: nobody can bounce traffic off the sidecar.
+
+use std::net::SocketAddr;
+
+use smallvec::SmallVec;
+
+use super::ident::Local;
+use super::request::{Outcome, ip_literal};
+use crate::config::TransportKind;
+use crate::runtime::{Runtime, Side};
+use crate::sip::values::Via;
+use crate::sip::{Edits, HeaderName, Message};
+
+/// Decides the fate of response `msg` that came from `side`.
+pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome {
+    if side == Side::Unknown {
+        return Outcome::Drop("response_unknown_source");
+    }
+    if let Err(inv) = msg.validate() {
+        return Outcome::Drop(inv.reason);
+    }
+    let vias: SmallVec<[(usize, std::ops::Range<usize>); 4]> =
+        msg.values(HeaderName::Via).take(2).collect();
+    let Some(Ok(top)) = vias.first().map(|(_, r)| Via::parse(msg.buf(), r.clone())) else {
+        return Outcome::Drop("response_via");
+    };
+    if !local.is_my_via(&top) {
+        return Outcome::Drop("response_not_ours");
+    }
+    let Some(Ok(next)) = vias.get(1).map(|(_, r)| Via::parse(msg.buf(), r.clone())) else {
+        return Outcome::Drop("response_no_via");
+    };
+    let transport = if next.transport.eq_ignore_ascii_case(b"UDP") {
+        TransportKind::Udp
+    } else if next.transport.eq_ignore_ascii_case(b"TCP") {
+        TransportKind::Tcp
+    } else {
+        return Outcome::Drop("response_transport");
+    };
+    let ip = match next.received() {
+        Some(r) => ip_literal(r),
+        None => ip_literal(next.host),
+    };
+    let port = match next.rport() {
+        Some(Some(p)) => p,
+        _ => next.port.unwrap_or(5060),
+    };
+    let Some(ip) = ip.filter(|ip| rt.routing.is_known(*ip)) else {
+        return Outcome::Drop("response_unroutable");
+    };
+    let mut e = Edits::new();
+    let (h0, r0) = &vias[0];
+    match vias.get(1) {
+        Some((h1, r1)) if h1 == h0 => e.delete(r0.start..r1.start),
+        _ => e.delete(msg.headers()[*h0].line()),
+    }
+    for h in msg.all(HeaderName::XCrm) {
+        e.delete(h.line());
+    }
+    Outcome::Forward {
+        dest: SocketAddr::new(ip, port),
+        transport,
+        data: e.apply(msg.buf(), msg.end()),
+    }
+}

@@ -1,0 +1,164 @@
+//! What one config generation builds: the routing table (who is a trunk,
+//! who is the PBX, where each side's requests go) and the screener. The
+//! proxy holds the current `Runtime` in an `ArcSwap`; a reload builds a new
+//! one beside it and swaps it in whole, or keeps the old one on any error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::config::{ConfigError, Diagnostic, Loaded, TransportKind};
+use crate::screening::Screener;
+use crate::screening::exceptions::ExceptionSet;
+
+/// Which side of the sidecar a packet came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A configured trunk (index into `Routing::trunks`).
+    Trunk(usize),
+    /// The PBX.
+    Pbx,
+    /// Anyone else: never relayed.
+    Unknown,
+}
+
+impl Side {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Trunk(_) => "trunk",
+            Side::Pbx => "pbx",
+            Side::Unknown => "unknown",
+        }
+    }
+}
+
+/// A next hop the proxy may send to.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Trunk name, or `pbx`.
+    pub name: String,
+    /// Where requests for this peer go.
+    pub target: SocketAddr,
+    /// Transport towards it.
+    pub transport: TransportKind,
+    /// Networks its requests come from.
+    pub sources: Vec<IpNet>,
+    /// Whether its P-Asserted-Identity is believed.
+    pub trust_pai: bool,
+}
+
+impl Peer {
+    /// Whether `ip` belongs to this peer (a source network or its target).
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        self.target.ip() == ip || self.sources.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Source classification and next hops.
+#[derive(Debug)]
+pub struct Routing {
+    /// The PBX.
+    pub pbx: Peer,
+    /// The trunks, in config order.
+    pub trunks: Vec<Peer>,
+    /// Trunk used when a line names none (`[defaults] trunk`, else the first).
+    pub default_trunk: Option<usize>,
+}
+
+impl Routing {
+    fn build(loaded: &Loaded) -> Result<Routing, ConfigError> {
+        let cfg = &loaded.config;
+        let pbx = Peer {
+            name: "pbx".to_string(),
+            target: cfg.pbx.target,
+            transport: cfg.pbx.transport,
+            sources: cfg.pbx.sources.clone(),
+            trust_pai: true,
+        };
+        let trunks: Vec<Peer> = cfg
+            .trunks
+            .iter()
+            .map(|t| Peer {
+                name: t.name.get_ref().clone(),
+                target: t.target,
+                transport: t.transport,
+                sources: t.sources.clone(),
+                trust_pai: t.trust_pai,
+            })
+            .collect();
+        let default_trunk = match &cfg.defaults.trunk {
+            Some(name) => Some(
+                trunks
+                    .iter()
+                    .position(|t| &t.name == name.get_ref())
+                    .ok_or_else(|| {
+                        loaded.error(vec![Diagnostic::new(name.span(), "no such trunk")])
+                    })?,
+            ),
+            None if trunks.is_empty() => None,
+            None => Some(0),
+        };
+        Ok(Routing {
+            pbx,
+            trunks,
+            default_trunk,
+        })
+    }
+
+    /// Which side `ip` is on. Trunks are checked first only for speed; the
+    /// config refuses networks claimed by both sides.
+    pub fn classify(&self, ip: IpAddr) -> Side {
+        if let Some(i) = self
+            .trunks
+            .iter()
+            .position(|t| t.sources.iter().any(|n| n.contains(&ip)))
+        {
+            return Side::Trunk(i);
+        }
+        if self.pbx.sources.iter().any(|n| n.contains(&ip)) {
+            return Side::Pbx;
+        }
+        Side::Unknown
+    }
+
+    /// The trunk named `name`, else the default trunk.
+    pub fn trunk_for(&self, name: Option<&str>) -> Option<&Peer> {
+        name.and_then(|n| self.trunks.iter().find(|t| t.name == n))
+            .or_else(|| self.default_trunk.map(|i| &self.trunks[i]))
+    }
+
+    /// The trunk that owns `ip`, if any.
+    pub fn trunk_owning(&self, ip: IpAddr) -> Option<&Peer> {
+        self.trunks.iter().find(|t| t.owns(ip))
+    }
+
+    /// Whether `ip` belongs to any configured peer.
+    pub fn is_known(&self, ip: IpAddr) -> bool {
+        self.pbx.owns(ip) || self.trunks.iter().any(|t| t.owns(ip))
+    }
+}
+
+/// Everything one config generation builds.
+pub struct Runtime {
+    /// The config it was built from.
+    pub loaded: Loaded,
+    /// Sources and next hops.
+    pub routing: Routing,
+    /// Lines, normaliser and the (shared) exception set.
+    pub screener: Screener,
+}
+
+impl Runtime {
+    /// Builds a generation; any error leaves nothing half-built.
+    pub fn build(loaded: Loaded, exceptions: Arc<ExceptionSet>) -> Result<Runtime, ConfigError> {
+        let routing = Routing::build(&loaded)?;
+        let screener = Screener::build(&loaded, exceptions)?;
+        Ok(Runtime {
+            loaded,
+            routing,
+            screener,
+        })
+    }
+}
