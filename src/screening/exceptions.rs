@@ -209,11 +209,7 @@ impl ExceptionSet {
 
     /// Is this e-mail listed (case-insensitive)?
     pub fn contains_email(&self, email: &str) -> bool {
-        self.inner
-            .current
-            .load()
-            .emails
-            .contains(&email_key(email))
+        self.inner.current.load().emails.contains(&email_key(email))
     }
 
     /// Replaces everything (start, reload).
@@ -280,10 +276,15 @@ impl ExceptionSet {
         (s.phones.delta_len(), s.emails.delta_len())
     }
 
-    fn write_phones(&self, f: impl FnOnce(&Layer<PhoneTable>) -> Option<Layer<PhoneTable>>) -> bool {
+    fn write_phones(
+        &self,
+        f: impl FnOnce(&Layer<PhoneTable>) -> Option<Layer<PhoneTable>>,
+    ) -> bool {
         let w = self.inner.lock();
         let cur = self.inner.current.load_full();
-        let Some(next) = f(&cur.phones) else { return false };
+        let Some(next) = f(&cur.phones) else {
+            return false;
+        };
         let big = next.delta_len() >= self.inner.threshold;
         self.inner.current.store(Arc::new(Snapshot {
             phones: Arc::new(next),
@@ -296,10 +297,15 @@ impl ExceptionSet {
         true
     }
 
-    fn write_emails(&self, f: impl FnOnce(&Layer<EmailTable>) -> Option<Layer<EmailTable>>) -> bool {
+    fn write_emails(
+        &self,
+        f: impl FnOnce(&Layer<EmailTable>) -> Option<Layer<EmailTable>>,
+    ) -> bool {
         let w = self.inner.lock();
         let cur = self.inner.current.load_full();
-        let Some(next) = f(&cur.emails) else { return false };
+        let Some(next) = f(&cur.emails) else {
+            return false;
+        };
         let big = next.delta_len() >= self.inner.threshold;
         self.inner.current.store(Arc::new(Snapshot {
             phones: Arc::clone(&cur.phones),
@@ -337,10 +343,10 @@ impl Inner {
     fn merge_loop(&self) {
         loop {
             let from = self.current.load_full();
-            let phones = (from.phones.delta_len() >= self.threshold)
-                .then(|| Arc::new(from.phones.merged()));
-            let emails = (from.emails.delta_len() >= self.threshold)
-                .then(|| Arc::new(from.emails.merged()));
+            let phones =
+                (from.phones.delta_len() >= self.threshold).then(|| Arc::new(from.phones.merged()));
+            let emails =
+                (from.emails.delta_len() >= self.threshold).then(|| Arc::new(from.emails.merged()));
             if phones.is_none() && emails.is_none() {
                 break;
             }

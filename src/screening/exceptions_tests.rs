@@ -28,7 +28,11 @@ fn phones_insert_remove_and_replace() {
     assert!(!set.contains_phone(2));
     set.insert_phone(2);
     assert!(set.contains_phone(2));
-    assert_eq!(set.delta_lens(), (0, 0), "re-insert of a base key cancels its removal");
+    assert_eq!(
+        set.delta_lens(),
+        (0, 0),
+        "re-insert of a base key cancels its removal"
+    );
     assert!(!set.contains_phone(0));
 }
 
@@ -61,7 +65,10 @@ fn delta_is_merged_in_the_background() {
 #[test]
 fn table_is_compact() {
     let set = ExceptionSet::new();
-    set.replace_all((1..=100_000u64).map(|i| 4915100000000 + i * 7).collect(), vec![]);
+    set.replace_all(
+        (1..=100_000u64).map(|i| 4915100000000 + i * 7).collect(),
+        vec![],
+    );
     let per = set.phone_table_bytes() as f64 / 100_000.0;
     assert!(per <= 11.0, "{per} bytes per entry");
 }

@@ -57,7 +57,11 @@ pub struct LineTable {
 
 impl LineTable {
     /// Resolves and checks every line; all problems are returned at once.
-    pub fn build(cfg: &Config, text: &str, norm: &Normalizer) -> Result<LineTable, Vec<Diagnostic>> {
+    pub fn build(
+        cfg: &Config,
+        text: &str,
+        norm: &Normalizer,
+    ) -> Result<LineTable, Vec<Diagnostic>> {
         let mut diags = Vec::new();
         let d = &cfg.defaults;
         let region = match &d.region {
@@ -87,7 +91,11 @@ impl LineTable {
             let Some(n) = norm.normalize(l.number.get_ref().as_bytes(), Some(s.region)) else {
                 diags.push(Diagnostic::new(
                     span,
-                    format!("line number {:?} is not a phone number for region {:?}", l.number.get_ref(), s.region),
+                    format!(
+                        "line number {:?} is not a phone number for region {:?}",
+                        l.number.get_ref(),
+                        s.region
+                    ),
                 ));
                 continue;
             };
@@ -97,19 +105,27 @@ impl LineTable {
             check_strings(&s, &format!("line {name}"), span.clone(), &mut diags);
             if let Some(&first) = seen.get(&n) {
                 let (line, _) = crate::config::line_col(text, first);
-                diags.push(Diagnostic::new(span, format!("line {name} is configured twice (first on line {line})")));
+                diags.push(Diagnostic::new(
+                    span,
+                    format!("line {name} is configured twice (first on line {line})"),
+                ));
                 continue;
             }
             seen.insert(n, span.start);
             lines.insert(n, s);
         }
-        if diags.is_empty() { Ok(LineTable { defaults, lines }) } else { Err(diags) }
+        if diags.is_empty() {
+            Ok(LineTable { defaults, lines })
+        } else {
+            Err(diags)
+        }
     }
 
     /// The settings of `line` (the defaults when it has none or is unknown).
     #[inline]
     pub fn get(&self, line: Option<u64>) -> &LineSettings {
-        line.and_then(|n| self.lines.get(&n)).unwrap_or(&self.defaults)
+        line.and_then(|n| self.lines.get(&n))
+            .unwrap_or(&self.defaults)
     }
 
     /// The defaults (numbers without a `[[line]]`).
@@ -136,8 +152,14 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
         pipeline: l.pipeline.clone().or_else(|| d.pipeline.clone()),
         queue: l.queue.clone().unwrap_or_else(|| d.queue.clone()),
         forward_to_responsible: l.forward_to_responsible.unwrap_or(d.forward_to_responsible),
-        change_responsible_on_transfer: l.change_responsible_on_transfer.unwrap_or(d.change_responsible_on_transfer),
-        trunk: l.trunk.as_ref().map(|t| t.get_ref().clone()).or_else(|| d.trunk.clone()),
+        change_responsible_on_transfer: l
+            .change_responsible_on_transfer
+            .unwrap_or(d.change_responsible_on_transfer),
+        trunk: l
+            .trunk
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .or_else(|| d.trunk.clone()),
         region: match &l.region {
             Some(r) => parse_region(r.get_ref(), r.span(), diags),
             None => d.region,
@@ -147,7 +169,10 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
 
 fn parse_region(r: &str, span: Range<usize>, diags: &mut Vec<Diagnostic>) -> Id {
     Id::from_str(&r.to_ascii_uppercase()).unwrap_or_else(|_| {
-        diags.push(Diagnostic::new(span, format!("{r:?} is not an ISO 3166 region code")));
+        diags.push(Diagnostic::new(
+            span,
+            format!("{r:?} is not an ISO 3166 region code"),
+        ));
         Id::DE
     })
 }
@@ -158,7 +183,10 @@ fn check_strings(s: &LineSettings, what: &str, span: Range<usize>, diags: &mut V
     if bad(&s.source) {
         diags.push(Diagnostic::new(
             span.clone(),
-            format!("{what}: source {:?} has control characters or surrounding spaces", s.source),
+            format!(
+                "{what}: source {:?} has control characters or surrounding spaces",
+                s.source
+            ),
         ));
     }
     for m in &s.queue {
@@ -192,7 +220,8 @@ source = "CALL"
 "#;
 
     fn build(extra: &str) -> Result<LineTable, String> {
-        let l = from_toml(Path::new("c.toml"), format!("{BASE}{extra}")).map_err(|e| e.to_string())?;
+        let l =
+            from_toml(Path::new("c.toml"), format!("{BASE}{extra}")).map_err(|e| e.to_string())?;
         let n = Normalizer::new(Id::DE, &[]);
         LineTable::build(&l.config, &l.text, &n).map_err(|d| l.error(d).to_string())
     }
@@ -217,15 +246,26 @@ source = "CALL"
     #[test]
     fn bad_and_duplicate_numbers_are_located() {
         let e = build("\n[[line]]\nnumber = \"+4930901820\"\n\n[[line]]\nnumber = \"030-901820\"\n\n[[line]]\nnumber = \"hello\"\n").unwrap_err();
-        assert!(e.contains("c.toml:18:10: line +4930901820 is configured twice (first on line 15)"), "{e}");
-        assert!(e.contains("c.toml:21:10: line number \"hello\" is not a phone number"), "{e}");
+        assert!(
+            e.contains("c.toml:18:10: line +4930901820 is configured twice (first on line 15)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:21:10: line number \"hello\" is not a phone number"),
+            "{e}"
+        );
     }
 
     #[test]
     fn control_characters_are_refused() {
-        let e = build("\n[[line]]\nnumber = \"+4930901820\"\nsource = \"A\\r\\nX-CRM-Verdict: log\"\n").unwrap_err();
+        let e =
+            build("\n[[line]]\nnumber = \"+4930901820\"\nsource = \"A\\r\\nX-CRM-Verdict: log\"\n")
+                .unwrap_err();
         assert!(e.contains("c.toml:15:10: line +4930901820: source"), "{e}");
         let e = build("queue = [\"\"]\n").unwrap_err();
-        assert!(e.contains("c.toml:11:1: [defaults]: queue member \"\""), "{e}");
+        assert!(
+            e.contains("c.toml:11:1: [defaults]: queue member \"\""),
+            "{e}"
+        );
     }
 }

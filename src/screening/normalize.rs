@@ -43,6 +43,9 @@ const SHARDS: usize = 16;
 /// Default number of cached national results, all shards together.
 pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
 
+/// One cache shard: packed digits and region -> result.
+type Shard = FxHashMap<(u128, Id), Option<u64>>;
+
 /// Turns SIP user parts and list entries into E.164 numbers.
 pub struct Normalizer {
     /// Region for national forms when the caller names none.
@@ -50,7 +53,7 @@ pub struct Normalizer {
     /// Country codes that make a bare digit string international.
     bare: Vec<Vec<u8>>,
     /// Results of the national path, keyed by digits and region.
-    cache: Vec<Mutex<FxHashMap<(u128, Id), Option<u64>>>>,
+    cache: Vec<Mutex<Shard>>,
     /// Entries per shard before it is cleared (0: no cache).
     shard_capacity: usize,
 }
@@ -249,8 +252,14 @@ mod tests {
         assert_eq!(n.normalize(b"030 901820", None), Some(4930901820));
         assert_eq!(n.normalize(b"0151 12345678", None), Some(4915112345678));
         assert_eq!(n.normalize(b"030901820", None), Some(4930901820), "cached");
-        assert_eq!(n.normalize(b"01 42 68 53 00", Some(Id::FR)), Some(33142685300));
-        assert_eq!(n.normalize(b"02 12345678", Some(Id::IT)), Some(390212345678));
+        assert_eq!(
+            n.normalize(b"01 42 68 53 00", Some(Id::FR)),
+            Some(33142685300)
+        );
+        assert_eq!(
+            n.normalize(b"02 12345678", Some(Id::IT)),
+            Some(390212345678)
+        );
         assert!(n.cached() >= 3);
     }
 
@@ -258,8 +267,18 @@ mod tests {
     fn garbage_and_anonymous_are_none() {
         let n = de();
         for raw in [
-            "", "anonymous", "+", "+0301234567", "+12345", "+1234567890123456",
-            "00", "49a30901820", "%2B", "+49 30 90182O", ";npdi", "123",
+            "",
+            "anonymous",
+            "+",
+            "+0301234567",
+            "+12345",
+            "+1234567890123456",
+            "00",
+            "49a30901820",
+            "%2B",
+            "+49 30 90182O",
+            ";npdi",
+            "123",
         ] {
             assert_eq!(n.normalize(raw.as_bytes(), None), None, "{raw}");
         }

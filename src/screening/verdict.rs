@@ -86,7 +86,13 @@ pub struct Screening<'a> {
 }
 
 /// Client user parts that mean "withheld" (compared case-insensitively).
-const ANONYMOUS: [&[u8]; 5] = [b"anonymous", b"unknown", b"restricted", b"private", b"withheld"];
+const ANONYMOUS: [&[u8]; 5] = [
+    b"anonymous",
+    b"unknown",
+    b"restricted",
+    b"private",
+    b"withheld",
+];
 
 impl Screener {
     /// Built from a validated config; the exception set is shared across
@@ -96,10 +102,14 @@ impl Screener {
         let region = cfg.screening.default_region.get_ref();
         let Ok(region) = phonenumber::country::Id::from_str(&region.to_ascii_uppercase()) else {
             let span = cfg.screening.default_region.span();
-            return Err(loaded.error(vec![Diagnostic::new(span, format!("{region:?} is not an ISO 3166 region code"))]));
+            return Err(loaded.error(vec![Diagnostic::new(
+                span,
+                format!("{region:?} is not an ISO 3166 region code"),
+            )]));
         };
         let normalizer = Normalizer::new(region, &cfg.screening.bare_country_codes);
-        let lines = LineTable::build(cfg, &loaded.text, &normalizer).map_err(|d| loaded.error(d))?;
+        let lines =
+            LineTable::build(cfg, &loaded.text, &normalizer).map_err(|d| loaded.error(d))?;
         Ok(Screener {
             normalizer,
             lines,
@@ -109,7 +119,12 @@ impl Screener {
     }
 
     /// Hot path: no allocation for the common cases, never blocks.
-    pub fn screen(&self, direction: Direction, line_user: &[u8], client_user: Option<&[u8]>) -> Screening<'_> {
+    pub fn screen(
+        &self,
+        direction: Direction,
+        line_user: &[u8],
+        client_user: Option<&[u8]>,
+    ) -> Screening<'_> {
         let line = self.normalizer.normalize(line_user, None);
         let settings = self.lines.get(line);
         let client = client_user

@@ -89,7 +89,14 @@ fn unlisted_caller_is_logged_with_the_line_settings() {
 #[test]
 fn anonymous_callers_get_the_configured_verdict() {
     let sc = screener();
-    for user in [None, Some(&b"Anonymous"[..]), Some(b"RESTRICTED"), Some(b"withheld"), Some(b"abc"), Some(b"")] {
+    for user in [
+        None,
+        Some(&b"Anonymous"[..]),
+        Some(b"RESTRICTED"),
+        Some(b"withheld"),
+        Some(b"abc"),
+        Some(b""),
+    ] {
         let s = sc.screen(Direction::Inbound, b"+4999999999", user);
         assert_eq!(s.client, Client::Anonymous, "{user:?}");
         assert_eq!(s.verdict, Verdict::Exception);
@@ -106,13 +113,29 @@ fn create_follows_direction_and_mode() {
     let sc = screener();
     let caller = Some(&b"+4915199999999"[..]);
     // Defaults: auto, all, classic.
-    assert_eq!(sc.screen(Direction::Outbound, b"+4911111111", caller).create(), CreateTag::Lead);
+    assert_eq!(
+        sc.screen(Direction::Outbound, b"+4911111111", caller)
+            .create(),
+        CreateTag::Lead
+    );
     // incoming only, simple CRM.
-    assert_eq!(sc.screen(Direction::Inbound, b"+4940123456", caller).create(), CreateTag::Deal);
-    assert_eq!(sc.screen(Direction::Outbound, b"+4940123456", caller).create(), CreateTag::None);
+    assert_eq!(
+        sc.screen(Direction::Inbound, b"+4940123456", caller)
+            .create(),
+        CreateTag::Deal
+    );
+    assert_eq!(
+        sc.screen(Direction::Outbound, b"+4940123456", caller)
+            .create(),
+        CreateTag::None
+    );
     let s = sc.screen(Direction::Outbound, b"+4940123456", caller);
     assert!(tags(&s).contains("X-CRM-Create: none\r\nX-CRM-Source: CALL\r\n"));
-    assert_eq!(sc.screen(Direction::Inbound, b"+33142685300", caller).create(), CreateTag::None);
+    assert_eq!(
+        sc.screen(Direction::Inbound, b"+33142685300", caller)
+            .create(),
+        CreateTag::None
+    );
 }
 
 #[test]
@@ -125,7 +148,10 @@ fn client_uses_the_line_region_and_line_may_be_no_number() {
     assert_eq!(s.settings, sc.lines().defaults());
     let t = tags(&s);
     assert!(!t.contains("X-CRM-Line"), "{t}");
-    assert!(t.contains("X-CRM-Direction: outbound\r\nX-CRM-Client: +4915199999999\r\n"), "{t}");
+    assert!(
+        t.contains("X-CRM-Direction: outbound\r\nX-CRM-Client: +4915199999999\r\n"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -149,7 +175,9 @@ fn call_id_cannot_inject_headers() {
 fn bad_line_is_a_located_config_error() {
     let text = format!("{CONFIG}\n[[line]]\nnumber = \"+4930 901820\"\n");
     let loaded = from_toml(Path::new("t.toml"), text).unwrap();
-    let err = Screener::build(&loaded, Arc::new(ExceptionSet::new())).err().unwrap();
+    let err = Screener::build(&loaded, Arc::new(ExceptionSet::new()))
+        .err()
+        .unwrap();
     assert_eq!(err.errors()[0].line, 42, "{err}");
     assert!(err.to_string().contains("configured twice"), "{err}");
 }
