@@ -1,2 +1,321 @@
-//! STUB
-pub struct Normalizer;
+//! Phone numbers to E.164, stored as `u64` (`+4930901820` -> `4930901820`).
+//!
+//! Every number the sidecar compares (caller, callee, line, exception entry)
+//! goes through [`Normalizer::normalize`] so that `+49 30 901820`,
+//! `0049-30-901820`, `%2B4930901820;npdi` and the national `030 901820`
+//! (region DE) are one key.
+//!
+//! Two paths:
+//! - **Fast path**, no allocation, no `phonenumber`: after separators
+//!   (` - . ( ) /`) and user parameters (`;…`) are dropped, `+digits` and
+//!   `00digits` with 7..=15 digits whose first digit is not 0, and bare
+//!   digit strings of 10..=15 digits that start with a configured bare
+//!   country code. SIP trunks send nearly every number in one of these forms.
+//! - **National path**: any other all-digit string is parsed by
+//!   `phonenumber` with the line's region (or the default one).
+//!   *Decision:* a number is accepted when the library parses it and the
+//!   resulting E.164 has 7..=15 digits; `is_valid` is **not** required,
+//!   because the metadata lags numbering-plan changes and a real caller
+//!   refused here would be screened as anonymous, i.e. never matched
+//!   against the exception list.
+//!
+//! The national path costs microseconds (regexes, allocations), so its
+//! results (also the negative ones) are kept in a bounded cache: 16 shards,
+//! each a small map behind a `Mutex` that is only ever `try_lock`ed (a
+//! contended shard is skipped, the caller parses itself: never blocks), and
+//! cleared whole when full (bounded memory; the cost is a burst of parses).
+//! `benches/lookup.rs` measures both the cached and the uncached path.
+
+use std::sync::Mutex;
+
+use phonenumber::country::Id;
+use rustc_hash::FxHashMap;
+
+/// Shortest and longest E.164 number (country code included), in digits.
+const E164_DIGITS: std::ops::RangeInclusive<usize> = 7..=15;
+/// Bare digit strings (no `+`, no `00`) need this many digits to be read as
+/// international with a configured country code.
+const BARE_DIGITS: std::ops::RangeInclusive<usize> = 10..=15;
+/// Longest digit string looked at (national forms carry prefixes).
+const MAX_DIGITS: usize = 24;
+/// Number of cache shards (a power of two).
+const SHARDS: usize = 16;
+/// Default number of cached national results, all shards together.
+pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
+
+/// One cache shard: packed digits and region -> result.
+type Shard = FxHashMap<(u128, Id), Option<u64>>;
+
+/// Turns SIP user parts and list entries into E.164 numbers.
+pub struct Normalizer {
+    /// Region for national forms when the caller names none.
+    default_region: Id,
+    /// Country codes that make a bare digit string international.
+    bare: Vec<Vec<u8>>,
+    /// Results of the national path, keyed by digits and region.
+    cache: Vec<Mutex<Shard>>,
+    /// Entries per shard before it is cleared (0: no cache).
+    shard_capacity: usize,
+}
+
+impl Normalizer {
+    /// A normalizer with the default cache size.
+    pub fn new(default_region: Id, bare_country_codes: &[String]) -> Self {
+        Self::with_cache(default_region, bare_country_codes, DEFAULT_CACHE_ENTRIES)
+    }
+
+    /// A normalizer caching at most about `entries` national results
+    /// (0 disables the cache).
+    pub fn with_cache(default_region: Id, bare_country_codes: &[String], entries: usize) -> Self {
+        Normalizer {
+            default_region,
+            bare: bare_country_codes
+                .iter()
+                .map(|c| c.as_bytes().to_vec())
+                .collect(),
+            cache: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_capacity: entries.div_ceil(SHARDS),
+        }
+    }
+
+    /// The region used when none is given.
+    pub fn default_region(&self) -> Id {
+        self.default_region
+    }
+
+    /// E.164 of `raw` (a SIP user part or a list entry), reading national
+    /// forms with `region` (default: the configured one). `None` for empty,
+    /// non-numeric or anonymous users and numbers that cannot be read.
+    pub fn normalize(&self, raw: &[u8], region: Option<Id>) -> Option<u64> {
+        let mut buf = [0u8; MAX_DIGITS];
+        let (plus, digits) = clean(raw, &mut buf)?;
+        if plus {
+            return international(digits);
+        }
+        if let Some(rest) = digits.strip_prefix(b"00") {
+            return international(rest);
+        }
+        if BARE_DIGITS.contains(&digits.len())
+            && digits[0] != b'0'
+            && self.bare.iter().any(|cc| digits.starts_with(cc))
+        {
+            return to_u64(digits);
+        }
+        self.national(digits, region.unwrap_or(self.default_region))
+    }
+
+    /// The national path, through the cache.
+    fn national(&self, digits: &[u8], region: Id) -> Option<u64> {
+        if self.shard_capacity == 0 {
+            return parse_national(digits, region);
+        }
+        // Digit + 1 per nibble keeps leading zeros apart ("030" != "30").
+        let packed = digits
+            .iter()
+            .fold(0u128, |acc, d| (acc << 4) | u128::from(d - b'0' + 1));
+        let key = (packed, region);
+        let shard = &self.cache[(packed as usize ^ (packed >> 64) as usize) % SHARDS];
+        if let Ok(map) = shard.try_lock()
+            && let Some(hit) = map.get(&key)
+        {
+            return *hit;
+        }
+        let result = parse_national(digits, region);
+        if let Ok(mut map) = shard.try_lock() {
+            if map.len() >= self.shard_capacity {
+                map.clear();
+            }
+            map.insert(key, result);
+        }
+        result
+    }
+
+    /// Number of cached national results (for tests and metrics).
+    pub fn cached(&self) -> usize {
+        self.cache
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+}
+
+/// Drops user parameters and separators, decodes a leading `%2B`; returns
+/// whether a leading `+` was present and the digits (at most `MAX_DIGITS`).
+fn clean<'b>(raw: &[u8], buf: &'b mut [u8; MAX_DIGITS]) -> Option<(bool, &'b [u8])> {
+    let raw = match memchr::memchr(b';', raw) {
+        Some(p) => &raw[..p],
+        None => raw,
+    };
+    let (plus, rest) = if let Some(r) = raw.strip_prefix(b"+") {
+        (true, r)
+    } else if raw.len() >= 3 && raw[0] == b'%' && raw[1] == b'2' && matches!(raw[2], b'B' | b'b') {
+        (true, &raw[3..])
+    } else {
+        (false, raw)
+    };
+    let mut n = 0;
+    for &b in rest {
+        match b {
+            b'0'..=b'9' => {
+                *buf.get_mut(n)? = b;
+                n += 1;
+            }
+            b' ' | b'-' | b'.' | b'(' | b')' | b'/' => {}
+            _ => return None,
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    Some((plus, &buf[..n]))
+}
+
+/// Digits after `+` or `00`: the E.164 number itself.
+fn international(digits: &[u8]) -> Option<u64> {
+    if !E164_DIGITS.contains(&digits.len()) || digits[0] == b'0' {
+        return None;
+    }
+    to_u64(digits)
+}
+
+fn to_u64(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// `phonenumber` with a region; see the module doc for what is accepted.
+fn parse_national(digits: &[u8], region: Id) -> Option<u64> {
+    let text = std::str::from_utf8(digits).ok()?;
+    let pn = phonenumber::parse(Some(region), text).ok()?;
+    let national = pn.national();
+    let value = national.value();
+    if value == 0 {
+        return None;
+    }
+    let value_digits = value.ilog10() as usize + 1;
+    let cc = u64::from(pn.code().value());
+    let cc_digits = cc.checked_ilog10()? as usize + 1;
+    let zeros = usize::from(national.zeros());
+    if !E164_DIGITS.contains(&(cc_digits + zeros + value_digits)) {
+        return None;
+    }
+    Some(cc * 10u64.pow((zeros + value_digits) as u32) + value)
+}
+
+/// Appends `+` and the digits of `n`.
+pub fn write_e164(n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push(b'+');
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de() -> Normalizer {
+        Normalizer::new(Id::DE, &["49".to_string()])
+    }
+
+    #[test]
+    fn international_forms_are_one_key() {
+        let n = de();
+        for raw in [
+            "+4930901820",
+            "+49 30 901820",
+            "0049-30-901820",
+            "%2B4930901820",
+            "%2b49 (30) 90/18.20",
+            "+4930901820;npdi",
+            "+4930901820;phone-context=example.com",
+            "4930901820",
+        ] {
+            assert_eq!(n.normalize(raw.as_bytes(), None), Some(4930901820), "{raw}");
+        }
+        assert_eq!(n.cached(), 0, "fast path must not touch the cache");
+    }
+
+    #[test]
+    fn national_forms_use_the_region() {
+        let n = de();
+        assert_eq!(n.normalize(b"030 901820", None), Some(4930901820));
+        assert_eq!(n.normalize(b"0151 12345678", None), Some(4915112345678));
+        assert_eq!(n.normalize(b"030901820", None), Some(4930901820), "cached");
+        assert_eq!(
+            n.normalize(b"01 42 68 53 00", Some(Id::FR)),
+            Some(33142685300)
+        );
+        assert_eq!(
+            n.normalize(b"02 12345678", Some(Id::IT)),
+            Some(390212345678)
+        );
+        assert!(n.cached() >= 3);
+    }
+
+    #[test]
+    fn garbage_and_anonymous_are_none() {
+        let n = de();
+        for raw in [
+            "",
+            "anonymous",
+            "+",
+            "+0301234567",
+            "+12345",
+            "+1234567890123456",
+            "00",
+            "49a30901820",
+            "%2B",
+            "+49 30 90182O",
+            ";npdi",
+            "123",
+        ] {
+            assert_eq!(n.normalize(raw.as_bytes(), None), None, "{raw}");
+        }
+        assert_eq!(n.normalize(&[b'1'; 40], None), None);
+    }
+
+    #[test]
+    fn bare_digits_need_a_configured_country_code() {
+        let n = Normalizer::new(Id::DE, &[]);
+        // Without "49" configured, a bare number takes the national path
+        // (where `phonenumber` happens to strip the region's own code).
+        assert_eq!(n.normalize(b"4930901820", None), Some(4930901820));
+        assert_eq!(n.cached(), 1);
+        let n = de();
+        assert_eq!(n.normalize(b"4930901820", None), Some(4930901820));
+        assert_eq!(n.cached(), 0);
+    }
+
+    #[test]
+    fn cache_stays_bounded() {
+        let n = Normalizer::with_cache(Id::DE, &[], 32);
+        for i in 0..500u32 {
+            let _ = n.normalize(format!("030 9{i:06}").as_bytes(), None);
+            assert!(n.cached() <= 32 + SHARDS);
+        }
+        let uncached = Normalizer::with_cache(Id::DE, &[], 0);
+        assert_eq!(uncached.normalize(b"030 901820", None), Some(4930901820));
+        assert_eq!(uncached.cached(), 0);
+    }
+
+    #[test]
+    fn writes_e164() {
+        let mut out = b"x".to_vec();
+        write_e164(4930901820, &mut out);
+        assert_eq!(out, b"x+4930901820");
+        out.clear();
+        write_e164(u64::from(u32::MAX) * 1000, &mut out);
+        assert_eq!(out, format!("+{}", u64::from(u32::MAX) * 1000).as_bytes());
+    }
+}

@@ -1,0 +1,128 @@
+//! The exception-set lookup alone (hit and miss, random keys, 1M and 10M
+//! entries) and number normalisation (fast path, national path with and
+//! without the cache), plus one whole `Screener::screen`.
+//!
+//! Run: `cargo bench --bench lookup`. Prints the phone table's heap bytes
+//! per entry at each size.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use phonenumber::country::Id;
+use sipscreen::screening::exceptions::ExceptionSet;
+use sipscreen::screening::normalize::Normalizer;
+use sipscreen::screening::{Direction, Screener};
+
+/// Query keys per run (cycled), pre-generated so generation isn't measured.
+const QUERIES: usize = 1 << 20;
+
+/// splitmix64: reproducible keys without a `rand` dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A German-looking E.164 number: +49 and 10 or 11 digits.
+    fn phone(&mut self) -> u64 {
+        490_000_000_000 + self.next() % 9_999_999_999_999
+    }
+}
+
+fn lookups(c: &mut Criterion) {
+    for (label, n) in [("1M", 1_000_000usize), ("10M", 10_000_000)] {
+        let mut rng = Rng(n as u64);
+        let keys: Vec<u64> = (0..n).map(|_| rng.phone()).collect();
+        let set = ExceptionSet::new();
+        set.replace_all(keys.clone(), Vec::new());
+        let (phones, _) = set.counts();
+        eprintln!(
+            "exceptions {label}: {phones} phones, table {} bytes = {:.1} bytes/entry (whole set {:.1} bytes/entry)",
+            set.phone_table_bytes(),
+            set.phone_table_bytes() as f64 / phones as f64,
+            set.heap_bytes() as f64 / phones as f64,
+        );
+        let hits: Vec<u64> = (0..QUERIES)
+            .map(|_| keys[(rng.next() % n as u64) as usize])
+            .collect();
+        let misses: Vec<u64> = (0..QUERIES)
+            .map(|_| {
+                loop {
+                    let k = rng.phone();
+                    if !set.contains_phone(k) {
+                        break k;
+                    }
+                }
+            })
+            .collect();
+        drop(keys);
+        for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
+            let mut i = 0;
+            c.bench_function(&format!("lookup/{kind}/{label}"), |b| {
+                b.iter(|| {
+                    let k = queries[i & (QUERIES - 1)];
+                    i += 1;
+                    black_box(set.contains_phone(black_box(k)))
+                })
+            });
+        }
+    }
+}
+
+fn normalisation(c: &mut Criterion) {
+    let cached = Normalizer::new(Id::DE, &["49".to_string()]);
+    let uncached = Normalizer::with_cache(Id::DE, &["49".to_string()], 0);
+    c.bench_function("normalize/fast/+49 30 901820", |b| {
+        b.iter(|| cached.normalize(black_box(b"+49 30 901820"), None))
+    });
+    c.bench_function("normalize/fast/%2B4930901820;npdi", |b| {
+        b.iter(|| cached.normalize(black_box(b"%2B4930901820;npdi"), None))
+    });
+    c.bench_function("normalize/national/cached", |b| {
+        b.iter(|| cached.normalize(black_box(b"030 901820"), None))
+    });
+    c.bench_function("normalize/national/uncached", |b| {
+        b.iter(|| uncached.normalize(black_box(b"030 901820"), None))
+    });
+}
+
+fn screen(c: &mut Criterion) {
+    let text = r#"
+[pbx]
+target = "127.0.0.1:5080"
+sources = ["127.0.0.1/32"]
+[[trunk]]
+name = "carrier"
+target = "127.0.0.2:5070"
+sources = ["127.0.0.2/32"]
+[[line]]
+number = "+4930901820"
+queue = ["101"]
+"#;
+    let loaded = sipscreen::config::from_toml(Path::new("bench.toml"), text.to_string()).unwrap();
+    let set = Arc::new(ExceptionSet::new());
+    let mut rng = Rng(7);
+    set.replace_all((0..1_000_000).map(|_| rng.phone()).collect(), Vec::new());
+    let screener = Screener::build(&loaded, set).unwrap();
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("screen+tags/inbound/1M", |b| {
+        b.iter(|| {
+            out.clear();
+            let s = screener.screen(
+                Direction::Inbound,
+                black_box(b"+4930901820"),
+                Some(black_box(b"+4915112345678")),
+            );
+            s.write_tags("a84b4c76e66710", &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, lookups, normalisation, screen);
+criterion_main!(benches);

@@ -1,0 +1,135 @@
+//! Tests of the exception set, including a property test against a
+//! `HashSet` model that crosses the merge threshold many times.
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn wait_for_merges(set: &ExceptionSet) {
+    while set.inner.merging.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn phones_insert_remove_and_replace() {
+    let set = ExceptionSet::new();
+    assert!(!set.contains_phone(4930901820));
+    set.insert_phone(4930901820);
+    assert!(set.contains_phone(4930901820));
+    assert!(set.remove_phone(4930901820));
+    assert!(!set.remove_phone(4930901820));
+    assert!(!set.contains_phone(4930901820));
+    set.replace_all(vec![1, 2, 3, 3, 0], vec![]);
+    assert_eq!(set.counts(), (3, 0));
+    assert!(set.remove_phone(2));
+    assert!(!set.contains_phone(2));
+    set.insert_phone(2);
+    assert!(set.contains_phone(2));
+    assert_eq!(
+        set.delta_lens(),
+        (0, 0),
+        "re-insert of a base key cancels its removal"
+    );
+    assert!(!set.contains_phone(0));
+}
+
+#[test]
+fn emails_are_case_insensitive() {
+    let set = ExceptionSet::new();
+    set.replace_all(vec![], vec!["Boss@Example.COM".into()]);
+    assert!(set.contains_email("boss@example.com"));
+    assert!(set.contains_email("BOSS@example.com"));
+    set.insert_email("Other@Example.com");
+    assert!(set.contains_email("other@example.com"));
+    assert!(set.remove_email("OTHER@example.com"));
+    assert!(!set.contains_email("other@example.com"));
+    assert_eq!(set.counts(), (0, 1));
+}
+
+#[test]
+fn delta_is_merged_in_the_background() {
+    let set = ExceptionSet::with_merge_threshold(64);
+    set.replace_all((1..=1000).collect(), vec![]);
+    for k in 2000..2200 {
+        set.insert_phone(k);
+    }
+    wait_for_merges(&set);
+    assert!(set.delta_lens().0 < 64, "{:?}", set.delta_lens());
+    assert_eq!(set.counts().0, 1200);
+    assert!((1..=1000).chain(2000..2200).all(|k| set.contains_phone(k)));
+}
+
+#[test]
+fn table_is_compact() {
+    let set = ExceptionSet::new();
+    set.replace_all(
+        (1..=100_000u64).map(|i| 4915100000000 + i * 7).collect(),
+        vec![],
+    );
+    let per = set.phone_table_bytes() as f64 / 100_000.0;
+    assert!(per <= 11.0, "{per} bytes per entry");
+}
+
+#[test]
+fn readers_run_while_writers_write() {
+    let set = Arc::new(ExceptionSet::with_merge_threshold(32));
+    set.replace_all((1..=10_000).collect(), vec![]);
+    let reader = {
+        let set = Arc::clone(&set);
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                assert!((1..=10_000).step_by(97).all(|k| set.contains_phone(k)));
+            }
+        })
+    };
+    for k in 20_000..21_000 {
+        set.insert_phone(k);
+    }
+    reader.join().unwrap();
+    wait_for_merges(&set);
+    assert_eq!(set.counts().0, 11_000);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(u64),
+    Remove(u64),
+    Replace(Vec<u64>),
+    Flush,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Few distinct keys so inserts and removes hit each other.
+    let key = 1u64..300;
+    prop_oneof![
+        20 => key.clone().prop_map(Op::Insert),
+        15 => key.clone().prop_map(Op::Remove),
+        1 => proptest::collection::vec(key, 0..200).prop_map(Op::Replace),
+        1 => Just(Op::Flush),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn behaves_like_a_hash_set(ops in proptest::collection::vec(op(), 1..400)) {
+        let set = ExceptionSet::with_merge_threshold(8);
+        let mut model = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Insert(k) => { set.insert_phone(k); model.insert(k); }
+                Op::Remove(k) => prop_assert_eq!(set.remove_phone(k), model.remove(&k)),
+                Op::Replace(ks) => { model = ks.iter().copied().collect(); set.replace_all(ks, vec![]); }
+                Op::Flush => set.flush(),
+            }
+            prop_assert_eq!(set.counts().0, model.len());
+        }
+        wait_for_merges(&set);
+        for k in 0..310 {
+            prop_assert_eq!(set.contains_phone(k), model.contains(&k), "key {}", k);
+        }
+        prop_assert_eq!(set.counts().0, model.len());
+    }
+}

@@ -1,0 +1,191 @@
+//! Verdicts and the exact tag bytes.
+
+use std::path::Path;
+
+use super::*;
+use crate::config::from_toml;
+
+const CONFIG: &str = r#"
+[pbx]
+target = "127.0.0.1:5080"
+sources = ["127.0.0.1/32"]
+
+[[trunk]]
+name = "carrier"
+target = "127.0.0.2:5070"
+sources = ["127.0.0.2/32"]
+
+[[trunk]]
+name = "backup"
+target = "127.0.0.3:5070"
+sources = ["127.0.0.3/32"]
+
+[screening]
+default_region = "DE"
+anonymous = "exception"
+
+[defaults]
+source = "CALL"
+trunk = "carrier"
+
+[[line]]
+number = "+4930901820"
+create = "offer"
+source = "ADVERTISING"
+queue = ["101", "102"]
+trunk = "backup"
+
+[[line]]
+number = "+4940123456"
+create_for = "incoming"
+crm_mode = "simple"
+
+[[line]]
+number = "+33142685300"
+region = "FR"
+create = "off"
+"#;
+
+fn screener() -> Screener {
+    let loaded = from_toml(Path::new("t.toml"), CONFIG.to_string()).unwrap();
+    let set = Arc::new(ExceptionSet::new());
+    set.replace_all(vec![4915112345678], vec![]);
+    Screener::build(&loaded, set).unwrap()
+}
+
+fn tags(s: &Screening<'_>) -> String {
+    let mut out = Vec::new();
+    s.write_tags("c1", &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn listed_caller_is_an_exception() {
+    let sc = screener();
+    let s = sc.screen(Direction::Inbound, b"+4930901820", Some(b"0151 12345678"));
+    assert_eq!(s.verdict, Verdict::Exception);
+    assert_eq!(s.client, Client::Number(4915112345678));
+    assert_eq!(s.create(), CreateTag::None);
+    assert_eq!(
+        tags(&s),
+        "X-CRM-Verdict: exception\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: +4915112345678\r\n\
+         X-CRM-Line: +4930901820\r\nX-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\n"
+    );
+}
+
+#[test]
+fn unlisted_caller_is_logged_with_the_line_settings() {
+    let sc = screener();
+    let s = sc.screen(Direction::Inbound, b"+4930901820", Some(b"+4915199999999"));
+    assert_eq!(s.verdict, Verdict::Log);
+    assert_eq!(
+        tags(&s),
+        "X-CRM-Verdict: log\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: +4915199999999\r\n\
+         X-CRM-Line: +4930901820\r\nX-CRM-Create: offer\r\nX-CRM-Source: ADVERTISING\r\n\
+         X-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\n"
+    );
+}
+
+#[test]
+fn anonymous_callers_get_the_configured_verdict() {
+    let sc = screener();
+    for user in [
+        None,
+        Some(&b"Anonymous"[..]),
+        Some(b"RESTRICTED"),
+        Some(b"withheld"),
+        Some(b"abc"),
+        Some(b""),
+    ] {
+        let s = sc.screen(Direction::Inbound, b"+4999999999", user);
+        assert_eq!(s.client, Client::Anonymous, "{user:?}");
+        assert_eq!(s.verdict, Verdict::Exception);
+        assert_eq!(
+            tags(&s),
+            "X-CRM-Verdict: exception\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: anonymous\r\n\
+             X-CRM-Line: +4999999999\r\nX-CRM-Call-Id: c1\r\n"
+        );
+    }
+}
+
+#[test]
+fn create_follows_direction_and_mode() {
+    let sc = screener();
+    let caller = Some(&b"+4915199999999"[..]);
+    // Defaults: auto, all, classic.
+    assert_eq!(
+        sc.screen(Direction::Outbound, b"+4911111111", caller)
+            .create(),
+        CreateTag::Lead
+    );
+    // incoming only, simple CRM.
+    assert_eq!(
+        sc.screen(Direction::Inbound, b"+4940123456", caller)
+            .create(),
+        CreateTag::Deal
+    );
+    assert_eq!(
+        sc.screen(Direction::Outbound, b"+4940123456", caller)
+            .create(),
+        CreateTag::None
+    );
+    let s = sc.screen(Direction::Outbound, b"+4940123456", caller);
+    assert!(tags(&s).contains("X-CRM-Create: none\r\nX-CRM-Source: CALL\r\n"));
+    assert_eq!(
+        sc.screen(Direction::Inbound, b"+33142685300", caller)
+            .create(),
+        CreateTag::None
+    );
+}
+
+#[test]
+fn client_uses_the_line_region_and_line_may_be_no_number() {
+    let sc = screener();
+    let s = sc.screen(Direction::Inbound, b"+33142685300", Some(b"01 42 68 53 01"));
+    assert_eq!(s.client, Client::Number(33142685301));
+    let s = sc.screen(Direction::Outbound, b"alice", Some(b"+4915199999999;npdi"));
+    assert_eq!(s.line, None);
+    assert_eq!(s.settings, sc.lines().defaults());
+    let t = tags(&s);
+    assert!(!t.contains("X-CRM-Line"), "{t}");
+    assert!(
+        t.contains("X-CRM-Direction: outbound\r\nX-CRM-Client: +4915199999999\r\n"),
+        "{t}"
+    );
+}
+
+#[test]
+fn trunks_resolve_per_line() {
+    let sc = screener();
+    assert_eq!(sc.line_trunk(Some(4930901820)), Some("backup"));
+    assert_eq!(sc.line_trunk(Some(4940123456)), Some("carrier"));
+    assert_eq!(sc.line_trunk(None), Some("carrier"));
+}
+
+#[test]
+fn call_id_cannot_inject_headers() {
+    let sc = screener();
+    let s = sc.screen(Direction::Inbound, b"+4930901820", None);
+    let mut out = Vec::new();
+    s.write_tags("a\r\nX-Evil: 1", &mut out);
+    assert!(out.ends_with(b"X-CRM-Call-Id: aX-Evil: 1\r\n"));
+}
+
+#[test]
+fn bad_line_is_a_located_config_error() {
+    let text = format!("{CONFIG}\n[[line]]\nnumber = \"+4930 901820\"\n");
+    let loaded = from_toml(Path::new("t.toml"), text).unwrap();
+    let err = Screener::build(&loaded, Arc::new(ExceptionSet::new()))
+        .err()
+        .unwrap();
+    assert_eq!(err.errors()[0].line, 42, "{err}");
+    assert!(err.to_string().contains("configured twice"), "{err}");
+}
+
+#[test]
+fn listed_after_build_is_seen_without_rebuild() {
+    let sc = screener();
+    sc.exceptions().insert_phone(4915199999999);
+    let s = sc.screen(Direction::Inbound, b"+4930901820", Some(b"+4915199999999"));
+    assert_eq!(s.verdict, Verdict::Exception);
+}
