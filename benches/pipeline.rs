@@ -65,7 +65,7 @@ fn runtime(entries: usize) -> (Runtime, Vec<u64>) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            4915_000_000_000 + x % 300_000_000_000
+            4_915_000_000_000 + x % 300_000_000_000
         })
         .collect();
     set.replace_all(phones.clone(), Vec::new());

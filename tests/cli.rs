@@ -65,7 +65,10 @@ fn check_config_names_file_line_and_column() {
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.starts_with(&format!("{}:12:11: ", path.display())),
+        err.starts_with(&format!(
+            "{}:12:12: invalid IP address syntax",
+            path.display()
+        )),
         "{err}"
     );
 

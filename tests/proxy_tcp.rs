@@ -18,7 +18,15 @@ async fn trunk_conn(h: &Harness) -> TcpStream {
 }
 
 fn tcp_invite(h: &Harness, from: SocketAddr, call_id: &str) -> String {
-    invite(h.sip_tcp, from, "+4930901820", "+4915112345678", call_id, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+    invite(
+        h.sip_tcp,
+        from,
+        "+4930901820",
+        "+4915112345678",
+        call_id,
+        "",
+    )
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
 }
 
 #[tokio::test]
@@ -35,19 +43,38 @@ async fn tcp_trunk_to_udp_pbx_and_back() {
 
     let (got, _) = recv(&h.pbx).await;
     rsip_parses(got.as_bytes());
-    assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("exception"), "{got}");
+    assert_eq!(
+        header(&got, "X-CRM-Verdict").as_deref(),
+        Some("exception"),
+        "{got}"
+    );
     // Transport changes: two Record-Route entries, PBX-facing (UDP) first.
     assert_eq!(
         headers(&got, "Record-Route"),
-        vec![format!("<sip:{};lr>", h.sip_udp), format!("<sip:{};transport=tcp;lr>", h.sip_tcp)],
+        vec![
+            format!("<sip:{};lr>", h.sip_udp),
+            format!("<sip:{};transport=tcp;lr>", h.sip_tcp)
+        ],
         "{got}"
     );
     let vias = headers(&got, "Via");
-    assert!(vias[0].starts_with(&format!("SIP/2.0/UDP {}", h.sip_udp)), "{vias:?}");
-    assert!(vias[1].contains(&format!("received=127.0.0.2;rport={}", me.port())), "TCP return path recorded: {vias:?}");
+    assert!(
+        vias[0].starts_with(&format!("SIP/2.0/UDP {}", h.sip_udp)),
+        "{vias:?}"
+    );
+    assert!(
+        vias[1].contains(&format!("received=127.0.0.2;rport={}", me.port())),
+        "TCP return path recorded: {vias:?}"
+    );
 
     // The 200 goes back on the same connection.
-    let ok = response_to(&got, 200, "OK", "pbx1", &format!("sip:agent@{}", h.pbx.local_addr().unwrap()));
+    let ok = response_to(
+        &got,
+        200,
+        "OK",
+        "pbx1",
+        &format!("sip:agent@{}", h.pbx.local_addr().unwrap()),
+    );
     h.pbx.send_to(ok.as_bytes(), h.sip_udp).await.unwrap();
     let mut pending = Vec::new();
     let back = read_sip(&mut conn, &mut pending).await;
@@ -72,16 +99,40 @@ async fn tcp_trunk_to_udp_pbx_and_back() {
 #[tokio::test]
 async fn pbx_over_tcp_receives_framed_invites() {
     let h = Harness::start_with("tcp", "").await;
-    let inv = invite(h.sip_udp, h.trunk.local_addr().unwrap(), "+4930901820", "+4917011111111", "to-tcp-pbx", "");
+    let inv = invite(
+        h.sip_udp,
+        h.trunk.local_addr().unwrap(),
+        "+4930901820",
+        "+4917011111111",
+        "to-tcp-pbx",
+        "",
+    );
     h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    let (mut pbx_conn, _) = tokio::time::timeout(WAIT, h.pbx_tcp.accept()).await.expect("sidecar connects").unwrap();
+    let (mut pbx_conn, _) = tokio::time::timeout(WAIT, h.pbx_tcp.accept())
+        .await
+        .expect("sidecar connects")
+        .unwrap();
     let mut pending = Vec::new();
     let got = read_sip(&mut pbx_conn, &mut pending).await;
     rsip_parses(got.as_bytes());
-    assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"), "{got}");
-    assert!(headers(&got, "Via")[0].starts_with(&format!("SIP/2.0/TCP {}", h.sip_tcp)), "{got}");
+    assert_eq!(
+        header(&got, "X-CRM-Verdict").as_deref(),
+        Some("log"),
+        "{got}"
+    );
+    assert!(
+        headers(&got, "Via")[0].starts_with(&format!("SIP/2.0/TCP {}", h.sip_tcp)),
+        "{got}"
+    );
     // A second call reuses the connection.
-    let inv = invite(h.sip_udp, h.trunk.local_addr().unwrap(), "+4930901820", "+4917011111112", "to-tcp-pbx-2", "");
+    let inv = invite(
+        h.sip_udp,
+        h.trunk.local_addr().unwrap(),
+        "+4930901820",
+        "+4917011111112",
+        "to-tcp-pbx-2",
+        "",
+    );
     h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
     let got = read_sip(&mut pbx_conn, &mut pending).await;
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("to-tcp-pbx-2"));
@@ -96,16 +147,31 @@ async fn oversize_and_garbage_close_only_their_own_connection() {
     let mut junk = trunk_conn(&h).await;
 
     let big_addr = big.local_addr().unwrap();
-    let huge = invite(h.sip_tcp, big_addr, "+4930901820", "+4917000000000", "tcp-big", &format!("X-Pad: {}\r\n", "a".repeat(70_000))).replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let huge = invite(
+        h.sip_tcp,
+        big_addr,
+        "+4930901820",
+        "+4917000000000",
+        "tcp-big",
+        &format!("X-Pad: {}\r\n", "a".repeat(70_000)),
+    )
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
     write_all(&mut big, huge.as_bytes()).await;
     let mut pending = Vec::new();
     let refused = read_sip(&mut big, &mut pending).await;
-    assert!(refused.starts_with("SIP/2.0 513 Message Too Large\r\n"), "{refused}");
+    assert!(
+        refused.starts_with("SIP/2.0 513 Message Too Large\r\n"),
+        "{refused}"
+    );
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(WAIT, big.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "oversize connection closed");
 
-    write_all(&mut junk, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not sip at all\r\n\r\n").await;
+    write_all(
+        &mut junk,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not sip at all\r\n\r\n",
+    )
+    .await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(WAIT, junk.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "garbage connection closed");
@@ -113,7 +179,10 @@ async fn oversize_and_garbage_close_only_their_own_connection() {
     // Keep-alive ping on the good connection, then a call.
     write_all(&mut good, b"\r\n\r\n").await;
     let mut pong = [0u8; 2];
-    tokio::time::timeout(WAIT, good.read_exact(&mut pong)).await.expect("pong").unwrap();
+    tokio::time::timeout(WAIT, good.read_exact(&mut pong))
+        .await
+        .expect("pong")
+        .unwrap();
     assert_eq!(&pong, b"\r\n");
     let me = good.local_addr().unwrap();
     write_all(&mut good, tcp_invite(&h, me, "tcp-good").as_bytes()).await;

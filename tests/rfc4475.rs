@@ -113,12 +113,24 @@ async fn every_torture_message_through_the_proxy() {
     for c in cases() {
         let is_response = c.bytes.starts_with(b"SIP/");
         if is_response {
-            // Put our Via (and the trunk's as next hop) on top, as if we had
-            // forwarded the request, and send it from the PBX.
+            // Put our Via on top, as if we had forwarded the request, and
+            // send it from the PBX. Valid ones get the trunk's Via as next
+            // hop; invalid ones keep their own (bcast.dat's broadcast one).
             let mut data = Vec::new();
             let nl = c.bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
             data.extend_from_slice(&c.bytes[..nl]);
-            data.extend_from_slice(format!("Via: SIP/2.0/UDP {};branch=z9hG4bKsS0123456789abcdef\r\nVia: SIP/2.0/UDP {trunk};branch=z9hG4bKt\r\n", h.me()).as_bytes());
+            data.extend_from_slice(
+                format!(
+                    "Via: SIP/2.0/UDP {};branch=z9hG4bKsS0123456789abcdef\r\n",
+                    h.me()
+                )
+                .as_bytes(),
+            );
+            if c.valid {
+                data.extend_from_slice(
+                    format!("Via: SIP/2.0/UDP {trunk};branch=z9hG4bKt\r\n").as_bytes(),
+                );
+            }
             data.extend_from_slice(&c.bytes[nl..]);
             h.pbx.send_to(&data, h.sip_udp).await.unwrap();
             if c.valid {

@@ -168,7 +168,7 @@ impl<'a> Via<'a> {
 
     /// The `rport` parameter: `Some(None)` when present without a value.
     pub fn rport(&self) -> Option<Option<u16>> {
-        param(self.params, b"rport").map(|v| parse_u16(v))
+        param(self.params, b"rport").map(parse_u16)
     }
 }
 

@@ -107,26 +107,60 @@ impl Sender {
     }
 }
 
-/// STUB
-pub struct Transports;
-/// STUB
-pub async fn bind(
-    _c: &crate::config::SipConfig,
-    _m: Arc<crate::metrics::Metrics>,
-) -> std::io::Result<Transports> {
-    todo!()
+/// The bound listeners of both transports.
+pub struct Transports {
+    udp: Arc<udp::UdpSide>,
+    tcp: Arc<tcp::TcpSide>,
 }
+
+/// Binds every listener in `cfg` now (fail fast; the error names the address).
+pub async fn bind(
+    cfg: &crate::config::SipConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> std::io::Result<Transports> {
+    let udp = udp::UdpSide::bind(&cfg.udp, metrics.clone()).await?;
+    let idle = std::time::Duration::from_secs(cfg.tcp_idle_timeout_secs.max(1));
+    let tcp = tcp::TcpSide::bind(
+        &cfg.tcp,
+        cfg.max_tcp_connections,
+        cfg.max_message_bytes,
+        idle,
+        metrics,
+    )
+    .await?;
+    Ok(Transports {
+        udp: Arc::new(udp),
+        tcp: Arc::new(tcp),
+    })
+}
+
 impl Transports {
+    /// A handle for sending; usable before `run`.
     pub fn sender(&self) -> Sender {
-        todo!()
+        Sender {
+            udp: self.udp.clone(),
+            tcp: self.tcp.clone(),
+        }
     }
+
+    /// Actual UDP listen addresses.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        todo!()
+        self.udp.addrs()
     }
+
+    /// Actual TCP listen addresses.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        todo!()
+        self.tcp.addrs()
     }
-    pub async fn run(self, _h: Arc<dyn Handler>, _s: crate::shutdown::Shutdown) {
-        todo!()
+
+    /// Receives until `shutdown` fires, handing every message to `handler`.
+    pub async fn run(self, handler: Arc<dyn Handler>, shutdown: crate::shutdown::Shutdown) {
+        let sender = self.sender();
+        tokio::join!(
+            self.udp
+                .clone()
+                .run(handler.clone(), sender.clone(), shutdown.clone()),
+            self.tcp.clone().run(handler, sender, shutdown),
+        );
     }
 }

@@ -1,10 +1,277 @@
-//! STUB
-pub struct TcpSide;
+//! TCP: accepted and opened connections share one table keyed by the
+//! peer's address; a response to a request that came over TCP goes back
+//! on that connection. Each connection has a reader (framing + handler)
+//! and a writer draining a bounded queue, so `send` never waits. A
+//! framing error closes only its own connection, after writing the
+//! handler's answer. A semaphore caps connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::{Handler, Inbound, SendError, Sender, TransportKind};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::sip::framing::{Decoder, Frame};
+
+/// Messages queued per connection before `send` reports it full.
+const QUEUE: usize = 256;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What connection tasks need, set once `run` starts.
+struct Ctx {
+    handler: Arc<dyn Handler>,
+    sender: Sender,
+    shutdown: Shutdown,
+}
+
+/// The TCP listeners and connection table.
+pub struct TcpSide {
+    listeners: Mutex<Vec<TcpListener>>,
+    addrs: Vec<SocketAddr>,
+    conns: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    permits: Arc<Semaphore>,
+    max_message: usize,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    ctx: OnceLock<Ctx>,
+}
+
 impl TcpSide {
-    pub fn send(&self, _d: std::net::SocketAddr, _b: bytes::Bytes) -> Result<(), super::SendError> {
-        todo!()
+    /// Binds every address.
+    pub async fn bind(
+        addrs: &[SocketAddr],
+        max_connections: usize,
+        max_message: usize,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<TcpSide> {
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for a in addrs {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("tcp {a}: {e}")))?;
+            bound.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        Ok(TcpSide {
+            listeners: Mutex::new(listeners),
+            addrs: bound,
+            conns: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            max_message,
+            idle,
+            metrics,
+            ctx: OnceLock::new(),
+        })
     }
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        todo!()
+
+    /// Actual bound addresses.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// First bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addrs.first().copied()
+    }
+
+    /// Queues `data` on the connection to `dest`, opening one if needed.
+    pub fn send(self: &Arc<Self>, dest: SocketAddr, data: Bytes) -> Result<(), SendError> {
+        let mut conns = self.conns.lock().expect("not poisoned");
+        if let Some(tx) = conns.get(&dest) {
+            match tx.try_send(data) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::QueueFull(dest)),
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    conns.remove(&dest);
+                    return self.open(&mut conns, dest, d);
+                }
+            }
+        }
+        self.open(&mut conns, dest, data)
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        conns: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+        dest: SocketAddr,
+        data: Bytes,
+    ) -> Result<(), SendError> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SendError::TooManyConnections)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let _ = tx.try_send(data);
+        conns.insert(dest, tx.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dest)).await {
+                Ok(Ok(stream)) => me.serve(stream, dest, tx, rx, permit).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(%dest, error = %e, "tcp connect failed");
+                    me.forget(dest, &tx);
+                    me.metrics.sip_error("tcp_connect");
+                }
+                Err(_) => {
+                    tracing::warn!(%dest, "tcp connect timed out");
+                    me.forget(dest, &tx);
+                    me.metrics.sip_error("tcp_connect");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Removes `dest`'s entry if it is still this connection's.
+    fn forget(&self, dest: SocketAddr, tx: &mpsc::Sender<Bytes>) {
+        let mut conns = self.conns.lock().expect("not poisoned");
+        if conns.get(&dest).is_some_and(|t| t.same_channel(tx)) {
+            conns.remove(&dest);
+        }
+    }
+
+    /// Accept loops, until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn Handler>,
+        sender: Sender,
+        shutdown: Shutdown,
+    ) {
+        let _ = self.ctx.set(Ctx {
+            handler,
+            sender,
+            shutdown: shutdown.clone(),
+        });
+        let listeners = std::mem::take(&mut *self.listeners.lock().expect("not poisoned"));
+        let mut set = tokio::task::JoinSet::new();
+        for l in listeners {
+            let me = self.clone();
+            let mut sd = shutdown.clone();
+            set.spawn(async move {
+                loop {
+                    let (stream, remote) = tokio::select! {
+                        _ = sd.wait() => return,
+                        r = l.accept() => match r {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "tcp accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    let Ok(permit) = me.permits.clone().try_acquire_owned() else {
+                        me.metrics.sip_error("tcp_limit");
+                        drop(stream);
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    me.conns
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(remote, tx.clone());
+                    let me2 = me.clone();
+                    tokio::spawn(async move { me2.serve(stream, remote, tx, rx, permit).await });
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Runs one connection until it closes, errs, idles out or shutdown.
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        tx: mpsc::Sender<Bytes>,
+        mut rx: mpsc::Receiver<Bytes>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let Some(ctx) = self.ctx.get() else { return };
+        let gauge = self.metrics.tcp_connections();
+        gauge.inc();
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(remote);
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let mut decoder = Decoder::new(self.max_message);
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut sd = ctx.shutdown.clone();
+        'conn: loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(Frame::Message(data))) => ctx.handler.on_message(
+                        Inbound {
+                            transport: TransportKind::Tcp,
+                            local,
+                            remote,
+                            data,
+                        },
+                        &ctx.sender,
+                    ),
+                    Ok(Some(Frame::Ping)) => {
+                        let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(Some(Frame::Pong)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "tcp framing error, closing");
+                        self.metrics.sip_error(e.reason());
+                        if let Some(answer) = ctx.handler.on_framing_error(
+                            TransportKind::Tcp,
+                            local,
+                            remote,
+                            &buf,
+                            &e,
+                        ) {
+                            let _ = tx.try_send(answer);
+                        }
+                        break 'conn;
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8192);
+            }
+            let read = tokio::select! {
+                _ = sd.wait() => break,
+                r = tokio::time::timeout(self.idle, rd.read_buf(&mut buf)) => r,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::debug!(%remote, "tcp connection idle, closing");
+                    break;
+                }
+            }
+        }
+        self.forget(remote, &tx);
+        drop(tx);
+        // The writer flushes what is queued (e.g. a 513) and closes; a peer
+        // that stopped reading does not keep the task alive.
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(CONNECT_TIMEOUT, writer).await.is_err() {
+            abort.abort();
+        }
+        gauge.dec();
     }
 }
