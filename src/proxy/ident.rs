@@ -23,6 +23,10 @@ pub struct Local {
     /// Our TCP listener, if any.
     pub tcp: Option<SocketAddr>,
     keys: [RandomState; 2],
+    /// `Via: SIP/2.0/UDP host:port;branch=` per transport (UDP, TCP).
+    via_prefix: [Vec<u8>; 2],
+    /// `Record-Route: <sip:host:port;lr>\r\n` per transport (UDP, TCP).
+    record_route: [Vec<u8>; 2],
 }
 
 impl Local {
@@ -37,12 +41,36 @@ impl Local {
                 }
             }
         };
-        Local {
+        let mut l = Local {
             host,
             udp,
             tcp,
             keys: [RandomState::new(), RandomState::new()],
+            via_prefix: [Vec::new(), Vec::new()],
+            record_route: [Vec::new(), Vec::new()],
+        };
+        for t in [TransportKind::Udp, TransportKind::Tcp] {
+            let (name, param) = match t {
+                TransportKind::Udp => ("UDP", ""),
+                TransportKind::Tcp => ("TCP", ";transport=tcp"),
+            };
+            let port = l.port(t);
+            l.via_prefix[t as usize] =
+                format!("Via: SIP/2.0/{name} {}:{port};branch=", l.host).into_bytes();
+            l.record_route[t as usize] =
+                format!("Record-Route: <sip:{}:{port}{param};lr>\r\n", l.host).into_bytes();
         }
+        l
+    }
+
+    /// `Via: SIP/2.0/T host:port;branch=` for `transport`.
+    pub fn via_prefix(&self, transport: TransportKind) -> &[u8] {
+        &self.via_prefix[transport as usize]
+    }
+
+    /// Our whole Record-Route line for `transport`.
+    pub fn record_route(&self, transport: TransportKind) -> &[u8] {
+        &self.record_route[transport as usize]
     }
 
     /// Our port for `transport` (the other transport's as a fallback).

@@ -20,7 +20,7 @@ use crate::config::TransportKind;
 use crate::runtime::{Peer, Runtime, Side};
 use crate::screening::{Direction, Screening};
 use crate::sip::values::{NameAddr, Uri, Via, split_commas};
-use crate::sip::{Edits, HeaderName, Message, Method};
+use crate::sip::{Edits, HeaderName, Message, Method, Parsed};
 
 /// What to do with a request.
 pub enum Outcome {
@@ -67,9 +67,10 @@ pub fn route(
     if side == Side::Unknown {
         return reply(403, "forbidden_source");
     }
-    if let Err(inv) = msg.validate() {
-        return reply(inv.status, inv.reason);
-    }
+    let p = match msg.validate() {
+        Ok(p) => p,
+        Err(inv) => return reply(inv.status, inv.reason),
+    };
     let method = msg.method().unwrap_or(Method::Other);
     if msg.count(HeaderName::ProxyRequire) > 0 {
         let mut extra = b"Unsupported: ".to_vec();
@@ -85,16 +86,14 @@ pub fn route(
             extra: Some(extra),
         };
     }
-    let max_forwards = msg.max_forwards();
+    let max_forwards = p.max_forwards;
     if max_forwards == Some(0) {
         return reply(483, "max_forwards");
     }
     if is_loop(local, msg) {
         return reply(482, "loop");
     }
-    let Some(top_via) = msg.top_via() else {
-        return reply(400, "via");
-    };
+    let top_via = &p.top_via;
 
     // Our own Route entries (one, or two when we double-record-routed).
     let mut popped: SmallVec<[(usize, Range<usize>); 2]> = SmallVec::new();
@@ -113,25 +112,22 @@ pub fn route(
             break;
         }
     }
-    let Ok(ruri) = Uri::parse(msg.uri()) else {
+    let Some(ruri) = p.ruri.as_ref() else {
         return reply(400, "request_uri");
     };
-    let to_tagged = msg
-        .name_addr(HeaderName::To)
-        .and_then(|t| t.tag().map(|_| ()))
-        .is_some();
+    let to_tagged = p.to.tag().is_some();
     let dialog_creating = method == Method::Invite && !to_tagged;
 
     // Screening decides the line (and so the trunk) of PBX-originated
     // requests; only dialog-creating INVITEs are counted and tagged.
     let screening = if popped.is_empty() || dialog_creating {
-        Some(screen(rt, msg, &ruri, side))
+        Some(screen(rt, msg, &p, ruri, side))
     } else {
         None
     };
 
     let (dest, transport) = if !popped.is_empty() {
-        let hop = next_route.as_ref().unwrap_or(&ruri);
+        let hop = next_route.as_ref().unwrap_or(ruri);
         in_dialog_hop(rt, hop, side)
     } else {
         match side {
@@ -151,29 +147,15 @@ pub fn route(
         .first(HeaderName::Via)
         .map_or(msg.header_end(), |h| h.start as usize);
     e.insert_with(first_via, |a| {
-        let _ = write!(
-            a,
-            "Via: SIP/2.0/{} {}:{};branch=",
-            upper(transport),
-            local.host,
-            local.port(transport)
-        );
-        local.branch(
-            &top_via,
-            msg.uri(),
-            msg.call_id(),
-            msg.cseq().map_or(0, |c| c.0),
-            a,
-        );
+        a.extend_from_slice(local.via_prefix(transport));
+        local.branch(top_via, msg.uri(), msg.call_id(), p.cseq.0, a);
         a.extend_from_slice(b"\r\n");
     });
-    received_edits(msg, &top_via, remote, in_transport, &mut e);
+    received_edits(msg, top_via, remote, in_transport, &mut e);
     match max_forwards {
         Some(n) => {
             let h = msg.first(HeaderName::MaxForwards).expect("counted");
-            e.insert_with(h.value.0 as usize, |a| {
-                let _ = write!(a, "{}", n.min(256) - 1);
-            });
+            e.insert_with(h.value.0 as usize, |a| push_num(a, n.min(256) - 1));
             e.delete(h.value_range());
         }
         None => e.insert(msg.header_end(), b"Max-Forwards: 70\r\n"),
@@ -187,9 +169,9 @@ pub fn route(
             .first(HeaderName::RecordRoute)
             .map_or(first_via, |h| h.start as usize);
         e.insert_with(at, |a| {
-            record_route(a, local, transport);
+            a.extend_from_slice(local.record_route(transport));
             if transport != in_transport {
-                record_route(a, local, in_transport);
+                a.extend_from_slice(local.record_route(in_transport));
             }
         });
     }
@@ -222,19 +204,24 @@ pub fn route(
 
 /// Screens the call: line and client by direction (RFC 3325 identity
 /// from trusted trunks, and always from the PBX).
-fn screen<'r>(rt: &'r Runtime, msg: &Message, ruri: &Uri<'_>, side: Side) -> Screening<'r> {
-    let user_of = |name: HeaderName| -> Option<&[u8]> {
-        msg.name_addr(name)
-            .and_then(|na| Uri::parse(na.uri).ok())
-            .and_then(|u| u.user_number())
-    };
+fn screen<'r>(
+    rt: &'r Runtime,
+    msg: &Message,
+    p: &Parsed<'_>,
+    ruri: &Uri<'_>,
+    side: Side,
+) -> Screening<'r> {
+    fn user<'a>(na: &NameAddr<'a>) -> Option<&'a [u8]> {
+        Uri::parse(na.uri).ok().and_then(|u| u.user_number())
+    }
     let identity = |trust_pai: bool| {
-        let pai = if trust_pai {
-            user_of(HeaderName::PAssertedIdentity)
+        let pai = if trust_pai && msg.count(HeaderName::PAssertedIdentity) > 0 {
+            msg.name_addr(HeaderName::PAssertedIdentity)
+                .and_then(|na| user(&na))
         } else {
             None
         };
-        pai.or_else(|| user_of(HeaderName::From))
+        pai.or_else(|| user(&p.from))
     };
     let ruri_user = ruri.user_number().unwrap_or(b"");
     match side {
@@ -281,21 +268,6 @@ pub fn ip_literal(host: &[u8]) -> Option<IpAddr> {
     h.parse().ok()
 }
 
-fn upper(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Udp => "UDP",
-        TransportKind::Tcp => "TCP",
-    }
-}
-
-fn record_route(a: &mut Vec<u8>, local: &Local, t: TransportKind) {
-    let _ = write!(a, "Record-Route: <sip:{}:{}", local.host, local.port(t));
-    if t == TransportKind::Tcp {
-        a.extend_from_slice(b";transport=tcp");
-    }
-    a.extend_from_slice(b";lr>\r\n");
-}
-
 /// Deletes comma-separated values `vals` (header index, value range): a
 /// header left with no value goes as a whole line.
 fn delete_values(msg: &Message, vals: &[(usize, Range<usize>)], e: &mut Edits) {
@@ -328,16 +300,42 @@ fn received_edits(
     let (rport_at, received) = via_fixups(msg, via, remote, transport);
     if let Some(at) = rport_at {
         e.insert_with(at, |a| {
-            let _ = write!(a, "={}", remote.port());
+            a.push(b'=');
+            push_num(a, u32::from(remote.port()));
         });
     }
     if let Some(add_rport) = received {
         e.insert_with(via.range.end, |a| {
-            let _ = write!(a, ";received={}", remote.ip());
+            a.extend_from_slice(b";received=");
+            push_ip(a, remote.ip());
             if add_rport {
-                let _ = write!(a, ";rport={}", remote.port());
+                a.extend_from_slice(b";rport=");
+                push_num(a, u32::from(remote.port()));
             }
         });
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_num(a: &mut Vec<u8>, n: u32) {
+    a.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends an IP address as a Via `received` value (IPv6 in brackets,
+/// RFC 5118 §4.5 accepts both).
+fn push_ip(a: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    a.push(b'.');
+                }
+                a.extend_from_slice(itoa::Buffer::new().format(*o).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(a, "[{v6}]");
+        }
     }
 }
 
@@ -361,7 +359,7 @@ fn via_fixups(
     };
     let add_rport = rport.is_none() && transport == TransportKind::Tcp;
     let needs_received = via.received().is_none()
-        && (ip_literal(via.host) != Some(remote.ip()) || rport.is_some() || add_rport);
+        && (rport.is_some() || add_rport || ip_literal(via.host) != Some(remote.ip()));
     (rport_at, needs_received.then_some(add_rport))
 }
 

@@ -16,7 +16,7 @@ use memchr::memchr;
 use smallvec::SmallVec;
 
 use super::header::{HeaderName, classify, is_token};
-use super::values::{NameAddr, Uri, Via, is_lws, split_commas, trim};
+use super::values::{self, NameAddr, Uri, is_lws, split_commas, trim};
 
 /// Request methods the proxy tells apart; the rest are `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +166,23 @@ const fn bad(reason: &'static str) -> Invalid {
         status: 400,
         reason,
     }
+}
+
+/// What `validate` parsed, for the steps after it.
+#[derive(Debug, Clone)]
+pub struct Parsed<'a> {
+    /// The Request-URI (requests only).
+    pub ruri: Option<Uri<'a>>,
+    /// The topmost Via value.
+    pub top_via: values::Via<'a>,
+    /// From.
+    pub from: NameAddr<'a>,
+    /// To.
+    pub to: NameAddr<'a>,
+    /// CSeq number and method.
+    pub cseq: (u32, &'a [u8]),
+    /// Max-Forwards, if present.
+    pub max_forwards: Option<u32>,
 }
 
 /// Header lines a message may have (more is refused, not truncated).
@@ -371,9 +388,9 @@ impl Message {
     }
 
     /// The topmost Via value, parsed.
-    pub fn top_via(&self) -> Option<Via<'_>> {
+    pub fn top_via(&self) -> Option<values::Via<'_>> {
         let (_, r) = self.values(HeaderName::Via).next()?;
-        Via::parse(&self.buf, r).ok()
+        values::Via::parse(&self.buf, r).ok()
     }
 
     /// From, To or P-Asserted-Identity (first value), parsed.
@@ -429,12 +446,14 @@ impl Message {
     }
 
     /// Checks what a proxy must refuse. `Err` says which status to answer
-    /// (requests) or that the message is to be dropped (responses).
-    pub fn validate(&self) -> Result<(), Invalid> {
+    /// (requests) or that the message is to be dropped (responses). `Ok`
+    /// hands back the values every later step needs, parsed once.
+    pub fn validate(&self) -> Result<Parsed<'_>, Invalid> {
         use HeaderName::*;
         if !self.terminated {
             return Err(bad("headers_unterminated"));
         }
+        let mut ruri = None;
         match &self.start {
             StartLine::Request {
                 method,
@@ -455,7 +474,7 @@ impl Message {
                 if !self.buf[method_range.clone()].iter().all(|&c| is_token(c)) {
                     return Err(bad("method"));
                 }
-                self.validate_uri(&self.buf[uri.clone()])?;
+                ruri = Some(self.validate_uri(&self.buf[uri.clone()])?);
                 for (h, what) in [
                     (Via, "missing_via"),
                     (From, "missing_from"),
@@ -484,24 +503,29 @@ impl Message {
                 {
                     return Err(bad("status_line"));
                 }
-                if self.count(Via) == 0 || self.cseq().is_none() {
+                if self.count(Via) == 0 {
                     return Err(bad("response_headers"));
                 }
             }
         }
+        let cseq = self.cseq().ok_or(bad("cseq"))?;
         for h in [From, To, CallId, CSeq, MaxForwards, ContentLength] {
             if self.count(h) > 1 {
                 return Err(bad("duplicate_header"));
             }
         }
-        for h in [From, To] {
-            if self.values(h).count() != 1 || self.name_addr(h).is_none() {
-                return Err(bad("name_addr"));
+        let from = self.single_name_addr(From)?;
+        let to = self.single_name_addr(To)?;
+        let mut top_via = None;
+        for (_, r) in self.values(Via) {
+            if r.is_empty() {
+                return Err(bad("via"));
+            }
+            if top_via.is_none() {
+                top_via = Some(values::Via::parse(&self.buf, r).map_err(|_| bad("via"))?);
             }
         }
-        if self.values(Via).any(|(_, r)| r.is_empty()) || self.top_via().is_none() {
-            return Err(bad("via"));
-        }
+        let top_via = top_via.ok_or(bad("via"))?;
         if self.count(ContentLength) == 1 {
             match self.content_length() {
                 Some(n) if self.body_start.saturating_add(n) <= self.buf.len() => {}
@@ -513,16 +537,35 @@ impl Message {
         {
             return Err(bad("date"));
         }
-        for (_, r) in self.values(Contact) {
-            let v = &self.buf[r];
-            if v.is_empty() || (!v.contains(&b'<') && v.contains(&b'?')) {
-                return Err(bad("contact"));
+        if self.count(Contact) > 0 {
+            for (_, r) in self.values(Contact) {
+                let v = &self.buf[r];
+                if v.is_empty() || (!v.contains(&b'<') && v.contains(&b'?')) {
+                    return Err(bad("contact"));
+                }
             }
         }
-        Ok(())
+        Ok(Parsed {
+            ruri,
+            top_via,
+            from,
+            to,
+            cseq,
+            max_forwards: self.max_forwards(),
+        })
     }
 
-    fn validate_uri(&self, uri: &[u8]) -> Result<(), Invalid> {
+    /// From / To: exactly one value, a valid name-addr or addr-spec.
+    fn single_name_addr(&self, name: HeaderName) -> Result<NameAddr<'_>, Invalid> {
+        let h = self.first(name).ok_or(bad("name_addr"))?;
+        let mut vals = split_commas(&self.buf, h.value_range());
+        match (vals.next(), vals.next()) {
+            (Some(r), None) => NameAddr::parse(&self.buf[r]).map_err(|_| bad("name_addr")),
+            _ => Err(bad("name_addr")),
+        }
+    }
+
+    fn validate_uri<'a>(&self, uri: &'a [u8]) -> Result<Uri<'a>, Invalid> {
         if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || uri[0] == b'<' {
             return Err(bad("request_uri"));
         }
@@ -540,7 +583,7 @@ impl Message {
         if u.headers.is_some() {
             return Err(bad("request_uri_headers"));
         }
-        Ok(())
+        Ok(u)
     }
 
     /// An INVITE offering SDP whose Accept excludes SDP cannot be answered

@@ -11,4 +11,4 @@ pub mod values;
 
 pub use edits::Edits;
 pub use header::HeaderName;
-pub use message::{Header, Invalid, Message, Method, ScanError, StartLine};
+pub use message::{Header, Invalid, Message, Method, Parsed, ScanError, StartLine};

@@ -35,20 +35,28 @@ pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<u
             return None;
         }
         let start = pos;
-        let (mut quoted, mut angle) = (false, false);
         let mut i = pos;
-        while i < end {
-            match buf[i] {
-                b'\\' if quoted => i += 1,
-                b'"' => quoted = !quoted,
-                b'<' if !quoted => angle = true,
-                b'>' if !quoted => angle = false,
-                b',' if !quoted && !angle => break,
-                _ => {}
+        // Jump from one interesting byte to the next instead of walking.
+        loop {
+            match memchr::memchr3(b',', b'"', b'<', &buf[i..end]) {
+                None => {
+                    i = end;
+                    break;
+                }
+                Some(o) => {
+                    i += o;
+                    match buf[i] {
+                        b',' => break,
+                        b'"' => i = skip_quoted(buf, i + 1, end),
+                        _ => i = memchr::memchr(b'>', &buf[i..end]).map_or(end, |o| i + o + 1),
+                    }
+                    if i >= end {
+                        i = end;
+                        break;
+                    }
+                }
             }
-            i += 1;
         }
-        let i = i.min(end);
         if i >= end {
             done = true;
         } else {
@@ -56,6 +64,19 @@ pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<u
         }
         Some(trim(buf, start..i))
     })
+}
+
+/// Index just past the closing quote of a quoted string whose body starts
+/// at `i` (backslash escapes honoured), or `end` if it is not closed.
+fn skip_quoted(buf: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end {
+        match memchr::memchr2(b'"', b'\\', &buf[i..end]) {
+            None => return end,
+            Some(o) if buf[i + o] == b'"' => return i + o + 1,
+            Some(o) => i += o + 2,
+        }
+    }
+    end
 }
 
 /// Value of `;name=value` (or `Some(b"")` for a bare `;name`) in a param list.
