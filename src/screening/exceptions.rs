@@ -9,10 +9,15 @@
 //!   readers still holding the old one finish on it.
 //! - **Phones: base + delta.** The base is a compact open-addressing table
 //!   of `u64` ([`PhoneTable`]): the key itself is the slot (0 = empty, no
-//!   E.164 number is 0), linear probing, load factor ≤ 0.75 with an exact
-//!   (not power-of-two) capacity, slot = `fastrange(key * φ⁻¹·2⁶⁴)`
+//!   E.164 number is 0), in buckets of eight keys = one 64-byte cache line,
+//!   linear probing from bucket to bucket, load factor 0.70 with an exact
+//!   (not power-of-two) bucket count, bucket = `fastrange(key * φ⁻¹·2⁶⁴)`
 //!   (Fibonacci hashing spreads the consecutive number blocks carriers
-//!   hand out). That is ~10.7 bytes per entry and one cache miss per probe.
+//!   hand out). That is ~11.4 bytes per entry; a hit or a miss reads one
+//!   cache line (a miss ends at the first empty slot of the line, so the
+//!   long probe runs of plain linear probing at this load are gone). On
+//!   Linux the table is backed by transparent huge pages (`MADV_HUGEPAGE`),
+//!   so a lookup in a 10M table does not also pay a page walk.
 //!   On top of the base sits a small delta: `added` (not in the base) and
 //!   `removed` (in the base); a lookup checks the delta only when it is not
 //!   empty. A single insert or remove copies only the delta, never the base.
@@ -124,6 +129,24 @@ impl<B: Base> Layer<B> {
         Some(next)
     }
 
+    /// A copy with every key of `keys` present; `None` if all already were.
+    fn with_all_inserted(&self, keys: impl Iterator<Item = B::Key>) -> Option<Self> {
+        let mut next: Option<Self> = None;
+        for k in keys {
+            let cur = next.as_ref().unwrap_or(self);
+            if cur.contains(&k) {
+                continue;
+            }
+            let n = next.get_or_insert_with(|| self.clone_delta());
+            if n.base.has(&k) {
+                n.removed.remove(&k);
+            } else {
+                n.added.insert(k);
+            }
+        }
+        next
+    }
+
     /// A copy without `k`; `None` if it was not present.
     fn with_removed(&self, k: &B::Key) -> Option<Self> {
         if !self.contains(k) {
@@ -226,6 +249,17 @@ impl ExceptionSet {
     pub fn insert_phone(&self, e164: u64) {
         if e164 != 0 {
             self.write_phones(|l| l.with_inserted(e164));
+        }
+    }
+
+    /// Publishes a batch (an import, a CRM record's numbers) with one
+    /// delta copy per kind instead of one per entry.
+    pub fn insert_many(&self, phones: &[u64], emails: &[String]) {
+        if !phones.is_empty() {
+            self.write_phones(|l| l.with_all_inserted(phones.iter().copied().filter(|&k| k != 0)));
+        }
+        if !emails.is_empty() {
+            self.write_emails(|l| l.with_all_inserted(emails.iter().map(|e| email_key(e))));
         }
     }
 
@@ -391,22 +425,53 @@ fn email_key(email: &str) -> Box<str> {
     email.trim().to_lowercase().into_boxed_str()
 }
 
-/// Open-addressing table of E.164 numbers; see the module doc.
+/// Open-addressing table of E.164 numbers in cache-line buckets; see the
+/// module doc.
 pub struct PhoneTable {
-    /// Keys in place; 0 = empty.
-    slots: Box<[u64]>,
+    /// Keys in place, 8 per 64-byte bucket; 0 = empty. Within a bucket the
+    /// keys come first (the base is never deleted from), so an empty slot
+    /// ends every probe.
+    buckets: Box<[Bucket]>,
     /// Number of keys.
     len: usize,
 }
 
+/// One cache line of keys.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Bucket([u64; 8]);
+
 /// 2⁶⁴ / φ: Fibonacci hashing.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// Load factor of a built table, in eighths of a bucket: 0.70.
+const LOAD: f64 = 0.70;
+
 impl PhoneTable {
     #[inline]
-    fn slot(&self, k: u64) -> usize {
+    fn bucket(&self, k: u64) -> usize {
         let h = k.wrapping_mul(FIB);
-        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
+        ((u128::from(h) * self.buckets.len() as u128) >> 64) as usize
+    }
+
+    /// `n` zeroed buckets; on Linux the memory is asked to be backed by
+    /// transparent huge pages before it is first touched, so that a lookup
+    /// in a 100 MB table costs one cache miss and no page walk.
+    fn zeroed(n: usize) -> Box<[Bucket]> {
+        let mut v: Vec<Bucket> = Vec::with_capacity(n);
+        #[cfg(target_os = "linux")]
+        if n * 64 >= 4 << 20 {
+            let start = v.as_mut_ptr() as usize;
+            let aligned = (start + 4095) & !4095;
+            let len = (start + n * 64).saturating_sub(aligned) & !4095;
+            // SAFETY: the range lies inside `v`'s allocation, page aligned;
+            // MADV_HUGEPAGE is advice only and changes no contents.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            }
+        }
+        v.resize(n, Bucket::default());
+        v.into_boxed_slice()
     }
 }
 
@@ -418,48 +483,54 @@ impl Base for PhoneTable {
         if k == 0 {
             return false;
         }
-        let cap = self.slots.len();
-        let mut i = self.slot(k);
+        let n = self.buckets.len();
+        let mut b = self.bucket(k);
         loop {
-            let s = self.slots[i];
-            if s == k {
+            // Branch-free over the line: the compiler turns it into SIMD.
+            let (mut found, mut empty) = (false, false);
+            for &s in &self.buckets[b].0 {
+                found |= s == k;
+                empty |= s == 0;
+            }
+            if found {
                 return true;
             }
-            if s == 0 {
+            if empty {
                 return false;
             }
-            i += 1;
-            if i == cap {
-                i = 0;
+            b += 1;
+            if b == n {
+                b = 0;
             }
         }
     }
 
     fn build(keys: Vec<u64>) -> Self {
-        // ≤ 0.75 load; at least one empty slot so probes end.
-        let cap = (keys.len() + keys.len() / 3 + 1).max(8);
+        // At least one empty slot overall, so every probe ends.
+        let n = ((keys.len() as f64 / (8.0 * LOAD)).ceil() as usize + 1).max(1);
         let mut t = PhoneTable {
-            slots: vec![0u64; cap].into_boxed_slice(),
+            buckets: Self::zeroed(n),
             len: 0,
         };
         for k in keys {
             if k == 0 {
                 continue;
             }
-            let mut i = t.slot(k);
-            loop {
-                let s = t.slots[i];
-                if s == k {
-                    break;
+            let mut b = t.bucket(k);
+            'probe: loop {
+                for s in t.buckets[b].0.iter_mut() {
+                    if *s == k {
+                        break 'probe;
+                    }
+                    if *s == 0 {
+                        *s = k;
+                        t.len += 1;
+                        break 'probe;
+                    }
                 }
-                if s == 0 {
-                    t.slots[i] = k;
-                    t.len += 1;
-                    break;
-                }
-                i += 1;
-                if i == cap {
-                    i = 0;
+                b += 1;
+                if b == n {
+                    b = 0;
                 }
             }
         }
@@ -467,7 +538,11 @@ impl Base for PhoneTable {
     }
 
     fn keys(&self) -> Vec<u64> {
-        self.slots.iter().copied().filter(|&k| k != 0).collect()
+        let mut out = Vec::with_capacity(self.len);
+        for b in self.buckets.iter() {
+            out.extend(b.0.iter().copied().filter(|&k| k != 0));
+        }
+        out
     }
 
     fn len(&self) -> usize {
@@ -475,7 +550,7 @@ impl Base for PhoneTable {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.slots.len() * 8
+        self.buckets.len() * std::mem::size_of::<Bucket>()
     }
 }
 

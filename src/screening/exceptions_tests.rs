@@ -70,7 +70,8 @@ fn table_is_compact() {
         vec![],
     );
     let per = set.phone_table_bytes() as f64 / 100_000.0;
-    assert!(per <= 11.0, "{per} bytes per entry");
+    // Load 0.70 in 8-key lines: 8 / 0.70 ≈ 11.4 bytes (target ≤ 24).
+    assert!(per <= 12.0, "{per} bytes per entry");
 }
 
 #[test]
