@@ -1,15 +1,18 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers) and `/readyz` (503 while draining).
-//! `router` is apart from serving so tests can call it without a port.
+//! `/healthz` (the process answers), `/readyz` (503 while draining) and
+//! the API under `/api/v1`. `/metrics` needs a token only with
+//! `[admin] protect_metrics = true`.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::api::{self, ApiState};
+use crate::config::Role;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -20,19 +23,32 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Fired once draining starts (readiness goes to 503).
     pub shutdown: Shutdown,
+    /// The API's state (tokens, store).
+    pub api: ApiState,
+    /// Whether `/metrics` needs a token.
+    pub protect_metrics: bool,
+    /// Largest JSON body.
+    pub json_max_bytes: usize,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
+    let api = api::router(state.api.clone(), state.json_max_bytes);
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         .with_state(state)
+        .nest("/api/v1", api)
 }
 
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::response::Response {
+    if s.protect_metrics
+        && let Err(e) = s.api.authorize(&headers, Role::View)
+    {
+        return e.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -40,6 +56,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+        .into_response()
 }
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {

@@ -15,6 +15,8 @@
 //! - `server`: wires it together (`run(config, shutdown)`).
 
 pub mod admin;
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
@@ -23,4 +25,5 @@ pub mod screening;
 pub mod server;
 pub mod shutdown;
 pub mod sip;
+pub mod store;
 pub mod transport;

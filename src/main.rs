@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use sipscreen::client::{Api, CliError};
 use sipscreen::config::{self, LogFormat};
 use sipscreen::screening::exceptions::ExceptionSet;
 use sipscreen::server::{self, Server};
@@ -38,6 +39,82 @@ enum Command {
         #[arg(long, short, default_value = "config/sipscreen.toml")]
         config: PathBuf,
     },
+    /// Manage the exception list of a running sidecar (through its API).
+    Exceptions {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: ExceptionsCommand,
+    },
+    /// Screen a number as a live call would be (through the API).
+    Screen {
+        /// The client: the caller (inbound) or the number dialled (outbound).
+        number: String,
+        /// The line: the number dialled (inbound) or the PBX caller (outbound).
+        #[arg(long)]
+        line: String,
+        /// inbound or outbound.
+        #[arg(long, default_value = "inbound")]
+        direction: String,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Base URL of the sidecar's admin listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SIPSCREEN_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    api: String,
+    /// API token (better: the SIPSCREEN_TOKEN environment variable).
+    #[arg(long, global = true, env = "SIPSCREEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ExceptionsCommand {
+    /// Import `VALUE; comment` lines from FILE, or from stdin with `-`.
+    Import { file: String },
+    /// List entries, newest first.
+    List {
+        /// phone or email.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Text in the comment (case-insensitive).
+        #[arg(long)]
+        q: Option<String>,
+        /// Exact value (any form; normalised by the sidecar).
+        #[arg(long)]
+        value: Option<String>,
+        /// Prefix of the stored value (+4930, sales@).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Entries per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add one value.
+    Add {
+        value: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Remove one value.
+    Remove { value: String },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +122,50 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config, log_json } => serve(config, log_json),
+        Command::Exceptions { api, command } => client(&api, |c| match command {
+            ExceptionsCommand::Import { file } => c.import(&file),
+            ExceptionsCommand::List {
+                kind,
+                q,
+                value,
+                prefix,
+                limit,
+                all,
+                json,
+            } => {
+                let mut query = vec![("limit", limit.to_string())];
+                for (k, v) in [
+                    ("type", kind),
+                    ("q", q),
+                    ("value", value),
+                    ("prefix", prefix),
+                ] {
+                    if let Some(v) = v {
+                        query.push((k, v));
+                    }
+                }
+                c.list(&query, all, json)
+            }
+            ExceptionsCommand::Add { value, comment } => c.add(&value, &comment),
+            ExceptionsCommand::Remove { value } => c.remove(&value),
+        }),
+        Command::Screen {
+            number,
+            line,
+            direction,
+            json,
+            api,
+        } => client(&api, |c| c.screen(&number, &line, &direction, json)),
+    }
+}
+
+fn client(args: &ApiArgs, f: impl FnOnce(&Api) -> Result<(), CliError>) -> ExitCode {
+    match Api::new(&args.api, args.token.clone()).and_then(|c| f(&c)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipscreen: {}", e.message);
+            ExitCode::from(e.code)
+        }
     }
 }
 

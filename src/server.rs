@@ -1,13 +1,18 @@
-//! Wires the parts together: loads the exception list, builds the first
-//! runtime, binds the transports and the admin listener, and runs until
-//! shutdown. Reloads (SIGHUP) build a complete new generation beside the
-//! running one and swap it in, or log the error, count it and keep the old.
+//! Wires the parts together: opens the store and loads the exception list
+//! from it, builds the first runtime, binds the transports and the admin
+//! listener, and runs until shutdown. Reloads (SIGHUP) build a complete new
+//! generation beside the running one and swap it in, or log the error,
+//! count it and keep the old. The exceptions file named in the config is
+//! an import source: imported into the store when its content changed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use crate::admin;
+use crate::api::{ApiState, auth::Tokens};
 use crate::config::{self, ConfigError, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::{Local, Proxy};
@@ -15,6 +20,8 @@ use crate::runtime::Runtime;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::source::{ExceptionSource, FileSource, LoadReport};
 use crate::shutdown::Shutdown;
+use crate::store::service::Exceptions;
+use crate::store::sqlite::SqliteStore;
 use crate::transport;
 
 /// Why the server could not start.
@@ -24,6 +31,10 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("exceptions file: {0}")]
     Exceptions(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("[admin] tokens: {0}")]
+    Tokens(String),
     #[error("cannot bind {what}: {source}")]
     Bind {
         what: String,
@@ -40,6 +51,10 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// The exception set shared by every generation.
     pub exceptions: Arc<ExceptionSet>,
+    /// The exception list: store + set.
+    pub list: Arc<Exceptions>,
+    /// API tokens, swapped on reload.
+    pub tokens: Arc<ArcSwap<Tokens>>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -86,15 +101,56 @@ pub fn prepare(
     Ok((runtime, report))
 }
 
+/// Imports the config's exceptions file into the store if it changed
+/// since the last import; refused lines are logged with their numbers.
+fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> {
+    let Some(path) = &runtime.loaded.config.screening.exceptions_file else {
+        return Ok(());
+    };
+    let path = path.get_ref();
+    let report = list
+        .import_file_if_changed(path, runtime.screener.normalizer())
+        .map_err(ServerError::Exceptions)?;
+    if let Some(r) = report {
+        for x in &r.refused_lines {
+            tracing::warn!(file = %path.display(), line = x.line, text = %x.text, reason = %x.reason, "exception entry refused");
+        }
+        tracing::info!(file = %path.display(), added = r.added, updated = r.updated, refused = r.refused, "exceptions file imported into the store");
+    }
+    Ok(())
+}
+
 impl Server {
     /// Loads the config at `path`, binds every listener. Nothing runs yet.
     pub async fn bind(path: &Path) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new());
         let exceptions = Arc::new(ExceptionSet::new());
-        let (runtime, report) = prepare(path, exceptions.clone())?;
-        exceptions.replace_all(report.phones, report.emails);
+        let loaded = config::load(path)?;
+        let runtime = Runtime::build(loaded, exceptions.clone())?;
+        let tokens = Tokens::from_config(&runtime.loaded.config).map_err(ServerError::Tokens)?;
+        let data_dir = runtime.loaded.config.store.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir))
+            .await
+            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        tracing::info!(store = %store.path().display(), "store open");
+        let list = Arc::new(Exceptions::new(
+            Arc::new(store),
+            exceptions.clone(),
+            metrics.clone(),
+        ));
+        let started = std::time::Instant::now();
+        let l = list.clone();
+        let (p, e) = tokio::task::spawn_blocking(move || l.load())
+            .await
+            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        tracing::info!(
+            phones = p,
+            emails = e,
+            ms = started.elapsed().as_millis() as u64,
+            "exception list loaded from the store"
+        );
+        import_file(&list, &runtime)?;
         let (p, e) = exceptions.counts();
-        metrics.set_exception_entries(p, e);
         let cfg = runtime.loaded.config.clone();
         let transports = transport::bind(&cfg.sip, metrics.clone())
             .await
@@ -124,6 +180,8 @@ impl Server {
             proxy: Arc::new(Proxy::new(runtime, local, metrics.clone())),
             metrics,
             exceptions,
+            list,
+            tokens: Arc::new(ArcSwap::from_pointee(tokens)),
             udp,
             tcp,
             admin,
@@ -136,19 +194,25 @@ impl Server {
     /// any error the running one stays. Returns the error for the caller
     /// to report.
     pub fn reload(&self) -> Result<(), ServerError> {
-        let result =
-            prepare(&self.config_path, self.exceptions.clone()).map(|(runtime, report)| {
-                let old = self.proxy.runtime();
-                if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
-                    || old.loaded.config.sip.tcp != runtime.loaded.config.sip.tcp
-                {
-                    tracing::warn!("listener addresses changed: they take effect after a restart");
-                }
-                self.exceptions.replace_all(report.phones, report.emails);
-                self.proxy.swap(runtime);
-                let (p, e) = self.exceptions.counts();
-                self.metrics.set_exception_entries(p, e);
-            });
+        let result = (|| {
+            let loaded = config::load(&self.config_path)?;
+            let runtime = Runtime::build(loaded, self.exceptions.clone())?;
+            let tokens =
+                Tokens::from_config(&runtime.loaded.config).map_err(ServerError::Tokens)?;
+            let old = self.proxy.runtime();
+            if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
+                || old.loaded.config.sip.tcp != runtime.loaded.config.sip.tcp
+            {
+                tracing::warn!("listener addresses changed: they take effect after a restart");
+            }
+            if old.loaded.config.store.data_dir != runtime.loaded.config.store.data_dir {
+                tracing::warn!("[store] data_dir changed: it takes effect after a restart");
+            }
+            import_file(&self.list, &runtime)?;
+            self.tokens.store(Arc::new(tokens));
+            self.proxy.swap(runtime);
+            Ok(())
+        })();
         self.metrics.reload(result.is_ok());
         match &result {
             Ok(()) => tracing::info!(config = %self.config_path.display(), "config reloaded"),
@@ -168,9 +232,18 @@ impl Server {
         };
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
+            let cfg = self.proxy.runtime().loaded.config.admin.clone();
             let router = admin::router(admin::AdminState {
                 metrics: self.metrics.clone(),
                 shutdown: shutdown.clone(),
+                api: ApiState {
+                    exceptions: self.list.clone(),
+                    proxy: self.proxy.clone(),
+                    tokens: self.tokens.clone(),
+                    import_max_bytes: cfg.import_max_bytes,
+                },
+                protect_metrics: cfg.protect_metrics,
+                json_max_bytes: cfg.json_max_bytes,
             });
             let mut sd = shutdown.clone();
             tasks.spawn(async move {
@@ -179,6 +252,7 @@ impl Server {
                     .await;
             });
         }
+        tasks.spawn(self.list.clone().run_expiry(shutdown.clone()));
         let me = self.clone();
         let mut sd = shutdown.clone();
         tasks.spawn(async move {

@@ -2,14 +2,16 @@
 //! 2; `serve` survives a SIGHUP with a broken config (the old one keeps
 //! serving), picks up a good one, and stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sipscreen");
+mod common;
+
+use common::binary::{BIN, Serving};
 
 fn write_config(dir: &std::path::Path, pbx: SocketAddr, source: &str) -> std::path::PathBuf {
+    let data = dir.join("data").display().to_string();
     let text = format!(
         r#"[sip]
 udp = ["127.0.0.1:0"]
@@ -26,6 +28,9 @@ sources = ["127.0.0.2/32"]
 
 [admin]
 listen = "127.0.0.1:0"
+
+[store]
+data_dir = "{data}"
 
 [defaults]
 source = "{source}"
@@ -96,57 +101,6 @@ fn shipped_default_config_is_valid() {
     );
 }
 
-struct Running {
-    child: Child,
-    udp: SocketAddr,
-}
-
-fn start(path: &std::path::Path) -> (Running, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let ready = wait_for(&rx, "sipscreen ready");
-    let udp = ready
-        .split("udp=[")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no udp address in {ready:?}"));
-    (Running { child, udp }, rx)
-}
-
-fn wait_for(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-            && line.contains(what)
-        {
-            return line;
-        }
-    }
-    panic!("log line {what:?} did not appear");
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 /// Sends an INVITE from the trunk address and returns X-CRM-Source as the PBX sees it.
 fn call_source(trunk: &UdpSocket, pbx: &UdpSocket, sip: SocketAddr, n: u32) -> String {
     let me = trunk.local_addr().unwrap();
@@ -170,25 +124,26 @@ fn sighup_with_a_bad_config_keeps_serving_then_sigterm_stops() {
     pbx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let trunk = UdpSocket::bind("127.0.0.2:0").unwrap();
     let path = write_config(dir.path(), pbx.local_addr().unwrap(), "FIRST");
-    let (mut run, logs) = start(&path);
-    assert_eq!(call_source(&trunk, &pbx, run.udp, 1), "FIRST");
+    let mut run = Serving::start(&path);
+    let udp = run.addr("udp=[", ']');
+    assert_eq!(call_source(&trunk, &pbx, udp, 1), "FIRST");
 
     std::fs::write(&path, "[pbx\nbroken").unwrap();
-    signal(&run.child, "-HUP");
-    let refused = wait_for(&logs, "config reload refused");
+    run.signal("-HUP");
+    let refused = run.wait_for("config reload refused");
     assert!(refused.contains("sipscreen.toml:1:"), "{refused}");
     assert_eq!(
-        call_source(&trunk, &pbx, run.udp, 2),
+        call_source(&trunk, &pbx, udp, 2),
         "FIRST",
         "old config keeps serving"
     );
 
     write_config(dir.path(), pbx.local_addr().unwrap(), "SECOND");
-    signal(&run.child, "-HUP");
-    wait_for(&logs, "config reloaded");
-    assert_eq!(call_source(&trunk, &pbx, run.udp, 3), "SECOND");
+    run.signal("-HUP");
+    run.wait_for("config reloaded");
+    assert_eq!(call_source(&trunk, &pbx, udp, 3), "SECOND");
 
-    signal(&run.child, "-TERM");
+    run.signal("-TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = run.child.try_wait().unwrap() {

@@ -187,6 +187,12 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// API tokens (hashes only).
     pub tokens: Vec<TokenConfig>,
+    /// Require a token (any role) for `/metrics` too.
+    pub protect_metrics: bool,
+    /// Largest accepted `POST /exceptions/import` body, in bytes.
+    pub import_max_bytes: u64,
+    /// Largest accepted JSON request body, in bytes.
+    pub json_max_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -194,6 +200,9 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Some("127.0.0.1:8080".parse().expect("literal address")),
             tokens: Vec::new(),
+            protect_metrics: false,
+            import_max_bytes: 512 << 20,
+            json_max_bytes: 1 << 20,
         }
     }
 }

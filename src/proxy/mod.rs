@@ -64,6 +64,11 @@ impl Proxy {
         self.runtime.load()
     }
 
+    /// The generation in use, as an owned handle (for blocking work).
+    pub fn runtime_arc(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
     /// Swaps in a new generation; calls in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));

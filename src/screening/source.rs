@@ -35,7 +35,7 @@ pub struct LoadReport {
 }
 
 /// One refused line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rejected {
     /// 1-based line number.
     pub line: usize,
@@ -129,30 +129,92 @@ fn parse_line(
     normalizer: &Normalizer,
     report: &mut LoadReport,
 ) -> Result<(), &'static str> {
-    let value = match memchr::memchr(b';', text) {
-        Some(p) => &text[..p],
-        None => text,
+    match parse_entry(text, normalizer)? {
+        Some(ParsedEntry {
+            value: Value::Phone(n),
+            ..
+        }) => report.phones.push(n),
+        Some(ParsedEntry {
+            value: Value::Email(e),
+            ..
+        }) => report.emails.push(e),
+        None => {}
+    }
+    Ok(())
+}
+
+/// A normalised exception value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// E.164 digits.
+    Phone(u64),
+    /// Lowercased address.
+    Email(String),
+}
+
+impl Value {
+    /// How the store keeps it: `+4930901820`, `boss@example.com`.
+    pub fn canonical(&self) -> String {
+        match self {
+            Value::Phone(n) => format!("+{n}"),
+            Value::Email(e) => e.clone(),
+        }
+    }
+
+    /// Reads one value as given (a phone in any form the normaliser takes,
+    /// or an e-mail).
+    pub fn parse(value: &str, normalizer: &Normalizer) -> Result<Value, &'static str> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("empty value");
+        }
+        if value.contains('@') {
+            return check_email(value).map(Value::Email);
+        }
+        normalizer
+            .normalize(value.as_bytes(), None)
+            .map(Value::Phone)
+            .ok_or("not a phone number (international +…/00…, or national for the default region) nor an e-mail")
+    }
+}
+
+/// One `VALUE; comment` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEntry {
+    pub value: Value,
+    /// The value as written.
+    pub given: String,
+    /// Text after the first `;`, trimmed (may be empty).
+    pub comment: String,
+}
+
+/// Parses one line: `Ok(None)` for blank and `#` lines.
+pub fn parse_entry(
+    text: &[u8],
+    normalizer: &Normalizer,
+) -> Result<Option<ParsedEntry>, &'static str> {
+    let (value, comment) = match memchr::memchr(b';', text) {
+        Some(p) => (&text[..p], &text[p + 1..]),
+        None => (text, &b""[..]),
     };
     let value = value.trim_ascii();
     if value.is_empty() {
         if text.trim_ascii().is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         return Err("no value before the ';'");
     }
     if value[0] == b'#' {
-        return Ok(());
+        return Ok(None);
     }
     let value = std::str::from_utf8(value).map_err(|_| "not valid UTF-8")?;
-    if value.contains('@') {
-        report.emails.push(check_email(value)?);
-    } else {
-        let phone = normalizer
-            .normalize(value.as_bytes(), None)
-            .ok_or("not a phone number (international +…/00…, or national for the default region) nor an e-mail")?;
-        report.phones.push(phone);
-    }
-    Ok(())
+    let comment =
+        std::str::from_utf8(comment.trim_ascii()).map_err(|_| "comment is not valid UTF-8")?;
+    Ok(Some(ParsedEntry {
+        value: Value::parse(value, normalizer)?,
+        given: value.to_string(),
+        comment: comment.to_string(),
+    }))
 }
 
 /// A basic syntax check; returns the lowercased address.

@@ -145,6 +145,16 @@ impl Screener {
         }
     }
 
+    /// A new e-mail from `from`: `exception` if listed. A reply to an
+    /// earlier message always goes to the CRM (`log`), listed or not.
+    pub fn screen_email(&self, from: &str, reply: bool) -> Verdict {
+        if !reply && self.exceptions.contains_email(from) {
+            Verdict::Exception
+        } else {
+            Verdict::Log
+        }
+    }
+
     pub fn exceptions(&self) -> &Arc<ExceptionSet> {
         &self.exceptions
     }

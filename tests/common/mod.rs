@@ -4,6 +4,8 @@
 //! loopback, so the three have distinct source addresses.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +60,19 @@ exceptions_file = "{DIR}/exceptions.txt"
 [admin]
 listen = "127.0.0.1:0"
 
+[[admin.tokens]]
+name = "ops"
+role = "edit"
+sha256 = "6fc8433e3bb906f1590e7ef545948de2540f6ae2b5bcf1656cf1f03126afa987"    # edit-token
+
+[[admin.tokens]]
+name = "crm-viewer"
+role = "view"
+sha256 = "5e17bb983b1ff3b4acbcaa8451a4173faa5575c682e7cf8615e2ed5e50fad7bd"    # view-token
+
+[store]
+data_dir = "{DIR}/data"
+
 [defaults]
 create = "auto"
 create_for = "all"
@@ -85,9 +100,18 @@ impl Harness {
         Self::start_with("udp", "").await
     }
 
+    /// Starts with `admin` TOML lines added to the `[admin]` table.
+    pub async fn start_with_admin(admin: &str) -> Harness {
+        Self::start_full("udp", admin, "").await
+    }
+
     /// Starts with the PBX reached over `pbx_transport` and `extra` TOML
     /// appended to the base config.
     pub async fn start_with(pbx_transport: &str, extra: &str) -> Harness {
+        Self::start_full(pbx_transport, "", extra).await
+    }
+
+    async fn start_full(pbx_transport: &str, admin: &str, extra: &str) -> Harness {
         let trunk = UdpSocket::bind("127.0.0.2:0").await.expect("bind trunk");
         let pbx = UdpSocket::bind("127.0.0.1:0").await.expect("bind pbx");
         let stranger = UdpSocket::bind("127.0.0.3:0").await.expect("bind stranger");
@@ -106,6 +130,10 @@ impl Harness {
             .replace("{PBX_TRANSPORT}", pbx_transport)
             .replace("{TRUNK}", &trunk.local_addr().unwrap().to_string())
             .replace("{DIR}", dir.path().to_str().unwrap())
+            .replace(
+                "listen = \"127.0.0.1:0\"\n",
+                &format!("listen = \"127.0.0.1:0\"\n{admin}"),
+            )
             + extra;
         let config_path = dir.path().join("sipscreen.toml");
         std::fs::write(&config_path, text).unwrap();

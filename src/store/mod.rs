@@ -1,0 +1,177 @@
+//! The durable exception list: the product's data.
+//!
+//! [`ExceptionStore`] is the small interface the rest of the sidecar uses;
+//! [`sqlite::SqliteStore`] is the embedded default (a shared database
+//! server for several sidecars can implement the same trait later).
+//!
+//! Contract of every implementation:
+//! - a write returns only once it is durable (survives kill -9 and power
+//!   loss), and a batch is all-or-nothing;
+//! - every add, update, removal and expiry leaves an audit row with its
+//!   actor and time;
+//! - values are stored normalised (`+E164` for phones, lowercase e-mails)
+//!   and unique; the text as given is kept beside them.
+//!
+//! [`service::Exceptions`] puts the store and the in-memory set together:
+//! write to the store first, then publish to the set.
+
+pub mod service;
+pub mod sqlite;
+
+use serde::Serialize;
+
+/// Phone or e-mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Phone,
+    Email,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Phone => "phone",
+            Kind::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "phone" => Some(Kind::Phone),
+            "email" | "e-mail" => Some(Kind::Email),
+            _ => None,
+        }
+    }
+}
+
+/// An entry to add or update.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub kind: Kind,
+    /// Normalised: `+4930901820` or `boss@example.com`.
+    pub value: String,
+    /// The text as given.
+    pub given: String,
+    pub comment: String,
+    /// `import`, `api`, `file`, or a CRM record such as `lead:123`.
+    pub origin: String,
+    /// Unix milliseconds after which the entry no longer applies.
+    pub expires_at: Option<i64>,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Insertion order; also the paging cursor.
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub value: String,
+    pub given: String,
+    pub comment: String,
+    pub origin: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// What one batched write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Upserted {
+    /// New values.
+    pub added: usize,
+    /// Values already present whose comment, origin or expiry changed.
+    pub updated: usize,
+    /// Values already present exactly so.
+    pub unchanged: usize,
+}
+
+/// Filters of a listing; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub kind: Option<Kind>,
+    /// Case-insensitive substring of the comment.
+    pub comment: Option<String>,
+    /// Exact normalised value.
+    pub value: Option<String>,
+    /// Prefix of the normalised value (`+4930`, `sales@`).
+    pub prefix: Option<String>,
+    /// Only entries with an id below this (the previous page's cursor).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// One audit row.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub actor: String,
+    /// `add`, `update`, `remove`, `expire`.
+    pub action: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub value: String,
+    pub comment: String,
+    pub origin: String,
+}
+
+/// Store failures; the message says what went wrong, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The durable exception list.
+pub trait ExceptionStore: Send + Sync + 'static {
+    /// Every entry not expired at `now`: E.164 numbers and e-mails.
+    fn load_active(&self, now: i64) -> Result<(Vec<u64>, Vec<String>), StoreError>;
+
+    /// Adds or updates `entries` in one durable transaction, by `actor`.
+    fn upsert(&self, entries: &[NewEntry], actor: &str, now: i64) -> Result<Upserted, StoreError>;
+
+    /// Removes one value; the removed entry, or `None` if it was absent.
+    fn remove(&self, value: &str, actor: &str, now: i64) -> Result<Option<Entry>, StoreError>;
+
+    /// Removes every entry expired at `now` (audited as `expire`).
+    fn expire(&self, now: i64) -> Result<Vec<Entry>, StoreError>;
+
+    /// The earliest expiry still ahead, if any.
+    fn next_expiry(&self) -> Result<Option<i64>, StoreError>;
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Entry>, StoreError>;
+
+    /// Audit rows newest first, optionally for one value, below a cursor.
+    fn audit(
+        &self,
+        value: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Small key/value state (e.g. the digest of the last imported file).
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,334 @@
+//! The exception list as the rest of the sidecar sees it: the durable
+//! store (the truth) plus the in-memory set (what screening reads).
+//!
+//! Every change goes to the store first, in one durable transaction, and
+//! is published to the set only once that transaction has committed: a
+//! change the API acknowledged is on disk, and screening sees it before the
+//! answer leaves (publishing is a pointer swap; lookups never wait).
+//! Imports commit in batches of [`IMPORT_BATCH`] lines, each batch
+//! all-or-nothing, so a crash or a broken upload keeps every batch before
+//! it and nothing half-written. All methods block: call them from a
+//! blocking thread (`spawn_blocking`), never from the SIP path.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted, now_ms};
+use crate::metrics::Metrics;
+use crate::screening::exceptions::ExceptionSet;
+use crate::screening::normalize::Normalizer;
+use crate::screening::source::{ParsedEntry, Rejected, Value, parse_entry};
+
+/// Lines per import transaction.
+pub const IMPORT_BATCH: usize = 20_000;
+/// Refused lines listed in an import report (all are counted).
+pub const MAX_REFUSED_LISTED: usize = 1000;
+/// Longest line text kept in a refusal.
+const MAX_TEXT: usize = 200;
+
+/// Store + set.
+pub struct Exceptions {
+    store: Arc<dyn ExceptionStore>,
+    set: Arc<ExceptionSet>,
+    metrics: Arc<Metrics>,
+    /// Woken when an entry with an expiry is written.
+    expiry_changed: tokio::sync::Notify,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ImportReport {
+    /// Lines read (including blank and comment lines).
+    pub lines: usize,
+    pub added: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Refused lines, all counted.
+    pub refused: usize,
+    /// The first [`MAX_REFUSED_LISTED`] refused lines.
+    pub refused_lines: Vec<Rejected>,
+}
+
+impl ImportReport {
+    fn count(&mut self, u: Upserted) {
+        self.added += u.added;
+        self.updated += u.updated;
+        self.unchanged += u.unchanged;
+    }
+}
+
+/// Why an import stopped early; the batches before it are committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("reading the upload failed at line {line}: {source}")]
+    Read {
+        line: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How an entry's value is published to the set.
+fn parse_canonical(kind: Kind, value: &str) -> Option<Value> {
+    match kind {
+        Kind::Phone => value
+            .strip_prefix('+')
+            .and_then(|d| d.parse().ok())
+            .map(Value::Phone),
+        Kind::Email => Some(Value::Email(value.to_string())),
+    }
+}
+
+impl Exceptions {
+    pub fn new(
+        store: Arc<dyn ExceptionStore>,
+        set: Arc<ExceptionSet>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Exceptions {
+            store,
+            set,
+            metrics,
+            expiry_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ExceptionStore> {
+        &self.store
+    }
+
+    pub fn set(&self) -> &Arc<ExceptionSet> {
+        &self.set
+    }
+
+    /// Replaces the set with the store's active entries (start).
+    pub fn load(&self) -> Result<(usize, usize), StoreError> {
+        let (phones, emails) = self.store.load_active(now_ms())?;
+        self.set.replace_all(phones, emails);
+        Ok(self.counted())
+    }
+
+    fn counted(&self) -> (usize, usize) {
+        let (p, e) = self.set.counts();
+        self.metrics.set_exception_entries(p, e);
+        (p, e)
+    }
+
+    /// Adds or updates `entries` durably, then publishes them.
+    pub fn write(&self, entries: &[NewEntry], actor: &str) -> Result<Upserted, StoreError> {
+        let now = now_ms();
+        let done = self.store.upsert(entries, actor, now)?;
+        self.publish(entries, now);
+        Ok(done)
+    }
+
+    fn publish(&self, entries: &[NewEntry], now: i64) {
+        let mut phones = Vec::new();
+        let mut emails = Vec::new();
+        let mut expiring = false;
+        for e in entries {
+            expiring |= e.expires_at.is_some();
+            if e.expires_at.is_some_and(|t| t <= now) {
+                continue;
+            }
+            match parse_canonical(e.kind, &e.value) {
+                Some(Value::Phone(n)) => phones.push(n),
+                Some(Value::Email(m)) => emails.push(m),
+                None => {}
+            }
+        }
+        self.set.insert_many(&phones, &emails);
+        self.counted();
+        if expiring {
+            self.expiry_changed.notify_one();
+        }
+    }
+
+    /// Removes one value durably, then from the set.
+    pub fn remove(&self, value: &str, actor: &str) -> Result<Option<Entry>, StoreError> {
+        let gone = self.store.remove(value, actor, now_ms())?;
+        if let Some(e) = &gone {
+            self.unpublish(e);
+        }
+        Ok(gone)
+    }
+
+    fn unpublish(&self, e: &Entry) {
+        match parse_canonical(e.kind, &e.value) {
+            Some(Value::Phone(n)) => {
+                self.set.remove_phone(n);
+            }
+            Some(Value::Email(m)) => {
+                self.set.remove_email(&m);
+            }
+            None => {}
+        }
+        self.counted();
+    }
+
+    /// Removes every entry whose time has come; how many.
+    pub fn expire_due(&self) -> Result<usize, StoreError> {
+        let gone = self.store.expire(now_ms())?;
+        for e in &gone {
+            self.unpublish(e);
+        }
+        if !gone.is_empty() {
+            tracing::info!(entries = gone.len(), "expired exception entries removed");
+        }
+        Ok(gone.len())
+    }
+
+    /// Expires entries at their time until `shutdown` fires.
+    pub async fn run_expiry(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        loop {
+            let me = self.clone();
+            let next = tokio::task::spawn_blocking(move || me.store.next_expiry())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            // Re-check at least once a minute (clock changes, missed wakes).
+            let wait_ms = next.map_or(60_000, |t| (t - now_ms()).clamp(0, 60_000));
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = self.expiry_changed.notified() => continue,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)) => {}
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.expire_due()).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "expiring exception entries failed"),
+                Err(e) => tracing::error!(error = %e, "expiry task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Imports `VALUE; comment` lines, committing every [`IMPORT_BATCH`]
+    /// lines; `progress` gets the bytes read so far after each batch.
+    /// On error the report says what was committed before it.
+    pub fn import(
+        &self,
+        mut r: impl BufRead,
+        normalizer: &Normalizer,
+        actor: &str,
+        origin: &str,
+        mut progress: impl FnMut(u64),
+    ) -> (ImportReport, Result<(), ImportError>) {
+        let mut report = ImportReport::default();
+        let mut batch: Vec<NewEntry> = Vec::with_capacity(IMPORT_BATCH);
+        let mut buf = Vec::with_capacity(256);
+        let mut read = 0u64;
+        loop {
+            buf.clear();
+            let n = match r.read_until(b'\n', &mut buf) {
+                Ok(n) => n,
+                Err(source) => {
+                    let line = report.lines + 1;
+                    return (report, Err(ImportError::Read { line, source }));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            report.lines += 1;
+            let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match parse_entry(text, normalizer) {
+                Ok(Some(ParsedEntry {
+                    value,
+                    given,
+                    comment,
+                })) => batch.push(NewEntry {
+                    kind: match value {
+                        Value::Phone(_) => Kind::Phone,
+                        Value::Email(_) => Kind::Email,
+                    },
+                    value: value.canonical(),
+                    given,
+                    comment,
+                    origin: origin.to_string(),
+                    expires_at: None,
+                }),
+                Ok(None) => {}
+                Err(reason) => {
+                    report.refused += 1;
+                    if report.refused_lines.len() < MAX_REFUSED_LISTED {
+                        let mut shown = String::from_utf8_lossy(text).into_owned();
+                        if let Some((cut, _)) = shown.char_indices().nth(MAX_TEXT) {
+                            shown.truncate(cut);
+                        }
+                        report.refused_lines.push(Rejected {
+                            line: report.lines,
+                            text: shown,
+                            reason: reason.to_string(),
+                        });
+                    }
+                }
+            }
+            if batch.len() >= IMPORT_BATCH {
+                match self.write(&batch, actor) {
+                    Ok(u) => report.count(u),
+                    Err(e) => return (report, Err(e.into())),
+                }
+                batch.clear();
+                progress(read);
+            }
+        }
+        if !batch.is_empty() {
+            match self.write(&batch, actor) {
+                Ok(u) => report.count(u),
+                Err(e) => return (report, Err(e.into())),
+            }
+        }
+        progress(read);
+        (report, Ok(()))
+    }
+
+    /// Imports the config's exceptions file when its content differs from
+    /// the last one imported (the file is an import source, not a second
+    /// truth: entries removed through the API stay removed until the file
+    /// changes). `None` when it was unchanged.
+    pub fn import_file_if_changed(
+        &self,
+        path: &Path,
+        normalizer: &Normalizer,
+    ) -> Result<Option<ImportReport>, String> {
+        let shown = path.display();
+        let open = || {
+            std::fs::File::open(path)
+                .map_err(|e| format!("{shown}: cannot open exceptions file: {e}"))
+        };
+        let mut hasher = Sha256::new();
+        let mut f = open()?;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let n = f
+                .read(&mut chunk)
+                .map_err(|e| format!("{shown}: cannot read exceptions file: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+        }
+        let digest = hex::encode(hasher.finalize());
+        let key = format!("exceptions_file:{}", shown);
+        let last = self.store.meta(&key).map_err(|e| e.to_string())?;
+        if last.as_deref() == Some(digest.as_str()) {
+            return Ok(None);
+        }
+        let reader = std::io::BufReader::with_capacity(1 << 16, open()?);
+        let (report, result) = self.import(reader, normalizer, "config", "file", |_| {});
+        result.map_err(|e| format!("{shown}: {e}"))?;
+        self.store
+            .set_meta(&key, &digest)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(report))
+    }
+}

@@ -1,0 +1,90 @@
+//! The real `sipscreen` binary as a child process, its log lines read
+//! from stderr on a thread.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sipscreen");
+
+/// A running `sipscreen serve`; killed when dropped.
+pub struct Serving {
+    pub child: Child,
+    pub logs: Receiver<String>,
+    /// The "sipscreen ready" log line.
+    pub ready: String,
+}
+
+impl Serving {
+    /// Starts `serve --config config` and waits until it is ready.
+    pub fn start(config: &Path) -> Serving {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, logs) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = wait_for(&logs, "sipscreen ready");
+        Serving { child, logs, ready }
+    }
+
+    /// An address from the ready line: `after` up to `until`
+    /// (`"udp=["`, `']'` or `"admin=Some("`, `')'`).
+    pub fn addr(&self, after: &str, until: char) -> SocketAddr {
+        self.ready
+            .split(after)
+            .nth(1)
+            .and_then(|s| s.split(until).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no {after} address in {:?}", self.ready))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.addr("admin=Some(", ')')
+    }
+
+    pub fn wait_for(&self, what: &str) -> String {
+        wait_for(&self.logs, what)
+    }
+
+    /// Sends a signal by name (`-HUP`, `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first log line containing `what` within 20 s.
+pub fn wait_for(rx: &Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && line.contains(what)
+        {
+            return line;
+        }
+    }
+    panic!("log line {what:?} did not appear");
+}
