@@ -1,0 +1,225 @@
+//! The durable list end to end, one measured run per figure (these are
+//! seconds-long operations, not micro-benchmarks):
+//!
+//! - `import`: 1M `VALUE; comment` lines over HTTP into a running server
+//!   (in-process, real socket, real SQLite file), timed from the first byte
+//!   sent to the answer; the answer means committed to disk and published
+//!   to the screening set, which the bench checks.
+//! - `screening under import`: latency of the screening call on another
+//!   thread while a 100k-line import runs, against the same with no import.
+//! - `startup`: a 10M-entry store (built directly with SQL), then the real
+//!   binary started on it: time to "sipscreen ready" and its resident
+//!   memory.
+//!
+//! cargo bench --bench store            (all)
+//! cargo bench --bench store -- import  (one part: import, concurrency, startup)
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sipscreen::screening::Direction;
+use sipscreen::server::Server;
+use sipscreen::shutdown;
+
+const TOKEN: &str = "bench-token";
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[pbx]\ntarget = \"127.0.0.1:5080\"\nsources = [\"127.0.0.1/32\"]\n\
+         [[trunk]]\nname = \"c\"\ntarget = \"127.0.0.2:5070\"\nsources = [\"127.0.0.2/32\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\nimport_max_bytes = 1073741824\n\
+         [[admin.tokens]]\nname = \"bench\"\nrole = \"edit\"\nsha256 = \"{}\"\n\
+         [store]\ndata_dir = \"{}\"\n[log]\nlevel = \"warn\"\n",
+        hex::encode(sha2::Sha256::digest(TOKEN.as_bytes())),
+        dir.join("data").display()
+    );
+    let p = dir.join("sipscreen.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn lines(n: usize, base: u64) -> String {
+    let mut s = String::with_capacity(n * 32);
+    for i in 0..n as u64 {
+        s.push_str(&format!("+{}; bench entry {i}\n", base + i * 7));
+    }
+    s
+}
+
+async fn post_import(admin: std::net::SocketAddr, body: String) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/api/v1/exceptions/import"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+fn percentiles(mut v: Vec<u64>) -> String {
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    format!(
+        "p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} calls)",
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        v[v.len() - 1],
+        v.len()
+    )
+}
+
+async fn import_and_concurrency(run_import: bool, run_concurrency: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(Server::bind(&config(dir.path())).await.unwrap());
+    let (trigger, sd) = shutdown::channel();
+    let task = tokio::spawn(server.clone().run(sd));
+    let admin = server.admin.unwrap();
+
+    if run_import {
+        let body = lines(1_000_000, 4_915_000_000_000);
+        let bytes = body.len();
+        let t = Instant::now();
+        let v = post_import(admin, body).await;
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(v["added"], 1_000_000, "{v}");
+        assert!(
+            server
+                .exceptions
+                .contains_phone(4_915_000_000_000 + 999_999 * 7)
+        );
+        println!(
+            "import: 1000000 lines ({:.1} MB) over HTTP -> SQLite (synchronous=FULL) -> visible: {secs:.2} s ({:.0} lines/s)",
+            bytes as f64 / 1e6,
+            1e6 / secs
+        );
+    }
+
+    if run_concurrency {
+        let measure = |stop: Arc<AtomicBool>, server: Arc<Server>| {
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(1 << 20);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = format!("+4917{:09}", i % 1_000_000_000);
+                    i += 1;
+                    let t = Instant::now();
+                    let rt = server.proxy.runtime();
+                    let s =
+                        rt.screener
+                            .screen(Direction::Inbound, b"+4930901820", Some(n.as_bytes()));
+                    std::hint::black_box(s.verdict);
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                lat
+            })
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle = measure(stop.clone(), server.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        println!(
+            "screening, idle:            {}",
+            percentiles(idle.join().unwrap())
+        );
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = measure(stop.clone(), server.clone());
+        let t = Instant::now();
+        post_import(admin, lines(100_000, 4_916_000_000_000)).await;
+        let secs = t.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        println!(
+            "screening, during a 100k-line import ({secs:.2} s): {}",
+            percentiles(busy.join().unwrap())
+        );
+    }
+    trigger.fire();
+    let _ = task.await;
+}
+
+fn startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let db = dir.path().join("data/sipscreen.db");
+    // Create the schema through the store, then bulk-fill with SQL.
+    drop(sipscreen::store::sqlite::SqliteStore::open(&db).unwrap());
+    let t = Instant::now();
+    {
+        let mut c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "synchronous", "OFF").unwrap();
+        let tx = c.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare("INSERT INTO entries (kind, value, given, comment, origin, created_at, created_by) VALUES ('phone', ?1, ?1, 'bulk', 'import', 0, 'bench')")
+                .unwrap();
+            for i in 0..10_000_000u64 {
+                st.execute([format!("+{}", 4_915_000_000_000 + i * 13)])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    println!(
+        "startup: built a 10M-entry store in {:.1} s ({:.0} MB)",
+        t.elapsed().as_secs_f64(),
+        std::fs::metadata(&db).unwrap().len() as f64 / 1e6
+    );
+    let mut best = f64::MAX;
+    let mut rss = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipscreen"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        for line in err.lines().map_while(Result::ok) {
+            if line.contains("sipscreen ready") {
+                break;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(500));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!(
+        "startup: 10M entries, best of 3 to \"sipscreen ready\": {best:.2} s; resident memory {:.0} MB",
+        rss as f64 / 1024.0
+    );
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if want("import") || want("concurrency") {
+        rt.block_on(import_and_concurrency(want("import"), want("concurrency")));
+    }
+    if want("startup") {
+        startup();
+    }
+}
