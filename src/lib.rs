@@ -16,8 +16,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod calls;
 pub mod client;
 pub mod config;
+pub mod crm;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

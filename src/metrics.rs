@@ -37,6 +37,23 @@ pub struct Metrics {
     tcp_connections: Gauge,
     /// 1 while the last reload succeeded, 0 after a failed one.
     config_last_reload_ok: Gauge,
+    /// Calls being tracked (dialogs between INVITE and end).
+    calls_active: Gauge,
+    /// Finished calls by verdict and outcome.
+    calls_finished: Family<L2, Counter>,
+    /// Calls ended because nothing was heard of them for max_call_secs.
+    calls_expired: Counter,
+    /// Call events the SIP path dropped (tracker channel full) or calls not
+    /// tracked (table full). Steady: 0.
+    call_events_dropped: Counter,
+    /// CRM events waiting in the outbox.
+    crm_outbox_depth: Gauge,
+    /// Age of the oldest undelivered CRM event, seconds.
+    crm_outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// CRM delivery attempts by sink and result.
+    crm_deliveries: Family<Vec<(&'static str, String)>, Counter>,
+    /// Events moved to the dead-letter table, by sink.
+    crm_dead_letters: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,7 +115,63 @@ impl Metrics {
             "1 if the last config reload succeeded (or none was tried), 0 if it failed",
             config_last_reload_ok.clone(),
         );
+        let calls_active = Gauge::default();
+        registry.register(
+            "calls_active",
+            "Calls being tracked (INVITE seen, not ended)",
+            calls_active.clone(),
+        );
+        let calls_finished = Family::<L2, Counter>::default();
+        registry.register(
+            "calls_finished",
+            "Finished calls, by verdict and outcome (completed/failed/cancelled/expired)",
+            calls_finished.clone(),
+        );
+        let calls_expired = Counter::default();
+        registry.register(
+            "calls_expired",
+            "Calls ended by the tracker after [calls] max_call_secs without SIP activity",
+            calls_expired.clone(),
+        );
+        let call_events_dropped = Counter::default();
+        registry.register(
+            "call_events_dropped",
+            "Call events not tracked because the tracker was behind or full",
+            call_events_dropped.clone(),
+        );
+        let crm_outbox_depth = Gauge::default();
+        registry.register(
+            "crm_outbox_depth",
+            "CRM events waiting for delivery",
+            crm_outbox_depth.clone(),
+        );
+        let crm_outbox_oldest_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "crm_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered CRM event",
+            crm_outbox_oldest_age.clone(),
+        );
+        let crm_deliveries = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "crm_deliveries",
+            "CRM delivery attempts, by sink and result (ok/retry/rate_limited/rejected)",
+            crm_deliveries.clone(),
+        );
+        let crm_dead_letters = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "crm_dead_letters",
+            "CRM events given up and moved to the dead-letter table, by sink",
+            crm_dead_letters.clone(),
+        );
         Metrics {
+            calls_active,
+            calls_finished,
+            calls_expired,
+            call_events_dropped,
+            crm_outbox_depth,
+            crm_outbox_oldest_age,
+            crm_deliveries,
+            crm_dead_letters,
             registry,
             sip_messages,
             calls_screened,
@@ -174,6 +247,53 @@ impl Metrics {
     /// The open TCP connection gauge (the transport moves it).
     pub fn tcp_connections(&self) -> &Gauge {
         &self.tcp_connections
+    }
+
+    pub fn set_active_calls(&self, n: usize) {
+        self.calls_active.set(n as i64);
+    }
+
+    pub fn call_finished(&self, verdict: &str, outcome: &'static str) {
+        let verdict = if verdict == "exception" {
+            "exception"
+        } else {
+            "log"
+        };
+        self.calls_finished
+            .get_or_create(&[("verdict", verdict), ("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn call_expired(&self) {
+        self.calls_expired.inc();
+    }
+
+    pub fn call_event_dropped(&self) {
+        self.call_events_dropped.inc();
+    }
+
+    pub fn call_untracked(&self) {
+        self.call_events_dropped.inc();
+    }
+
+    pub fn set_outbox(&self, depth: i64, oldest_age_secs: f64) {
+        self.crm_outbox_depth.set(depth);
+        self.crm_outbox_oldest_age.set(oldest_age_secs);
+    }
+
+    pub fn crm_delivery(&self, sink: &str, result: &'static str) {
+        self.crm_deliveries
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn crm_dead(&self, sink: &str, n: u64) {
+        self.crm_dead_letters
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .inc_by(n);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -13,16 +13,24 @@ use arc_swap::ArcSwap;
 
 use crate::admin;
 use crate::api::{ApiState, auth::Tokens};
+use crate::calls::log::CallLog;
+use crate::calls::tracker::{Tracker, TrackerConfig};
+use crate::calls::{self, CallEvents, SipEvent};
 use crate::config::{self, ConfigError, Loaded};
+use crate::crm::bitrix24::{self, Auth, Bitrix24};
+use crate::crm::webhook::Webhook;
+use crate::crm::{self, Sink};
 use crate::metrics::Metrics;
 use crate::proxy::{Local, Proxy};
 use crate::runtime::Runtime;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::source::{ExceptionSource, FileSource, LoadReport};
 use crate::shutdown::Shutdown;
+use crate::store::OutboxStore;
 use crate::store::service::Exceptions;
 use crate::store::sqlite::SqliteStore;
 use crate::transport;
+use std::sync::mpsc::Receiver;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,10 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("[admin] tokens: {0}")]
     Tokens(String),
+    #[error("[crm]: {0}")]
+    Crm(String),
+    #[error("call log: {0}")]
+    CallLog(std::io::Error),
     #[error("cannot bind {what}: {source}")]
     Bind {
         what: String,
@@ -55,6 +67,12 @@ pub struct Server {
     pub list: Arc<Exceptions>,
     /// API tokens, swapped on reload.
     pub tokens: Arc<ArcSwap<Tokens>>,
+    /// The store (exceptions, outbox).
+    pub store: Arc<SqliteStore>,
+    /// The call tracker, started by `run`.
+    tracker: Mutex<Option<(Tracker, Receiver<SipEvent>)>>,
+    /// CRM sinks, started by `run`.
+    sinks: Vec<Arc<dyn Sink>>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -120,6 +138,145 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
     Ok(())
 }
 
+/// The CRM sinks the config names (built once at start).
+fn crm_sinks(
+    cfg: &config::CrmConfig,
+    store: &Arc<SqliteStore>,
+) -> Result<Vec<Arc<dyn Sink>>, ServerError> {
+    use crate::store::ExceptionStore;
+    let env = |sink: &str,
+               direct: &Option<String>,
+               var: &Option<String>,
+               what: &str|
+     -> Result<String, ServerError> {
+        if let Some(v) = direct.as_ref().filter(|v| !v.is_empty()) {
+            return Ok(v.clone());
+        }
+        let var = var.as_ref().ok_or_else(|| {
+            ServerError::Crm(format!("sink {sink:?}: {what} (or {what}_env) is required"))
+        })?;
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                ServerError::Crm(format!(
+                    "sink {sink:?}: environment variable {var} is not set"
+                ))
+            })
+    };
+    let mut out: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let mut unique = |n: &str| {
+        if names.insert(n.to_string()) {
+            Ok(())
+        } else {
+            Err(ServerError::Crm(format!("sink name {n:?} is used twice")))
+        }
+    };
+    for w in &cfg.webhook {
+        unique(&w.name)?;
+        let secret = match (&w.secret, &w.secret_env) {
+            (None, None) => None,
+            _ => Some(env(&w.name, &w.secret, &w.secret_env, "secret")?.into_bytes()),
+        };
+        let sink = Webhook::new(
+            &w.name,
+            &w.url,
+            secret,
+            std::time::Duration::from_millis(w.timeout_ms),
+        )
+        .map_err(ServerError::Crm)?;
+        out.push(Arc::new(sink));
+    }
+    for b in &cfg.bitrix24 {
+        unique(&b.name)?;
+        if b.user_field != "USER_ID" && b.user_field != "USER_PHONE_INNER" {
+            return Err(ServerError::Crm(format!(
+                "sink {:?}: user_field must be USER_ID or USER_PHONE_INNER",
+                b.name
+            )));
+        }
+        let hook = b.webhook_url.is_some() || b.webhook_url_env.is_some();
+        let auth = match (hook, &b.rest_url) {
+            (true, None) => Auth::Webhook(env(
+                &b.name,
+                &b.webhook_url,
+                &b.webhook_url_env,
+                "webhook_url",
+            )?),
+            (false, Some(rest)) => {
+                let key = format!("bitrix24:{}:refresh_token", b.name);
+                let stored = store
+                    .meta(&key)
+                    .map_err(|e| ServerError::Crm(e.to_string()))?;
+                let refresh = match stored {
+                    Some(r) => r,
+                    None => env(
+                        &b.name,
+                        &b.refresh_token,
+                        &b.refresh_token_env,
+                        "refresh_token",
+                    )?,
+                };
+                Auth::OAuth {
+                    rest_url: rest.clone(),
+                    oauth_url: b.oauth_url.clone(),
+                    client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
+                    client_secret: env(
+                        &b.name,
+                        &b.client_secret,
+                        &b.client_secret_env,
+                        "client_secret",
+                    )?,
+                    // Empty access token: refreshed before the first call.
+                    tokens: std::sync::Mutex::new(bitrix24::Tokens {
+                        access: String::new(),
+                        refresh,
+                    }),
+                }
+            }
+            _ => {
+                return Err(ServerError::Crm(format!(
+                    "sink {:?}: set webhook_url(_env) (inbound webhook) or rest_url with the OAuth credentials, one of the two",
+                    b.name
+                )));
+            }
+        };
+        let st = store.clone();
+        let key = format!("bitrix24:{}:refresh_token", b.name);
+        let on_refresh = Box::new(move |r: &str| {
+            if let Err(e) = st.set_meta(&key, r) {
+                tracing::error!(error = %e, "keeping the refreshed Bitrix24 token failed");
+            }
+        });
+        let sink = Bitrix24::new(
+            &b.name,
+            auth,
+            &b.user_field,
+            std::time::Duration::from_millis(b.timeout_ms),
+            on_refresh,
+        )
+        .map_err(ServerError::Crm)?;
+        out.push(Arc::new(sink));
+    }
+    Ok(out)
+}
+
+/// A sink's rate and burst from its config.
+fn sink_rate(cfg: &config::CrmConfig, name: &str) -> (f64, u32) {
+    cfg.webhook
+        .iter()
+        .find(|w| w.name == name)
+        .map(|w| (w.rate_per_sec, w.burst))
+        .or_else(|| {
+            cfg.bitrix24
+                .iter()
+                .find(|b| b.name == name)
+                .map(|b| (b.rate_per_sec, b.burst))
+        })
+        .unwrap_or((2.0, 50))
+}
+
 impl Server {
     /// Loads the config at `path`, binds every listener. Nothing runs yet.
     pub async fn bind(path: &Path) -> Result<Server, ServerError> {
@@ -133,8 +290,9 @@ impl Server {
             .await
             .map_err(|e| ServerError::Exceptions(e.to_string()))??;
         tracing::info!(store = %store.path().display(), "store open");
+        let store = Arc::new(store);
         let list = Arc::new(Exceptions::new(
-            Arc::new(store),
+            store.clone(),
             exceptions.clone(),
             metrics.clone(),
         ));
@@ -176,8 +334,27 @@ impl Server {
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
+        let sinks = crm_sinks(&cfg.crm, &store)?;
+        let data_dir = &cfg.store.data_dir;
+        let call_log = CallLog::open(data_dir, cfg.calls.log_max_bytes, cfg.calls.log_keep)
+            .map_err(ServerError::CallLog)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(calls::CHANNEL);
+        let tracker = Tracker::new(
+            call_log,
+            store.clone(),
+            metrics.clone(),
+            TrackerConfig {
+                max_idle: std::time::Duration::from_secs(cfg.calls.max_call_secs.max(1)),
+                sinks: sinks.iter().map(|s| s.name().to_string()).collect(),
+            },
+        );
+        let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
+        proxy.track_calls(CallEvents::new(tx, metrics.clone()));
         Ok(Server {
-            proxy: Arc::new(Proxy::new(runtime, local, metrics.clone())),
+            store,
+            tracker: Mutex::new(Some((tracker, rx))),
+            sinks,
+            proxy,
             metrics,
             exceptions,
             list,
@@ -232,7 +409,8 @@ impl Server {
         };
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
-            let cfg = self.proxy.runtime().loaded.config.admin.clone();
+            let rt_cfg = self.proxy.runtime().loaded.config.clone();
+            let cfg = rt_cfg.admin.clone();
             let router = admin::router(admin::AdminState {
                 metrics: self.metrics.clone(),
                 shutdown: shutdown.clone(),
@@ -241,6 +419,8 @@ impl Server {
                     proxy: self.proxy.clone(),
                     tokens: self.tokens.clone(),
                     import_max_bytes: cfg.import_max_bytes,
+                    calls_dir: rt_cfg.store.data_dir.clone(),
+                    calls_keep: rt_cfg.calls.log_keep,
                 },
                 protect_metrics: cfg.protect_metrics,
                 json_max_bytes: cfg.json_max_bytes,
@@ -253,6 +433,40 @@ impl Server {
             });
         }
         tasks.spawn(self.list.clone().run_expiry(shutdown.clone()));
+        let cfg = self.proxy.runtime().loaded.config.clone();
+        let outbox: Arc<dyn OutboxStore> = self.store.clone();
+        for sink in &self.sinks {
+            let (rate, burst) = sink_rate(&cfg.crm, sink.name());
+            tasks.spawn(crm::run_worker(
+                sink.clone(),
+                outbox.clone(),
+                self.metrics.clone(),
+                crm::WorkerConfig {
+                    rate_per_sec: rate,
+                    burst,
+                    max_age_ms: (cfg.crm.max_event_age_secs.saturating_mul(1000))
+                        .min(i64::MAX as u64) as i64,
+                },
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(crm::run_outbox_gauges(
+            outbox,
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tracker = self
+            .tracker
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .map(|(t, rx)| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("call-tracker".into())
+                    .spawn(move || t.run(rx, stop))
+            });
         let me = self.clone();
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
@@ -273,6 +487,10 @@ impl Server {
         });
         transports.run(self.proxy.clone(), shutdown.clone()).await;
         while tasks.join_next().await.is_some() {}
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(Ok(t)) = tracker {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         tracing::info!("sipscreen stopped");
     }
 }

@@ -7,6 +7,7 @@
 //! and screening requests read the same runtime snapshot live calls do.
 
 pub mod auth;
+mod calls;
 mod exceptions;
 mod screen;
 
@@ -36,6 +37,9 @@ pub struct ApiState {
     pub tokens: Arc<ArcSwap<Tokens>>,
     /// Largest import body.
     pub import_max_bytes: u64,
+    /// Where the call log is, and how many rotated files it keeps.
+    pub calls_dir: std::path::PathBuf,
+    pub calls_keep: usize,
 }
 
 impl ApiState {
@@ -62,6 +66,7 @@ pub fn router(state: ApiState, json_max_bytes: usize) -> Router {
         .route("/exceptions/import", post(exceptions::import))
         .route("/exceptions/{value}", delete(exceptions::remove))
         .route("/audit", get(exceptions::audit))
+        .route("/calls", get(calls::list))
         .route("/screen", post(screen::number))
         .route("/screen/email", post(screen::email))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })

@@ -41,6 +41,129 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Call tracking and the call log.
+    #[serde(default)]
+    pub calls: CallsConfig,
+    /// CRM delivery: sinks for call events.
+    #[serde(default)]
+    pub crm: CrmConfig,
+}
+
+/// `[calls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// A call with no SIP activity for this long is ended as `expired`.
+    pub max_call_secs: u64,
+    /// The call log (`calls.jsonl` in the data directory) is rotated at
+    /// this size.
+    pub log_max_bytes: u64,
+    /// Rotated call logs kept (`calls.jsonl.1` … `.N`).
+    pub log_keep: usize,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            max_call_secs: 4 * 3600,
+            log_max_bytes: 64 << 20,
+            log_keep: 5,
+        }
+    }
+}
+
+/// `[crm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrmConfig {
+    /// Undelivered events older than this go to the dead-letter table.
+    pub max_event_age_secs: u64,
+    /// Generic webhooks.
+    pub webhook: Vec<WebhookSink>,
+    /// Bitrix24 portals.
+    pub bitrix24: Vec<Bitrix24Sink>,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        CrmConfig {
+            max_event_age_secs: 24 * 3600,
+            webhook: Vec::new(),
+            bitrix24: Vec::new(),
+        }
+    }
+}
+
+/// `[[crm.webhook]]`: a JSON POST per event, signed with HMAC-SHA256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSink {
+    pub name: String,
+    pub url: String,
+    /// Environment variable holding the HMAC secret (or `secret` itself).
+    pub secret_env: Option<String>,
+    pub secret: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests per second (leaky bucket) and burst.
+    #[serde(default = "default_webhook_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+/// `[[crm.bitrix24]]`: `telephony.externalcall.register` / `.finish`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bitrix24Sink {
+    pub name: String,
+    /// Inbound webhook URL `https://PORTAL/rest/USER/CODE/`, or the
+    /// environment variable holding it (it is a credential).
+    pub webhook_url_env: Option<String>,
+    pub webhook_url: Option<String>,
+    /// Installed application: the portal's REST base
+    /// (`https://PORTAL/rest/`) plus OAuth credentials from the environment.
+    pub rest_url: Option<String>,
+    /// Each credential from an environment variable (`*_env`, preferred)
+    /// or written in the config.
+    pub client_id_env: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret: Option<String>,
+    pub refresh_token_env: Option<String>,
+    pub refresh_token: Option<String>,
+    /// OAuth token endpoint.
+    #[serde(default = "default_oauth_url")]
+    pub oauth_url: String,
+    /// Which register/finish field carries the responsible person.
+    #[serde(default = "default_user_field")]
+    pub user_field: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Bitrix24's documented limit: 2 requests/s, burst 50.
+    #[serde(default = "default_bitrix_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_webhook_rate() -> f64 {
+    20.0
+}
+fn default_bitrix_rate() -> f64 {
+    2.0
+}
+fn default_burst() -> u32 {
+    50
+}
+fn default_oauth_url() -> String {
+    "https://oauth.bitrix.info/oauth/token/".to_string()
+}
+fn default_user_field() -> String {
+    "USER_ID".to_string()
 }
 
 /// Transport protocol of a SIP hop.

@@ -21,6 +21,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use crate::calls::{CallEvents, NewCall, RequestKind, SipEvent};
 use crate::config::TransportKind;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Side};
@@ -28,7 +29,7 @@ use crate::sip::framing::FramingError;
 use crate::sip::{Message, Method};
 use crate::transport::{Handler, Inbound, Sender};
 pub use ident::Local;
-use request::Outcome;
+use request::{Outcome, Screened};
 
 /// Most 403s sent to unknown sources per second; beyond it they are
 /// dropped (a flood gets no amplification).
@@ -42,6 +43,8 @@ pub struct Proxy {
     local: Local,
     /// Counters.
     metrics: Arc<Metrics>,
+    /// Where call events go (set once at start when tracking is on).
+    calls: std::sync::OnceLock<CallEvents>,
     /// Reply budget for unknown sources: (second << 32) | count.
     forbidden: AtomicU64,
     /// Process start, the clock for the reply budget.
@@ -54,6 +57,7 @@ impl Proxy {
             runtime: ArcSwap::from_pointee(runtime),
             local,
             metrics,
+            calls: std::sync::OnceLock::new(),
             forbidden: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -62,6 +66,11 @@ impl Proxy {
     /// The generation in use.
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
         self.runtime.load()
+    }
+
+    /// Starts reporting forwarded dialog messages to the call tracker.
+    pub fn track_calls(&self, events: CallEvents) {
+        let _ = self.calls.set(events);
     }
 
     /// The generation in use, as an owned handle (for blocking work).
@@ -102,6 +111,78 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Reports a forwarded message to the call tracker: screened INVITEs,
+/// BYE / CANCEL / REFER, and responses to INVITEs (180 and up). One small
+/// allocation per reported message; never blocks.
+fn report(
+    calls: &CallEvents,
+    msg: &Message,
+    method: Option<Method>,
+    screened: Option<&Screened<'_>>,
+) {
+    let at = std::time::SystemTime::now();
+    let sip_call_id = || String::from_utf8_lossy(msg.call_id()).into_owned();
+    if let Some(s) = screened {
+        let sc = &s.screening;
+        let new = NewCall {
+            sip_call_id: sip_call_id(),
+            call_id: String::from_utf8_lossy(&s.call_id).into_owned(),
+            direction: sc.direction,
+            verdict: sc.verdict,
+            client: sc.client,
+            line: sc.line,
+            create: sc.create(),
+            source: sc.settings.source.clone(),
+            responsible: sc.responsible().map(str::to_string),
+            change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
+            offer: sc.settings.create == crate::config::CreateMode::Offer,
+        };
+        calls.send(SipEvent::Invite(Box::new(new), at));
+        return;
+    }
+    let kind = match method {
+        Some(Method::Bye) => RequestKind::Bye,
+        Some(Method::Cancel) => RequestKind::Cancel,
+        Some(Method::Refer) => RequestKind::Refer,
+        Some(_) => return,
+        None => {
+            let Some(code) = msg.status().filter(|&c| c >= 180) else {
+                return;
+            };
+            if msg.cseq().is_none_or(|(_, m)| m != b"INVITE") {
+                return;
+            }
+            calls.send(SipEvent::InviteResponse {
+                sip_call_id: sip_call_id(),
+                code,
+                at,
+            });
+            return;
+        }
+    };
+    let refer_to = (kind == RequestKind::Refer)
+        .then(|| refer_target(msg))
+        .flatten();
+    calls.send(SipEvent::Request {
+        sip_call_id: sip_call_id(),
+        kind,
+        refer_to,
+        at,
+    });
+}
+
+/// The user part (or whole URI) of a REFER's `Refer-To` (`r`).
+fn refer_target(msg: &Message) -> Option<String> {
+    let h = msg.headers().iter().find(|h| {
+        let name = msg.slice(h.start as usize..h.name_end as usize);
+        name.eq_ignore_ascii_case(b"refer-to") || name.eq_ignore_ascii_case(b"r")
+    })?;
+    let na = crate::sip::values::NameAddr::parse(msg.value(h)).ok()?;
+    let uri = crate::sip::values::Uri::parse(na.uri).ok()?;
+    let user = uri.user.filter(|u| !u.is_empty()).unwrap_or(na.uri);
+    Some(String::from_utf8_lossy(user).into_owned())
 }
 
 impl Handler for Proxy {
@@ -159,11 +240,15 @@ impl Handler for Proxy {
                 transport,
                 data,
             } => {
-                if self.send(out, transport, dest, data)
-                    && let Some(s) = screened
-                {
-                    self.metrics.screened(s.direction.as_str(), s.verdict);
-                    self.metrics.screening_time(t0.elapsed().as_secs_f64());
+                if self.send(out, transport, dest, data) {
+                    if let Some(s) = &screened {
+                        self.metrics
+                            .screened(s.screening.direction.as_str(), s.screening.verdict.as_str());
+                        self.metrics.screening_time(t0.elapsed().as_secs_f64());
+                    }
+                    if let Some(calls) = self.calls.get() {
+                        report(calls, &msg, method, screened.as_ref());
+                    }
                 }
             }
             Outcome::Reply {

@@ -41,9 +41,10 @@ pub enum Outcome {
 }
 
 /// What the caller needs to know about a screened call.
-pub struct Screened {
-    pub direction: Direction,
-    pub verdict: &'static str,
+pub struct Screened<'r> {
+    pub screening: Screening<'r>,
+    /// `X-CRM-Call-Id` (hex digits).
+    pub call_id: [u8; 32],
 }
 
 fn reply(code: u16, reason: &'static str) -> Outcome {
@@ -55,14 +56,14 @@ fn reply(code: u16, reason: &'static str) -> Outcome {
 }
 
 /// Decides the fate of request `msg` that came from `remote` on `side`.
-pub fn route(
-    rt: &Runtime,
+pub fn route<'r>(
+    rt: &'r Runtime,
     local: &Local,
     msg: &Message,
     remote: SocketAddr,
     in_transport: TransportKind,
     side: Side,
-    screened: &mut Option<Screened>,
+    screened: &mut Option<Screened<'r>>,
 ) -> Outcome {
     if side == Side::Unknown {
         return reply(403, "forbidden_source");
@@ -175,20 +176,17 @@ pub fn route(
             }
         });
     }
-    if let Some(s) = screening.as_ref().filter(|_| dialog_creating) {
-        *screened = Some(Screened {
-            direction: s.direction,
-            verdict: s.verdict.as_str(),
-        });
+    if let Some(s) = screening.filter(|_| dialog_creating) {
+        let from_tag = p.from.tag().unwrap_or(b"");
+        let call_id = local.call_id(msg.call_id(), from_tag);
         if s.direction == Direction::Inbound {
-            let from_tag = msg
-                .name_addr(HeaderName::From)
-                .and_then(|f| f.tag())
-                .unwrap_or(b"");
-            let id = local.call_id(msg.call_id(), from_tag);
-            let id = std::str::from_utf8(&id).expect("hex digits");
+            let id = std::str::from_utf8(&call_id).expect("hex digits");
             e.insert_with(msg.header_end(), |a| s.write_tags(id, a));
         }
+        *screened = Some(Screened {
+            screening: s,
+            call_id,
+        });
     }
     if msg.content_length().is_none() {
         e.insert_with(msg.header_end(), |a| {

@@ -203,6 +203,11 @@ fn parse_national(digits: &[u8], region: Id) -> Option<u64> {
     Some(cc * 10u64.pow((zeros + value_digits) as u32) + value)
 }
 
+/// `+` and the digits of `n`, as a `String` (off the hot path).
+pub fn e164_string(n: u64) -> String {
+    format!("+{n}")
+}
+
 /// Appends `+` and the digits of `n`.
 pub fn write_e164(n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 20];

@@ -169,6 +169,50 @@ pub trait ExceptionStore: Send + Sync + 'static {
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
 }
 
+/// A CRM event to deliver to one sink.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub sink: String,
+    /// The call's `X-CRM-Call-Id`.
+    pub call: String,
+    /// `call.started`, `call.answered`, `call.ended`, `call.responsible_changed`.
+    pub kind: String,
+    /// The event as JSON.
+    pub payload: String,
+}
+
+/// A queued event.
+#[derive(Debug, Clone)]
+pub struct OutEvent {
+    pub id: i64,
+    pub call: String,
+    pub kind: String,
+    pub payload: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    /// Not to be tried before this (unix ms).
+    pub next_at: i64,
+}
+
+/// The durable CRM outbox: events survive restarts and crashes; each
+/// sink takes its events strictly in order (so a call's `finish` never
+/// overtakes its `register`).
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Queues events in one durable transaction.
+    fn enqueue(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError>;
+    /// The oldest `limit` events of `sink`, in order.
+    fn head(&self, sink: &str, limit: usize) -> Result<Vec<OutEvent>, StoreError>;
+    fn delivered(&self, ids: &[i64]) -> Result<(), StoreError>;
+    fn retry_later(&self, id: i64, next_at: i64, error: &str) -> Result<(), StoreError>;
+    /// Moves events to the dead-letter table.
+    fn dead(&self, ids: &[i64], reason: &str, now: i64) -> Result<(), StoreError>;
+    /// (queued events, oldest creation time).
+    fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError>;
+    /// The CRM's id for a call (Bitrix24 `CALL_ID` from register).
+    fn crm_call(&self, sink: &str, call: &str) -> Result<Option<String>, StoreError>;
+    fn set_crm_call(&self, sink: &str, call: &str, crm_id: &str) -> Result<(), StoreError>;
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -85,6 +85,7 @@ create = "offer"
 source = "ADVERTISING"
 queue = ["101", "102"]
 forward_to_responsible = true
+change_responsible_on_transfer = true
 
 [[line]]
 number = "030 901821"

@@ -1,0 +1,87 @@
+//! `GET /calls`: the call log, newest first, filtered by time, line and
+//! verdict.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, blocking};
+use crate::calls::log::{self, CallRecord, Filter};
+use crate::config::Role;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsQuery {
+    /// RFC 3339; calls that started at or after.
+    since: Option<String>,
+    /// RFC 3339; calls that started before.
+    until: Option<String>,
+    /// The line, any form (normalised).
+    line: Option<String>,
+    verdict: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct Calls {
+    items: Vec<CallRecord>,
+}
+
+fn time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|t| {
+        humantime::parse_rfc3339_weak(t)
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            })
+            .map_err(|e| ApiError::bad_request(format!("{name} {t:?}: {e} (use RFC 3339)")))
+    })
+    .transpose()
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Calls>, ApiError> {
+    s.authorize(&headers, Role::View)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let line = match q.line.as_deref() {
+        Some(l) => {
+            let rt = s.proxy.runtime();
+            let n = rt
+                .screener
+                .normalizer()
+                .normalize(l.as_bytes(), None)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("line {l:?} is not a phone number"))
+                })?;
+            Some(format!("+{n}"))
+        }
+        None => None,
+    };
+    if let Some(v) = q.verdict.as_deref()
+        && v != "log"
+        && v != "exception"
+    {
+        return Err(ApiError::bad_request(format!(
+            "verdict {v:?}: use log or exception"
+        )));
+    }
+    let limit = match q.limit.unwrap_or(100) {
+        0 => return Err(ApiError::bad_request("limit must be at least 1")),
+        n => n.min(10_000),
+    };
+    let filter = Filter {
+        since_ms: time("since", q.since.as_deref())?,
+        until_ms: time("until", q.until.as_deref())?,
+        line,
+        verdict: q.verdict,
+        limit,
+    };
+    let (dir, keep) = (s.calls_dir.clone(), s.calls_keep);
+    let items =
+        blocking(move || log::read(&dir, keep, &filter).map_err(ApiError::internal)).await?;
+    Ok(Json(Calls { items }))
+}

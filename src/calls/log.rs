@@ -1,0 +1,206 @@
+//! The call log ("telephony statistics"): one JSON object per finished
+//! call in `data_dir/calls.jsonl`, rotated at `[calls] log_max_bytes` to
+//! `calls.jsonl.1` … `.N` (the oldest dropped). Exception calls are
+//! logged too: the log is the only place they appear.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One finished call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallRecord {
+    /// `X-CRM-Call-Id`.
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub direction: String,
+    pub line: Option<String>,
+    pub client: String,
+    pub verdict: String,
+    pub create: String,
+    pub source: String,
+    pub responsible: Option<String>,
+    /// RFC 3339 times; `start_ms` for filtering.
+    pub start: String,
+    pub start_ms: i64,
+    pub answer: Option<String>,
+    pub end: String,
+    /// Final SIP status (200 for answered calls).
+    pub status: u16,
+    /// `completed`, `failed`, `cancelled`, `expired`.
+    pub outcome: String,
+    /// Seconds from answer to end (0 if not answered).
+    pub duration: u64,
+    pub transfers: Vec<Transfer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Transfer {
+    pub at: String,
+    pub to: String,
+}
+
+/// Appends records, rotating by size.
+pub struct CallLog {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+/// The current log file in `dir`.
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join("calls.jsonl")
+}
+
+impl CallLog {
+    pub fn open(dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<CallLog> {
+        std::fs::create_dir_all(dir)?;
+        let path = log_path(dir);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(CallLog {
+            path,
+            file,
+            size,
+            max_bytes: max_bytes.max(4096),
+            keep: keep.max(1),
+        })
+    }
+
+    /// Writes one record (one `write` of a whole line).
+    pub fn append(&mut self, r: &CallRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let name = |i: usize| PathBuf::from(format!("{}.{i}", self.path.display()));
+        let _ = std::fs::remove_file(name(self.keep));
+        for i in (1..self.keep).rev() {
+            let _ = std::fs::rename(name(i), name(i + 1));
+        }
+        std::fs::rename(&self.path, name(1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Filters for [`read`].
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// E.164 with `+`.
+    pub line: Option<String>,
+    pub verdict: Option<String>,
+    pub limit: usize,
+}
+
+/// Records matching `f`, newest first (current file, then `.1`, …).
+pub fn read(dir: &Path, keep: usize, f: &Filter) -> std::io::Result<Vec<CallRecord>> {
+    let mut out = Vec::new();
+    let base = log_path(dir);
+    let files = std::iter::once(base.clone())
+        .chain((1..=keep).map(|i| PathBuf::from(format!("{}.{i}", base.display()))));
+    for path in files {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut recs: Vec<CallRecord> = BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .filter(|r: &CallRecord| {
+                f.since_ms.is_none_or(|s| r.start_ms >= s)
+                    && f.until_ms.is_none_or(|u| r.start_ms < u)
+                    && f.line.as_ref().is_none_or(|l| r.line.as_ref() == Some(l))
+                    && f.verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            })
+            .collect();
+        recs.reverse();
+        out.extend(recs);
+        if out.len() >= f.limit {
+            out.truncate(f.limit);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: i64, verdict: &str) -> CallRecord {
+        CallRecord {
+            call_id: format!("c{i}"),
+            sip_call_id: format!("s{i}"),
+            direction: "inbound".into(),
+            line: Some("+4930901820".into()),
+            client: "+4917000000001".into(),
+            verdict: verdict.into(),
+            create: "lead".into(),
+            source: "CALL".into(),
+            responsible: None,
+            start: String::new(),
+            start_ms: i,
+            answer: None,
+            end: String::new(),
+            status: 486,
+            outcome: "failed".into(),
+            duration: 0,
+            transfers: vec![],
+        }
+    }
+
+    #[test]
+    fn rotates_and_reads_newest_first_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CallLog::open(dir.path(), 4096, 2).unwrap();
+        for i in 0..40 {
+            log.append(&rec(i, if i % 2 == 0 { "log" } else { "exception" }))
+                .unwrap();
+        }
+        assert!(dir.path().join("calls.jsonl.1").exists());
+        let all = read(
+            dir.path(),
+            2,
+            &Filter {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(all[0].start_ms, 39);
+        assert!(all.windows(2).all(|w| w[0].start_ms > w[1].start_ms));
+        let ex = read(
+            dir.path(),
+            2,
+            &Filter {
+                verdict: Some("exception".into()),
+                since_ms: Some(30),
+                limit: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ids: Vec<i64> = ex.iter().map(|r| r.start_ms).collect();
+        assert_eq!(ids, [39, 37, 35]);
+    }
+}

@@ -1,0 +1,103 @@
+//! Call lifecycle: what the proxy saw of each Record-Routed INVITE dialog.
+//!
+//! The SIP path only *reports*: [`CallEvents::send`] is a non-blocking
+//! `try_send` of a small event into a bounded channel (when it is full the
+//! event is counted and dropped, never waited for). A dedicated thread, the
+//! [`tracker`], owns all call state: started, ringing, answered, failed
+//! (final >= 300, with its code), cancelled, ended by BYE with its
+//! duration, transfers by REFER. State is bounded: a call with no activity
+//! for `[calls] max_call_secs` is ended as `expired`, and the number of
+//! calls tracked at once is capped. Every call, exception calls included,
+//! is written to the call log ([`log`]); CRM events go to the durable
+//! outbox for `log` calls only.
+
+pub mod log;
+pub mod tracker;
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::SystemTime;
+
+use crate::config::Verdict;
+use crate::metrics::Metrics;
+use crate::screening::{Client, CreateTag, Direction};
+
+/// Events the channel holds before the SIP path starts dropping them.
+pub const CHANNEL: usize = 65_536;
+
+/// A call the proxy has just screened and forwarded.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// The SIP Call-ID.
+    pub sip_call_id: String,
+    /// `X-CRM-Call-Id`.
+    pub call_id: String,
+    pub direction: Direction,
+    pub verdict: Verdict,
+    pub client: Client,
+    pub line: Option<u64>,
+    pub create: CreateTag,
+    pub source: String,
+    pub responsible: Option<String>,
+    /// The line's `change_responsible_on_transfer`.
+    pub change_responsible_on_transfer: bool,
+    /// The line's `create = "offer"`.
+    pub offer: bool,
+}
+
+/// What the SIP path reports.
+#[derive(Debug)]
+pub enum SipEvent {
+    /// A dialog-creating INVITE was forwarded.
+    Invite(Box<NewCall>, SystemTime),
+    /// A response to an INVITE was forwarded.
+    InviteResponse {
+        sip_call_id: String,
+        code: u16,
+        at: SystemTime,
+    },
+    /// BYE, CANCEL or REFER was forwarded (`refer_to`: the REFER's target
+    /// user).
+    Request {
+        sip_call_id: String,
+        kind: RequestKind,
+        refer_to: Option<String>,
+        at: SystemTime,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Bye,
+    Cancel,
+    Refer,
+}
+
+/// The SIP path's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct CallEvents {
+    tx: SyncSender<SipEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl CallEvents {
+    pub fn new(tx: SyncSender<SipEvent>, metrics: Arc<Metrics>) -> Self {
+        CallEvents { tx, metrics }
+    }
+
+    /// Hands the event to the tracker, or counts it as dropped.
+    pub fn send(&self, ev: SipEvent) {
+        match self.tx.try_send(ev) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.call_event_dropped();
+            }
+        }
+    }
+}
+
+/// Unix milliseconds of a time.
+pub fn ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,343 @@
+//! The tracker thread: owns every call's state, writes the call log and
+//! queues CRM events (for `log` calls only) in the durable outbox, in
+//! batches (one transaction per 100 ms at most, not one fsync per event).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+
+use super::log::{CallLog, CallRecord, Transfer};
+use super::{NewCall, RequestKind, SipEvent, ms};
+use crate::api::rfc3339;
+use crate::config::Verdict;
+use crate::metrics::Metrics;
+use crate::screening::normalize::e164_string;
+use crate::screening::{Client, CreateTag};
+use crate::store::{NewEvent, OutboxStore, now_ms};
+
+/// Calls tracked at once; beyond this, new calls are not tracked (counted).
+pub const MAX_CALLS: usize = 200_000;
+
+struct Call {
+    new: NewCall,
+    start: SystemTime,
+    ringing: bool,
+    answer: Option<SystemTime>,
+    cancelled: bool,
+    responsible: Option<String>,
+    transfers: Vec<Transfer>,
+    last: Instant,
+}
+
+/// Settings of the tracker.
+pub struct TrackerConfig {
+    pub max_idle: Duration,
+    /// Names of the configured CRM sinks (one outbox row per sink).
+    pub sinks: Vec<String>,
+}
+
+/// The tracker's state; `run` drives it.
+pub struct Tracker {
+    calls: HashMap<String, Call>,
+    log: CallLog,
+    outbox: Arc<dyn OutboxStore>,
+    metrics: Arc<Metrics>,
+    cfg: TrackerConfig,
+    pending: Vec<NewEvent>,
+}
+
+impl Tracker {
+    pub fn new(
+        log: CallLog,
+        outbox: Arc<dyn OutboxStore>,
+        metrics: Arc<Metrics>,
+        cfg: TrackerConfig,
+    ) -> Self {
+        Tracker {
+            calls: HashMap::new(),
+            log,
+            outbox,
+            metrics,
+            cfg,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Runs until `stop` is set (then flushes) or every sender is gone.
+    pub fn run(mut self, rx: Receiver<SipEvent>, stop: Arc<AtomicBool>) {
+        let mut last_flush = Instant::now();
+        let mut last_sweep = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => {
+                    self.handle(ev);
+                    for ev in rx.try_iter().take(4096) {
+                        self.handle(ev);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                self.expire(Instant::now());
+                last_sweep = Instant::now();
+            }
+            if last_flush.elapsed() >= Duration::from_millis(100) || self.pending.len() > 10_000 {
+                self.flush();
+                last_flush = Instant::now();
+            }
+            self.metrics.set_active_calls(self.calls.len());
+            if stop.load(Ordering::Relaxed) {
+                for ev in rx.try_iter() {
+                    self.handle(ev);
+                }
+                break;
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match self.outbox.enqueue(&self.pending, now_ms()) {
+            Ok(()) => self.pending.clear(),
+            // Kept and retried on the next flush; the store says why.
+            Err(e) => {
+                tracing::error!(error = %e, events = self.pending.len(), "queuing CRM events failed")
+            }
+        }
+    }
+
+    /// Handles one event (public for tests that drive it directly).
+    pub fn handle(&mut self, ev: SipEvent) {
+        match ev {
+            SipEvent::Invite(new, at) => {
+                if self.calls.contains_key(&new.sip_call_id) {
+                    return;
+                }
+                if self.calls.len() >= MAX_CALLS {
+                    self.metrics.call_untracked();
+                    return;
+                }
+                let call = Call {
+                    responsible: new.responsible.clone(),
+                    new: *new,
+                    start: at,
+                    ringing: false,
+                    answer: None,
+                    cancelled: false,
+                    transfers: Vec::new(),
+                    last: Instant::now(),
+                };
+                event(
+                    &mut self.pending,
+                    &self.cfg.sinks,
+                    &call,
+                    "call.started",
+                    json!({}),
+                );
+                self.calls.insert(call.new.sip_call_id.clone(), call);
+            }
+            SipEvent::InviteResponse {
+                sip_call_id,
+                code,
+                at,
+            } => {
+                let Some(call) = self.calls.get_mut(&sip_call_id) else {
+                    return;
+                };
+                call.last = Instant::now();
+                match code {
+                    180..=199 => call.ringing = true,
+                    200..=299 if call.answer.is_none() => {
+                        call.answer = Some(at);
+                        let call = &self.calls[&sip_call_id];
+                        event(
+                            &mut self.pending,
+                            &self.cfg.sinks,
+                            call,
+                            "call.answered",
+                            json!({"answer": rfc3339(ms(at))}),
+                        );
+                    }
+                    300..=699 if call.answer.is_none() => {
+                        let outcome = if call.cancelled || code == 487 {
+                            "cancelled"
+                        } else {
+                            "failed"
+                        };
+                        self.finish(&sip_call_id, code, outcome, at);
+                    }
+                    _ => {}
+                }
+            }
+            SipEvent::Request {
+                sip_call_id,
+                kind,
+                refer_to,
+                at,
+            } => {
+                let Some(call) = self.calls.get_mut(&sip_call_id) else {
+                    return;
+                };
+                call.last = Instant::now();
+                match kind {
+                    RequestKind::Cancel => call.cancelled = true,
+                    RequestKind::Bye => {
+                        let (code, outcome) = if call.answer.is_some() {
+                            (200, "completed")
+                        } else {
+                            (487, "cancelled")
+                        };
+                        self.finish(&sip_call_id, code, outcome, at);
+                    }
+                    RequestKind::Refer => {
+                        let Some(to) = refer_to else { return };
+                        call.transfers.push(Transfer {
+                            at: rfc3339(ms(at)),
+                            to: to.clone(),
+                        });
+                        if call.new.change_responsible_on_transfer
+                            && call.responsible.as_deref() != Some(to.as_str())
+                        {
+                            let previous = call.responsible.replace(to.clone());
+                            let call = &self.calls[&sip_call_id];
+                            event(
+                                &mut self.pending,
+                                &self.cfg.sinks,
+                                call,
+                                "call.responsible_changed",
+                                json!({"previous": previous, "at": rfc3339(ms(at))}),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends calls idle for longer than the limit.
+    pub fn expire(&mut self, now: Instant) {
+        let idle: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last) >= self.cfg.max_idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle {
+            let answered = self.calls[&k].answer.is_some();
+            self.metrics.call_expired();
+            self.finish(
+                &k,
+                if answered { 200 } else { 408 },
+                "expired",
+                SystemTime::now(),
+            );
+        }
+    }
+
+    fn finish(&mut self, key: &str, status: u16, outcome: &'static str, at: SystemTime) {
+        let Some(call) = self.calls.remove(key) else {
+            return;
+        };
+        let duration = call
+            .answer
+            .map_or(0, |a| at.duration_since(a).map_or(0, |d| d.as_secs()));
+        let rec = record(&call, status, outcome, at, duration);
+        if let Err(e) = self.log.append(&rec) {
+            tracing::error!(error = %e, "writing the call log failed");
+        }
+        self.metrics.call_finished(&rec.verdict, outcome);
+        event(
+            &mut self.pending,
+            &self.cfg.sinks,
+            &call,
+            "call.ended",
+            json!({"status": status, "outcome": outcome, "duration": duration,
+                   "end": rec.end, "answered": call.answer.is_some()}),
+        );
+    }
+}
+
+/// Queues `kind` for every sink, for `log` calls only.
+fn event(
+    pending: &mut Vec<NewEvent>,
+    sinks: &[String],
+    call: &Call,
+    kind: &str,
+    extra: serde_json::Value,
+) {
+    {
+        if call.new.verdict != Verdict::Log || sinks.is_empty() {
+            return;
+        }
+        let n = &call.new;
+        let mut v = json!({
+            "event": kind,
+            "call_id": n.call_id,
+            "direction": n.direction.as_str(),
+            "line": n.line.map(e164_string),
+            "client": client_str(n.client),
+            "create": n.create.as_str(),
+            "crm_create": matches!(n.create, CreateTag::Lead | CreateTag::Deal),
+            "offer": n.offer,
+            "source": n.source,
+            "responsible": call.responsible,
+            "start": rfc3339(ms(call.start)),
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        let payload = v.to_string();
+        for s in sinks {
+            pending.push(NewEvent {
+                sink: s.clone(),
+                call: n.call_id.clone(),
+                kind: kind.to_string(),
+                payload: payload.clone(),
+            });
+        }
+    }
+}
+
+fn client_str(c: Client) -> String {
+    match c {
+        Client::Number(n) => e164_string(n),
+        Client::Anonymous => "anonymous".to_string(),
+    }
+}
+
+fn record(c: &Call, status: u16, outcome: &str, end: SystemTime, duration: u64) -> CallRecord {
+    let n = &c.new;
+    CallRecord {
+        call_id: n.call_id.clone(),
+        sip_call_id: n.sip_call_id.clone(),
+        direction: n.direction.as_str().to_string(),
+        line: n.line.map(e164_string),
+        client: client_str(n.client),
+        verdict: n.verdict.as_str().to_string(),
+        create: n.create.as_str().to_string(),
+        source: n.source.clone(),
+        responsible: c.responsible.clone(),
+        start: rfc3339(ms(c.start)),
+        start_ms: ms(c.start),
+        answer: c.answer.map(|a| rfc3339(ms(a))),
+        end: rfc3339(ms(end)),
+        status: if c.answer.is_some() && outcome != "expired" {
+            200
+        } else {
+            status
+        },
+        outcome: outcome.to_string(),
+        duration,
+        transfers: c.transfers.clone(),
+    }
+}

@@ -1,0 +1,334 @@
+//! Bitrix24 REST telephony: `telephony.externalcall.register` when a call
+//! starts and `telephony.externalcall.finish` when it ends (with the
+//! `CALL_ID` register answered, kept in the store). `call.answered` and
+//! `call.responsible_changed` need no request of their own: finish carries
+//! the responsible person at the end.
+//!
+//! Two ways in, as portals offer them: an inbound webhook URL
+//! (`https://PORTAL/rest/USER/CODE/`, a credential, read from the
+//! environment), or an installed application's OAuth tokens: the access
+//! token goes as `auth`, and on `expired_token` it is refreshed with the
+//! refresh token (the new refresh token is kept in the store, since
+//! Bitrix24 rotates it). HTTP 503 `QUERY_LIMIT_EXCEEDED` backs off.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Delivery, Sink, cut};
+use crate::store::{OutEvent, OutboxStore};
+
+/// How requests are authorised.
+pub enum Auth {
+    /// `https://PORTAL/rest/USER/CODE/`
+    Webhook(String),
+    /// An installed application.
+    OAuth {
+        rest_url: String,
+        oauth_url: String,
+        client_id: String,
+        client_secret: String,
+        tokens: Mutex<Tokens>,
+    },
+}
+
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+pub struct Bitrix24 {
+    name: String,
+    auth: Auth,
+    /// `USER_ID` or `USER_PHONE_INNER`.
+    user_field: String,
+    http: reqwest::Client,
+    /// Persists a rotated refresh token.
+    on_refresh: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Bitrix24 {
+    pub fn new(
+        name: &str,
+        auth: Auth,
+        user_field: &str,
+        timeout: Duration,
+        on_refresh: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("bitrix24 {name:?}: {e}"))?;
+        Ok(Bitrix24 {
+            name: name.to_string(),
+            auth,
+            user_field: user_field.to_string(),
+            http,
+            on_refresh,
+        })
+    }
+
+    /// Calls `method` with `params`; the `result` on success.
+    async fn call(&self, method: &str, mut params: Value) -> Result<Value, Delivery> {
+        if let Auth::OAuth { tokens, .. } = &self.auth
+            && tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .access
+                .is_empty()
+        {
+            self.refresh().await?;
+        }
+        for attempt in 0..2 {
+            let url = match &self.auth {
+                Auth::Webhook(base) => format!("{}/{method}.json", base.trim_end_matches('/')),
+                Auth::OAuth {
+                    rest_url, tokens, ..
+                } => {
+                    let t = tokens
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .access
+                        .clone();
+                    params["auth"] = Value::String(t);
+                    format!("{}/{method}.json", rest_url.trim_end_matches('/'))
+                }
+            };
+            let resp = self
+                .http
+                .post(&url)
+                .json(&params)
+                .send()
+                .await
+                .map_err(|e| Delivery::Retry {
+                    error: format!("{method}: {e}"),
+                    rate_limited: false,
+                })?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let error = body["error"].as_str().unwrap_or("");
+            if (200..300).contains(&status) && error.is_empty() {
+                return Ok(body["result"].clone());
+            }
+            if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
+                return Err(Delivery::Retry {
+                    error: format!("{method}: QUERY_LIMIT_EXCEEDED"),
+                    rate_limited: true,
+                });
+            }
+            if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND")
+                && attempt == 0
+                && matches!(self.auth, Auth::OAuth { .. })
+            {
+                self.refresh().await?;
+                continue;
+            }
+            let what = format!(
+                "{method}: HTTP {status} {error} {}",
+                cut(body["error_description"].as_str().unwrap_or(&text))
+            );
+            return Err(if status >= 500 || status == 408 || status == 401 {
+                Delivery::Retry {
+                    error: what,
+                    rate_limited: false,
+                }
+            } else {
+                Delivery::Rejected(what)
+            });
+        }
+        Err(Delivery::Retry {
+            error: format!("{method}: token still refused after a refresh"),
+            rate_limited: false,
+        })
+    }
+
+    async fn refresh(&self) -> Result<(), Delivery> {
+        let Auth::OAuth {
+            oauth_url,
+            client_id,
+            client_secret,
+            tokens,
+            ..
+        } = &self.auth
+        else {
+            return Ok(());
+        };
+        let refresh = tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refresh
+            .clone();
+        let retry = |error: String| Delivery::Retry {
+            error,
+            rate_limited: false,
+        };
+        let resp = self
+            .http
+            .get(oauth_url)
+            .query(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+                ("refresh_token", &refresh),
+            ])
+            .send()
+            .await
+            .map_err(|e| retry(format!("OAuth refresh: {e}")))?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
+            (Some(a), Some(r)) => {
+                *tokens.lock().unwrap_or_else(|p| p.into_inner()) = Tokens {
+                    access: a.to_string(),
+                    refresh: r.to_string(),
+                };
+                (self.on_refresh)(r);
+                tracing::info!(sink = %self.name, "Bitrix24 access token refreshed");
+                Ok(())
+            }
+            _ => Err(retry(format!(
+                "OAuth refresh refused: HTTP {status} {}",
+                v["error"].as_str().unwrap_or("")
+            ))),
+        }
+    }
+
+    fn user(&self, v: &Value, params: &mut Value) {
+        if let Some(r) = v["responsible"].as_str() {
+            params[&self.user_field] = Value::String(r.to_string());
+        }
+    }
+}
+
+/// Bitrix24's `STATUS_CODE` for how a call ended.
+pub fn status_code(v: &Value) -> String {
+    let inbound = v["direction"] == "inbound";
+    if v["answered"].as_bool() == Some(true) {
+        return "200".into();
+    }
+    match (
+        v["outcome"].as_str().unwrap_or(""),
+        v["status"].as_u64().unwrap_or(0),
+    ) {
+        ("cancelled", _) if inbound => "304".into(),
+        ("cancelled", _) => "603-S".into(),
+        (_, 486 | 600) => "486".into(),
+        (_, 404 | 484 | 604) => "404".into(),
+        (_, 480 | 408) if inbound => "304".into(),
+        (_, 480 | 408) => "480".into(),
+        (_, 403 | 603) => "603".into(),
+        (_, s) if s >= 500 => "503".into(),
+        _ if inbound => "304".into(),
+        _ => "480".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Bitrix24 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
+        let Ok(v) = serde_json::from_str::<Value>(&ev.payload) else {
+            return Delivery::Rejected("payload is not JSON".into());
+        };
+        match ev.kind.as_str() {
+            "call.started" => {
+                let mut p = json!({
+                    "PHONE_NUMBER": v["client"],
+                    "TYPE": if v["direction"] == "inbound" { 2 } else { 1 },
+                    "LINE_NUMBER": v["line"],
+                    "CRM_CREATE": i32::from(v["crm_create"].as_bool() == Some(true)),
+                    "CRM_SOURCE": v["source"],
+                    "SHOW": i32::from(v["offer"].as_bool() == Some(true)),
+                    "EXTERNAL_CALL_ID": v["call_id"],
+                    "CALL_START_DATE": v["start"],
+                });
+                self.user(&v, &mut p);
+                match self.call("telephony.externalcall.register", p).await {
+                    Ok(r) => {
+                        let Some(id) = r["CALL_ID"].as_str() else {
+                            return Delivery::Rejected(format!(
+                                "register answered without CALL_ID: {}",
+                                cut(&r.to_string())
+                            ));
+                        };
+                        let (st, sink, call, id) = (
+                            store.clone(),
+                            self.name.clone(),
+                            ev.call.clone(),
+                            id.to_string(),
+                        );
+                        match tokio::task::spawn_blocking(move || {
+                            st.set_crm_call(&sink, &call, &id)
+                        })
+                        .await
+                        {
+                            Ok(Ok(())) => Delivery::Ok,
+                            _ => Delivery::Retry {
+                                error: "cannot record the CRM call id".into(),
+                                rate_limited: false,
+                            },
+                        }
+                    }
+                    Err(d) => d,
+                }
+            }
+            "call.ended" => {
+                let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
+                let crm_id =
+                    match tokio::task::spawn_blocking(move || st.crm_call(&sink, &call)).await {
+                        Ok(Ok(Some(id))) => id,
+                        Ok(Ok(None)) => {
+                            return Delivery::Rejected(
+                                "no CALL_ID: the call was never registered".into(),
+                            );
+                        }
+                        _ => {
+                            return Delivery::Retry {
+                                error: "cannot read the CRM call id".into(),
+                                rate_limited: false,
+                            };
+                        }
+                    };
+                let mut p = json!({
+                    "CALL_ID": crm_id,
+                    "DURATION": v["duration"].as_u64().unwrap_or(0),
+                    "STATUS_CODE": status_code(&v),
+                });
+                self.user(&v, &mut p);
+                match self.call("telephony.externalcall.finish", p).await {
+                    Ok(_) => Delivery::Ok,
+                    Err(d) => d,
+                }
+            }
+            _ => Delivery::Ok,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_for_outcomes() {
+        let s = |dir: &str, outcome: &str, status: u64, answered: bool| {
+            status_code(
+                &json!({"direction": dir, "outcome": outcome, "status": status, "answered": answered}),
+            )
+        };
+        assert_eq!(s("inbound", "completed", 200, true), "200");
+        assert_eq!(s("inbound", "cancelled", 487, false), "304");
+        assert_eq!(s("outbound", "cancelled", 487, false), "603-S");
+        assert_eq!(s("outbound", "failed", 486, false), "486");
+        assert_eq!(s("outbound", "failed", 404, false), "404");
+        assert_eq!(s("outbound", "failed", 480, false), "480");
+        assert_eq!(s("inbound", "failed", 480, false), "304");
+        assert_eq!(s("outbound", "failed", 503, false), "503");
+    }
+}

@@ -1,0 +1,622 @@
+//! Call lifecycle and CRM delivery against an in-process test CRM (a real
+//! HTTP server on loopback that records every request and can answer 503
+//! QUERY_LIMIT_EXCEEDED or be slow): Bitrix24 register/finish parameters
+//! for inbound, outbound, missed, busy and cancelled calls; exception calls
+//! never sent but logged; order per call; nothing lost across a CRM outage
+//! or a restart of sipscreen; the request rate never above the limit; the
+//! webhook's HMAC signature; a REFER changes the responsible person; the
+//! call log API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::*;
+use serde_json::{Value, json};
+
+const OK: u8 = 0;
+const LIMIT: u8 = 1;
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    body: Value,
+    at: Instant,
+    headers: HeaderMap,
+    raw: Bytes,
+}
+
+#[derive(Clone, Default)]
+struct Crm {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mode: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
+    next_id: Arc<AtomicU64>,
+    /// OAuth mode: the access token the portal accepts now.
+    valid_token: Arc<Mutex<Option<String>>>,
+    /// Refresh tokens presented to the OAuth endpoint.
+    refreshes: Arc<Mutex<Vec<String>>>,
+}
+
+impl Crm {
+    async fn start() -> (Crm, SocketAddr) {
+        let crm = Crm::default();
+        let app = Router::new()
+            .route("/rest/{method}", post(rest))
+            .route("/hook", post(hook))
+            .route("/oauth/token/", axum::routing::get(oauth))
+            .with_state(crm.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (crm, addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Requests of one Bitrix24 method, in arrival order.
+    fn calls(&self, method: &str) -> Vec<Value> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method)
+            .map(|s| s.body)
+            .collect()
+    }
+
+    async fn wait_for(&self, what: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.calls(what).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {n} requests arrived: {:?}",
+                self.calls(what).len(),
+                self.seen().iter().map(|s| &s.method).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn rest(
+    State(crm): State<Crm>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> (StatusCode, String) {
+    let delay = crm.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let method = method.trim_end_matches(".json").to_string();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let valid = crm.valid_token.lock().unwrap().clone();
+    if let Some(t) = valid
+        && body["auth"].as_str() != Some(t.as_str())
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "expired_token", "error_description": "The access token provided has expired."}).to_string(),
+        );
+    }
+    crm.seen.lock().unwrap().push(Seen {
+        method: if crm.mode.load(Ordering::Relaxed) == LIMIT {
+            format!("refused:{method}")
+        } else {
+            method.clone()
+        },
+        body,
+        at: Instant::now(),
+        headers,
+        raw,
+    });
+    if crm.mode.load(Ordering::Relaxed) == LIMIT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
+                .to_string(),
+        );
+    }
+    let n = crm.next_id.fetch_add(1, Ordering::Relaxed);
+    let result = match method.as_str() {
+        "telephony.externalcall.register" => {
+            json!({"CALL_ID": format!("externalCall.{n}"), "CRM_CREATED_LEAD": 1})
+        }
+        _ => json!({"CALL_FAILED_CODE": "200"}),
+    };
+    (StatusCode::OK, json!({"result": result}).to_string())
+}
+
+async fn oauth(
+    State(crm): State<Crm>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, String) {
+    if q.get("client_id").map(String::as_str) != Some("app.1")
+        || q.get("client_secret").map(String::as_str) != Some("app-secret")
+        || q.get("grant_type").map(String::as_str) != Some("refresh_token")
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client"}).to_string(),
+        );
+    }
+    let mut seen = crm.refreshes.lock().unwrap();
+    seen.push(q.get("refresh_token").cloned().unwrap_or_default());
+    let n = seen.len();
+    *crm.valid_token.lock().unwrap() = Some(format!("acc-{n}"));
+    (
+        StatusCode::OK,
+        json!({"access_token": format!("acc-{n}"), "refresh_token": format!("ref-{n}"), "expires_in": 3600}).to_string(),
+    )
+}
+
+async fn hook(State(crm): State<Crm>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    crm.seen.lock().unwrap().push(Seen {
+        method: "hook".into(),
+        body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+        at: Instant::now(),
+        headers,
+        raw,
+    });
+    StatusCode::OK
+}
+
+fn sinks(crm: SocketAddr, rate: f64, burst: u32) -> String {
+    format!(
+        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\nrate_per_sec = {rate}\nburst = {burst}\n\
+         [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{crm}/hook\"\nsecret = \"s3cret\"\n"
+    )
+}
+
+/// Plays one call through the harness: INVITE from `from_trunk` (else
+/// from the PBX), then the given responses from the callee, then the
+/// caller's ACK/BYE or CANCEL.
+struct Call<'a> {
+    h: &'a Harness,
+    id: String,
+    invite: String,
+    inbound: bool,
+}
+
+impl<'a> Call<'a> {
+    async fn inbound(h: &'a Harness, caller: &str, line: &str, id: &str) -> Call<'a> {
+        let inv = invite(
+            h.sip_udp,
+            h.trunk.local_addr().unwrap(),
+            line,
+            caller,
+            id,
+            "",
+        );
+        h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
+        let (got, _) = recv(&h.pbx).await;
+        Call {
+            h,
+            id: id.to_string(),
+            invite: got,
+            inbound: true,
+        }
+    }
+
+    async fn outbound(h: &'a Harness, line: &str, callee: &str, id: &str) -> Call<'a> {
+        let inv = invite(h.sip_udp, h.pbx.local_addr().unwrap(), callee, line, id, "");
+        h.pbx.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
+        let (got, _) = recv(&h.trunk).await;
+        Call {
+            h,
+            id: id.to_string(),
+            invite: got,
+            inbound: false,
+        }
+    }
+
+    fn sides(&self) -> (&tokio::net::UdpSocket, &tokio::net::UdpSocket) {
+        if self.inbound {
+            (&self.h.trunk, &self.h.pbx)
+        } else {
+            (&self.h.pbx, &self.h.trunk)
+        }
+    }
+
+    async fn respond(&self, code: u16, reason: &str) {
+        let (caller, callee) = self.sides();
+        let contact = format!("sip:agent@{}", callee.local_addr().unwrap());
+        let r = response_to(&self.invite, code, reason, "callee-tag", &contact);
+        callee.send_to(r.as_bytes(), self.h.sip_udp).await.unwrap();
+        recv(caller).await;
+    }
+
+    /// An in-dialog request from the caller (`BYE`, `REFER`), through our
+    /// Record-Route, answered 200 by the callee.
+    async fn in_dialog(&self, method: &str, cseq: u32, extra: &str) {
+        let (caller, callee) = self.sides();
+        let req = format!(
+            "{method} sip:agent@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{method}-{}\r\nRoute: <sip:{};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:x@carrier.example>;tag=f-{}\r\nTo: <sip:y@carrier.example>;tag=callee-tag\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+            callee.local_addr().unwrap(),
+            caller.local_addr().unwrap(),
+            self.id,
+            self.h.me(),
+            self.id,
+            self.id
+        );
+        caller
+            .send_to(req.as_bytes(), self.h.sip_udp)
+            .await
+            .unwrap();
+        let (fwd, _) = recv(callee).await;
+        assert!(fwd.starts_with(method), "{fwd}");
+    }
+
+    async fn cancel(&self) {
+        let (caller, callee) = self.sides();
+        let c = format!(
+            "CANCEL {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{}\r\nMax-Forwards: 70\r\nFrom: <sip:x@carrier.example>;tag=f-{}\r\nTo: <sip:y@carrier.example>\r\nCall-ID: {}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+            self.invite
+                .lines()
+                .next()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap(),
+            caller.local_addr().unwrap(),
+            self.id,
+            self.id,
+            self.id
+        );
+        caller.send_to(c.as_bytes(), self.h.sip_udp).await.unwrap();
+        recv(callee).await;
+        self.respond(487, "Request Terminated").await;
+    }
+}
+
+#[tokio::test]
+async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let call = Call::inbound(&h, "+4917011111111", "+4930901820", "crm-answered").await;
+    let tag = header(&call.invite, "X-CRM-Call-Id").unwrap();
+    call.respond(180, "Ringing").await;
+    call.respond(200, "OK").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    call.in_dialog("BYE", 2, "").await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+
+    let reg = &crm.calls("telephony.externalcall.register")[0];
+    assert_eq!(reg["PHONE_NUMBER"], "+4917011111111");
+    assert_eq!(reg["LINE_NUMBER"], "+4930901820");
+    assert_eq!(reg["TYPE"], 2);
+    assert_eq!(
+        reg["CRM_CREATE"], 0,
+        "line +4930901820 offers, it does not create"
+    );
+    assert_eq!(reg["SHOW"], 1);
+    assert_eq!(reg["CRM_SOURCE"], "ADVERTISING");
+    assert_eq!(reg["USER_ID"], "101", "first member of the line's queue");
+    assert_eq!(reg["EXTERNAL_CALL_ID"], tag.as_str());
+    let fin = &crm.calls("telephony.externalcall.finish")[0];
+    assert_eq!(fin["CALL_ID"], "externalCall.0");
+    assert_eq!(fin["STATUS_CODE"], "200");
+    assert!(fin["DURATION"].as_u64().unwrap() >= 1, "{fin}");
+
+    // The webhook got every event, signed.
+    let hooks: Vec<Seen> = crm
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "hook")
+        .collect();
+    let kinds: Vec<&str> = hooks
+        .iter()
+        .map(|s| s.body["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["call.started", "call.answered", "call.ended"]);
+    for s in &hooks {
+        let sig = s.headers["x-sipscreen-signature"].to_str().unwrap();
+        assert_eq!(sig, sipscreen::crm::webhook::signature(b"s3cret", &s.raw));
+        assert_eq!(s.body["call_id"], tag.as_str());
+    }
+
+    // The call log has it.
+    let url = format!(
+        "http://{}/api/v1/calls?verdict=log",
+        h.server.admin.unwrap()
+    );
+    let v: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rec = &v["items"][0];
+    assert_eq!(rec["call_id"], tag.as_str());
+    assert_eq!(rec["outcome"], "completed");
+    assert_eq!(rec["status"], 200);
+    assert!(rec["answer"].is_string());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn exception_calls_are_logged_but_never_sent() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let listed = Call::inbound(&h, "+4915112345678", "+4930901820", "crm-listed").await;
+    assert_eq!(
+        header(&listed.invite, "X-CRM-Verdict").as_deref(),
+        Some("exception")
+    );
+    listed.respond(200, "OK").await;
+    listed.in_dialog("BYE", 2, "").await;
+    // A log call after it: once its events arrived, the exception call's
+    // would have too.
+    let other = Call::inbound(&h, "+4917022222222", "+4930901820", "crm-after").await;
+    other.respond(486, "Busy Here").await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let regs = crm.calls("telephony.externalcall.register");
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert_eq!(regs[0]["PHONE_NUMBER"], "+4917022222222");
+    assert!(
+        crm.seen()
+            .iter()
+            .all(|s| s.body["client"] != "+4915112345678")
+    );
+
+    let url = format!(
+        "http://{}/api/v1/calls?verdict=exception",
+        h.server.admin.unwrap()
+    );
+    let v: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"][0]["client"], "+4915112345678");
+    assert_eq!(v["items"][0]["outcome"], "completed");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn missed_busy_and_cancelled_calls_map_to_bitrix_status_codes() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    // Inbound, caller hangs up while it rings: missed.
+    let missed = Call::inbound(&h, "+4917033333333", "+4930901820", "crm-missed").await;
+    missed.respond(180, "Ringing").await;
+    missed.cancel().await;
+    // Outbound to a busy number.
+    let busy = Call::outbound(&h, "+4930901820", "+4917044444444", "crm-busy").await;
+    busy.respond(486, "Busy Here").await;
+    // Outbound, the agent gives up: cancelled.
+    let gave_up = Call::outbound(&h, "+4930901820", "+4917055555555", "crm-gaveup").await;
+    gave_up.cancel().await;
+    crm.wait_for("telephony.externalcall.finish", 3).await;
+
+    let regs = crm.calls("telephony.externalcall.register");
+    let types: Vec<(Value, Value)> = regs
+        .iter()
+        .map(|r| (r["PHONE_NUMBER"].clone(), r["TYPE"].clone()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            (json!("+4917033333333"), json!(2)),
+            (json!("+4917044444444"), json!(1)),
+            (json!("+4917055555555"), json!(1))
+        ]
+    );
+    assert_eq!(regs[1]["LINE_NUMBER"], "+4930901820");
+    let codes: Vec<Value> = crm
+        .calls("telephony.externalcall.finish")
+        .iter()
+        .map(|f| f["STATUS_CODE"].clone())
+        .collect();
+    assert_eq!(codes, [json!("304"), json!("486"), json!("603-S")]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_crm_outage_loses_nothing_keeps_order_and_respects_the_rate() {
+    let (crm, addr) = Crm::start().await;
+    crm.mode.store(LIMIT, Ordering::Relaxed);
+    let (rate, burst) = (10.0, 3);
+    let h = Harness::start_with("udp", &sinks(addr, rate, burst)).await;
+    for i in 0..4 {
+        let c = Call::inbound(
+            &h,
+            &format!("+491706666666{i}"),
+            "+4930901820",
+            &format!("crm-out{i}"),
+        )
+        .await;
+        c.respond(200, "OK").await;
+        c.in_dialog("BYE", 2, "").await;
+    }
+    // The CRM refuses with 503 QUERY_LIMIT_EXCEEDED for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(crm.calls("telephony.externalcall.register").is_empty());
+    assert!(
+        crm.seen().iter().any(|s| s.method.starts_with("refused:")),
+        "the sink kept trying"
+    );
+    crm.mode.store(OK, Ordering::Relaxed);
+    crm.wait_for("telephony.externalcall.finish", 4).await;
+
+    // Each call: register before finish, and finish names register's id.
+    let rest: Vec<Seen> = crm
+        .seen()
+        .into_iter()
+        .filter(|s| s.method.starts_with("telephony."))
+        .collect();
+    let mut ids = std::collections::HashMap::new();
+    for s in &rest {
+        if s.method == "telephony.externalcall.register" {
+            ids.insert(
+                s.body["EXTERNAL_CALL_ID"].as_str().unwrap().to_string(),
+                ids.len(),
+            );
+        }
+    }
+    assert_eq!(ids.len(), 4, "every call registered once");
+    let regs = crm.calls("telephony.externalcall.register");
+    for (k, fin) in crm
+        .calls("telephony.externalcall.finish")
+        .iter()
+        .enumerate()
+    {
+        let reg_pos = rest
+            .iter()
+            .position(|s| s.method.ends_with("register") && s.body == regs[k])
+            .unwrap();
+        let fin_pos = rest
+            .iter()
+            .position(|s| s.method.ends_with("finish") && &s.body == fin)
+            .unwrap();
+        assert!(reg_pos < fin_pos, "finish before register");
+    }
+    // Never above the limit: any n consecutive requests to the portal span
+    // at least (n - burst) / rate seconds.
+    let portal: Vec<Instant> = crm
+        .seen()
+        .iter()
+        .filter(|s| s.method != "hook")
+        .map(|s| s.at)
+        .collect();
+    for i in 0..portal.len() {
+        for j in i + 1..portal.len() {
+            let n = (j - i + 1) as f64;
+            let span = portal[j].duration_since(portal[i]).as_secs_f64();
+            assert!(
+                n <= f64::from(burst) + rate * span + 1.0,
+                "{n} requests in {span:.3} s"
+            );
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn undelivered_events_survive_a_restart() {
+    let (crm, addr) = Crm::start().await;
+    crm.mode.store(LIMIT, Ordering::Relaxed);
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let c = Call::inbound(&h, "+4917077777777", "+4930901820", "crm-restart").await;
+    c.respond(200, "OK").await;
+    c.in_dialog("BYE", 2, "").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let config = h.config_path.clone();
+    let dir = h.dir;
+    h.trigger.fire();
+    let _ = tokio::time::timeout(WAIT, h.task).await;
+    drop(h.server);
+    assert!(crm.calls("telephony.externalcall.register").is_empty());
+
+    // A new process-equivalent on the same data directory, CRM back up.
+    crm.mode.store(OK, Ordering::Relaxed);
+    let server = Arc::new(
+        sipscreen::server::Server::bind(&config)
+            .await
+            .expect("restarts"),
+    );
+    let (trigger, sd) = sipscreen::shutdown::channel();
+    let task = tokio::spawn(server.clone().run(sd));
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    assert_eq!(
+        crm.calls("telephony.externalcall.register")[0]["PHONE_NUMBER"],
+        "+4917077777777"
+    );
+    trigger.fire();
+    let _ = task.await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_refer_changes_the_responsible_person() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let c = Call::inbound(&h, "+4917088888888", "+4930901820", "crm-refer").await;
+    c.respond(200, "OK").await;
+    c.in_dialog("REFER", 2, "Refer-To: <sip:205@pbx.example>\r\n")
+        .await;
+    c.in_dialog("BYE", 3, "").await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    let fin = &crm.calls("telephony.externalcall.finish")[0];
+    assert_eq!(fin["USER_ID"], "205", "{fin}");
+    let kinds: Vec<String> = crm
+        .seen()
+        .iter()
+        .filter(|s| s.method == "hook")
+        .map(|s| s.body["event"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"call.responsible_changed".to_string()),
+        "{kinds:?}"
+    );
+    let url = format!("http://{}/api/v1/calls", h.server.admin.unwrap());
+    let v: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"][0]["transfers"][0]["to"], "205");
+    assert_eq!(v["items"][0]["responsible"], "205");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn oauth_tokens_are_refreshed_and_rotated() {
+    let (crm, addr) = Crm::start().await;
+    *crm.valid_token.lock().unwrap() = Some("nobody-has-this".into());
+    let extra = format!(
+        "\n[crm]\n[[crm.bitrix24]]\nname = \"app\"\nrest_url = \"http://{addr}/rest/\"\noauth_url = \"http://{addr}/oauth/token/\"\nclient_id = \"app.1\"\nclient_secret = \"app-secret\"\nrefresh_token = \"ref-0\"\nrate_per_sec = 50.0\n"
+    );
+    let h = Harness::start_with("udp", &extra).await;
+    let c = Call::inbound(&h, "+4917099999990", "+4930901820", "crm-oauth1").await;
+    c.respond(486, "Busy Here").await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    assert_eq!(
+        crm.calls("telephony.externalcall.register")[0]["auth"],
+        "acc-1"
+    );
+
+    // The portal expires the token: the sink refreshes with the rotated
+    // refresh token and goes on.
+    *crm.valid_token.lock().unwrap() = Some("expired-for-everyone".into());
+    let c = Call::inbound(&h, "+4917099999991", "+4930901820", "crm-oauth2").await;
+    c.respond(486, "Busy Here").await;
+    crm.wait_for("telephony.externalcall.finish", 2).await;
+    assert_eq!(*crm.refreshes.lock().unwrap(), ["ref-0", "ref-1"]);
+    assert_eq!(
+        crm.calls("telephony.externalcall.finish")[1]["auth"],
+        "acc-2"
+    );
+    use sipscreen::store::ExceptionStore;
+    assert_eq!(
+        h.server
+            .store
+            .meta("bitrix24:app:refresh_token")
+            .unwrap()
+            .as_deref(),
+        Some("ref-2"),
+        "the rotated refresh token is kept for the next start"
+    );
+    h.stop().await;
+}
