@@ -228,6 +228,83 @@ impl Api {
         Ok(())
     }
 
+    /// `contacts import FILE` (`.json`: a JSON array; else CSV).
+    pub fn contacts_import(&self, file: &str) -> Result<(), CliError> {
+        let body = std::fs::read(file).map_err(|e| CliError::new(1, format!("{file}: {e}")))?;
+        let ctype = if file.ends_with(".json") {
+            "application/json"
+        } else {
+            "text/csv"
+        };
+        let v = self.send(
+            self.http
+                .post(format!("{}/contacts", self.base))
+                .header(reqwest::header::CONTENT_TYPE, ctype)
+                .body(body),
+        )?;
+        println!("{} added, {} updated", v["added"], v["updated"]);
+        let refused = v["refused"].as_array().cloned().unwrap_or_default();
+        for r in &refused {
+            eprintln!(
+                "row {}: {} ({})",
+                r["row"],
+                r["reason"].as_str().unwrap_or(""),
+                r["text"].as_str().unwrap_or("")
+            );
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(CliError::new(
+                4,
+                format!("{} row(s) refused", refused.len()),
+            ))
+        }
+    }
+
+    /// `contacts list`
+    pub fn contacts_list(&self, user: Option<&str>, json: bool) -> Result<(), CliError> {
+        let mut q = vec![("limit", "1000".to_string())];
+        if let Some(u) = user {
+            q.push(("user", u.to_string()));
+        }
+        let v = self.send(self.http.get(format!("{}/contacts", self.base)).query(&q))?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&items).unwrap_or_default()
+            );
+        } else {
+            println!("{:<18}  {:<12}  EXTENSION", "CLIENT", "USER_ID");
+            for c in &items {
+                println!(
+                    "{:<18}  {:<12}  {}",
+                    c["client"].as_str().unwrap_or(""),
+                    c["user_id"].as_str().unwrap_or(""),
+                    c["extension"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `contacts remove CLIENT`
+    pub fn contacts_remove(&self, client: &str) -> Result<(), CliError> {
+        let url = format!("{}/contacts/{}", self.base, urlencode(client));
+        let resp = self
+            .req(self.http.delete(url))
+            .send()
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status().is_success() {
+            println!("removed {client}");
+            Ok(())
+        } else {
+            let (status, v) = body_of(resp)?;
+            Err(error_of(status, &v))
+        }
+    }
+
     /// `screen NUMBER --line L --direction D`
     pub fn screen(
         &self,

@@ -19,6 +19,7 @@ pub mod api;
 pub mod calls;
 pub mod client;
 pub mod config;
+pub mod contacts;
 pub mod crm;
 pub mod metrics;
 pub mod proxy;

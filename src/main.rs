@@ -46,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         command: ExceptionsCommand,
     },
+    /// Manage the contacts directory (client -> responsible user).
+    Contacts {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: ContactsCommand,
+    },
     /// Screen a number as a live call would be (through the API).
     Screen {
         /// The client: the caller (inbound) or the number dialled (outbound).
@@ -77,6 +84,22 @@ struct ApiArgs {
     /// API token (better: the SIPSCREEN_TOKEN environment variable).
     #[arg(long, global = true, env = "SIPSCREEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Import `client,user_id,extension` rows (CSV) or a JSON array (.json).
+    Import { file: String },
+    /// List contacts.
+    List {
+        /// Only this user's clients.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one client.
+    Remove { client: String },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +171,11 @@ fn main() -> ExitCode {
             }
             ExceptionsCommand::Add { value, comment } => c.add(&value, &comment),
             ExceptionsCommand::Remove { value } => c.remove(&value),
+        }),
+        Command::Contacts { api, command } => client(&api, |c| match command {
+            ContactsCommand::Import { file } => c.contacts_import(&file),
+            ContactsCommand::List { user, json } => c.contacts_list(user.as_deref(), json),
+            ContactsCommand::Remove { client } => c.contacts_remove(&client),
         }),
         Command::Screen {
             number,

@@ -148,6 +148,8 @@ pub struct Runtime {
     pub routing: Routing,
     /// Lines, normaliser and the (shared) exception set.
     pub screener: Screener,
+    /// Client -> responsible person (shared across reloads).
+    pub contacts: Arc<crate::contacts::Directory>,
 }
 
 impl Runtime {
@@ -159,6 +161,13 @@ impl Runtime {
             loaded,
             routing,
             screener,
+            contacts: Arc::new(crate::contacts::Directory::new()),
         })
+    }
+
+    /// Uses the shared contacts directory.
+    pub fn with_contacts(mut self, contacts: Arc<crate::contacts::Directory>) -> Self {
+        self.contacts = contacts;
+        self
     }
 }

@@ -291,6 +291,16 @@ impl Server {
             .map_err(|e| ServerError::Exceptions(e.to_string()))??;
         tracing::info!(store = %store.path().display(), "store open");
         let store = Arc::new(store);
+        let contacts = Arc::new(crate::contacts::Directory::new());
+        {
+            let st = store.clone();
+            let all =
+                tokio::task::spawn_blocking(move || crate::store::ContactStore::all_contacts(&*st))
+                    .await
+                    .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+            contacts.replace_all(all);
+        }
+        let runtime = runtime.with_contacts(contacts.clone());
         let list = Arc::new(Exceptions::new(
             store.clone(),
             exceptions.clone(),
@@ -346,6 +356,7 @@ impl Server {
             TrackerConfig {
                 max_idle: std::time::Duration::from_secs(cfg.calls.max_call_secs.max(1)),
                 sinks: sinks.iter().map(|s| s.name().to_string()).collect(),
+                directory: Some((store.clone(), contacts.clone())),
             },
         );
         let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
@@ -373,7 +384,8 @@ impl Server {
     pub fn reload(&self) -> Result<(), ServerError> {
         let result = (|| {
             let loaded = config::load(&self.config_path)?;
-            let runtime = Runtime::build(loaded, self.exceptions.clone())?;
+            let runtime = Runtime::build(loaded, self.exceptions.clone())?
+                .with_contacts(self.proxy.runtime().contacts.clone());
             let tokens =
                 Tokens::from_config(&runtime.loaded.config).map_err(ServerError::Tokens)?;
             let old = self.proxy.runtime();
@@ -420,6 +432,8 @@ impl Server {
                     tokens: self.tokens.clone(),
                     import_max_bytes: cfg.import_max_bytes,
                     calls_dir: rt_cfg.store.data_dir.clone(),
+                    contacts: self.proxy.runtime().contacts.clone(),
+                    contact_store: self.store.clone(),
                     calls_keep: rt_cfg.calls.log_keep,
                 },
                 protect_metrics: cfg.protect_metrics,

@@ -269,6 +269,18 @@ fn cli_manages_the_list() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("+4917400000002: added"));
 
+    // The contacts directory through the CLI.
+    let csv = dir.path().join("contacts.csv");
+    std::fs::write(&csv, "client,user_id,extension\n+4917400000009,42,242\nbad,1,2\n").unwrap();
+    let out = cli(admin, Some(EDIT), &["contacts", "import", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "one bad row");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 added"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("row 3:"));
+    let out = cli(admin, Some("view-token"), &["contacts", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+4917400000009      42"));
+    let out = cli(admin, Some(EDIT), &["contacts", "remove", "+4917400000009"]);
+    assert!(out.status.success());
+
     // Nobody listening: a plain-words error and exit 3.
     drop(run);
     let out = cli(

@@ -8,6 +8,7 @@
 
 pub mod auth;
 mod calls;
+mod contacts;
 mod exceptions;
 mod screen;
 
@@ -40,6 +41,9 @@ pub struct ApiState {
     /// Where the call log is, and how many rotated files it keeps.
     pub calls_dir: std::path::PathBuf,
     pub calls_keep: usize,
+    /// The contacts directory and its store.
+    pub contacts: Arc<crate::contacts::Directory>,
+    pub contact_store: Arc<dyn crate::store::ContactStore>,
 }
 
 impl ApiState {
@@ -67,6 +71,8 @@ pub fn router(state: ApiState, json_max_bytes: usize) -> Router {
         .route("/exceptions/{value}", delete(exceptions::remove))
         .route("/audit", get(exceptions::audit))
         .route("/calls", get(calls::list))
+        .route("/contacts", get(contacts::list).post(contacts::import))
+        .route("/contacts/{client}", delete(contacts::remove))
         .route("/screen", post(screen::number))
         .route("/screen/email", post(screen::email))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })

@@ -41,6 +41,8 @@ pub struct NewCall {
     pub responsible: Option<String>,
     /// The line's `change_responsible_on_transfer`.
     pub change_responsible_on_transfer: bool,
+    /// The line's `update_directory_on_transfer`.
+    pub update_directory_on_transfer: bool,
     /// The line's `create = "offer"`.
     pub offer: bool,
 }

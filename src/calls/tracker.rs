@@ -38,6 +38,12 @@ pub struct TrackerConfig {
     pub max_idle: Duration,
     /// Names of the configured CRM sinks (one outbox row per sink).
     pub sinks: Vec<String>,
+    /// Where transfers update the directory (lines with
+    /// `update_directory_on_transfer`).
+    pub directory: Option<(
+        Arc<dyn crate::store::ContactStore>,
+        Arc<crate::contacts::Directory>,
+    )>,
 }
 
 /// The tracker's state; `run` drives it.
@@ -203,6 +209,29 @@ impl Tracker {
                             at: rfc3339(ms(at)),
                             to: to.clone(),
                         });
+                        if call.new.change_responsible_on_transfer
+                            && call.new.update_directory_on_transfer
+                            && let (Client::Number(n), Some((store, dir))) =
+                                (call.new.client, &self.cfg.directory)
+                        {
+                            // The transfer target is the PBX extension; it
+                            // becomes the client's user and extension.
+                            let c = crate::contacts::Contact {
+                                client: e164_string(n),
+                                user_id: to.clone(),
+                                extension: to.clone(),
+                            };
+                            match store.upsert_contacts(
+                                std::slice::from_ref(&c),
+                                "transfer",
+                                now_ms(),
+                            ) {
+                                Ok(_) => dir.upsert(std::slice::from_ref(&c)),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "updating the contacts directory after a transfer failed")
+                                }
+                            }
+                        }
                         if call.new.change_responsible_on_transfer
                             && call.responsible.as_deref() != Some(to.as_str())
                         {

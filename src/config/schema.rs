@@ -392,6 +392,17 @@ pub enum CrmMode {
     Simple,
 }
 
+/// How a call for a known client reaches their responsible person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    /// Only `X-CRM-Responsible` (the PBX's dialplan routes on it).
+    #[default]
+    Header,
+    /// Also rewrite the Request-URI user to the responsible's extension.
+    Ruri,
+}
+
 /// `[defaults]`: CRM integration for numbers without a `[[line]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -406,7 +417,11 @@ pub struct LineDefaults {
     /// Queue; its first member is the default responsible person.
     pub queue: Vec<String>,
     pub forward_to_responsible: bool,
+    /// `header` or `ruri` (with `forward_to_responsible`).
+    pub forward: ForwardMode,
     pub change_responsible_on_transfer: bool,
+    /// A transfer also updates the contacts directory.
+    pub update_directory_on_transfer: bool,
     /// Trunk for outbound calls (default: the first `[[trunk]]`).
     pub trunk: Option<Spanned<String>>,
     /// Region for national-format numbers on this line.
@@ -423,7 +438,9 @@ impl Default for LineDefaults {
             pipeline: None,
             queue: Vec::new(),
             forward_to_responsible: false,
+            forward: ForwardMode::Header,
             change_responsible_on_transfer: false,
+            update_directory_on_transfer: false,
             trunk: None,
             region: None,
         }
@@ -443,7 +460,9 @@ pub struct LineConfig {
     pub pipeline: Option<String>,
     pub queue: Option<Vec<String>>,
     pub forward_to_responsible: Option<bool>,
+    pub forward: Option<ForwardMode>,
     pub change_responsible_on_transfer: Option<bool>,
+    pub update_directory_on_transfer: Option<bool>,
     pub trunk: Option<Spanned<String>>,
     pub region: Option<Spanned<String>>,
 }

@@ -135,8 +135,9 @@ fn report(
             line: sc.line,
             create: sc.create(),
             source: sc.settings.source.clone(),
-            responsible: sc.responsible().map(str::to_string),
+            responsible: s.responsible().map(str::to_string),
             change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
+            update_directory_on_transfer: sc.settings.update_directory_on_transfer,
             offer: sc.settings.create == crate::config::CreateMode::Offer,
         };
         calls.send(SipEvent::Invite(Box::new(new), at));

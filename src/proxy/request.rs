@@ -16,11 +16,14 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::ident::{BRANCH_PREFIX, Local};
+use crate::config::ForwardMode;
 use crate::config::TransportKind;
+use crate::contacts::Contact;
 use crate::runtime::{Peer, Runtime, Side};
-use crate::screening::{Direction, Screening};
+use crate::screening::{Client, Direction, Screening};
 use crate::sip::values::{NameAddr, Uri, Via, split_commas};
 use crate::sip::{Edits, HeaderName, Message, Method, Parsed};
+use std::sync::Arc;
 
 /// What to do with a request.
 pub enum Outcome {
@@ -45,6 +48,19 @@ pub struct Screened<'r> {
     pub screening: Screening<'r>,
     /// `X-CRM-Call-Id` (hex digits).
     pub call_id: [u8; 32],
+    /// The client's entry in the contacts directory, when the line
+    /// forwards to the responsible person and the client is known.
+    pub contact: Option<Arc<Contact>>,
+}
+
+impl Screened<'_> {
+    /// The contact's user, else the line queue's first member.
+    pub fn responsible(&self) -> Option<&str> {
+        self.contact
+            .as_deref()
+            .map(|c| c.user_id.as_str())
+            .or(self.screening.responsible())
+    }
 }
 
 fn reply(code: u16, reason: &'static str) -> Outcome {
@@ -179,14 +195,35 @@ pub fn route<'r>(
     if let Some(s) = screening.filter(|_| dialog_creating) {
         let from_tag = p.from.tag().unwrap_or(b"");
         let call_id = local.call_id(msg.call_id(), from_tag);
-        if s.direction == Direction::Inbound {
-            let id = std::str::from_utf8(&call_id).expect("hex digits");
-            e.insert_with(msg.header_end(), |a| s.write_tags(id, a));
-        }
-        *screened = Some(Screened {
+        let inbound = s.direction == Direction::Inbound;
+        let contact = match s.client {
+            Client::Number(n) if inbound && s.settings.forward_to_responsible => rt.contacts.get(n),
+            _ => None,
+        };
+        let sc = Screened {
             screening: s,
             call_id,
-        });
+            contact,
+        };
+        if inbound {
+            let id = std::str::from_utf8(&call_id).expect("hex digits");
+            e.insert_with(msg.header_end(), |a| {
+                s.write_tags_for(id, sc.responsible(), a)
+            });
+            // forward = "ruri": the PBX rings the responsible's extension.
+            if let (Some(c), Some(user)) = (&sc.contact, ruri.user)
+                && s.settings.forward == ForwardMode::Ruri
+                && !c.extension.is_empty()
+                && c.extension
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.+*#".contains(&b))
+            {
+                let at = user.as_ptr() as usize - msg.buf().as_ptr() as usize;
+                e.insert_with(at, |a| a.extend_from_slice(c.extension.as_bytes()));
+                e.delete(at..at + user.len());
+            }
+        }
+        *screened = Some(sc);
     }
     if msg.content_length().is_none() {
         e.insert_with(msg.header_end(), |a| {

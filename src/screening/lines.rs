@@ -18,7 +18,7 @@ use std::str::FromStr;
 use phonenumber::country::Id;
 use rustc_hash::FxHashMap;
 
-use crate::config::{Config, CreateFor, CreateMode, CrmMode, Diagnostic, LineConfig};
+use crate::config::{Config, CreateFor, CreateMode, CrmMode, Diagnostic, ForwardMode, LineConfig};
 use crate::screening::normalize::{Normalizer, write_e164};
 
 /// The CRM integration of one line, fully resolved.
@@ -38,8 +38,12 @@ pub struct LineSettings {
     pub queue: Vec<String>,
     /// A known client's call goes straight to their responsible person.
     pub forward_to_responsible: bool,
+    /// `ruri`: also rewrite the Request-URI user to the extension.
+    pub forward: ForwardMode,
     /// A manual transfer changes the responsible person.
     pub change_responsible_on_transfer: bool,
+    /// ... and updates the contacts directory.
+    pub update_directory_on_transfer: bool,
     /// Trunk for outbound calls (`None`: the router's default).
     pub trunk: Option<String>,
     /// Region for national-format client numbers on this line.
@@ -77,6 +81,8 @@ impl LineTable {
             pipeline: d.pipeline.clone(),
             queue: d.queue.clone(),
             forward_to_responsible: d.forward_to_responsible,
+            forward: d.forward,
+            update_directory_on_transfer: d.update_directory_on_transfer,
             change_responsible_on_transfer: d.change_responsible_on_transfer,
             trunk: d.trunk.as_ref().map(|t| t.get_ref().clone()),
             region,
@@ -152,6 +158,10 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
         pipeline: l.pipeline.clone().or_else(|| d.pipeline.clone()),
         queue: l.queue.clone().unwrap_or_else(|| d.queue.clone()),
         forward_to_responsible: l.forward_to_responsible.unwrap_or(d.forward_to_responsible),
+        forward: l.forward.unwrap_or(d.forward),
+        update_directory_on_transfer: l
+            .update_directory_on_transfer
+            .unwrap_or(d.update_directory_on_transfer),
         change_responsible_on_transfer: l
             .change_responsible_on_transfer
             .unwrap_or(d.change_responsible_on_transfer),

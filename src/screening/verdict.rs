@@ -203,6 +203,12 @@ impl Screening<'_> {
     /// Control characters in `call_id` are dropped (config strings were
     /// checked when the line table was built).
     pub fn write_tags(&self, call_id: &str, out: &mut Vec<u8>) {
+        self.write_tags_for(call_id, self.responsible(), out);
+    }
+
+    /// As [`write_tags`](Self::write_tags), with the responsible person
+    /// known from the contacts directory.
+    pub fn write_tags_for(&self, call_id: &str, responsible: Option<&str>, out: &mut Vec<u8>) {
         header(out, b"X-CRM-Verdict", self.verdict.as_str().as_bytes());
         header(out, b"X-CRM-Direction", self.direction.as_str().as_bytes());
         out.extend_from_slice(b"X-CRM-Client: ");
@@ -222,8 +228,12 @@ impl Screening<'_> {
                 header(out, b"X-CRM-Source", self.settings.source.as_bytes());
             }
         }
-        if let Some(r) = self.responsible() {
-            header(out, b"X-CRM-Responsible", r.as_bytes());
+        if let Some(r) = responsible {
+            // Directory values come from the API: no control characters
+            // may reach the wire.
+            out.extend_from_slice(b"X-CRM-Responsible: ");
+            out.extend(r.bytes().filter(|b| !b.is_ascii_control()));
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"X-CRM-Call-Id: ");
         out.extend(call_id.bytes().filter(|b| !b.is_ascii_control()));

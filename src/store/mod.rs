@@ -213,6 +213,26 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn set_crm_call(&self, sink: &str, call: &str, crm_id: &str) -> Result<(), StoreError>;
 }
 
+/// The durable contacts directory.
+pub trait ContactStore: Send + Sync + 'static {
+    /// Adds or replaces contacts in one transaction: (added, updated).
+    fn upsert_contacts(
+        &self,
+        contacts: &[crate::contacts::Contact],
+        actor: &str,
+        now: i64,
+    ) -> Result<(usize, usize), StoreError>;
+    fn remove_contact(&self, client: &str) -> Result<bool, StoreError>;
+    /// Contacts ordered by client, after `after`, optionally for one user.
+    fn list_contacts(
+        &self,
+        user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::contacts::Contact>, StoreError>;
+    fn all_contacts(&self) -> Result<Vec<crate::contacts::Contact>, StoreError>;
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
