@@ -1,7 +1,7 @@
-//! The deployment kit queries metrics the binary really exports: every
-//! `sipscreen_*` name in deploy/prometheus/alerts.yml and
-//! deploy/grafana/*.json must be a series on a running sidecar's /metrics,
-//! and the dashboard shows every metric family the sidecar has.
+//! The deployment kit fits the binary: every `sipscreen_*` name in
+//! deploy/prometheus/alerts.yml and deploy/grafana/*.json must be a series
+//! on a running sidecar's /metrics, the dashboard shows every metric family
+//! the sidecar has, and the configs the kit installs pass check-config.
 //!
 //! Counter families appear on /metrics only after their first event, so the
 //! test first makes each one count: an inbound call, a refused stranger, a
@@ -100,7 +100,10 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("response");
     let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_string()
 }
 
@@ -121,7 +124,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = text[i..].find("sipscreen_") {
         let start = i + pos;
-        let before_ok = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let before_ok =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
         let mut end = start + "sipscreen_".len();
         while end < b.len() && (b[end].is_ascii_lowercase() || b[end] == b'_') {
             end += 1;
@@ -158,10 +162,18 @@ fn deploy_kit_names_only_exported_metrics() {
     let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
     pbx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let trunk = UdpSocket::bind("127.0.0.2:0").unwrap();
-    trunk.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    trunk
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let stranger = UdpSocket::bind("127.0.0.3:0").unwrap();
-    stranger.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let path = write_config(dir.path(), pbx.local_addr().unwrap(), trunk.local_addr().unwrap());
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let path = write_config(
+        dir.path(),
+        pbx.local_addr().unwrap(),
+        trunk.local_addr().unwrap(),
+    );
 
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
@@ -268,9 +280,9 @@ fn deploy_kit_names_only_exported_metrics() {
     );
     for f in sipscreen_families {
         assert!(
-            on_dashboard
-                .iter()
-                .any(|n| n == f || n.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_'))),
+            on_dashboard.iter().any(|n| n == f
+                || n.strip_prefix(f.as_str())
+                    .is_some_and(|s| s.starts_with('_'))),
             "metric family {f} is not on any dashboard"
         );
     }
@@ -286,4 +298,37 @@ fn metric_names_are_tokens() {
         .map(String::from)
         .collect();
     assert_eq!(names, want);
+}
+
+/// The configs the kit installs (systemd host, container) pass
+/// `check-config`, with their /etc/sipscreen/ paths moved to a temp dir.
+#[test]
+fn shipped_deploy_configs_pass_check_config() {
+    for rel in [
+        "deploy/systemd/sipscreen.toml",
+        "deploy/docker/sipscreen.toml",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap();
+        assert!(text.contains("/etc/sipscreen/exceptions.txt"), "{rel}");
+        let text = text.replace("/etc/sipscreen/", &format!("{}/", dir.path().display()));
+        std::fs::copy(
+            Path::new(ROOT).join("deploy/docker/exceptions.txt"),
+            dir.path().join("exceptions.txt"),
+        )
+        .unwrap();
+        let path = dir.path().join("sipscreen.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{rel}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
