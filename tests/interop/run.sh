@@ -1,0 +1,620 @@
+#!/usr/bin/env bash
+# Interop tests: sipscreen between real SIP implementations on loopback.
+#
+#   a. SIPp carrier -> sipscreen -> SIPp PBX, UDP: every INVITE's X-CRM-*
+#      tags are compared with what the carrier's CSV expects; every call
+#      completes (INVITE, 180, 200, ACK and BYE through the Record-Route).
+#   b. the same over TCP on both sides.
+#   c. outbound: SIPp PBX -> sipscreen -> SIPp carrier; no X-CRM-* header
+#      may reach the carrier.
+#   d. Kamailio as the PBX-side proxy, reading the tags with the shipped
+#      deploy/kamailio/sipscreen-route.cfg: it relays `log` calls to a SIPp
+#      PBX and declines `exception` calls itself with 603; forged X-CRM-*
+#      sent to it directly (not via sipscreen) are stripped.
+#   e. baresip, a real UA, calls through sipscreen; the SIPp PBX checks the
+#      tags, answers, and hangs up.
+#   f. promtool checks deploy/prometheus (rules, config, rule unit tests),
+#      when Debian's prometheus package can provide promtool.
+#
+# Every scenario starts its own sipscreen with its own config in a temp
+# dir, on loopback ports of its own (checked free first), and stops every
+# process it started. Run as root (installs missing peers with apt-get).
+#
+#   SIPSCREEN_BIN=path   use this binary instead of `cargo build --release`
+#   INTEROP_PORT_BASE=n  first port to try (default 21000)
+#   INTEROP_KEEP=1       keep the temp dir (logs of every peer)
+#
+# The last line printed is `interop: N passed, M failed`; the exit code is
+# non-zero when anything failed.
+set -u
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SCEN=$HERE/sipp
+PORT_BASE=${INTEROP_PORT_BASE:-21000}
+PASSED=0
+FAILED=0
+
+log() { printf '%s\n' "$*"; }
+
+# ---------------------------------------------------------------- peers
+
+install_peers() {
+  local need=()
+  command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+  command -v ss >/dev/null 2>&1 || need+=(iproute2)
+  command -v setsid >/dev/null 2>&1 || need+=(util-linux)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "== installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null 2>&1
+    # prometheus only for promtool: no recommends (node exporter); its
+    # service is not started here (no init in CI containers).
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+      log "apt-get install ${need[*]} failed"
+  fi
+  local ok=1
+  for tool in sipp kamailio baresip ss setsid; do
+    command -v "$tool" >/dev/null 2>&1 || { log "missing: $tool"; ok=0; }
+  done
+  [ "$ok" = 1 ]
+}
+
+# ---------------------------------------------------------------- binary
+
+find_binary() {
+  if [ -n "${SIPSCREEN_BIN:-}" ]; then
+    BIN=$SIPSCREEN_BIN
+  else
+    log "== cargo build --release"
+    (cd "$REPO" && cargo build --release --quiet) || return 1
+    local target=${CARGO_TARGET_DIR:-$REPO/target}
+    case "$target" in /*) ;; *) target=$REPO/$target ;; esac
+    BIN=$target/release/sipscreen
+  fi
+  [ -x "$BIN" ] || { log "no sipscreen binary at $BIN"; return 1; }
+  BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+  log "== binary: $BIN"
+}
+
+# ---------------------------------------------------------------- helpers
+# (used inside a scenario's subshell: PIDS, NEXT_PORT and ERRORS are its own)
+
+# port VAR...: sets each VAR to a port free on every address for UDP and
+# TCP, not handed out before in this scenario.
+port() {
+  local var p
+  for var in "$@"; do
+    p=$NEXT_PORT
+    while [ -n "$(ss -Hlntu "sport = :$p" 2>/dev/null)" ]; do p=$((p + 1)); done
+    NEXT_PORT=$((p + 1))
+    printf -v "$var" "%s" "$p"
+  done
+}
+
+# wait_port udp|tcp ADDR PORT [SECONDS]: until something listens there.
+wait_port() {
+  local proto=$1 addr=$2 port=$3 secs=${4:-10} flag=-Hlnu i
+  [ "$proto" = tcp ] && flag=-Hlnt
+  for ((i = 0; i < secs * 20; i++)); do
+    if ss "$flag" "sport = :$port" 2>/dev/null | grep -qF "$addr:$port"; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  fail "nothing listens on $proto $addr:$port after ${secs}s"
+  return 1
+}
+
+# start NAME CMD...: runs CMD in its own process group, output to NAME.out.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >"$name.out" 2>&1 </dev/null &
+  PIDS+=("$!")
+  LAST_PID=$!
+}
+
+cleanup() {
+  local p i
+  for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+  for ((i = 0; i < 40; i++)); do
+    local alive=0
+    for p in "${PIDS[@]}"; do still_running "$p" && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.05
+  done
+  for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  return 0
+}
+
+# still_running PID: alive and not a zombie.
+still_running() {
+  local state
+  read -r _ _ state _ 2>/dev/null <"/proc/$1/stat" || return 1
+  [ "$state" != Z ]
+}
+
+fail() {
+  ERRORS=$((ERRORS + 1))
+  log "    FAIL: $*"
+}
+
+# wait_exit PID WHAT: the exit code of a process we started (bounded by its
+# own timeout wrapper); fails the scenario unless it is 0.
+wait_exit() {
+  local pid=$1 what=$2 rc
+  wait "$pid"
+  rc=$?
+  if [ "$rc" -ne 0 ]; then fail "$what exited with $rc"; fi
+  return "$rc"
+}
+
+# GET over a plain TCP connection (no curl needed).
+http_get() {
+  local host=$1 port=$2 path=$3
+  (
+    exec 3<>"/dev/tcp/$host/$port" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
+    timeout 5 cat <&3
+  ) 2>/dev/null
+}
+
+# metric ADMIN_PORT 'name{labels}': its value, 0 when the series is absent.
+metric() {
+  http_get 127.0.0.1 "$1" /metrics | awk -v k="$2" 'index($0, k " ") == 1 { v = $2 } END { print v + 0 }'
+}
+
+# metric_sum ADMIN_PORT REGEX: the sum of every sample whose line matches.
+metric_sum() {
+  http_get 127.0.0.1 "$1" /metrics | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re { s += $NF } END { print s + 0 }'
+}
+
+# write_config FILE SIP_PORT ADMIN_PORT PBX_TARGET PBX_TRANSPORT TRUNK_TARGET TRUNK_SOURCES
+write_config() {
+  local file=$1 sip=$2 admin=$3 pbx=$4 pbx_transport=$5 trunk=$6 trunk_sources=$7
+  local dir
+  dir=$(dirname "$file")
+  cat >"$dir/exceptions.txt" <<'EOF'
+# interop exception list
++4915112345678; supplier, never a lead
++49 30 1234567; landlord
+0049 40 22334455; tax advisor
+noreply@supplier.example; supplier's mailer
+EOF
+  cat >"$file" <<EOF
+# generated by tests/interop/run.sh
+[sip]
+udp = ["127.0.0.1:$sip"]
+tcp = ["127.0.0.1:$sip"]
+
+[pbx]
+target = "$pbx"
+transport = "$pbx_transport"
+sources = ["127.0.0.1/32"]
+
+[[trunk]]
+name = "carrier"
+target = "$trunk"
+transport = "udp"
+sources = [$trunk_sources]
+trust_pai = true
+
+[screening]
+default_region = "DE"
+anonymous = "log"
+exceptions_file = "$dir/exceptions.txt"
+
+[admin]
+listen = "127.0.0.1:$admin"
+
+[store]
+data_dir = "$dir/data"
+
+[defaults]
+create = "auto"
+create_for = "all"
+crm_mode = "classic"
+source = "CALL"
+
+[[line]]
+number = "+4930901820"
+create = "offer"
+source = "ADVERTISING"
+queue = ["101", "102"]
+forward_to_responsible = true
+
+[[line]]
+number = "030 901821"
+crm_mode = "simple"
+create_for = "incoming"
+source = "WEB"
+pipeline = "sales"
+EOF
+}
+
+# start_sipscreen CONFIG ADMIN_PORT SIP_PORT: runs it, waits until it is
+# ready (log line, SIP ports bound, /healthz answering).
+start_sipscreen() {
+  local cfg=$1 admin=$2 sip=$3 i
+  "$BIN" check-config --config "$cfg" >check-config.out 2>&1 || {
+    fail "check-config refused the generated config: $(cat check-config.out)"
+    return 1
+  }
+  start sipscreen env RUST_LOG=info "$BIN" serve --config "$cfg"
+  SIPSCREEN_PID=$LAST_PID
+  for ((i = 0; i < 200; i++)); do
+    grep -q "sipscreen ready" sipscreen.out 2>/dev/null && break
+    still_running "$LAST_PID" || break
+    sleep 0.05
+  done
+  grep -q "sipscreen ready" sipscreen.out || {
+    fail "sipscreen did not start: $(tail -5 sipscreen.out)"
+    return 1
+  }
+  wait_port udp 127.0.0.1 "$sip" 5 && wait_port tcp 127.0.0.1 "$sip" 5 || return 1
+  http_get 127.0.0.1 "$admin" /healthz | head -1 | grep -q " 200" || {
+    fail "/healthz does not answer 200"
+    return 1
+  }
+}
+
+SIPP_COMMON=(-nostdin -trace_err -trace_logs -timeout 20s -timeout_error -recv_timeout 8s)
+
+# Shows what the peers said, for a failed scenario.
+show_logs() {
+  local f
+  for f in *errors.log *_logs.log sipscreen.out kamailio.out baresip.out; do
+    [ -s "$f" ] || continue
+    log "    --- $f (last lines)"
+    tail -n 15 "$f" | cut -c1-300 | sed 's/^/    | /'
+  done
+}
+
+# ---------------------------------------------------------------- scenarios
+
+# a, b: carrier -> sipscreen -> PBX over $1 (udp or tcp).
+scenario_inbound() {
+  local transport=$1 sip admin pbx trunk n t_opt=()
+  port sip admin pbx trunk
+  [ "$transport" = tcp ] && t_opt=(-t t1)
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" "$transport" \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
+
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" "${t_opt[@]}" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
+  local uas=$LAST_PID
+  wait_port "$transport" 127.0.0.1 "$pbx" || return 1
+  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" "${t_opt[@]}" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
+  local uac=$LAST_PID
+  wait_exit "$uac" "carrier (sipp UAC)"
+  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
+
+  local ok mism
+  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
+  log "    $ok of $n calls completed with the expected tags, $mism mismatched"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX"
+  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+
+  # The sidecar counted what it screened (UDP: a retransmitted INVITE is
+  # screened again, so at least; TCP: exactly).
+  local v want got
+  for v in log exception; do
+    want=$(grep -c "verdict=$v," "$SCEN/inbound.csv")
+    got=$(metric "$admin" "sipscreen_calls_screened_total{direction=\"inbound\",verdict=\"$v\"}")
+    if [ "$transport" = tcp ]; then
+      [ "$got" -eq "$want" ] || fail "calls_screened_total inbound/$v is $got, want $want"
+    else
+      [ "$got" -ge "$want" ] || fail "calls_screened_total inbound/$v is $got, want >= $want"
+    fi
+  done
+  got=$(metric_sum "$admin" "^sipscreen_sip_messages_total[{].*transport=\"$transport\"")
+  log "    /metrics: sip_messages_total over $transport = $got"
+  # per call at least INVITE, 180, 200, ACK, BYE, 200 pass the sidecar
+  [ "$got" -ge $((n * 6)) ] || fail "sip_messages_total over $transport is $got, want >= $((n * 6))"
+}
+
+# c: PBX -> sipscreen -> carrier; nothing named X-CRM-* reaches the carrier.
+scenario_outbound() {
+  local sip admin pbx trunk unused n
+  port sip admin pbx trunk unused
+  # the PBX target is not used: nothing is inbound here
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  n=$(($(wc -l <"$SCEN/outbound.csv") - 1))
+
+  start carrier timeout 30 sipp -sf "$SCEN/trunk_uas.xml" -i 127.0.0.2 -p "$trunk" -m "$n" "${SIPP_COMMON[@]}"
+  local uas=$LAST_PID
+  wait_port udp 127.0.0.2 "$trunk" || return 1
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uac.xml" -inf "$SCEN/outbound.csv" \
+    -i 127.0.0.1 -p "$pbx" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
+  local uac=$LAST_PID
+  wait_exit "$uac" "PBX (sipp UAC)"
+  wait_exit "$uas" "carrier (sipp UAS, refuses X-CRM-*)"
+
+  local ok
+  ok=$(cat trunk_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  log "    $ok of $n outbound calls completed without any X-CRM-* header at the carrier"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the carrier"
+  local exc lg
+  exc=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="exception"}')
+  lg=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="log"}')
+  log "    /metrics: outbound screened exception=$exc log=$lg"
+  # +4915112345678 and 0301234567 are listed, the other two are not
+  [ "$exc" -ge 2 ] || fail "outbound exception count $exc, want >= 2"
+  [ "$lg" -ge 2 ] || fail "outbound log count $lg, want >= 2"
+}
+
+# d: Kamailio between sipscreen and the PBX.
+scenario_kamailio() {
+  local sip admin kam uas trunk nlog nexc ndirect
+  port sip admin kam uas trunk
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$kam" udp \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  mkdir -p kamailio-run
+  # The routing policy is the test's (603 for anything not `log`); reading
+  # the tags is deploy/kamailio/sipscreen-route.cfg, imported as shipped.
+  cat >kamailio.cfg <<EOF
+#!KAMAILIO
+# generated by tests/interop/run.sh
+#!define SIPSCREEN_ADDR "127.0.0.1"
+debug=2
+log_stderror=yes
+children=2
+disable_tcp=yes
+auto_aliases=no
+listen=udp:127.0.0.1:$kam
+
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "textopsx.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+
+import_file "$REPO/deploy/kamailio/sipscreen-route.cfg"
+
+request_route {
+    if (!mf_process_maxfwd_header("10")) {
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }
+    if (has_totag()) {
+        if (loose_route()) {
+            t_relay();
+            exit;
+        }
+        if (is_method("ACK")) {
+            if (t_check_trans()) {
+                t_relay();
+            }
+            exit;
+        }
+        sl_send_reply("404", "Not Here");
+        exit;
+    }
+    if (is_method("CANCEL")) {
+        if (t_check_trans()) {
+            t_relay();
+        }
+        exit;
+    }
+    if (!is_method("INVITE")) {
+        sl_send_reply("405", "Method Not Allowed");
+        exit;
+    }
+    route(SIPSCREEN);
+    \$var(client) = "none";
+    if (\$avp(crm_client) != \$null) {
+        \$var(client) = \$avp(crm_client);
+    }
+    if (\$avp(crm_verdict) == "untagged") {
+        # did the route strip every forged X-CRM-* header?
+        msg_apply_changes();
+        if (is_present_hf_re("^[Xx]-[Cc][Rr][Mm]-")) {
+            \$var(client) = "leaked";
+        }
+    }
+    \$var(responsible) = "none";
+    if (\$avp(crm_responsible) != \$null) {
+        \$var(responsible) = \$avp(crm_responsible);
+    }
+    xlog("L_NOTICE", "interop: \$ci verdict=\$avp(crm_verdict) client=\$var(client) responsible=\$var(responsible)\n");
+    if (\$avp(crm_verdict) != "log") {
+        if (\$avp(crm_verdict) == "exception" && !isflagset(FLT_CRM_EXCEPTION)) {
+            sl_send_reply("500", "exception call without FLT_CRM_EXCEPTION");
+            exit;
+        }
+        append_to_reply("X-Kamailio-Seen: \$avp(crm_verdict)/\$var(client)\r\n");
+        sl_send_reply("603", "Decline (CRM \$avp(crm_verdict))");
+        exit;
+    }
+    if (isflagset(FLT_CRM_EXCEPTION)) {
+        sl_send_reply("500", "log call flagged as exception");
+        exit;
+    }
+    record_route();
+    append_hf("X-Kamailio-Route: log/\$avp(crm_create)/\$var(responsible)\r\n");
+    \$du = "sip:127.0.0.1:$uas";
+    t_relay();
+    exit;
+}
+EOF
+  kamailio -c -f kamailio.cfg >kamailio-check.out 2>&1 || {
+    fail "kamailio -c refused the generated config: $(tail -3 kamailio-check.out)"
+    return 1
+  }
+  start kamailio timeout 60 kamailio -f kamailio.cfg -DD -E -Y "$PWD/kamailio-run" -w "$PWD" -m 32 -M 4
+  wait_port udp 127.0.0.1 "$kam" || return 1
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  nlog=$(($(wc -l <"$SCEN/kamailio_log.csv") - 1))
+  nexc=$(($(wc -l <"$SCEN/kamailio_exception.csv") - 1))
+
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" -i 127.0.0.1 -p "$uas" -m "$nlog" "${SIPP_COMMON[@]}"
+  local uas_pid=$LAST_PID
+  wait_port udp 127.0.0.1 "$uas" || return 1
+  start trunk-log timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/kamailio_log.csv" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$nlog" -r 10 "${SIPP_COMMON[@]}"
+  wait_exit "$LAST_PID" "carrier, log calls (sipp UAC)"
+  wait_exit "$uas_pid" "PBX behind Kamailio (sipp UAS, checks tags and X-Kamailio-Route)"
+  start trunk-exception timeout 30 sipp -sf "$SCEN/trunk_uac_declined.xml" -inf "$SCEN/kamailio_exception.csv" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$nexc" -r 10 "${SIPP_COMMON[@]}"
+  wait_exit "$LAST_PID" "carrier, exception calls (sipp UAC, wants Kamailio's 603)"
+  # Straight to Kamailio, bypassing sipscreen, with forged X-CRM-* headers:
+  # the route must strip them and call the INVITE untagged.
+  ndirect=$(($(wc -l <"$SCEN/kamailio_direct.csv") - 1))
+  start trunk-direct timeout 30 sipp -sf "$SCEN/trunk_uac_declined.xml" -inf "$SCEN/kamailio_direct.csv" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$kam" -m "$ndirect" -r 10 "${SIPP_COMMON[@]}"
+  wait_exit "$LAST_PID" "forged tags straight to Kamailio (sipp UAC, wants 603 untagged/none)"
+
+  local ok declined seen
+  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  declined=$(cat trunk_uac_declined_*_logs.log 2>/dev/null | grep -c ": 603, Kamailio saw exception/")
+  seen=$(grep -c "interop: " kamailio.out)
+  log "    log calls relayed by Kamailio and answered: $ok of $nlog; exception calls declined by Kamailio: $declined of $nexc"
+  local untagged
+  untagged=$(cat trunk_uac_declined_*_logs.log 2>/dev/null | grep -c ": 603, Kamailio saw untagged/none")
+  log "    forged X-CRM-* sent straight to Kamailio, stripped and declined as untagged: $untagged of $ndirect"
+  [ "$untagged" -eq "$ndirect" ] || fail "$untagged of $ndirect forged INVITEs were seen as untagged"
+  [ "$ok" -eq "$nlog" ] || fail "$ok of $nlog log calls reached the PBX through Kamailio"
+  [ "$declined" -eq "$nexc" ] || fail "$declined of $nexc exception calls got Kamailio's 603"
+  grep -q MISMATCH trunk_uac_declined_*_logs.log 2>/dev/null && fail "Kamailio saw other tags than expected"
+  [ "$seen" -ge $((nlog + nexc + ndirect)) ] || fail "Kamailio logged $seen INVITEs, want $((nlog + nexc + ndirect))"
+}
+
+# e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
+scenario_baresip() {
+  local sip admin pbx ua rtp
+  port sip admin pbx ua rtp
+  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
+  # baresip calls from 127.0.0.4, a second trunk source
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
+    "127.0.0.4:$ua" '"127.0.0.2/32", "127.0.0.4/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  mkdir -p baresip
+  cat >baresip/config <<EOF
+poll_method		epoll
+sip_listen		127.0.0.4:$ua
+call_local_timeout	10
+call_max_calls		1
+audio_player		aubridge,interop
+audio_source		aubridge,interop
+audio_alert		aubridge,interop
+rtp_ports		$rtp-$((rtp + 9))
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			aubridge.so
+module_app		account.so
+module_app		menu.so
+EOF
+  echo '<sip:+4917099988877@127.0.0.4>;regint=0' >baresip/accounts
+
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.1 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
+    -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
+  local uas=$LAST_PID
+  wait_port udp 127.0.0.1 "$pbx" || return 1
+  # -t: baresip quits after 6 s; the PBX hangs up 1.5 s after answering.
+  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial sip:+4930901820@127.0.0.1:$sip"
+  local ua_pid=$LAST_PID
+  wait_exit "$uas" "PBX (sipp UAS: tags, answer, BYE to the UA)"
+  wait_exit "$ua_pid" "baresip"
+  grep -q "Call established" baresip.out || fail "baresip did not report the call established"
+  grep -q "terminated" baresip.out || fail "baresip did not see the call end"
+  grep -q ": OK, the UA answered our BYE" pbx_uas_bye_*_logs.log 2>/dev/null ||
+    fail "the PBX's BYE did not reach baresip through sipscreen"
+  grep -q "MISMATCH" pbx_uas_bye_*_logs.log 2>/dev/null && fail "the PBX saw other tags than expected"
+  log "    baresip: $(grep -o 'Call established[^\r]*' baresip.out | head -1 | cut -c1-80); $(grep -o 'terminated (duration[^)]*)' baresip.out | head -1)"
+  local got
+  got=$(metric "$admin" 'sipscreen_calls_screened_total{direction="inbound",verdict="log"}')
+  [ "$got" -ge 1 ] || fail "sidecar did not count the call (calls_screened_total inbound/log = $got)"
+}
+
+# f: the Prometheus files are valid and the alerts fire when they should.
+scenario_promtool() {
+  promtool check rules "$REPO/deploy/prometheus/alerts.yml" >promtool.out 2>&1 ||
+    fail "promtool check rules: $(cat promtool.out)"
+  # check config resolves rule_files relative to the config's directory
+  promtool check config "$REPO/deploy/prometheus/prometheus.yml" >>promtool.out 2>&1 ||
+    fail "promtool check config: $(tail -5 promtool.out)"
+  (cd "$REPO/deploy/prometheus" && promtool test rules alerts_test.yml) >>promtool.out 2>&1 ||
+    fail "promtool test rules: $(tail -20 promtool.out)"
+  grep -E "SUCCESS|FAILED" promtool.out | sed 's/^/    /'
+}
+
+# ---------------------------------------------------------------- runner
+
+TMP=$(mktemp -d /tmp/sipscreen-interop.XXXXXX)
+KEEP=${INTEROP_KEEP:-0}
+trap '[ "$KEEP" = 1 ] || rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
+
+SCENARIO_NO=0
+run() {
+  local name=$1
+  shift
+  SCENARIO_NO=$((SCENARIO_NO + 1))
+  local dir=$TMP/${name%%.*}
+  mkdir -p "$dir"
+  log "== $name"
+  local start_s=$SECONDS
+  (
+    cd "$dir" || exit 1
+    PIDS=()
+    ERRORS=0
+    NEXT_PORT=$((PORT_BASE + SCENARIO_NO * 40))
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    SIPSCREEN_PID=
+    "$@"
+    rc=$?
+    if [ -n "$SIPSCREEN_PID" ] && ! still_running "$SIPSCREEN_PID"; then
+      fail "sipscreen exited during the scenario"
+    fi
+    [ "$rc" -ne 0 ] && [ "$ERRORS" -eq 0 ] && fail "scenario stopped early (status $rc)"
+    [ "$ERRORS" -gt 0 ] && show_logs
+    [ "$ERRORS" -eq 0 ]
+  )
+  if [ $? -eq 0 ]; then
+    PASSED=$((PASSED + 1))
+    log "   PASS $name ($((SECONDS - start_s))s)"
+  else
+    FAILED=$((FAILED + 1))
+    log "   FAIL $name ($((SECONDS - start_s))s)"
+  fi
+}
+
+if ! install_peers; then
+  log "interop: 0 passed, 1 failed"
+  exit 1
+fi
+if ! find_binary; then
+  log "interop: 0 passed, 1 failed"
+  exit 1
+fi
+
+run "a. SIPp carrier -> sipscreen -> SIPp PBX, UDP" scenario_inbound udp
+run "b. SIPp carrier -> sipscreen -> SIPp PBX, TCP" scenario_inbound tcp
+run "c. outbound SIPp PBX -> sipscreen -> SIPp carrier, no X-CRM-* leaves" scenario_outbound
+run "d. Kamailio (deploy/kamailio/sipscreen-route.cfg) in front of the PBX" scenario_kamailio
+run "e. baresip calls through sipscreen" scenario_baresip
+if command -v promtool >/dev/null 2>&1; then
+  run "f. promtool: deploy/prometheus rules, config and rule tests" scenario_promtool
+else
+  log "== f. promtool not available (Debian package prometheus): rules not checked"
+fi
+
+[ "$FAILED" -gt 0 ] && KEEP=1
+[ "$KEEP" = 1 ] && log "logs kept in $TMP"
+log "interop: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
