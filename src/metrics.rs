@@ -163,6 +163,21 @@ impl Metrics {
             "CRM events given up and moved to the dead-letter table, by sink",
             crm_dead_letters.clone(),
         );
+        // Known label sets start at 0, so dashboards and rate() see a
+        // series before the first event.
+        for d in ["inbound", "outbound"] {
+            for v in ["log", "exception"] {
+                let _ = calls_screened.get_or_create(&[("direction", d), ("verdict", v)]);
+            }
+        }
+        for v in ["log", "exception"] {
+            for o in ["completed", "failed", "cancelled", "expired"] {
+                let _ = calls_finished.get_or_create(&[("verdict", v), ("outcome", o)]);
+            }
+        }
+        for r in ["ok", "error"] {
+            let _ = config_reloads.get_or_create(&[("result", r)]);
+        }
         Metrics {
             calls_active,
             calls_finished,
@@ -279,6 +294,18 @@ impl Metrics {
     pub fn set_outbox(&self, depth: i64, oldest_age_secs: f64) {
         self.crm_outbox_depth.set(depth);
         self.crm_outbox_oldest_age.set(oldest_age_secs);
+    }
+
+    /// Creates a sink's series at 0.
+    pub fn register_sink(&self, sink: &str) {
+        for r in ["ok", "retry", "rate_limited", "rejected"] {
+            let _ = self
+                .crm_deliveries
+                .get_or_create(&vec![("sink", sink.to_string()), ("result", r.to_string())]);
+        }
+        let _ = self
+            .crm_dead_letters
+            .get_or_create(&vec![("sink", sink.to_string())]);
     }
 
     pub fn crm_delivery(&self, sink: &str, result: &'static str) {

@@ -345,6 +345,9 @@ impl Server {
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
         let sinks = crm_sinks(&cfg.crm, &store)?;
+        for s in &sinks {
+            metrics.register_sink(s.name());
+        }
         let data_dir = &cfg.store.data_dir;
         let call_log = CallLog::open(data_dir, cfg.calls.log_max_bytes, cfg.calls.log_keep)
             .map_err(ServerError::CallLog)?;

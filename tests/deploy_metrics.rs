@@ -54,6 +54,14 @@ exceptions_file = "{dir}/exceptions.txt"
 [admin]
 listen = "127.0.0.1:0"
 
+[store]
+data_dir = "{dir}/data"
+
+# A CRM sink that is never reachable: its families must exist anyway.
+[[crm.webhook]]
+name = "nowhere"
+url = "http://127.0.0.1:9/"
+
 [[line]]
 number = "+4930901820"
 queue = ["101"]

@@ -271,8 +271,16 @@ fn cli_manages_the_list() {
 
     // The contacts directory through the CLI.
     let csv = dir.path().join("contacts.csv");
-    std::fs::write(&csv, "client,user_id,extension\n+4917400000009,42,242\nbad,1,2\n").unwrap();
-    let out = cli(admin, Some(EDIT), &["contacts", "import", csv.to_str().unwrap()]);
+    std::fs::write(
+        &csv,
+        "client,user_id,extension\n+4917400000009,42,242\nbad,1,2\n",
+    )
+    .unwrap();
+    let out = cli(
+        admin,
+        Some(EDIT),
+        &["contacts", "import", csv.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(4), "one bad row");
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 added"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("row 3:"));
