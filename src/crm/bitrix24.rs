@@ -226,17 +226,21 @@ pub fn status_code(v: &Value) -> String {
     }
 }
 
-#[async_trait::async_trait]
-impl Sink for Bitrix24 {
-    fn name(&self) -> &str {
-        &self.name
-    }
+/// What one event asks of the portal.
+enum Request {
+    /// Nothing (answered, responsible changed).
+    None,
+    Register(Value),
+    /// Finish; `CALL_ID` from the store, or from a register earlier in
+    /// the same batch.
+    Finish(Value),
+}
 
-    async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
-        let Ok(v) = serde_json::from_str::<Value>(&ev.payload) else {
-            return Delivery::Rejected("payload is not JSON".into());
-        };
-        match ev.kind.as_str() {
+impl Bitrix24 {
+    fn request(&self, ev: &OutEvent) -> Result<Request, Delivery> {
+        let v: Value = serde_json::from_str(&ev.payload)
+            .map_err(|_| Delivery::Rejected("payload is not JSON".into()))?;
+        Ok(match ev.kind.as_str() {
             "call.started" => {
                 let mut p = json!({
                     "PHONE_NUMBER": v["client"],
@@ -249,71 +253,263 @@ impl Sink for Bitrix24 {
                     "CALL_START_DATE": v["start"],
                 });
                 self.user(&v, &mut p);
-                match self.call("telephony.externalcall.register", p).await {
-                    Ok(r) => {
-                        let Some(id) = r["CALL_ID"].as_str() else {
-                            return Delivery::Rejected(format!(
-                                "register answered without CALL_ID: {}",
-                                cut(&r.to_string())
-                            ));
-                        };
-                        let (st, sink, call, id) = (
-                            store.clone(),
-                            self.name.clone(),
-                            ev.call.clone(),
-                            id.to_string(),
-                        );
-                        match tokio::task::spawn_blocking(move || {
-                            st.set_crm_call(&sink, &call, &id)
-                        })
-                        .await
-                        {
-                            Ok(Ok(())) => Delivery::Ok,
-                            _ => Delivery::Retry {
-                                error: "cannot record the CRM call id".into(),
-                                rate_limited: false,
-                            },
-                        }
-                    }
-                    Err(d) => d,
-                }
+                Request::Register(p)
             }
             "call.ended" => {
-                let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
-                let crm_id =
-                    match tokio::task::spawn_blocking(move || st.crm_call(&sink, &call)).await {
-                        Ok(Ok(Some(id))) => id,
-                        Ok(Ok(None)) => {
-                            return Delivery::Rejected(
-                                "no CALL_ID: the call was never registered".into(),
-                            );
-                        }
-                        _ => {
-                            return Delivery::Retry {
-                                error: "cannot read the CRM call id".into(),
-                                rate_limited: false,
-                            };
-                        }
-                    };
                 let mut p = json!({
-                    "CALL_ID": crm_id,
                     "DURATION": v["duration"].as_u64().unwrap_or(0),
                     "STATUS_CODE": status_code(&v),
                 });
                 self.user(&v, &mut p);
+                Request::Finish(p)
+            }
+            _ => Request::None,
+        })
+    }
+
+    async fn crm_id(
+        &self,
+        ev: &OutEvent,
+        store: &Arc<dyn OutboxStore>,
+    ) -> Result<String, Delivery> {
+        let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
+        match tokio::task::spawn_blocking(move || st.crm_call(&sink, &call)).await {
+            Ok(Ok(Some(id))) => Ok(id),
+            Ok(Ok(None)) => Err(Delivery::Rejected(
+                "no CALL_ID: the call was never registered".into(),
+            )),
+            _ => Err(Delivery::Retry {
+                error: "cannot read the CRM call id".into(),
+                rate_limited: false,
+            }),
+        }
+    }
+
+    async fn keep_crm_id(
+        &self,
+        ev: &OutEvent,
+        store: &Arc<dyn OutboxStore>,
+        r: &Value,
+    ) -> Delivery {
+        let Some(id) = r["CALL_ID"].as_str() else {
+            return Delivery::Rejected(format!(
+                "register answered without CALL_ID: {}",
+                cut(&r.to_string())
+            ));
+        };
+        let (st, sink, call, id) = (
+            store.clone(),
+            self.name.clone(),
+            ev.call.clone(),
+            id.to_string(),
+        );
+        match tokio::task::spawn_blocking(move || st.set_crm_call(&sink, &call, &id)).await {
+            Ok(Ok(())) => Delivery::Ok,
+            _ => Delivery::Retry {
+                error: "cannot record the CRM call id".into(),
+                rate_limited: false,
+            },
+        }
+    }
+}
+
+/// `KEY=value&…` for a batch command (PHP's http_build_query form).
+fn query(p: &Value) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut parts = Vec::new();
+    for (k, v) in p.as_object().into_iter().flatten() {
+        let v = match v {
+            // A reference to an earlier command's result: Bitrix24
+            // substitutes it, so it stays unencoded.
+            Value::String(s) if s.starts_with("$result[") => s.clone(),
+            Value::String(s) => enc(s),
+            Value::Null => continue,
+            v => enc(&v.to_string()),
+        };
+        parts.push(format!("{}={v}", enc(k)));
+    }
+    parts.join("&")
+}
+
+/// How a failed batch command is handled.
+fn command_error(method: &str, e: &Value) -> Delivery {
+    let error = e["error"].as_str().unwrap_or("");
+    let what = format!(
+        "{method}: {error} {}",
+        cut(e["error_description"].as_str().unwrap_or(""))
+    );
+    match error {
+        "QUERY_LIMIT_EXCEEDED" => Delivery::Retry {
+            error: what,
+            rate_limited: true,
+        },
+        "expired_token" | "invalid_token" | "NO_AUTH_FOUND" | "INTERNAL_SERVER_ERROR" => {
+            Delivery::Retry {
+                error: what,
+                rate_limited: false,
+            }
+        }
+        _ => Delivery::Rejected(what),
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Bitrix24 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn max_batch(&self) -> usize {
+        50
+    }
+
+    async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
+        match self.request(ev) {
+            Err(d) => d,
+            Ok(Request::None) => Delivery::Ok,
+            Ok(Request::Register(p)) => match self.call("telephony.externalcall.register", p).await
+            {
+                Ok(r) => self.keep_crm_id(ev, store, &r).await,
+                Err(d) => d,
+            },
+            Ok(Request::Finish(mut p)) => {
+                match self.crm_id(ev, store).await {
+                    Ok(id) => p["CALL_ID"] = Value::String(id),
+                    Err(d) => return d,
+                }
                 match self.call("telephony.externalcall.finish", p).await {
                     Ok(_) => Delivery::Ok,
                     Err(d) => d,
                 }
             }
-            _ => Delivery::Ok,
         }
+    }
+
+    /// A backlog goes as one `batch` request of up to 50 commands with
+    /// `halt=1` (Bitrix24 runs them in order and stops at the first
+    /// error), a finish referring to a register in the same batch by
+    /// `$result[cN][CALL_ID]`.
+    async fn deliver_many(
+        &self,
+        evs: &[OutEvent],
+        store: &Arc<dyn OutboxStore>,
+    ) -> (usize, Option<Delivery>) {
+        let mut cmd = serde_json::Map::new();
+        // Per event: its command key, if it sends one.
+        let mut keys: Vec<Option<String>> = Vec::with_capacity(evs.len());
+        let mut registered: std::collections::HashMap<&str, String> = Default::default();
+        let mut usable = evs.len();
+        for (i, ev) in evs.iter().enumerate() {
+            let req = match self.request(ev) {
+                Ok(r) => r,
+                Err(_) => {
+                    usable = i;
+                    break;
+                }
+            };
+            let key = format!("c{i:02}");
+            match req {
+                Request::None => {
+                    keys.push(None);
+                    continue;
+                }
+                Request::Register(p) => {
+                    registered.insert(&ev.call, key.clone());
+                    cmd.insert(
+                        key.clone(),
+                        Value::String(format!("telephony.externalcall.register?{}", query(&p))),
+                    );
+                }
+                Request::Finish(mut p) => {
+                    let id = match registered.get(ev.call.as_str()) {
+                        Some(k) => format!("$result[{k}][CALL_ID]"),
+                        None => match self.crm_id(ev, store).await {
+                            Ok(id) => id,
+                            Err(_) => {
+                                // Sent on its own, where the error is reported.
+                                usable = i;
+                                break;
+                            }
+                        },
+                    };
+                    p["CALL_ID"] = Value::String(id);
+                    cmd.insert(
+                        key.clone(),
+                        Value::String(format!("telephony.externalcall.finish?{}", query(&p))),
+                    );
+                }
+            }
+            keys.push(Some(key));
+        }
+        keys.truncate(usable);
+        if cmd.is_empty() || keys.is_empty() {
+            return if keys.is_empty() {
+                let d = self.deliver(&evs[0], store).await;
+                match d {
+                    Delivery::Ok => (1, None),
+                    d => (0, Some(d)),
+                }
+            } else {
+                (keys.len(), None)
+            };
+        }
+        let r = match self
+            .call("batch", json!({"halt": 1, "cmd": Value::Object(cmd)}))
+            .await
+        {
+            Ok(r) => r,
+            Err(d) => return (0, Some(d)),
+        };
+        let (ok, errors) = (&r["result"], &r["result_error"]);
+        for (i, key) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            if let Some(res) = ok.get(key).filter(|v| !v.is_null()) {
+                if evs[i].kind == "call.started"
+                    && !matches!(self.keep_crm_id(&evs[i], store, res).await, Delivery::Ok)
+                {
+                    return (
+                        i,
+                        Some(Delivery::Retry {
+                            error: "cannot record the CRM call id".into(),
+                            rate_limited: false,
+                        }),
+                    );
+                }
+                continue;
+            }
+            let method = if evs[i].kind == "call.started" {
+                "register"
+            } else {
+                "finish"
+            };
+            let d = match errors.get(key) {
+                Some(e) if !e.is_null() => command_error(method, e),
+                // Not run (halted) or not answered: try again.
+                _ => Delivery::Retry {
+                    error: format!("batch: {method} not run"),
+                    rate_limited: false,
+                },
+            };
+            return (i, Some(d));
+        }
+        (keys.len(), None)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_commands_encode_values_but_keep_result_references() {
+        let q = query(
+            &json!({"CALL_ID": "$result[c0][CALL_ID]", "PHONE_NUMBER": "+49 30", "TYPE": 2, "LINE_NUMBER": null}),
+        );
+        assert_eq!(
+            q,
+            "CALL_ID=$result[c0][CALL_ID]&PHONE_NUMBER=%2B49+30&TYPE=2"
+        );
+    }
 
     #[test]
     fn status_codes_for_outcomes() {

@@ -38,6 +38,25 @@ pub enum Delivery {
 pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery;
+
+    /// Events one request may carry when a backlog builds.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Delivers events from the front of `evs` in one request where the
+    /// CRM allows it: how many were delivered, and what happened to the
+    /// next one if it failed.
+    async fn deliver_many(
+        &self,
+        evs: &[OutEvent],
+        store: &Arc<dyn OutboxStore>,
+    ) -> (usize, Option<Delivery>) {
+        match self.deliver(&evs[0], store).await {
+            Delivery::Ok => (1, None),
+            d => (0, Some(d)),
+        }
+    }
 }
 
 /// Leaky bucket: `rate` requests a second, bursts up to `burst`.
@@ -141,7 +160,7 @@ pub async fn run_worker(
             tracing::warn!(sink = %name, events = old.len(), "CRM events too old, moved to the dead-letter table");
             continue;
         }
-        let Some(ev) = head.into_iter().next() else {
+        let Some(ev) = head.first().cloned() else {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -161,7 +180,33 @@ pub async fn run_worker(
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
-        let result = sink.deliver(&ev, &store).await;
+        // A backlog of due events goes in one request where the sink can.
+        let due: Vec<OutEvent> = head
+            .into_iter()
+            .take_while(|e| e.next_at <= now)
+            .take(sink.max_batch().max(1))
+            .collect();
+        let (n, failed) = if due.len() > 1 {
+            sink.deliver_many(&due, &store).await
+        } else {
+            match sink.deliver(&ev, &store).await {
+                Delivery::Ok => (1, None),
+                d => (0, Some(d)),
+            }
+        };
+        let ok: Vec<i64> = due.iter().take(n).map(|e| e.id).collect();
+        if !ok.is_empty() {
+            for _ in 0..ok.len() {
+                metrics.crm_delivery(&name, "ok");
+            }
+            let st = store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.delivered(&ok)).await {
+                tracing::error!(sink = %name, error = %e, "updating the outbox failed");
+            }
+        }
+        let (Some(result), Some(ev)) = (failed, due.get(n).cloned()) else {
+            continue;
+        };
         let st = store.clone();
         let done = match result {
             Delivery::Ok => {
