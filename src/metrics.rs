@@ -78,7 +78,7 @@ impl Metrics {
             "Dialog-creating INVITEs screened, by direction and verdict",
             calls_screened.clone(),
         );
-        let screening_seconds = Histogram::new(exponential_buckets(250e-9, 2.0, 16));
+        let screening_seconds = Histogram::new(exponential_buckets(250e-9, 2.0, 20));
         registry.register(
             "screening_duration_seconds",
             "Time from an INVITE's arrival to its forwarding (parse, classify, normalise, look up, tag, serialise)",

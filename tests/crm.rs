@@ -700,3 +700,40 @@ async fn oauth_tokens_are_refreshed_and_rotated() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn events_past_their_age_go_to_the_dead_letter_table() {
+    let (crm, addr) = Crm::start().await;
+    crm.mode.store(LIMIT, Ordering::Relaxed);
+    let extra = sinks(addr, 50.0, 50).replace("[crm]\n", "[crm]\nmax_event_age_secs = 1\n");
+    let h = Harness::start_with("udp", &extra).await;
+    let c = Call::inbound(&h, "+4917012121212", "+4930901820", "crm-dead").await;
+    c.respond(486, "Busy Here").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dead = |h: &Harness| {
+        let db = h.dir.path().join("data/sipscreen.db");
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM dead_letter WHERE sink = 'portal'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    while dead(&h) < 2 {
+        assert!(Instant::now() < deadline, "events were not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crm.mode.store(OK, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        crm.calls("telephony.externalcall.register").is_empty(),
+        "dead events are not sent"
+    );
+    let m = h.server.metrics.encode();
+    assert!(
+        m.contains("sipscreen_crm_dead_letters_total{sink=\"portal\"} 2"),
+        "{m}"
+    );
+    h.stop().await;
+}
