@@ -737,3 +737,43 @@ async fn events_past_their_age_go_to_the_dead_letter_table() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_reinvite_naming_a_new_party_is_a_transfer() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let c = Call::inbound(&h, "+4917034343434", "+4930901820", "crm-reinv").await;
+    c.respond(200, "OK").await;
+    let pbx = h.pbx.local_addr().unwrap();
+    let trunk = h.trunk.local_addr().unwrap();
+    // Twice the same new party (the second is a refresh), then the BYE.
+    for (n, cseq) in [(1, 10), (2, 11)] {
+        let reinvite = format!(
+            "INVITE sip:+4917034343434@{trunk} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx};branch=z9hG4bK-reinv{n}\r\nRoute: <sip:{};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:+4930901820@x>;tag=callee-tag\r\nTo: <sip:+4917034343434@x>;tag=f-crm-reinv\r\nCall-ID: crm-reinv\r\nCSeq: {cseq} INVITE\r\nP-Asserted-Identity: <sip:208@pbx.example>\r\nContent-Length: 0\r\n\r\n",
+            h.me()
+        );
+        h.pbx.send_to(reinvite.as_bytes(), h.sip_udp).await.unwrap();
+        let (fwd, _) = recv(&h.trunk).await;
+        assert!(fwd.starts_with("INVITE "), "{fwd}");
+    }
+    c.in_dialog("BYE", 2, "").await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    assert_eq!(
+        crm.calls("telephony.externalcall.finish")[0]["USER_ID"],
+        "208"
+    );
+    let url = format!("http://{}/api/v1/calls", h.server.admin.unwrap());
+    let v: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let transfers = v["items"][0]["transfers"].as_array().unwrap();
+    assert_eq!(transfers.len(), 1, "{transfers:?}");
+    assert_eq!(transfers[0]["to"], "208");
+    h.stop().await;
+}

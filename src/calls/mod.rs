@@ -73,6 +73,9 @@ pub enum RequestKind {
     Bye,
     Cancel,
     Refer,
+    /// An in-dialog INVITE/UPDATE from the PBX with a P-Asserted-Identity:
+    /// `refer_to` is the connected party's user.
+    Reinvite,
 }
 
 /// The SIP path's handle: cheap to clone, never blocks.

@@ -203,7 +203,11 @@ impl Tracker {
                         };
                         self.finish(&sip_call_id, code, outcome, at);
                     }
-                    RequestKind::Refer => {
+                    RequestKind::Reinvite if !new_party(call, refer_to.as_deref()) => {
+                        // Not a new party (session refresh, same agent, the
+                        // line itself).
+                    }
+                    RequestKind::Refer | RequestKind::Reinvite => {
                         let Some(to) = refer_to else { return };
                         call.transfers.push(Transfer {
                             at: rfc3339(ms(at)),
@@ -335,6 +339,18 @@ fn event(
             });
         }
     }
+}
+
+/// Whether a re-INVITE's connected party is someone new: the call is
+/// answered and the user is neither the responsible person, nor the last
+/// transfer target, nor the line itself (session refreshes repeat these).
+fn new_party(call: &Call, user: Option<&str>) -> bool {
+    let Some(u) = user else { return false };
+    let line = call.new.line.map(|n| n.to_string());
+    call.answer.is_some()
+        && call.responsible.as_deref() != Some(u)
+        && call.transfers.last().map(|t| t.to.as_str()) != Some(u)
+        && line.as_deref() != Some(u.trim_start_matches('+'))
 }
 
 fn client_str(c: Client) -> String {

@@ -120,6 +120,7 @@ fn report(
     calls: &CallEvents,
     msg: &Message,
     method: Option<Method>,
+    side: Side,
     screened: Option<&Screened<'_>>,
 ) {
     let at = std::time::SystemTime::now();
@@ -147,6 +148,25 @@ fn report(
         Some(Method::Bye) => RequestKind::Bye,
         Some(Method::Cancel) => RequestKind::Cancel,
         Some(Method::Refer) => RequestKind::Refer,
+        // A re-INVITE / UPDATE from the PBX naming a new connected party
+        // (RFC 4916 style, P-Asserted-Identity): a transfer done by
+        // re-INVITE.
+        Some(Method::Invite | Method::Update) if side == Side::Pbx => {
+            let Some(user) = msg
+                .name_addr(crate::sip::HeaderName::PAssertedIdentity)
+                .and_then(|na| crate::sip::values::Uri::parse(na.uri).ok())
+                .and_then(|u| u.user)
+            else {
+                return;
+            };
+            calls.send(SipEvent::Request {
+                sip_call_id: sip_call_id(),
+                kind: RequestKind::Reinvite,
+                refer_to: Some(String::from_utf8_lossy(user).into_owned()),
+                at,
+            });
+            return;
+        }
         Some(_) => return,
         None => {
             let Some(code) = msg.status().filter(|&c| c >= 180) else {
@@ -248,7 +268,7 @@ impl Handler for Proxy {
                         self.metrics.screening_time(t0.elapsed().as_secs_f64());
                     }
                     if let Some(calls) = self.calls.get() {
-                        report(calls, &msg, method, screened.as_ref());
+                        report(calls, &msg, method, side, screened.as_ref());
                     }
                 }
             }
