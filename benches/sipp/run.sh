@@ -18,11 +18,15 @@
 #
 # Usage: benches/sipp/run.sh [--rate N] [--calls N] [--listed N]
 #          [--repeat N] [--call-ms MS] [--kamailio-children N]
-#          [--only sipscreen|kamailio] [--verdict-only] [--keep]
+#          [--only sipscreen|kamailio] [--verdict-only] [--keep] [--perf]
 # The same settings as environment variables: RATE (1000), CALLS (30000),
 # LISTED (100000), REPEAT (1), CALL_MS (1000), KAM_CHILDREN (2),
 # KAM_ARGS ("-x fm -X fm"), KAM_SANITY (1), KAM_SHM_MB (512),
-# VERDICT_CALLS (60), PROXIES ("sipscreen kamailio"), KEEP (0); ports
+# VERDICT_CALLS (60), PROXIES ("sipscreen kamailio"), KEEP (0), PERF (0:
+# with 1, `perf record -e cpu-clock` samples the proxy's processes during
+# each load run and the top symbols are printed; the sampling costs CPU
+# too, so such runs are for the profile, not for the table; PERF_ARGS adds
+# options, e.g. -g); ports
 # SIPSCREEN_PORT (15060), KAM_PORT (15062), PBX_PORT (15080),
 # TRUNK_PORT (15070), ADMIN_PORT (18080); SIPSCREEN_BIN (the release
 # binary under $CARGO_TARGET_DIR or target/, built when missing).
@@ -44,6 +48,8 @@ VERDICT_CALLS=${VERDICT_CALLS:-60}
 PROXIES=${PROXIES:-"sipscreen kamailio"}
 KEEP=${KEEP:-0}
 VERDICT_ONLY=${VERDICT_ONLY:-0}
+PERF=${PERF:-0}
+PERF_ARGS=${PERF_ARGS:-}
 SIPSCREEN_PORT=${SIPSCREEN_PORT:-15060}
 KAM_PORT=${KAM_PORT:-15062}
 PBX_PORT=${PBX_PORT:-15080}
@@ -74,6 +80,7 @@ while [ $# -gt 0 ]; do
     --only) PROXIES=$2; shift 2 ;;
     --verdict-only) VERDICT_ONLY=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --perf) PERF=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -94,6 +101,9 @@ command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v ps >/dev/null 2>&1 || need+=(procps)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "$PERF" = 1 ] && ! perf --version >/dev/null 2>&1; then
+  need+=(linux-perf)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -391,14 +401,16 @@ EOF
 # --- process helpers ------------------------------------------------------
 # utime + stime, in clock ticks, of every process in the tree under $1
 # (a process's /proc/PID/stat already counts all of its threads).
-cpu_ticks() {
-  local pids p line rest t=0
-  pids=$(ps -e -o pid=,ppid= | awk -v r="$1" '
+tree_pids() {
+  ps -e -o pid=,ppid= | awk -v r="$1" '
     { parent[$1] = $2 } END {
       tree[r] = 1; grew = 1
       while (grew) { grew = 0; for (p in parent) if (!(p in tree) && (parent[p] in tree)) { tree[p] = 1; grew = 1 } }
-      for (p in tree) print p }')
-  for p in $pids; do
+      for (p in tree) print p }'
+}
+cpu_ticks() {
+  local p line rest t=0
+  for p in $(tree_pids "$1"); do
     line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     rest=${line##*) }
     # shellcheck disable=SC2086
@@ -407,10 +419,14 @@ cpu_ticks() {
   done
   echo "$t"
 }
-tree_size() { ps -e -o pid=,ppid= | awk -v r="$1" '{ parent[$1] = $2 } END {
-  tree[r] = 1; grew = 1
-  while (grew) { grew = 0; for (p in parent) if (!(p in tree) && (parent[p] in tree)) { tree[p] = 1; grew = 1 } }
-  n = 0; for (p in tree) n++; print n }'; }
+tree_size() { tree_pids "$1" | wc -l; }
+# Context switches (voluntary + involuntary) of every thread in the tree.
+ctx_switches() {
+  local p
+  for p in $(tree_pids "$1"); do
+    cat /proc/"$p"/task/*/status 2>/dev/null
+  done | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
 HZ=$(getconf CLK_TCK)
 
 wait_udp() { # port pid what
@@ -508,7 +524,7 @@ verdict_run() { # name -> $WORK/tags_<name>.txt, SIPp's exit code in VRC
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 load_run() { # name rep
-  local name=$1 rep=$2 uas rc c0 c1 w0 w1 tmo limit pre
+  local name=$1 rep=$2 uas rc c0 c1 w0 w1 x0 x1 tmo limit pre
   pre="$WORK/${name}_$rep"
   tmo=$((CALLS / RATE + CALL_MS / 1000 + 60))
   limit=$((RATE * (CALL_MS / 1000 + 1) * 3))
@@ -520,6 +536,16 @@ load_run() { # name rep
   started+=("$uas")
   wait_udp "$PBX_PORT" "$uas" || die "SIPp PBX did not start"
   sleep 1
+  local perfpid=
+  if [ "$PERF" = 1 ]; then
+    # shellcheck disable=SC2086
+    perf record -q -e cpu-clock -F 4999 $PERF_ARGS -p "$(tree_pids "$PROXY_PID" | paste -sd,)" \
+      -o "$pre.perf.data" >/dev/null 2>"$pre.perf.stderr" &
+    perfpid=$!
+    started+=("$perfpid")
+    sleep 1
+  fi
+  x0=$(ctx_switches "$PROXY_PID")
   c0=$(cpu_ticks "$PROXY_PID")
   w0=$(date +%s.%N)
   set +e
@@ -533,11 +559,20 @@ load_run() { # name rep
   set -e
   w1=$(date +%s.%N)
   c1=$(cpu_ticks "$PROXY_PID")
+  x1=$(ctx_switches "$PROXY_PID")
+  if [ -n "$perfpid" ]; then
+    kill -INT "$perfpid" 2>/dev/null || true
+    wait "$perfpid" 2>/dev/null || true
+    perf report -i "$pre.perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | head -40 >"$pre.perf.txt" || true
+    echo "== $name run $rep: perf profile (self time, top symbols; CPU figures of this run include perf's cost)" >&2
+    cat "$pre.perf.txt" >&2
+  fi
   # the PBX ends by itself after CALLS calls; give stragglers a moment
   local i
   for i in $(seq 1 50); do kill -0 "$uas" 2>/dev/null || break; sleep 0.1; done
   stop_pid "$uas"
-  local ok failed created retrans pbxfailed wall cpu us
+  local ok failed created retrans pbxfailed wall cpu us cs
   ok=$(stat_col "$pre.uac.csv" "SuccessfulCall(C)")
   failed=$(stat_col "$pre.uac.csv" "FailedCall(C)")
   created=$(stat_col "$pre.uac.csv" "TotalCallCreated")
@@ -551,9 +586,10 @@ load_run() { # name rep
   wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.1f", b - a }')
   cpu=$(awk -v t="$((c1 - c0))" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }')
   us=$(awk -v t="$((c1 - c0))" -v hz="$HZ" -v n="$CALLS" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$name" "$rep" "$ok" "$failed" "$retrans" "$wall" "$cpu" "$us" "$rc" "$pbxfailed" >>"$RESULTS"
-  say "$name run $rep: $ok ok, $failed failed ($pbxfailed at the PBX), $retrans retransmissions, ${wall} s, CPU ${cpu} s = ${us} us/call, sipp exit $rc"
+  cs=$(awk -v x="$((x1 - x0))" -v n="$CALLS" 'BEGIN { printf "%.1f", x / n }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$name" "$rep" "$ok" "$failed" "$retrans" "$wall" "$cpu" "$us" "$rc" "$pbxfailed" "$cs" >>"$RESULTS"
+  say "$name run $rep: $ok ok, $failed failed ($pbxfailed at the PBX), $retrans retransmissions, ${wall} s, CPU ${cpu} s = ${us} us/call, $cs context switches/call, sipp exit $rc"
 }
 
 # --- the runs -------------------------------------------------------------
@@ -604,9 +640,9 @@ if [ "$VERDICT_ONLY" != 1 ]; then
   echo
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (at the start: $LOAD0)"
   echo "rate $RATE calls/s, $CALLS calls per run, $LISTED listed numbers, ${CALL_MS} ms calls, Kamailio children=$KAM_CHILDREN sanity=$KAM_SANITY${KAM_ARGS:+ args: $KAM_ARGS}, $(nproc) CPUs"
-  printf '%-10s %4s %7s %7s %10s %8s %7s %7s %12s %5s\n' proxy run calls failed pbx_failed retrans wall_s CPU_s CPU_us/call exit
-  while IFS=$'\t' read -r name rep ok failed retrans wall cpu us rc pbxfailed; do
-    printf '%-10s %4s %7s %7s %10s %8s %7s %7s %12s %5s\n' "$name" "$rep" "$ok" "$failed" "$pbxfailed" "$retrans" "$wall" "$cpu" "$us" "$rc"
+  printf '%-10s %4s %7s %7s %10s %8s %7s %7s %12s %10s %5s\n' proxy run calls failed pbx_failed retrans wall_s CPU_s CPU_us/call ctxsw/call exit
+  while IFS=$'\t' read -r name rep ok failed retrans wall cpu us rc pbxfailed cs; do
+    printf '%-10s %4s %7s %7s %10s %8s %7s %7s %12s %10s %5s\n' "$name" "$rep" "$ok" "$failed" "$pbxfailed" "$retrans" "$wall" "$cpu" "$us" "$cs" "$rc"
     if [ "$failed" != 0 ] || [ "$pbxfailed" != 0 ] || [ "$rc" != 0 ]; then status=1; fi
   done <"$RESULTS"
   median() { # name -> median CPU us/call
