@@ -4,7 +4,7 @@
 //! logged too: the log is the only place they appear.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -42,10 +42,11 @@ pub struct Transfer {
     pub to: String,
 }
 
-/// Appends records, rotating by size.
+/// Appends records, rotating by size. Writes are buffered; the tracker
+/// flushes every 100 ms (and at shutdown), one system call for many calls.
 pub struct CallLog {
     path: PathBuf,
-    file: File,
+    file: BufWriter<File>,
     size: u64,
     max_bytes: u64,
     keep: usize,
@@ -64,7 +65,7 @@ impl CallLog {
         let size = file.metadata()?.len();
         Ok(CallLog {
             path,
-            file,
+            file: BufWriter::with_capacity(64 << 10, file),
             size,
             max_bytes: max_bytes.max(4096),
             keep: keep.max(1),
@@ -83,17 +84,26 @@ impl CallLog {
         Ok(())
     }
 
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
         let name = |i: usize| PathBuf::from(format!("{}.{i}", self.path.display()));
         let _ = std::fs::remove_file(name(self.keep));
         for i in (1..self.keep).rev() {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
         std::fs::rename(&self.path, name(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = BufWriter::with_capacity(
+            64 << 10,
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
         self.size = 0;
         Ok(())
     }
@@ -177,6 +187,7 @@ mod tests {
             log.append(&rec(i, if i % 2 == 0 { "log" } else { "exception" }))
                 .unwrap();
         }
+        log.flush().unwrap();
         assert!(dir.path().join("calls.jsonl.1").exists());
         let all = read(
             dir.path(),

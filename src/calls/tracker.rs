@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
 use crate::store::{NewEvent, OutboxStore, now_ms};
+
+/// How often the tracker drains the channel.
+const TICK: Duration = Duration::from_millis(10);
 
 /// Calls tracked at once; beyond this, new calls are not tracked (counted).
 pub const MAX_CALLS: usize = 200_000;
@@ -74,19 +77,26 @@ impl Tracker {
     }
 
     /// Runs until `stop` is set (then flushes) or every sender is gone.
+    ///
+    /// The thread wakes on a fixed tick and drains the channel, instead of
+    /// blocking on it: a sender then never has a sleeping receiver to wake,
+    /// so reporting an event costs the SIP path no system call, and the
+    /// tracker costs one wake-up per tick whatever the call rate.
     pub fn run(mut self, rx: Receiver<SipEvent>, stop: Arc<AtomicBool>) {
         let mut last_flush = Instant::now();
         let mut last_sweep = Instant::now();
         loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(ev) => {
-                    self.handle(ev);
-                    for ev in rx.try_iter().take(4096) {
-                        self.handle(ev);
+            std::thread::sleep(TICK);
+            let mut gone = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(ev) => self.handle(ev),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        gone = true;
+                        break;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 self.expire(Instant::now());
@@ -97,7 +107,7 @@ impl Tracker {
                 last_flush = Instant::now();
             }
             self.metrics.set_active_calls(self.calls.len());
-            if stop.load(Ordering::Relaxed) {
+            if gone || stop.load(Ordering::Relaxed) {
                 for ev in rx.try_iter() {
                     self.handle(ev);
                 }
@@ -108,6 +118,9 @@ impl Tracker {
     }
 
     fn flush(&mut self) {
+        if let Err(e) = self.log.flush() {
+            tracing::error!(error = %e, "writing the call log failed");
+        }
         if self.pending.is_empty() {
             return;
         }
