@@ -173,16 +173,9 @@ async fn add_is_durable_visible_to_live_calls_and_audited() {
     assert_eq!(v["added"], 1);
 
     // A live call right after the answer is screened against it.
-    let inv = invite(
-        h.sip_udp,
-        h.trunk.local_addr().unwrap(),
-        "+4930901820",
-        caller,
-        "api-live",
-        "",
-    );
-    h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    let (got, _) = recv(&h.pbx).await;
+    let (_, got, _) = h
+        .invite_from_trunk(caller, "+4930901820", "api-live", "")
+        .await;
     assert_eq!(
         header(&got, "X-CRM-Verdict").as_deref(),
         Some("exception"),

@@ -244,16 +244,7 @@ struct Call<'a> {
 
 impl<'a> Call<'a> {
     async fn inbound(h: &'a Harness, caller: &str, line: &str, id: &str) -> Call<'a> {
-        let inv = invite(
-            h.sip_udp,
-            h.trunk.local_addr().unwrap(),
-            line,
-            caller,
-            id,
-            "",
-        );
-        h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-        let (got, _) = recv(&h.pbx).await;
+        let (_, got, _) = h.invite_from_trunk(caller, line, id, "").await;
         Call {
             h,
             id: id.to_string(),

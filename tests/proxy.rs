@@ -39,16 +39,7 @@ fn assert_faithful(sent: &str, got: &str) {
 }
 
 async fn inbound_call(h: &Harness, caller: &str, ruri: &str, call_id: &str, extra: &str) -> String {
-    let inv = invite(
-        h.sip_udp,
-        h.trunk.local_addr().unwrap(),
-        ruri,
-        caller,
-        call_id,
-        extra,
-    );
-    h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    let (got, from) = recv(&h.pbx).await;
+    let (inv, got, from) = h.invite_from_trunk(caller, ruri, call_id, extra).await;
     assert_eq!(
         from, h.sip_udp,
         "forwarded from the sidecar's listening socket"

@@ -26,16 +26,7 @@ async fn api(
 }
 
 async fn call(h: &Harness, caller: &str, line: &str, id: &str) -> String {
-    let inv = invite(
-        h.sip_udp,
-        h.trunk.local_addr().unwrap(),
-        line,
-        caller,
-        id,
-        "",
-    );
-    h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    recv(&h.pbx).await.0
+    h.invite_from_trunk(caller, line, id, "").await.1
 }
 
 #[tokio::test]

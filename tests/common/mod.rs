@@ -161,6 +161,31 @@ impl Harness {
         self.sip_udp.to_string()
     }
 
+    /// Sends an INVITE from the trunk (see [`invite`]) and waits for what
+    /// the PBX receives: (sent, received, received from).
+    pub async fn invite_from_trunk(
+        &self,
+        caller: &str,
+        ruri: &str,
+        call_id: &str,
+        extra: &str,
+    ) -> (String, String, SocketAddr) {
+        let inv = invite(
+            self.sip_udp,
+            self.trunk.local_addr().unwrap(),
+            ruri,
+            caller,
+            call_id,
+            extra,
+        );
+        self.trunk
+            .send_to(inv.as_bytes(), self.sip_udp)
+            .await
+            .unwrap();
+        let (got, from) = recv(&self.pbx).await;
+        (inv, got, from)
+    }
+
     pub async fn stop(self) {
         self.trigger.fire();
         let _ = tokio::time::timeout(WAIT, self.task).await;
