@@ -72,7 +72,7 @@ pub struct Server {
     /// The call tracker, started by `run`.
     tracker: Mutex<Option<(Tracker, Receiver<SipEvent>)>>,
     /// CRM sinks, started by `run`.
-    sinks: Vec<Arc<dyn Sink>>,
+    sinks: Vec<SinkWorker>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -138,11 +138,20 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// The CRM sinks the config names (built once at start).
+/// A CRM sink and its worker's settings.
+type SinkWorker = (Arc<dyn Sink>, crm::WorkerConfig);
+
+/// The CRM sinks the config names, each with its worker's settings
+/// (built once at start).
 fn crm_sinks(
     cfg: &config::CrmConfig,
     store: &Arc<SqliteStore>,
-) -> Result<Vec<Arc<dyn Sink>>, ServerError> {
+) -> Result<Vec<SinkWorker>, ServerError> {
+    let worker = |rate_per_sec: f64, burst: u32| crm::WorkerConfig {
+        rate_per_sec,
+        burst,
+        max_age_ms: (cfg.max_event_age_secs.saturating_mul(1000)).min(i64::MAX as u64) as i64,
+    };
     use crate::store::ExceptionStore;
     let env = |sink: &str,
                direct: &Option<String>,
@@ -164,7 +173,7 @@ fn crm_sinks(
                 ))
             })
     };
-    let mut out: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut out: Vec<SinkWorker> = Vec::new();
     let mut names = std::collections::HashSet::new();
     let mut unique = |n: &str| {
         if names.insert(n.to_string()) {
@@ -186,7 +195,7 @@ fn crm_sinks(
             std::time::Duration::from_millis(w.timeout_ms),
         )
         .map_err(ServerError::Crm)?;
-        out.push(Arc::new(sink));
+        out.push((Arc::new(sink), worker(w.rate_per_sec, w.burst)));
     }
     for b in &cfg.bitrix24 {
         unique(&b.name)?;
@@ -257,24 +266,9 @@ fn crm_sinks(
             on_refresh,
         )
         .map_err(ServerError::Crm)?;
-        out.push(Arc::new(sink));
+        out.push((Arc::new(sink), worker(b.rate_per_sec, b.burst)));
     }
     Ok(out)
-}
-
-/// A sink's rate and burst from its config.
-fn sink_rate(cfg: &config::CrmConfig, name: &str) -> (f64, u32) {
-    cfg.webhook
-        .iter()
-        .find(|w| w.name == name)
-        .map(|w| (w.rate_per_sec, w.burst))
-        .or_else(|| {
-            cfg.bitrix24
-                .iter()
-                .find(|b| b.name == name)
-                .map(|b| (b.rate_per_sec, b.burst))
-        })
-        .unwrap_or((2.0, 50))
 }
 
 impl Server {
@@ -345,7 +339,7 @@ impl Server {
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
         let sinks = crm_sinks(&cfg.crm, &store)?;
-        for s in &sinks {
+        for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }
         let data_dir = &cfg.store.data_dir;
@@ -358,7 +352,7 @@ impl Server {
             metrics.clone(),
             TrackerConfig {
                 max_idle: std::time::Duration::from_secs(cfg.calls.max_call_secs.max(1)),
-                sinks: sinks.iter().map(|s| s.name().to_string()).collect(),
+                sinks: sinks.iter().map(|(s, _)| s.name().to_string()).collect(),
                 directory: Some((store.clone(), contacts.clone())),
             },
         );
@@ -450,20 +444,13 @@ impl Server {
             });
         }
         tasks.spawn(self.list.clone().run_expiry(shutdown.clone()));
-        let cfg = self.proxy.runtime().loaded.config.clone();
         let outbox: Arc<dyn OutboxStore> = self.store.clone();
-        for sink in &self.sinks {
-            let (rate, burst) = sink_rate(&cfg.crm, sink.name());
+        for (sink, worker) in &self.sinks {
             tasks.spawn(crm::run_worker(
                 sink.clone(),
                 outbox.clone(),
                 self.metrics.clone(),
-                crm::WorkerConfig {
-                    rate_per_sec: rate,
-                    burst,
-                    max_age_ms: (cfg.crm.max_event_age_secs.saturating_mul(1000))
-                        .min(i64::MAX as u64) as i64,
-                },
+                worker.clone(),
                 shutdown.clone(),
             ));
         }

@@ -99,6 +99,7 @@ impl Bucket {
 }
 
 /// Settings of a worker.
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub rate_per_sec: f64,
     pub burst: u32,
