@@ -28,9 +28,7 @@ pub struct Directory {
     map: ArcSwap<FxHashMap<u64, Arc<Contact>>>,
 }
 
-fn key(client: &str) -> Option<u64> {
-    client.strip_prefix('+')?.parse().ok()
-}
+use crate::screening::normalize::parse_e164 as key;
 
 impl Directory {
     pub fn new() -> Self {

@@ -287,10 +287,6 @@ impl Metrics {
         self.call_events_dropped.inc();
     }
 
-    pub fn call_untracked(&self) {
-        self.call_events_dropped.inc();
-    }
-
     pub fn set_outbox(&self, depth: i64, oldest_age_secs: f64) {
         self.crm_outbox_depth.set(depth);
         self.crm_outbox_oldest_age.set(oldest_age_secs);

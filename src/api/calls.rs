@@ -6,9 +6,10 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, blocking};
+use super::{ApiError, ApiState, blocking, parse_rfc3339_ms};
 use crate::calls::log::{self, CallRecord, Filter};
 use crate::config::Role;
+use crate::screening::normalize::e164_string;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,15 +30,7 @@ pub struct Calls {
 }
 
 fn time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
-    v.map(|t| {
-        humantime::parse_rfc3339_weak(t)
-            .map(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-            })
-            .map_err(|e| ApiError::bad_request(format!("{name} {t:?}: {e} (use RFC 3339)")))
-    })
-    .transpose()
+    v.map(|t| parse_rfc3339_ms(name, t)).transpose()
 }
 
 pub async fn list(
@@ -57,7 +50,7 @@ pub async fn list(
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("line {l:?} is not a phone number"))
                 })?;
-            Some(format!("+{n}"))
+            Some(e164_string(n))
         }
         None => None,
     };

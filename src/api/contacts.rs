@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiState, blocking};
 use crate::config::Role;
 use crate::contacts::Contact;
+use crate::screening::normalize::e164_string;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,7 +139,7 @@ pub async fn import(
             }
             Some(c) => {
                 good.push(Contact {
-                    client: format!("+{c}"),
+                    client: e164_string(c),
                     user_id: r.user_id,
                     extension: r.extension,
                 });
@@ -184,7 +185,7 @@ pub async fn remove(
         .normalizer()
         .normalize(client.as_bytes(), None)
         .ok_or_else(|| ApiError::bad_request(format!("{client:?} is not a phone number")))?;
-    let key = format!("+{n}");
+    let key = e164_string(n);
     let (st, dir) = (s.contact_store.clone(), s.contacts.clone());
     let shown = key.clone();
     let gone = blocking(move || {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState, blocking, rfc3339};
+use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms, rfc3339};
 use crate::config::Role;
 use crate::screening::source::Value;
 use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted, now_ms};
@@ -104,13 +104,6 @@ fn parse_value(s: &ApiState, text: &str) -> Result<Value, ApiError> {
     let rt = s.proxy.runtime();
     Value::parse(text, rt.screener.normalizer())
         .map_err(|why| ApiError::bad_request(format!("{text:?}: {why}")))
-}
-
-fn kind_of(v: &Value) -> Kind {
-    match v {
-        Value::Phone(_) => Kind::Phone,
-        Value::Email(_) => Kind::Email,
-    }
 }
 
 /// `GET /exceptions?type=&q=&value=&prefix=&cursor=&limit=`
@@ -210,15 +203,7 @@ fn expiry(body: &AddBody) -> Result<Option<i64>, ApiError> {
                 "give expires_at or ttl_seconds, not both",
             ));
         }
-        (Some(t), None) => {
-            let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "expires_at {t:?}: {e} (use RFC 3339, e.g. 2027-01-31T00:00:00Z)"
-                ))
-            })?;
-            at.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        }
+        (Some(t), None) => parse_rfc3339_ms("expires_at", t)?,
         (None, Some(s)) => now.saturating_add(s.saturating_mul(1000).min(i64::MAX as u64) as i64),
         (None, None) => return Ok(None),
     };
@@ -277,7 +262,7 @@ pub async fn add(
     for t in texts {
         match parse_value(&s, t) {
             Ok(v) => entries.push(NewEntry {
-                kind: kind_of(&v),
+                kind: v.kind(),
                 value: v.canonical(),
                 given: t.trim().to_string(),
                 comment: body.comment.trim().to_string(),

@@ -163,6 +163,17 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// An RFC 3339 time given as `name`, as unix milliseconds.
+pub fn parse_rfc3339_ms(name: &str, t: &str) -> Result<i64, ApiError> {
+    humantime::parse_rfc3339_weak(t)
+        .map(crate::store::unix_ms)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{name} {t:?}: {e} (use RFC 3339, e.g. 2027-01-31T00:00:00Z)"
+            ))
+        })
+}
+
 /// Runs blocking store work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

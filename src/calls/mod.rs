@@ -101,8 +101,4 @@ impl CallEvents {
     }
 }
 
-/// Unix milliseconds of a time.
-pub fn ms(t: SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::store::unix_ms as ms;

@@ -141,7 +141,7 @@ impl Tracker {
                     return;
                 }
                 if self.calls.len() >= MAX_CALLS {
-                    self.metrics.call_untracked();
+                    self.metrics.call_event_dropped();
                     return;
                 }
                 let call = Call {

@@ -208,6 +208,11 @@ pub fn e164_string(n: u64) -> String {
     format!("+{n}")
 }
 
+/// The inverse of [`e164_string`]: `+4930901820` -> `4930901820`.
+pub fn parse_e164(s: &str) -> Option<u64> {
+    s.strip_prefix('+')?.parse().ok()
+}
+
 /// Appends `+` and the digits of `n`.
 pub fn write_e164(n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 20];

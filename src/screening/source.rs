@@ -11,7 +11,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
-use crate::screening::normalize::Normalizer;
+use crate::screening::normalize::{Normalizer, e164_string};
+use crate::store::Kind;
 
 /// Longest line text kept in a [`Rejected`] report.
 const MAX_REPORTED_TEXT: usize = 200;
@@ -43,6 +44,27 @@ pub struct Rejected {
     pub text: String,
     /// Why it was refused.
     pub reason: String,
+}
+
+impl Rejected {
+    /// Line `line` with its text (lossy UTF-8, cut to 200 characters).
+    pub fn new(line: usize, text: &[u8], reason: &str) -> Rejected {
+        let mut shown = String::from_utf8_lossy(text).into_owned();
+        if let Some((cut, _)) = shown.char_indices().nth(MAX_REPORTED_TEXT) {
+            shown.truncate(cut);
+        }
+        Rejected {
+            line,
+            text: shown,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A line read with `read_until(b'\n')`, without its `\n` or `\r\n`.
+pub fn without_line_end(buf: &[u8]) -> &[u8] {
+    let text = buf.strip_suffix(b"\n").unwrap_or(buf);
+    text.strip_suffix(b"\r").unwrap_or(text)
 }
 
 /// The source could not be read at all.
@@ -107,18 +129,9 @@ pub fn load_from(
         if r.read_until(b'\n', &mut buf).map_err(|e| (line, e))? == 0 {
             break;
         }
-        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let text = without_line_end(&buf);
         if let Err(reason) = parse_line(text, normalizer, &mut report) {
-            let mut shown = String::from_utf8_lossy(text).into_owned();
-            if let Some((cut, _)) = shown.char_indices().nth(MAX_REPORTED_TEXT) {
-                shown.truncate(cut);
-            }
-            report.rejected.push(Rejected {
-                line,
-                text: shown,
-                reason: reason.to_string(),
-            });
+            report.rejected.push(Rejected::new(line, text, reason));
         }
     }
     Ok(report)
@@ -153,10 +166,17 @@ pub enum Value {
 }
 
 impl Value {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Value::Phone(_) => Kind::Phone,
+            Value::Email(_) => Kind::Email,
+        }
+    }
+
     /// How the store keeps it: `+4930901820`, `boss@example.com`.
     pub fn canonical(&self) -> String {
         match self {
-            Value::Phone(n) => format!("+{n}"),
+            Value::Phone(n) => e164_string(*n),
             Value::Email(e) => e.clone(),
         }
     }

@@ -21,14 +21,13 @@ use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted, now_ms}
 use crate::metrics::Metrics;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::normalize::Normalizer;
-use crate::screening::source::{ParsedEntry, Rejected, Value, parse_entry};
+use crate::screening::normalize::parse_e164;
+use crate::screening::source::{ParsedEntry, Rejected, Value, parse_entry, without_line_end};
 
 /// Lines per import transaction.
 pub const IMPORT_BATCH: usize = 20_000;
 /// Refused lines listed in an import report (all are counted).
 pub const MAX_REFUSED_LISTED: usize = 1000;
-/// Longest line text kept in a refusal.
-const MAX_TEXT: usize = 200;
 
 /// Store + set.
 pub struct Exceptions {
@@ -77,10 +76,7 @@ pub enum ImportError {
 /// How an entry's value is published to the set.
 fn parse_canonical(kind: Kind, value: &str) -> Option<Value> {
     match kind {
-        Kind::Phone => value
-            .strip_prefix('+')
-            .and_then(|d| d.parse().ok())
-            .map(Value::Phone),
+        Kind::Phone => parse_e164(value).map(Value::Phone),
         Kind::Email => Some(Value::Email(value.to_string())),
     }
 }
@@ -238,18 +234,14 @@ impl Exceptions {
             }
             read += n as u64;
             report.lines += 1;
-            let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            let text = without_line_end(&buf);
             match parse_entry(text, normalizer) {
                 Ok(Some(ParsedEntry {
                     value,
                     given,
                     comment,
                 })) => batch.push(NewEntry {
-                    kind: match value {
-                        Value::Phone(_) => Kind::Phone,
-                        Value::Email(_) => Kind::Email,
-                    },
+                    kind: value.kind(),
                     value: value.canonical(),
                     given,
                     comment,
@@ -260,15 +252,9 @@ impl Exceptions {
                 Err(reason) => {
                     report.refused += 1;
                     if report.refused_lines.len() < MAX_REFUSED_LISTED {
-                        let mut shown = String::from_utf8_lossy(text).into_owned();
-                        if let Some((cut, _)) = shown.char_indices().nth(MAX_TEXT) {
-                            shown.truncate(cut);
-                        }
-                        report.refused_lines.push(Rejected {
-                            line: report.lines,
-                            text: shown,
-                            reason: reason.to_string(),
-                        });
+                        report
+                            .refused_lines
+                            .push(Rejected::new(report.lines, text, reason));
                     }
                 }
             }

@@ -249,9 +249,7 @@ impl ExceptionStore for SqliteStore {
             let phone: bool = r.get(0)?;
             let v = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
             if phone {
-                let n = v
-                    .strip_prefix('+')
-                    .and_then(|d| d.parse::<u64>().ok())
+                let n = crate::screening::normalize::parse_e164(v)
                     .ok_or_else(|| StoreError::Corrupt(format!("phone value {v:?}")))?;
                 phones.push(n);
             } else {
