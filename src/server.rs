@@ -388,8 +388,11 @@ impl Server {
             let old = self.proxy.runtime();
             if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
                 || old.loaded.config.sip.tcp != runtime.loaded.config.sip.tcp
+                || old.loaded.config.sip.udp_receivers != runtime.loaded.config.sip.udp_receivers
             {
-                tracing::warn!("listener addresses changed: they take effect after a restart");
+                tracing::warn!(
+                    "listener addresses or udp_receivers changed: they take effect after a restart"
+                );
             }
             if old.loaded.config.store.data_dir != runtime.loaded.config.store.data_dir {
                 tracing::warn!("[store] data_dir changed: it takes effect after a restart");

@@ -548,3 +548,61 @@ async fn trailing_datagram_bytes_beyond_content_length_are_not_forwarded() {
     assert!(got.ends_with("m=audio 4000 RTP/AVP 0\r\n"), "{got}");
     h.stop().await;
 }
+
+/// With several receive threads on the UDP socket, bursts of calls are
+/// screened completely: every INVITE reaches the PBX once, with its own
+/// verdict, and the server still stops cleanly (its receivers exit).
+#[tokio::test]
+async fn several_udp_receivers_screen_bursts_of_calls() {
+    let h = Harness::start_with_sip("udp_receivers = 4\n").await;
+    let trunk = h.trunk.local_addr().unwrap();
+    // Bursts small enough for the test PBX socket's default buffer.
+    const BURSTS: usize = 8;
+    const BURST: usize = 25;
+    let mut seen = [false; BURSTS * BURST];
+    for b in 0..BURSTS {
+        for i in b * BURST..(b + 1) * BURST {
+            // Even calls from a listed number, odd ones from unlisted numbers.
+            let caller = if i.is_multiple_of(2) {
+                "+4915112345678".to_string()
+            } else {
+                format!("+49170555{i:05}")
+            };
+            let inv = invite(
+                h.sip_udp,
+                trunk,
+                "+4930901820",
+                &caller,
+                &format!("burst-{i}"),
+                "",
+            );
+            h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
+        }
+        for _ in 0..BURST {
+            let (got, _) = recv(&h.pbx).await;
+            let id = header(&got, "Call-ID").expect("Call-ID");
+            let i: usize = id.strip_prefix("burst-").unwrap().parse().unwrap();
+            assert!(!seen[i], "{id} forwarded twice");
+            seen[i] = true;
+            let want = if i.is_multiple_of(2) {
+                "exception"
+            } else {
+                "log"
+            };
+            assert_eq!(
+                header(&got, "X-CRM-Verdict").as_deref(),
+                Some(want),
+                "{got}"
+            );
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+    // The fourth receiver runs (other tests' servers have one each).
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(names.iter().any(|n| n.trim() == "sip-udp-3"), "{names:?}");
+    nothing(&h.pbx, 200).await;
+    h.stop().await;
+}

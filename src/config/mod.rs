@@ -211,6 +211,22 @@ sources = ["127.0.0.2/32"]
     }
 
     #[test]
+    fn udp_receivers_out_of_range_is_refused() {
+        assert_eq!(parse(MINIMAL).expect("valid").config.sip.udp_receivers, 1);
+        for n in [0, 65] {
+            let text = format!("{MINIMAL}\n[sip]\nudp_receivers = {n}\n");
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("sip.udp_receivers = {n} is outside 1..=64")),
+                "{err}"
+            );
+        }
+        let text = format!("{MINIMAL}\n[sip]\nudp_receivers = 8\n");
+        assert_eq!(parse(&text).expect("valid").config.sip.udp_receivers, 8);
+    }
+
+    #[test]
     fn unknown_key_is_an_error_at_its_place() {
         let text = MINIMAL.replace("[pbx]\n", "[pbx]\ntargte = 1\n");
         let err = parse(&text).unwrap_err();

@@ -200,6 +200,8 @@ pub struct SipConfig {
     pub max_tcp_connections: usize,
     /// A TCP connection silent for this long is closed, in seconds.
     pub tcp_idle_timeout_secs: u64,
+    /// Threads receiving (and handling) datagrams on each UDP listener.
+    pub udp_receivers: usize,
 }
 
 impl Default for SipConfig {
@@ -211,6 +213,7 @@ impl Default for SipConfig {
             advertise: None,
             max_tcp_connections: 4096,
             tcp_idle_timeout_secs: 600,
+            udp_receivers: 1,
         }
     }
 }

@@ -15,6 +15,9 @@ use super::{Config, Diagnostic};
 /// Smallest and largest `sip.max_message_bytes` accepted.
 pub const MESSAGE_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=1 << 20;
 
+/// `sip.udp_receivers` accepted.
+pub const UDP_RECEIVERS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
+
 pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
     let mut d = Vec::new();
     let none = 0..0;
@@ -33,6 +36,17 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
                 cfg.sip.max_message_bytes,
                 MESSAGE_LIMIT_RANGE.start(),
                 MESSAGE_LIMIT_RANGE.end()
+            ),
+        ));
+    }
+    if !UDP_RECEIVERS_RANGE.contains(&cfg.sip.udp_receivers) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!(
+                "sip.udp_receivers = {} is outside {}..={}",
+                cfg.sip.udp_receivers,
+                UDP_RECEIVERS_RANGE.start(),
+                UDP_RECEIVERS_RANGE.end()
             ),
         ));
     }

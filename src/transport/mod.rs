@@ -2,8 +2,11 @@
 //! framing (`crate::sip::framing`); every complete message is handed to the
 //! core as an [`Inbound`] and the core answers through a [`Sender`].
 //!
-//! Sending never blocks the caller: UDP uses `try_send_to` on the listening
-//! socket (so peers see our well-known port), TCP pushes into a bounded
+//! UDP listeners are read by dedicated threads in blocking `recvfrom` (one
+//! kernel wake-up per datagram, no runtime scheduling); TCP by async tasks.
+//!
+//! Sending never blocks the caller: UDP sends from the listening socket with
+//! `MSG_DONTWAIT` (so peers see our well-known port), TCP pushes into a bounded
 //! per-connection queue drained by that connection's writer task (a full
 //! queue drops the message and counts it; SIP over UDP loses packets too,
 //! and the sender retransmits).
@@ -118,7 +121,7 @@ pub async fn bind(
     cfg: &crate::config::SipConfig,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<Transports> {
-    let udp = udp::UdpSide::bind(&cfg.udp, metrics.clone()).await?;
+    let udp = udp::UdpSide::bind(&cfg.udp, cfg.udp_receivers, metrics.clone()).await?;
     let idle = std::time::Duration::from_secs(cfg.tcp_idle_timeout_secs.max(1));
     let tcp = tcp::TcpSide::bind(
         &cfg.tcp,

@@ -103,16 +103,21 @@ impl Harness {
 
     /// Starts with `admin` TOML lines added to the `[admin]` table.
     pub async fn start_with_admin(admin: &str) -> Harness {
-        Self::start_full("udp", admin, "").await
+        Self::start_full("udp", admin, "", "").await
+    }
+
+    /// Starts with `sip` TOML lines added to the `[sip]` table.
+    pub async fn start_with_sip(sip: &str) -> Harness {
+        Self::start_full("udp", "", sip, "").await
     }
 
     /// Starts with the PBX reached over `pbx_transport` and `extra` TOML
     /// appended to the base config.
     pub async fn start_with(pbx_transport: &str, extra: &str) -> Harness {
-        Self::start_full(pbx_transport, "", extra).await
+        Self::start_full(pbx_transport, "", "", extra).await
     }
 
-    async fn start_full(pbx_transport: &str, admin: &str, extra: &str) -> Harness {
+    async fn start_full(pbx_transport: &str, admin: &str, sip: &str, extra: &str) -> Harness {
         let trunk = UdpSocket::bind("127.0.0.2:0").await.expect("bind trunk");
         let pbx = UdpSocket::bind("127.0.0.1:0").await.expect("bind pbx");
         let stranger = UdpSocket::bind("127.0.0.3:0").await.expect("bind stranger");
@@ -134,6 +139,10 @@ impl Harness {
             .replace(
                 "listen = \"127.0.0.1:0\"\n",
                 &format!("listen = \"127.0.0.1:0\"\n{admin}"),
+            )
+            .replace(
+                "tcp = [\"127.0.0.1:0\"]\n",
+                &format!("tcp = [\"127.0.0.1:0\"]\n{sip}"),
             )
             + extra;
         let config_path = dir.path().join("sipscreen.toml");
@@ -188,7 +197,10 @@ impl Harness {
 
     pub async fn stop(self) {
         self.trigger.fire();
-        let _ = tokio::time::timeout(WAIT, self.task).await;
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the server stops within the wait")
+            .expect("the server task ends without panic");
     }
 }
 
