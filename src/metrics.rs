@@ -11,9 +11,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::config::{TransportKind, Verdict};
+use crate::runtime::Side;
+use crate::screening::Direction;
+use crate::sip::Method;
+use std::sync::OnceLock;
+
 type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
 type L4 = [(&'static str, &'static str); 4];
+
+/// Method slots of the message counter cache: every `Method`, then one
+/// for responses.
+const METHOD_SLOTS: usize = Method::Other as usize + 2;
+/// Slots of the message counter cache: transport x method x side.
+const MESSAGE_SLOTS: usize = 2 * METHOD_SLOTS * 3;
 
 /// Every metric sipscreen exports (names are prefixed `sipscreen_`).
 #[derive(Debug)]
@@ -21,8 +33,12 @@ pub struct Metrics {
     registry: Registry,
     /// SIP messages received, by transport, kind, method and side.
     sip_messages: Family<L4, Counter>,
-    /// INVITEs screened, by direction and verdict.
-    calls_screened: Family<L2, Counter>,
+    /// The `sip_messages` series, each fetched from the family once: a
+    /// family lookup hashes every label and takes a lock, per message.
+    message_counters: Box<[OnceLock<Counter>]>,
+    /// INVITEs screened (by direction and verdict): the family's four
+    /// series, indexed by `screened_slot`.
+    screened_counters: [Counter; 4],
     /// Time from receiving an INVITE to handing it to the transport.
     screening_seconds: Histogram,
     /// Entries in the exception set, by type. Steady: the list size; a
@@ -165,9 +181,12 @@ impl Metrics {
         );
         // Known label sets start at 0, so dashboards and rate() see a
         // series before the first event.
-        for d in ["inbound", "outbound"] {
-            for v in ["log", "exception"] {
-                let _ = calls_screened.get_or_create(&[("direction", d), ("verdict", v)]);
+        let mut screened_counters: [Counter; 4] = Default::default();
+        for d in [Direction::Inbound, Direction::Outbound] {
+            for v in [Verdict::Log, Verdict::Exception] {
+                screened_counters[screened_slot(d, v)] = calls_screened
+                    .get_or_create(&[("direction", d.as_str()), ("verdict", v.as_str())])
+                    .clone();
             }
         }
         for v in ["log", "exception"] {
@@ -189,7 +208,8 @@ impl Metrics {
             crm_dead_letters,
             registry,
             sip_messages,
-            calls_screened,
+            message_counters: (0..MESSAGE_SLOTS).map(|_| OnceLock::new()).collect(),
+            screened_counters,
             screening_seconds,
             exception_entries,
             config_reloads,
@@ -200,28 +220,42 @@ impl Metrics {
     }
 
     /// Counts one received SIP message.
-    pub fn message(
-        &self,
-        transport: &'static str,
-        kind: &'static str,
-        method: &'static str,
-        side: &'static str,
-    ) {
-        self.sip_messages
-            .get_or_create(&[
-                ("transport", transport),
-                ("kind", kind),
-                ("method", method),
-                ("side", side),
-            ])
+    /// Counts one received message (`method`: `None` for a response).
+    pub fn message(&self, transport: TransportKind, method: Option<Method>, side: Side) {
+        let t = match transport {
+            TransportKind::Udp => 0,
+            TransportKind::Tcp => 1,
+        };
+        let m = method.map_or(METHOD_SLOTS - 1, |m| m as usize);
+        let s = match side {
+            Side::Trunk(_) => 0,
+            Side::Pbx => 1,
+            Side::Unknown => 2,
+        };
+        self.message_counters[(t * METHOD_SLOTS + m) * 3 + s]
+            .get_or_init(|| {
+                self.sip_messages
+                    .get_or_create(&[
+                        ("transport", transport.as_str()),
+                        (
+                            "kind",
+                            if method.is_some() {
+                                "request"
+                            } else {
+                                "response"
+                            },
+                        ),
+                        ("method", method.map_or("response", Method::label)),
+                        ("side", side.label()),
+                    ])
+                    .clone()
+            })
             .inc();
     }
 
     /// Counts one screened call.
-    pub fn screened(&self, direction: &'static str, verdict: &'static str) {
-        self.calls_screened
-            .get_or_create(&[("direction", direction), ("verdict", verdict)])
-            .inc();
+    pub fn screened(&self, direction: Direction, verdict: Verdict) {
+        self.screened_counters[screened_slot(direction, verdict)].inc();
     }
 
     /// Records how long one INVITE took, in seconds.
@@ -327,6 +361,18 @@ impl Metrics {
     }
 }
 
+/// Index of a (direction, verdict) pair in `screened_counters`.
+fn screened_slot(d: Direction, v: Verdict) -> usize {
+    let d = match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 2,
+    };
+    d + match v {
+        Verdict::Log => 0,
+        Verdict::Exception => 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,8 +380,8 @@ mod tests {
     #[test]
     fn exposition_has_every_family_with_prefix() {
         let m = Metrics::new();
-        m.message("udp", "request", "INVITE", "trunk");
-        m.screened("inbound", "exception");
+        m.message(TransportKind::Udp, Some(Method::Invite), Side::Trunk(0));
+        m.screened(Direction::Inbound, Verdict::Exception);
         m.screening_time(1e-6);
         m.set_exception_entries(3, 1);
         m.reload(false);
@@ -354,5 +400,72 @@ mod tests {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         assert_eq!(m.sip_error_count("max_forwards"), 1);
+    }
+
+    /// Every cached message series carries its own labels: each
+    /// combination is counted a different number of times and read back.
+    #[test]
+    fn message_counter_cache_maps_every_combination_to_its_labels() {
+        let m = Metrics::new();
+        let methods = [
+            Method::Invite,
+            Method::Ack,
+            Method::Bye,
+            Method::Cancel,
+            Method::Register,
+            Method::Options,
+            Method::Refer,
+            Method::Update,
+            Method::Prack,
+            Method::Info,
+            Method::Message,
+            Method::Notify,
+            Method::Subscribe,
+            Method::Publish,
+            Method::Other,
+        ];
+        let mut want = Vec::new();
+        let mut k = 0;
+        for t in [TransportKind::Udp, TransportKind::Tcp] {
+            for method in methods.iter().copied().map(Some).chain([None]) {
+                for side in [Side::Trunk(3), Side::Pbx, Side::Unknown] {
+                    k += 1;
+                    for _ in 0..k {
+                        m.message(t, method, side);
+                    }
+                    want.push(format!(
+                        "sipscreen_sip_messages_total{{transport=\"{}\",kind=\"{}\",method=\"{}\",side=\"{}\"}} {k}\n",
+                        t.as_str(),
+                        if method.is_some() { "request" } else { "response" },
+                        method.map_or("response", Method::label),
+                        side.label()
+                    ));
+                }
+            }
+        }
+        assert_eq!(want.len(), MESSAGE_SLOTS);
+        let text = m.encode();
+        for w in want {
+            assert!(text.contains(&w), "missing {w} in\n{text}");
+        }
+        for (d, v, n) in [
+            (Direction::Inbound, Verdict::Log, 1),
+            (Direction::Inbound, Verdict::Exception, 2),
+            (Direction::Outbound, Verdict::Log, 3),
+            (Direction::Outbound, Verdict::Exception, 4),
+        ] {
+            for _ in 0..n {
+                m.screened(d, v);
+            }
+        }
+        let text = m.encode();
+        for w in [
+            "sipscreen_calls_screened_total{direction=\"inbound\",verdict=\"log\"} 1\n",
+            "sipscreen_calls_screened_total{direction=\"inbound\",verdict=\"exception\"} 2\n",
+            "sipscreen_calls_screened_total{direction=\"outbound\",verdict=\"log\"} 3\n",
+            "sipscreen_calls_screened_total{direction=\"outbound\",verdict=\"exception\"} 4\n",
+        ] {
+            assert!(text.contains(w), "missing {w} in\n{text}");
+        }
     }
 }

@@ -221,16 +221,7 @@ impl Handler for Proxy {
         };
         let side = rt.routing.classify(inb.remote.ip());
         let method = msg.method();
-        self.metrics.message(
-            inb.transport.as_str(),
-            if method.is_some() {
-                "request"
-            } else {
-                "response"
-            },
-            method.map_or("response", Method::label),
-            side.label(),
-        );
+        self.metrics.message(inb.transport, method, side);
         let mut screened = None;
         let outcome = if too_large {
             if method.is_some() {
@@ -264,7 +255,7 @@ impl Handler for Proxy {
                 if self.send(out, transport, dest, data) {
                     if let Some(s) = &screened {
                         self.metrics
-                            .screened(s.screening.direction.as_str(), s.screening.verdict.as_str());
+                            .screened(s.screening.direction, s.screening.verdict);
                         self.metrics.screening_time(t0.elapsed().as_secs_f64());
                     }
                     if let Some(calls) = self.calls.get() {

@@ -35,6 +35,8 @@ pub enum Method {
     Notify,
     Subscribe,
     Publish,
+    /// Any other method. Keep it last: the metrics index a table by the
+    /// discriminant.
     Other,
 }
 
