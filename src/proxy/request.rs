@@ -431,7 +431,10 @@ pub fn write_received(req: &Message, remote: SocketAddr, out: &mut Vec<u8>) {
 /// A request that comes back through us on the same branch is a loop
 /// (RFC 3261 §16.3 step 4); a spiral (new Request-URI) is not.
 fn is_loop(local: &Local, msg: &Message) -> bool {
-    let finder = memchr::memmem::Finder::new(BRANCH_PREFIX);
+    // Built once: building a searcher costs more than one search.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(BRANCH_PREFIX));
+    let finder = &*FINDER;
     if !msg
         .all(HeaderName::Via)
         .any(|h| finder.find(msg.slice(h.value_range())).is_some())
