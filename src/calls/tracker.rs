@@ -159,7 +159,7 @@ impl Tracker {
                     &self.cfg.sinks,
                     &call,
                     "call.started",
-                    json!({}),
+                    || json!({}),
                 );
                 self.calls.insert(call.new.sip_call_id.clone(), call);
             }
@@ -182,7 +182,7 @@ impl Tracker {
                             &self.cfg.sinks,
                             call,
                             "call.answered",
-                            json!({"answer": rfc3339(ms(at))}),
+                            || json!({"answer": rfc3339(ms(at))}),
                         );
                     }
                     300..=699 if call.answer.is_none() => {
@@ -259,7 +259,7 @@ impl Tracker {
                                 &self.cfg.sinks,
                                 call,
                                 "call.responsible_changed",
-                                json!({"previous": previous, "at": rfc3339(ms(at))}),
+                                || json!({"previous": previous, "at": rfc3339(ms(at))}),
                             );
                         }
                     }
@@ -305,19 +305,22 @@ impl Tracker {
             &self.cfg.sinks,
             &call,
             "call.ended",
-            json!({"status": status, "outcome": outcome, "duration": duration,
-                   "end": rec.end, "answered": call.answer.is_some()}),
+            || {
+                json!({"status": status, "outcome": outcome, "duration": duration,
+                   "end": rec.end, "answered": call.answer.is_some()})
+            },
         );
     }
 }
 
-/// Queues `kind` for every sink, for `log` calls only.
+/// Queues `kind` for every sink, for `log` calls only (`extra`, the
+/// event's own fields, is built only then).
 fn event(
     pending: &mut Vec<NewEvent>,
     sinks: &[String],
     call: &Call,
     kind: &str,
-    extra: serde_json::Value,
+    extra: impl FnOnce() -> serde_json::Value,
 ) {
     {
         if call.new.verdict != Verdict::Log || sinks.is_empty() {
@@ -337,6 +340,7 @@ fn event(
             "responsible": call.responsible,
             "start": rfc3339(ms(call.start)),
         });
+        let extra = extra();
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             for (k, x) in e {
                 o.insert(k.clone(), x.clone());
