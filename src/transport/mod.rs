@@ -2,8 +2,9 @@
 //! framing (`crate::sip::framing`); every complete message is handed to the
 //! core as an [`Inbound`] and the core answers through a [`Sender`].
 //!
-//! UDP listeners are read by dedicated threads in blocking `recvfrom` (one
-//! kernel wake-up per datagram, no runtime scheduling); TCP by async tasks.
+//! UDP listeners are read by dedicated threads in a blocking, batched
+//! receive (the kernel wakes them directly, no runtime scheduling); TCP by
+//! async tasks.
 //!
 //! Sending never blocks the caller: UDP sends from the listening socket with
 //! `MSG_DONTWAIT` (so peers see our well-known port), TCP pushes into a bounded
@@ -11,6 +12,7 @@
 //! queue drops the message and counts it; SIP over UDP loses packets too,
 //! and the sender retransmits).
 
+mod batch;
 mod tcp;
 mod udp;
 
