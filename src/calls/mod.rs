@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use crate::config::Verdict;
 use crate::metrics::Metrics;
 use crate::screening::{Client, CreateTag, Direction};
@@ -28,8 +30,9 @@ pub const CHANNEL: usize = 65_536;
 /// A call the proxy has just screened and forwarded.
 #[derive(Debug, Clone)]
 pub struct NewCall {
-    /// The SIP Call-ID.
-    pub sip_call_id: String,
+    /// The SIP Call-ID: a slice of the received message (no copy on the
+    /// SIP path; the tracker keeps its own copy).
+    pub sip_call_id: Bytes,
     /// `X-CRM-Call-Id`.
     pub call_id: String,
     pub direction: Direction,
@@ -54,14 +57,14 @@ pub enum SipEvent {
     Invite(Box<NewCall>, SystemTime),
     /// A response to an INVITE was forwarded.
     InviteResponse {
-        sip_call_id: String,
+        sip_call_id: Bytes,
         code: u16,
         at: SystemTime,
     },
     /// BYE, CANCEL or REFER was forwarded (`refer_to`: the REFER's target
     /// user).
     Request {
-        sip_call_id: String,
+        sip_call_id: Bytes,
         kind: RequestKind,
         refer_to: Option<String>,
         at: SystemTime,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use serde_json::json;
 
 use super::log::{CallLog, CallRecord, Transfer};
@@ -20,13 +21,18 @@ use crate::screening::{Client, CreateTag};
 use crate::store::{NewEvent, OutboxStore, now_ms};
 
 /// How often the tracker drains the channel.
-const TICK: Duration = Duration::from_millis(10);
+/// Each wake-up costs the same whatever it finds (measured on the load
+/// test: about 27 us of CPU on a VM, 2 % of the sidecar's CPU at 10 ms);
+/// the channel holds far more than a tick's events at any sane rate.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Calls tracked at once; beyond this, new calls are not tracked (counted).
 pub const MAX_CALLS: usize = 200_000;
 
 struct Call {
     new: NewCall,
+    /// The SIP Call-ID as text (for the log).
+    sip_call_id: String,
     start: SystemTime,
     ringing: bool,
     answer: Option<SystemTime>,
@@ -51,7 +57,8 @@ pub struct TrackerConfig {
 
 /// The tracker's state; `run` drives it.
 pub struct Tracker {
-    calls: HashMap<String, Call>,
+    /// By SIP Call-ID (its bytes as received).
+    calls: HashMap<Box<[u8]>, Call>,
     log: CallLog,
     outbox: Arc<dyn OutboxStore>,
     metrics: Arc<Metrics>,
@@ -137,16 +144,21 @@ impl Tracker {
     pub fn handle(&mut self, ev: SipEvent) {
         match ev {
             SipEvent::Invite(new, at) => {
-                if self.calls.contains_key(&new.sip_call_id) {
+                if self.calls.contains_key(&new.sip_call_id[..]) {
                     return;
                 }
                 if self.calls.len() >= MAX_CALLS {
                     self.metrics.call_event_dropped();
                     return;
                 }
+                let mut new = *new;
+                let key: Box<[u8]> = new.sip_call_id[..].into();
+                // The slice of the received datagram is not kept.
+                new.sip_call_id = Bytes::new();
                 let call = Call {
+                    sip_call_id: String::from_utf8_lossy(&key).into_owned(),
                     responsible: new.responsible.clone(),
-                    new: *new,
+                    new,
                     start: at,
                     ringing: false,
                     answer: None,
@@ -161,14 +173,14 @@ impl Tracker {
                     "call.started",
                     || json!({}),
                 );
-                self.calls.insert(call.new.sip_call_id.clone(), call);
+                self.calls.insert(key, call);
             }
             SipEvent::InviteResponse {
                 sip_call_id,
                 code,
                 at,
             } => {
-                let Some(call) = self.calls.get_mut(&sip_call_id) else {
+                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
                     return;
                 };
                 call.last = Instant::now();
@@ -176,7 +188,7 @@ impl Tracker {
                     180..=199 => call.ringing = true,
                     200..=299 if call.answer.is_none() => {
                         call.answer = Some(at);
-                        let call = &self.calls[&sip_call_id];
+                        let call = &self.calls[&sip_call_id[..]];
                         event(
                             &mut self.pending,
                             &self.cfg.sinks,
@@ -202,7 +214,7 @@ impl Tracker {
                 refer_to,
                 at,
             } => {
-                let Some(call) = self.calls.get_mut(&sip_call_id) else {
+                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
                     return;
                 };
                 call.last = Instant::now();
@@ -253,7 +265,7 @@ impl Tracker {
                             && call.responsible.as_deref() != Some(to.as_str())
                         {
                             let previous = call.responsible.replace(to.clone());
-                            let call = &self.calls[&sip_call_id];
+                            let call = &self.calls[&sip_call_id[..]];
                             event(
                                 &mut self.pending,
                                 &self.cfg.sinks,
@@ -270,7 +282,7 @@ impl Tracker {
 
     /// Ends calls idle for longer than the limit.
     pub fn expire(&mut self, now: Instant) {
-        let idle: Vec<String> = self
+        let idle: Vec<Box<[u8]>> = self
             .calls
             .iter()
             .filter(|(_, c)| now.duration_since(c.last) >= self.cfg.max_idle)
@@ -288,7 +300,7 @@ impl Tracker {
         }
     }
 
-    fn finish(&mut self, key: &str, status: u16, outcome: &'static str, at: SystemTime) {
+    fn finish(&mut self, key: &[u8], status: u16, outcome: &'static str, at: SystemTime) {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
@@ -381,7 +393,7 @@ fn record(c: &Call, status: u16, outcome: &str, end: SystemTime, duration: u64) 
     let n = &c.new;
     CallRecord {
         call_id: n.call_id.clone(),
-        sip_call_id: n.sip_call_id.clone(),
+        sip_call_id: c.sip_call_id.clone(),
         direction: n.direction.as_str().to_string(),
         line: n.line.map(e164_string),
         client: client_str(n.client),

@@ -114,8 +114,8 @@ impl Proxy {
 }
 
 /// Reports a forwarded message to the call tracker: screened INVITEs,
-/// BYE / CANCEL / REFER, and responses to INVITEs (180 and up). One small
-/// allocation per reported message; never blocks.
+/// BYE / CANCEL / REFER, and responses to INVITEs (180 and up). The
+/// Call-ID travels as a slice of the received bytes; never blocks.
 fn report(
     calls: &CallEvents,
     msg: &Message,
@@ -124,7 +124,7 @@ fn report(
     screened: Option<&Screened<'_>>,
 ) {
     let at = std::time::SystemTime::now();
-    let sip_call_id = || String::from_utf8_lossy(msg.call_id()).into_owned();
+    let sip_call_id = || msg.buf().slice_ref(msg.call_id());
     if let Some(s) = screened {
         let sc = &s.screening;
         let new = NewCall {
