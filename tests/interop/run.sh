@@ -24,6 +24,8 @@
 #      =exception with the crm_call_id; agent 101 calls out through the
 #      [to-carrier] context and the carrier sees no X-CRM-*. Without network
 #      to build the chroot, g fails.
+#   h. the systemd unit in deploy/systemd passes `systemd-analyze verify`
+#      and scores a sandboxing exposure of at most 2.0.
 #
 # Every scenario starts its own sipscreen with its own config in a temp
 # dir, on loopback ports of its own (checked free first), and stops every
@@ -58,6 +60,7 @@ install_peers() {
   command -v ss >/dev/null 2>&1 || need+=(iproute2)
   command -v setsid >/dev/null 2>&1 || need+=(util-linux)
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
   # builds the Debian sid chroot that Asterisk runs in (scenario g)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
   if [ ${#need[@]} -gt 0 ]; then
@@ -70,7 +73,7 @@ install_peers() {
       log "apt-get install ${need[*]} failed"
   fi
   local ok=1
-  for tool in sipp kamailio baresip ss setsid; do
+  for tool in sipp kamailio baresip ss setsid systemd-analyze; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing: $tool"; ok=0; }
   done
   [ "$ok" = 1 ]
@@ -656,6 +659,24 @@ scenario_promtool() {
   grep -E "SUCCESS|FAILED" promtool.out | sed 's/^/    /'
 }
 
+# h: the shipped systemd unit: `systemd-analyze verify` accepts it (with
+# the binary path pointed at the one under test) and its sandboxing scores
+# an exposure of at most 2.0 (`systemd-analyze security`; 0 is fully
+# locked down, 10 not at all). No systemd runs as PID 1 here, so the unit
+# is checked, not started.
+scenario_systemd() {
+  sed "s|/usr/local/bin/sipscreen|$BIN|g" "$REPO/deploy/systemd/sipscreen.service" >sipscreen.service
+  systemd-analyze verify ./sipscreen.service >verify.out 2>&1 ||
+    fail "systemd-analyze verify: $(cat verify.out)"
+  [ -s verify.out ] && fail "systemd-analyze verify warns: $(cat verify.out)"
+  systemd-analyze security --offline=yes ./sipscreen.service >security.out 2>&1
+  local level
+  level=$(sed -n 's/.*Overall exposure level for sipscreen.service: \([0-9.]*\).*/\1/p' security.out)
+  log "    exposure level ${level:-?} (systemd-analyze security)"
+  systemd-analyze security --offline=yes --threshold=20 ./sipscreen.service >/dev/null 2>&1 ||
+    fail "exposure level ${level:-?} is above 2.0: $(grep -E '^✗' security.out | head -5)"
+}
+
 # g: Asterisk 22 (Debian sid, in a chroot) runs the shipped
 # deploy/asterisk/pjsip.conf and extensions.conf behind sipscreen.
 scenario_asterisk() {
@@ -912,7 +933,8 @@ run() {
     [ "$ERRORS" -gt 0 ] && show_logs
     [ "$ERRORS" -eq 0 ]
   )
-  if [ $? -eq 0 ]; then
+  local status=$?
+  if [ "$status" -eq 0 ]; then
     PASSED=$((PASSED + 1))
     log "   PASS $name ($((SECONDS - start_s))s)"
   else
@@ -941,6 +963,7 @@ else
   log "== f. promtool not available (Debian package prometheus): rules not checked"
 fi
 run "g. Asterisk 22 (deploy/asterisk, Debian sid chroot) between sipscreen and SIPp agents" scenario_asterisk
+run "h. systemd unit (deploy/systemd): verify, sandboxing exposure <= 2.0" scenario_systemd
 
 [ "$FAILED" -gt 0 ] && KEEP=1
 [ "$KEEP" = 1 ] && log "logs kept in $TMP"
