@@ -768,3 +768,57 @@ async fn a_reinvite_naming_a_new_party_is_a_transfer() {
     assert_eq!(transfers[0]["to"], "208");
     h.stop().await;
 }
+
+/// A CRM that cannot be reached: the delivery error kept in the outbox
+/// (and logged) says why — the cause, not only "error sending request" —
+/// and never carries the secret in the sink's URL (a Bitrix24 inbound
+/// webhook's token is part of its path).
+#[tokio::test]
+async fn an_unreachable_crm_is_explained_without_the_url_secret() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap();
+    drop(closed);
+    let cfg = format!(
+        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{down}/rest/1/s3cr3tPATHtoken/\"\n\
+         [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{down}/hook?key=s3cr3tQUERYtoken\"\n"
+    );
+    let h = Harness::start_with("udp", &cfg).await;
+    let c = Call::inbound(&h, "+4917033333333", "+4930901820", "crm-down").await;
+    c.respond(486, "Busy Here").await;
+
+    let db = h.dir.path().join("data").join("sipscreen.db");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let errors = loop {
+        let rows: Vec<(String, Option<String>)> = {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let mut st = conn
+                .prepare("SELECT sink, last_error FROM outbox ORDER BY id")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let tried = rows.iter().filter(|(_, e)| e.is_some()).count();
+        let sinks: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(s, _)| s.as_str())
+            .collect();
+        if sinks.len() == 2 {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt for both sinks ({tried} of {} rows): {rows:?}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (sink, e) in errors.iter().filter(|(_, e)| e.is_some()) {
+        let e = e.as_deref().unwrap();
+        assert!(e.contains("Connection refused"), "{sink}: {e}");
+        assert!(!e.contains("s3cr3t"), "{sink}: the URL's secret in {e}");
+    }
+    h.stop().await;
+}

@@ -60,7 +60,7 @@ impl Bitrix24 {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("bitrix24 {name:?}: {e}"))?;
+            .map_err(|e| format!("bitrix24 {name:?}: {}", super::http_error(e)))?;
         Ok(Bitrix24 {
             name: name.to_string(),
             auth,
@@ -103,7 +103,7 @@ impl Bitrix24 {
                 .send()
                 .await
                 .map_err(|e| Delivery::Retry {
-                    error: format!("{method}: {e}"),
+                    error: format!("{method}: {}", super::http_error(e)),
                     rate_limited: false,
                 })?;
             let status = resp.status().as_u16();
@@ -176,7 +176,7 @@ impl Bitrix24 {
             ])
             .send()
             .await
-            .map_err(|e| retry(format!("OAuth refresh: {e}")))?;
+            .map_err(|e| retry(format!("OAuth refresh: {}", super::http_error(e))))?;
         let status = resp.status().as_u16();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         match (v["access_token"].as_str(), v["refresh_token"].as_str()) {

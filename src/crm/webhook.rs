@@ -29,7 +29,7 @@ impl Webhook {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("webhook {name:?}: {e}"))?;
+            .map_err(|e| format!("webhook {name:?}: {}", super::http_error(e)))?;
         Ok(Webhook {
             name: name.to_string(),
             url: url.to_string(),
@@ -70,7 +70,7 @@ impl Sink for Webhook {
                 by_status(status, &body)
             }
             Err(e) => Delivery::Retry {
-                error: format!("{e}"),
+                error: super::http_error(e),
                 rate_limited: false,
             },
         }
