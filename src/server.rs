@@ -337,7 +337,6 @@ impl Server {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
         let sinks = crm_sinks(&cfg.crm, &store)?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
@@ -358,6 +357,8 @@ impl Server {
         );
         let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
         proxy.track_calls(CallEvents::new(tx, metrics.clone()));
+        // Last: everything that can refuse to start has been built.
+        tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
         Ok(Server {
             store,
             tracker: Mutex::new(Some((tracker, rx))),

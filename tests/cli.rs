@@ -157,3 +157,36 @@ fn sighup_with_a_bad_config_keeps_serving_then_sigterm_stops() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// A CRM sink that cannot be built (its secret's environment variable is
+/// unset) stops `serve` before it says it is ready: exit code 2, the
+/// reason named, no "sipscreen ready" line an operator or a supervisor
+/// could take for a start.
+#[test]
+fn a_sink_that_cannot_be_built_stops_serve_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "127.0.0.1:5080".parse().unwrap(), "CALL");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[crm]\n[[crm.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"SIPSCREEN_TEST_UNSET_SECRET\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("SIPSCREEN_TEST_UNSET_SECRET")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("SIPSCREEN_TEST_UNSET_SECRET is not set"),
+        "{log}"
+    );
+    assert!(!log.contains("sipscreen ready"), "{log}");
+}
