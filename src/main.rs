@@ -200,6 +200,13 @@ fn client(args: &ApiArgs, f: impl FnOnce(&Api) -> Result<(), CliError>) -> ExitC
 fn check_config(path: &std::path::Path) -> ExitCode {
     match server::prepare(path, Arc::new(ExceptionSet::new())) {
         Ok((rt, report)) => {
+            let sinks = match server::check_crm(&rt.loaded.config.crm) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
             let file = rt
                 .loaded
                 .config
@@ -217,12 +224,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 );
             }
             println!(
-                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s)",
+                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s), {} CRM sink(s)",
                 path.display(),
                 rt.loaded.config.lines.len(),
                 rt.loaded.config.trunks.len(),
                 report.phones.len(),
-                report.emails.len()
+                report.emails.len(),
+                sinks
             );
             if report.rejected.is_empty() {
                 ExitCode::SUCCESS

@@ -159,11 +159,12 @@ fn sighup_with_a_bad_config_keeps_serving_then_sigterm_stops() {
 }
 
 /// A CRM sink that cannot be built (its secret's environment variable is
-/// unset) stops `serve` before it says it is ready: exit code 2, the
-/// reason named, no "sipscreen ready" line an operator or a supervisor
-/// could take for a start.
+/// unset) is refused by `check-config` (what systemd's ExecStartPre and
+/// ExecReload run) and stops `serve` before it says it is ready: exit code
+/// 2, the reason named, no "sipscreen ready" line an operator or a
+/// supervisor could take for a start. With the variable set, both pass.
 #[test]
-fn a_sink_that_cannot_be_built_stops_serve_before_ready() {
+fn a_sink_that_cannot_be_built_is_refused_before_ready() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "127.0.0.1:5080".parse().unwrap(), "CALL");
     let mut text = std::fs::read_to_string(&path).unwrap();
@@ -171,6 +172,31 @@ fn a_sink_that_cannot_be_built_stops_serve_before_ready() {
         "\n[crm]\n[[crm.webhook]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"SIPSCREEN_TEST_UNSET_SECRET\"\n",
     );
     std::fs::write(&path, text).unwrap();
+    let check = |set: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["check-config", "--config"]).arg(&path);
+        if set {
+            c.env("SIPSCREEN_TEST_UNSET_SECRET", "s3cret");
+        } else {
+            c.env_remove("SIPSCREEN_TEST_UNSET_SECRET");
+        }
+        c.output().unwrap()
+    };
+    let refused = check(false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sipscreen.toml: [crm]: sink \"hook\": environment variable SIPSCREEN_TEST_UNSET_SECRET is not set"),
+        "{err}"
+    );
+    let ok = check(true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(", 1 CRM sink(s)"));
+
     let out = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&path)
