@@ -30,9 +30,6 @@ pub const CHANNEL: usize = 65_536;
 /// A call the proxy has just screened and forwarded.
 #[derive(Debug, Clone)]
 pub struct NewCall {
-    /// The SIP Call-ID: a slice of the received message (no copy on the
-    /// SIP path; the tracker keeps its own copy).
-    pub sip_call_id: Bytes,
     /// `X-CRM-Call-Id`.
     pub call_id: String,
     pub direction: Direction,
@@ -53,8 +50,14 @@ pub struct NewCall {
 /// What the SIP path reports.
 #[derive(Debug)]
 pub enum SipEvent {
-    /// A dialog-creating INVITE was forwarded.
-    Invite(Box<NewCall>, SystemTime),
+    /// A dialog-creating INVITE was forwarded. Every event names its call
+    /// by SIP Call-ID: a slice of the received message (no copy on the SIP
+    /// path; the tracker copies it once per new call).
+    Invite {
+        sip_call_id: Bytes,
+        call: Box<NewCall>,
+        at: SystemTime,
+    },
     /// A response to an INVITE was forwarded.
     InviteResponse {
         sip_call_id: Bytes,

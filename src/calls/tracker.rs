@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use serde_json::json;
 
 use super::log::{CallLog, CallRecord, Transfer};
@@ -31,8 +30,6 @@ pub const MAX_CALLS: usize = 200_000;
 
 struct Call {
     new: NewCall,
-    /// The SIP Call-ID as text (for the log).
-    sip_call_id: String,
     start: SystemTime,
     ringing: bool,
     answer: Option<SystemTime>,
@@ -143,22 +140,21 @@ impl Tracker {
     /// Handles one event (public for tests that drive it directly).
     pub fn handle(&mut self, ev: SipEvent) {
         match ev {
-            SipEvent::Invite(new, at) => {
-                if self.calls.contains_key(&new.sip_call_id[..]) {
+            SipEvent::Invite {
+                sip_call_id,
+                call: new,
+                at,
+            } => {
+                if self.calls.contains_key(&sip_call_id[..]) {
                     return;
                 }
                 if self.calls.len() >= MAX_CALLS {
                     self.metrics.call_event_dropped();
                     return;
                 }
-                let mut new = *new;
-                let key: Box<[u8]> = new.sip_call_id[..].into();
-                // The slice of the received datagram is not kept.
-                new.sip_call_id = Bytes::new();
                 let call = Call {
-                    sip_call_id: String::from_utf8_lossy(&key).into_owned(),
                     responsible: new.responsible.clone(),
-                    new,
+                    new: *new,
                     start: at,
                     ringing: false,
                     answer: None,
@@ -173,7 +169,9 @@ impl Tracker {
                     "call.started",
                     || json!({}),
                 );
-                self.calls.insert(key, call);
+                // A copy: the slice would hold the received datagram's
+                // buffer for the whole call.
+                self.calls.insert(sip_call_id[..].into(), call);
             }
             SipEvent::InviteResponse {
                 sip_call_id,
@@ -307,7 +305,7 @@ impl Tracker {
         let duration = call
             .answer
             .map_or(0, |a| at.duration_since(a).map_or(0, |d| d.as_secs()));
-        let rec = record(&call, status, outcome, at, duration);
+        let rec = record(key, &call, status, outcome, at, duration);
         if let Err(e) = self.log.append(&rec) {
             tracing::error!(error = %e, "writing the call log failed");
         }
@@ -389,11 +387,19 @@ fn client_str(c: Client) -> String {
     }
 }
 
-fn record(c: &Call, status: u16, outcome: &str, end: SystemTime, duration: u64) -> CallRecord {
+/// The call log's record of `c`, whose SIP Call-ID is `sip_call_id`.
+fn record(
+    sip_call_id: &[u8],
+    c: &Call,
+    status: u16,
+    outcome: &str,
+    end: SystemTime,
+    duration: u64,
+) -> CallRecord {
     let n = &c.new;
     CallRecord {
         call_id: n.call_id.clone(),
-        sip_call_id: c.sip_call_id.clone(),
+        sip_call_id: String::from_utf8_lossy(sip_call_id).into_owned(),
         direction: n.direction.as_str().to_string(),
         line: n.line.map(e164_string),
         client: client_str(n.client),

@@ -128,7 +128,6 @@ fn report(
     if let Some(s) = screened {
         let sc = &s.screening;
         let new = NewCall {
-            sip_call_id: sip_call_id(),
             call_id: String::from_utf8_lossy(&s.call_id).into_owned(),
             direction: sc.direction,
             verdict: sc.verdict,
@@ -141,7 +140,11 @@ fn report(
             update_directory_on_transfer: sc.settings.update_directory_on_transfer,
             offer: sc.settings.create == crate::config::CreateMode::Offer,
         };
-        calls.send(SipEvent::Invite(Box::new(new), at));
+        calls.send(SipEvent::Invite {
+            sip_call_id: sip_call_id(),
+            call: Box::new(new),
+            at,
+        });
         return;
     }
     let kind = match method {
