@@ -61,13 +61,14 @@ impl Api {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> CliError {
-        let mut msg = format!("cannot reach the sipscreen API at {}: {e}", self.base);
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        CliError::new(3, msg)
+        CliError::new(
+            3,
+            format!(
+                "cannot reach the sipscreen API at {}: {}",
+                self.base,
+                crate::error_chain(&e)
+            ),
+        )
     }
 
     /// `exceptions list`

@@ -30,3 +30,19 @@ pub mod shutdown;
 pub mod sip;
 pub mod store;
 pub mod transport;
+
+/// An error and its causes as one line, "outer: inner: innermost" (a cause
+/// the message above already ends with is not repeated; hyper does that).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let part = s.to_string();
+        if !msg.ends_with(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        src = s.source();
+    }
+    msg
+}

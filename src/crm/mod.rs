@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::{OutEvent, OutboxStore, now_ms};
 
 /// An HTTP client error as text for logs and the outbox: its whole cause
 /// chain ("error sending request: client error (Connect): tcp connect
@@ -20,22 +22,8 @@ use crate::metrics::Metrics;
 /// webhook URL carries its secret token in the path, and a webhook URL
 /// may carry one in its query.
 pub fn http_error(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let part = s.to_string();
-        // hyper repeats its inner error in its own message at times.
-        if !msg.ends_with(&part) {
-            msg.push_str(": ");
-            msg.push_str(&part);
-        }
-        src = s.source();
-    }
-    msg
+    crate::error_chain(&e.without_url())
 }
-use crate::shutdown::Shutdown;
-use crate::store::{OutEvent, OutboxStore, now_ms};
 
 /// Longest wait between retries.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
