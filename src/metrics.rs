@@ -11,11 +11,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use std::sync::OnceLock;
+
 use crate::config::{TransportKind, Verdict};
 use crate::runtime::Side;
 use crate::screening::Direction;
 use crate::sip::Method;
-use std::sync::OnceLock;
 
 type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
@@ -219,13 +220,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one received SIP message.
-    /// Counts one received message (`method`: `None` for a response).
+    /// Counts one received SIP message (`method`: `None` for a response).
     pub fn message(&self, transport: TransportKind, method: Option<Method>, side: Side) {
-        let t = match transport {
-            TransportKind::Udp => 0,
-            TransportKind::Tcp => 1,
-        };
+        let t = transport as usize;
         let m = method.map_or(METHOD_SLOTS - 1, |m| m as usize);
         let s = match side {
             Side::Trunk(_) => 0,

@@ -123,7 +123,7 @@ pub async fn bind(
     cfg: &crate::config::SipConfig,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<Transports> {
-    let udp = udp::UdpSide::bind(&cfg.udp, cfg.udp_receivers, metrics.clone()).await?;
+    let udp = udp::UdpSide::bind(&cfg.udp, cfg.udp_receivers, metrics.clone())?;
     let idle = std::time::Duration::from_secs(cfg.tcp_idle_timeout_secs.max(1));
     let tcp = tcp::TcpSide::bind(
         &cfg.tcp,

@@ -45,7 +45,7 @@ pub struct UdpSide {
 impl UdpSide {
     /// Binds every address (socket buffers raised to 4 MiB where allowed).
     /// `receivers`: threads reading each socket (at least one).
-    pub async fn bind(
+    pub fn bind(
         addrs: &[SocketAddr],
         receivers: usize,
         metrics: Arc<Metrics>,
