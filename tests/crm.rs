@@ -225,6 +225,20 @@ async fn hook(State(crm): State<Crm>, headers: HeaderMap, raw: Bytes) -> StatusC
     StatusCode::OK
 }
 
+/// `GET /api/v1/calls{query}` with the view token.
+async fn call_log(h: &Harness, query: &str) -> Value {
+    let url = format!("http://{}/api/v1/calls{query}", h.server.admin.unwrap());
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn sinks(crm: SocketAddr, rate: f64, burst: u32) -> String {
     format!(
         "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\nrate_per_sec = {rate}\nburst = {burst}\n\
@@ -376,19 +390,7 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     }
 
     // The call log has it.
-    let url = format!(
-        "http://{}/api/v1/calls?verdict=log",
-        h.server.admin.unwrap()
-    );
-    let v: Value = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth("view-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = call_log(&h, "?verdict=log").await;
     let rec = &v["items"][0];
     assert_eq!(rec["call_id"], tag.as_str());
     assert_eq!(rec["outcome"], "completed");
@@ -423,19 +425,7 @@ async fn exception_calls_are_logged_but_never_sent() {
             .all(|s| s.body["client"] != "+4915112345678")
     );
 
-    let url = format!(
-        "http://{}/api/v1/calls?verdict=exception",
-        h.server.admin.unwrap()
-    );
-    let v: Value = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth("view-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = call_log(&h, "?verdict=exception").await;
     assert_eq!(v["items"][0]["client"], "+4915112345678");
     assert_eq!(v["items"][0]["outcome"], "completed");
     h.stop().await;
@@ -632,16 +622,7 @@ async fn a_refer_changes_the_responsible_person() {
             "call.ended"
         ]
     );
-    let url = format!("http://{}/api/v1/calls", h.server.admin.unwrap());
-    let v: Value = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth("view-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = call_log(&h, "").await;
     assert_eq!(v["items"][0]["transfers"][0]["to"], "205");
     assert_eq!(v["items"][0]["responsible"], "205");
     h.stop().await;
@@ -753,16 +734,7 @@ async fn a_reinvite_naming_a_new_party_is_a_transfer() {
         crm.calls("telephony.externalcall.finish")[0]["USER_ID"],
         "208"
     );
-    let url = format!("http://{}/api/v1/calls", h.server.admin.unwrap());
-    let v: Value = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth("view-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = call_log(&h, "").await;
     let transfers = v["items"][0]["transfers"].as_array().unwrap();
     assert_eq!(transfers.len(), 1, "{transfers:?}");
     assert_eq!(transfers[0]["to"], "208");
