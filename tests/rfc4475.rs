@@ -1,4 +1,4 @@
-//! Every RFC 4475 / RFC 5118 torture message (../shared/testdata/rfc4475)
+//! Every RFC 4475 / RFC 5118 torture message (tests/data/rfc4475, vendored)
 //! goes through the scanner and the live proxy: valid requests are
 //! forwarded to the PBX, valid responses back to the trunk; invalid ones
 //! are refused with the status the RFC asks of a proxy, or dropped; nothing
@@ -18,16 +18,7 @@ use common::*;
 use sipscreen::sip::Message;
 
 fn corpus() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for cand in [
-        here.join("../shared/testdata/rfc4475"),
-        here.join("shared/testdata/rfc4475"),
-    ] {
-        if cand.join("MANIFEST.tsv").exists() {
-            return cand;
-        }
-    }
-    panic!("RFC 4475 corpus not found beside the checkout (../shared/testdata/rfc4475)");
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475")
 }
 
 struct Case {
@@ -45,6 +36,14 @@ fn cases() -> Vec<Case> {
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             let mut bytes = std::fs::read(dir.join(f[0])).unwrap();
+            // The archive's exact bytes (CR, LF, NUL, non-UTF-8): a checkout
+            // that rewrote them would test something else.
+            assert_eq!(
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+                f[3],
+                "{}: bytes differ from the manifest's SHA-256",
+                f[0]
+            );
             if f[0].starts_with("rfc5118/") {
                 bytes = fix_archive_artifacts(&bytes);
             }
