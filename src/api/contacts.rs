@@ -158,7 +158,7 @@ pub async fn import(
     let (st, dir) = (s.contact_store.clone(), s.contacts.clone());
     let (added, updated) = blocking(move || {
         let done = st
-            .upsert_contacts(&good, &actor.name, crate::store::now_ms())
+            .upsert_contacts(&good, &actor.name, crate::clock::now_ms())
             .map_err(ApiError::internal)?;
         dir.upsert(&good);
         Ok(done)

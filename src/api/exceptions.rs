@@ -11,10 +11,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms, rfc3339};
+use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms};
+use crate::clock::{now_ms, rfc3339};
 use crate::config::Role;
 use crate::screening::source::Value;
-use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted, now_ms};
+use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted};
 
 /// Default and largest page size.
 const PAGE: usize = 100;

@@ -12,12 +12,12 @@ use serde_json::json;
 
 use super::log::{CallLog, CallRecord, Transfer};
 use super::{NewCall, RequestKind, SipEvent, ms};
-use crate::api::rfc3339;
+use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
-use crate::store::{NewEvent, OutboxStore, now_ms};
+use crate::store::{NewEvent, OutboxStore};
 
 /// How often the tracker drains the channel.
 /// Each wake-up costs the same whatever it finds (measured on the load
