@@ -10,6 +10,7 @@ pub mod auth;
 mod calls;
 mod contacts;
 mod exceptions;
+pub mod page;
 mod screen;
 
 use std::sync::Arc;
