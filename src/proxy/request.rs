@@ -50,8 +50,26 @@ pub struct Screened<'r> {
     pub call_id: [u8; 32],
 }
 
-fn reply<'r>(code: u16, reason: &'static str) -> Outcome<'r> {
-    Outcome::Reply {
+/// A request the proxy answers itself instead of forwarding (what a
+/// stage returns to stop the others).
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    extra: Option<Vec<u8>>,
+}
+
+impl From<Refusal> for Outcome<'_> {
+    fn from(r: Refusal) -> Self {
+        Outcome::Reply {
+            code: r.code,
+            reason: r.reason,
+            extra: r.extra,
+        }
+    }
+}
+
+fn reply(code: u16, reason: &'static str) -> Refusal {
+    Refusal {
         code,
         reason,
         extra: None,
@@ -69,9 +87,7 @@ pub fn route<'r>(
     in_transport: TransportKind,
     side: Side,
 ) -> Outcome<'r> {
-    match forward(rt, local, msg, remote, in_transport, side) {
-        Ok(o) | Err(o) => o,
-    }
+    forward(rt, local, msg, remote, in_transport, side).unwrap_or_else(Outcome::from)
 }
 
 fn forward<'r>(
@@ -81,7 +97,7 @@ fn forward<'r>(
     remote: SocketAddr,
     in_transport: TransportKind,
     side: Side,
-) -> Result<Outcome<'r>, Outcome<'r>> {
+) -> Result<Outcome<'r>, Refusal> {
     let p = refuse(local, msg, side)?;
     let routes = own_routes(local, msg)?;
     let ruri = p.ruri.as_ref().ok_or_else(|| reply(400, "request_uri"))?;
@@ -117,7 +133,7 @@ fn forward<'r>(
 
 /// Stage 1: what a proxy must refuse before anything else (RFC 3261 §16.3):
 /// unknown sources, invalid messages, Proxy-Require, Max-Forwards 0, loops.
-fn refuse<'m, 'r>(local: &Local, msg: &'m Message, side: Side) -> Result<Parsed<'m>, Outcome<'r>> {
+fn refuse<'m>(local: &Local, msg: &'m Message, side: Side) -> Result<Parsed<'m>, Refusal> {
     if side == Side::Unknown {
         return Err(reply(403, "forbidden_source"));
     }
@@ -132,7 +148,7 @@ fn refuse<'m, 'r>(local: &Local, msg: &'m Message, side: Side) -> Result<Parsed<
             .collect();
         extra.extend_from_slice(&tags.join(&b", "[..]));
         extra.extend_from_slice(b"\r\n");
-        return Err(Outcome::Reply {
+        return Err(Refusal {
             code: 420,
             reason: "proxy_require",
             extra: Some(extra),
@@ -156,7 +172,7 @@ struct Routes<'m> {
 }
 
 /// Stage 2a: the Route set.
-fn own_routes<'m, 'r>(local: &Local, msg: &'m Message) -> Result<Routes<'m>, Outcome<'r>> {
+fn own_routes<'m>(local: &Local, msg: &'m Message) -> Result<Routes<'m>, Refusal> {
     let mut routes = Routes {
         popped: SmallVec::new(),
         next: None,
@@ -179,13 +195,13 @@ fn own_routes<'m, 'r>(local: &Local, msg: &'m Message) -> Result<Routes<'m>, Out
 /// Stage 2b: the next hop. In-dialog requests follow their Route /
 /// Request-URI within the other side's peer; new ones go to the PBX
 /// (from a trunk) or to the line's trunk (from the PBX).
-fn next_hop<'r>(
+fn next_hop(
     rt: &Runtime,
     routes: &Routes<'_>,
     ruri: &Uri<'_>,
     side: Side,
     decision: Option<&Decision<'_>>,
-) -> Result<(SocketAddr, TransportKind), Outcome<'r>> {
+) -> Result<(SocketAddr, TransportKind), Refusal> {
     if !routes.popped.is_empty() {
         return Ok(in_dialog_hop(
             rt,
