@@ -38,7 +38,11 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("exceptions file: {0}")]
-    Exceptions(String),
+    ExceptionsFile(#[from] crate::screening::source::SourceError),
+    #[error("exceptions file: {0}")]
+    ExceptionsImport(#[from] crate::store::service::FileImportError),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("[admin] tokens: {0}")]
@@ -92,8 +96,7 @@ pub fn load_exceptions(
     match &loaded.config.screening.exceptions_file {
         Some(path) => {
             let report = FileSource::new(path.get_ref().clone())
-                .load(runtime_for_normalizer.screener.normalizer())
-                .map_err(|e| ServerError::Exceptions(e.to_string()))?;
+                .load(runtime_for_normalizer.screener.normalizer())?;
             for r in &report.rejected {
                 tracing::warn!(file = %path.get_ref().display(), line = r.line, text = %r.text, reason = %r.reason, "exception entry refused");
             }
@@ -126,9 +129,7 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
         return Ok(());
     };
     let path = path.get_ref();
-    let report = list
-        .import_file_if_changed(path, runtime.screener.normalizer())
-        .map_err(ServerError::Exceptions)?;
+    let report = list.import_file_if_changed(path, runtime.screener.normalizer())?;
     if let Some(r) = report {
         for x in &r.refused_lines {
             tracing::warn!(file = %path.display(), line = x.line, text = %x.text, reason = %x.reason, "exception entry refused");
@@ -298,9 +299,7 @@ impl Server {
         let runtime = Runtime::build(loaded, exceptions.clone())?;
         let tokens = Tokens::from_config(&runtime.loaded.config)?;
         let data_dir = runtime.loaded.config.store.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir))
-            .await
-            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir)).await??;
         tracing::info!(store = %store.path().display(), "store open");
         let store = Arc::new(store);
         let contacts = Arc::new(crate::contacts::Directory::new());
@@ -308,8 +307,7 @@ impl Server {
             let st = store.clone();
             let all =
                 tokio::task::spawn_blocking(move || crate::store::ContactStore::all_contacts(&*st))
-                    .await
-                    .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+                    .await??;
             contacts.replace_all(all);
         }
         let runtime = runtime.with_contacts(contacts.clone());
@@ -320,9 +318,7 @@ impl Server {
         ));
         let started = std::time::Instant::now();
         let l = list.clone();
-        let (p, e) = tokio::task::spawn_blocking(move || l.load())
-            .await
-            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        let (p, e) = tokio::task::spawn_blocking(move || l.load()).await??;
         tracing::info!(
             phones = p,
             emails = e,
