@@ -138,6 +138,9 @@ pub async fn run_worker(
 ) {
     let name = sink.name().to_string();
     let mut bucket = Bucket::new(cfg.rate_per_sec, cfg.burst);
+    // Dead-letter moves of expired events failed in a row (the backoff's
+    // exponent).
+    let mut dead_failures = 0;
     loop {
         if shutdown.is_fired() {
             return;
@@ -163,13 +166,29 @@ pub async fn run_worker(
         if !old.is_empty() {
             let st = store.clone();
             let ids = old.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            let moved = tokio::task::spawn_blocking(move || {
                 st.dead(&ids, "expired: older than [crm] max_event_age_secs", now)
             })
             .await;
-            metrics.crm_dead(&name, old.len() as u64);
-            tracing::warn!(sink = %name, events = old.len(), "CRM events too old, moved to the dead-letter table");
-            continue;
+            let error = match moved {
+                Ok(Ok(())) => {
+                    dead_failures = 0;
+                    metrics.crm_dead(&name, old.len() as u64);
+                    tracing::warn!(sink = %name, events = old.len(), "CRM events too old, moved to the dead-letter table");
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            // The same events come back from the head: wait before trying
+            // again, as after a failed delivery.
+            let wait = backoff_ms(dead_failures);
+            dead_failures += 1;
+            tracing::error!(sink = %name, events = old.len(), error = %error, retry_in_ms = wait, "moving expired CRM events to the dead-letter table failed");
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => continue,
+            }
         }
         let Some(ev) = head.first().cloned() else {
             tokio::select! {
@@ -299,6 +318,7 @@ pub fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {
@@ -312,6 +332,111 @@ mod tests {
         assert_eq!(b.reserve(t0 + Duration::from_millis(500)), Duration::ZERO);
         b.drain();
         assert!(b.reserve(t0 + Duration::from_millis(500)) > Duration::ZERO);
+    }
+
+    /// An outbox whose head is one long-expired event and whose
+    /// dead-letter move always fails; it counts the moves tried and fires
+    /// the shutdown past `LIMIT` of them (so a spinning worker stops).
+    struct DeadFails {
+        tries: std::sync::atomic::AtomicUsize,
+        trigger: crate::shutdown::Trigger,
+    }
+
+    impl DeadFails {
+        const LIMIT: usize = 1000;
+    }
+
+    impl OutboxStore for DeadFails {
+        fn enqueue(&self, _: &[crate::store::NewEvent], _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn head(&self, _: &str, _: usize) -> Result<Vec<OutEvent>, StoreError> {
+            Ok(vec![OutEvent {
+                id: 1,
+                call: "c1".into(),
+                kind: "call.started".into(),
+                payload: "{}".into(),
+                created_at: 0,
+                attempts: 0,
+                next_at: 0,
+            }])
+        }
+        fn delivered(&self, _: &[i64]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
+            let n = self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n >= Self::LIMIT {
+                self.trigger.fire();
+            }
+            Err(StoreError::Corrupt("disk full".into()))
+        }
+        fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+            Ok((1, Some(0)))
+        }
+        fn crm_call(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Never called: every event here is expired.
+    struct NoSink;
+
+    #[async_trait::async_trait]
+    impl Sink for NoSink {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            panic!("an expired event was delivered")
+        }
+    }
+
+    /// A store that cannot move expired events to the dead-letter table:
+    /// the worker backs off (0.5 s doubling) instead of retrying at once,
+    /// and counts nothing as dead-lettered.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_dead_letter_move_backs_off() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let store = Arc::new(DeadFails {
+            tries: Default::default(),
+            trigger,
+        });
+        let metrics = Arc::new(Metrics::new());
+        let cfg = WorkerConfig {
+            rate_per_sec: 10.0,
+            burst: 1,
+            max_age_ms: 1000,
+        };
+        let worker = tokio::spawn(run_worker(
+            Arc::new(NoSink),
+            store.clone(),
+            metrics.clone(),
+            cfg,
+            shutdown,
+        ));
+        // 60 simulated seconds: 0.5 + 1 + 2 + 4 + 8 + 16 + 32 s of backoff
+        // (plus jitter) fit at most 7 tries after the first.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        store.trigger.fire();
+        worker.await.unwrap();
+        let tries = store.tries.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&tries),
+            "{tries} dead-letter moves in 60 s"
+        );
+        assert!(
+            !metrics
+                .encode()
+                .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"}"),
+            "nothing was dead-lettered, nothing counted"
+        );
     }
 
     #[test]
