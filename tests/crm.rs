@@ -794,3 +794,136 @@ async fn an_unreachable_crm_is_explained_without_the_url_secret() {
     }
     h.stop().await;
 }
+
+/// The webhook body is a public contract: the JSON of each event kind,
+/// byte for byte, as the tracker queues it in the outbox (and the webhook
+/// posts it). Drives the real tracker with fixed timestamps into a real
+/// SQLite store.
+#[test]
+fn the_json_of_each_event_kind_is_pinned() {
+    use sipscreen::calls::tracker::{Tracker, TrackerConfig};
+    use sipscreen::calls::{NewCall, RequestKind, SipEvent};
+    use sipscreen::config::Verdict;
+    use sipscreen::screening::{Client, CreateTag, Direction};
+    use sipscreen::store::OutboxStore;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(sipscreen::store::sqlite::SqliteStore::open_dir(dir.path()).unwrap());
+    let log = sipscreen::calls::log::CallLog::open(dir.path(), 1 << 20, 1).unwrap();
+    let tracker = Tracker::new(
+        log,
+        store.clone(),
+        Arc::new(sipscreen::metrics::Metrics::new()),
+        TrackerConfig {
+            max_idle: Duration::from_secs(3600),
+            sinks: vec!["hook".into()],
+            directory: None,
+        },
+    );
+    let t = |s: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + s);
+    let new = |call_id: &str, direction, client, line, create, responsible: Option<&str>| NewCall {
+        call_id: call_id.into(),
+        direction,
+        verdict: Verdict::Log,
+        client,
+        line,
+        create,
+        source: "ADVERTISING".into(),
+        responsible: responsible.map(Into::into),
+        change_responsible_on_transfer: true,
+        update_directory_on_transfer: false,
+        offer: create == CreateTag::Offer,
+    };
+    let id = |s: &str| Bytes::from(s.to_string());
+    let at = |ms: u64| -> SystemTime { t(ms) };
+    let events = vec![
+        // Inbound, answered, transferred to 205, hung up 65.25 s later.
+        SipEvent::Invite {
+            sip_call_id: id("sip-1"),
+            call: Box::new(new(
+                "crm-1",
+                Direction::Inbound,
+                Client::Number(4917011111111),
+                Some(4930901820),
+                CreateTag::Offer,
+                Some("101"),
+            )),
+            at: at(0),
+        },
+        SipEvent::InviteResponse {
+            sip_call_id: id("sip-1"),
+            code: 200,
+            at: at(2_500),
+        },
+        SipEvent::Request {
+            sip_call_id: id("sip-1"),
+            kind: RequestKind::Refer,
+            refer_to: Some("205".into()),
+            at: at(10_000),
+        },
+        SipEvent::Request {
+            sip_call_id: id("sip-1"),
+            kind: RequestKind::Bye,
+            refer_to: None,
+            at: at(67_750),
+        },
+        // Outbound from no line to an anonymous party, nobody
+        // responsible, busy.
+        SipEvent::Invite {
+            sip_call_id: id("sip-2"),
+            call: Box::new(new(
+                "crm-2",
+                Direction::Outbound,
+                Client::Anonymous,
+                None,
+                CreateTag::Lead,
+                None,
+            )),
+            at: at(100_000),
+        },
+        SipEvent::InviteResponse {
+            sip_call_id: id("sip-2"),
+            code: 486,
+            at: at(101_000),
+        },
+    ];
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    for e in events {
+        tx.send(e).unwrap();
+    }
+    drop(tx);
+    // The sender is gone: the tracker handles what is queued, flushes and
+    // returns.
+    tracker.run(rx, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+    let got: Vec<(String, String)> = store
+        .head("hook", 64)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.payload))
+        .collect();
+    let common1 = r#""call_id":"crm-1","client":"+4917011111111","create":"offer","crm_create":false,"direction":"inbound""#;
+    let tail1 = r#""line":"+4930901820","offer":true"#;
+    let want = [
+        ("call.started", format!(
+            r#"{{{common1},"event":"call.started",{tail1},"responsible":"101","source":"ADVERTISING","start":"2023-11-14T22:13:20.000Z"}}"#
+        )),
+        ("call.answered", format!(
+            r#"{{"answer":"2023-11-14T22:13:22.500Z",{common1},"event":"call.answered",{tail1},"responsible":"101","source":"ADVERTISING","start":"2023-11-14T22:13:20.000Z"}}"#
+        )),
+        ("call.responsible_changed", format!(
+            r#"{{"at":"2023-11-14T22:13:30.000Z",{common1},"event":"call.responsible_changed",{tail1},"previous":"101","responsible":"205","source":"ADVERTISING","start":"2023-11-14T22:13:20.000Z"}}"#
+        )),
+        ("call.ended", format!(
+            r#"{{"answered":true,{common1},"duration":65,"end":"2023-11-14T22:14:27.750Z","event":"call.ended",{tail1},"outcome":"completed","responsible":"205","source":"ADVERTISING","start":"2023-11-14T22:13:20.000Z","status":200}}"#
+        )),
+        ("call.started", r#"{"call_id":"crm-2","client":"anonymous","create":"lead","crm_create":true,"direction":"outbound","event":"call.started","line":null,"offer":false,"responsible":null,"source":"ADVERTISING","start":"2023-11-14T22:15:00.000Z"}"#.to_string()),
+        ("call.ended", r#"{"answered":false,"call_id":"crm-2","client":"anonymous","create":"lead","crm_create":true,"direction":"outbound","duration":0,"end":"2023-11-14T22:15:01.000Z","event":"call.ended","line":null,"offer":false,"outcome":"failed","responsible":null,"source":"ADVERTISING","start":"2023-11-14T22:15:00.000Z","status":486}"#.to_string()),
+    ];
+    let want: Vec<(String, String)> = want.into_iter().map(|(k, p)| (k.to_string(), p)).collect();
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+}
