@@ -7,6 +7,8 @@
 //! tracker queues events in the store, the workers read them back.
 
 pub mod bitrix24;
+pub mod error;
+pub mod factory;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -17,14 +19,8 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{OutEvent, OutboxStore};
 
-/// An HTTP client error as text for logs and the outbox: its whole cause
-/// chain ("error sending request: client error (Connect): tcp connect
-/// error: Connection refused"), without the URL — a Bitrix24 inbound
-/// webhook URL carries its secret token in the path, and a webhook URL
-/// may carry one in its query.
-pub fn http_error(e: reqwest::Error) -> String {
-    crate::error_chain(&e.without_url())
-}
+pub use error::{CrmError, HttpError};
+pub use factory::{SinkWorker, build_sinks};
 
 /// Longest wait between retries.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
@@ -36,11 +32,11 @@ const BASE_BACKOFF_MS: i64 = 500;
 pub enum Delivery {
     /// Done (or nothing to send for this event on this sink).
     Ok,
-    /// Try again later; `rate_limited` when the CRM said so (the bucket is
+    /// Try again later (when the CRM said "too many", the bucket is
     /// drained too).
-    Retry { error: String, rate_limited: bool },
-    /// The CRM refused it for good.
-    Rejected(String),
+    Retry(CrmError),
+    /// The CRM refused it for good (or it cannot be sent at all).
+    Rejected(CrmError),
 }
 
 /// A CRM endpoint.
@@ -243,10 +239,8 @@ pub async fn run_worker(
                 metrics.crm_delivery(&name, "ok");
                 tokio::task::spawn_blocking(move || st.delivered(&[ev.id])).await
             }
-            Delivery::Retry {
-                error,
-                rate_limited,
-            } => {
+            Delivery::Retry(error) => {
+                let rate_limited = error.is_rate_limit();
                 if rate_limited {
                     bucket.drain();
                 }
@@ -258,14 +252,16 @@ pub async fn run_worker(
                         "retry"
                     },
                 );
-                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, attempts = ev.attempts + 1, error = %error, "CRM delivery failed, will retry");
+                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, attempts = ev.attempts + 1, error_kind = error.kind(), error = %error, "CRM delivery failed, will retry");
                 let next = now_ms() + backoff_ms(ev.attempts);
+                let error = error.to_string();
                 tokio::task::spawn_blocking(move || st.retry_later(ev.id, next, &error)).await
             }
             Delivery::Rejected(reason) => {
                 metrics.crm_delivery(&name, "rejected");
                 metrics.crm_dead(&name, 1);
-                tracing::error!(sink = %name, event = %ev.kind, call = %ev.call, reason = %reason, "CRM refused the event, moved to the dead-letter table");
+                tracing::error!(sink = %name, event = %ev.kind, call = %ev.call, error_kind = reason.kind(), reason = %reason, "CRM refused the event, moved to the dead-letter table");
+                let reason = reason.to_string();
                 tokio::task::spawn_blocking(move || st.dead(&[ev.id], &reason, now_ms())).await
             }
         };
@@ -297,16 +293,18 @@ pub async fn run_outbox_gauges(
     }
 }
 
-/// Classifies an HTTP answer: 2xx ok, 408/429/5xx retry, other 4xx
-/// rejected.
-pub fn by_status(status: u16, body: &str) -> Delivery {
+/// Classifies an HTTP answer to `method`: 2xx ok, 408/429/5xx retry,
+/// other 4xx rejected.
+pub fn by_status(method: &'static str, status: u16, body: &str) -> Delivery {
+    let error = || CrmError::Status {
+        method,
+        status,
+        body: cut(body),
+    };
     match status {
         200..=299 => Delivery::Ok,
-        408 | 429 | 500..=599 => Delivery::Retry {
-            error: format!("HTTP {status}: {}", cut(body)),
-            rate_limited: status == 429,
-        },
-        _ => Delivery::Rejected(format!("HTTP {status}: {}", cut(body))),
+        408 | 429 | 500..=599 => Delivery::Retry(error()),
+        _ => Delivery::Rejected(error()),
     }
 }
 
