@@ -483,6 +483,77 @@ mod tests {
         );
     }
 
+    /// What register and finish send for a call event, field by field.
+    #[test]
+    fn register_and_finish_parameters_come_from_the_event() {
+        use crate::events::Create;
+        let sink = Bitrix24::new(
+            "portal",
+            Auth::Webhook("http://127.0.0.1:9/rest/1/x/".into()),
+            "USER_PHONE_INNER",
+            Duration::from_secs(1),
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let ev = |kind: EventKind| {
+            let e = CallEvent {
+                call_id: "crm-1".into(),
+                direction: Direction::Outbound,
+                line: Some("+4930901820".into()),
+                client: "+4917011111111".into(),
+                create: Create::Lead,
+                crm_create: true,
+                offer: false,
+                source: "WEB".into(),
+                responsible: Some("205".into()),
+                start: "2023-11-14T22:13:20.000Z".into(),
+                kind,
+            };
+            OutEvent {
+                id: 1,
+                call: e.call_id.clone(),
+                kind: e.kind.name().into(),
+                payload: e.to_json(),
+                created_at: 0,
+                attempts: 0,
+                next_at: 0,
+            }
+        };
+        let Ok(Request::Register(p)) = sink.request(&ev(EventKind::Started)) else {
+            panic!("not a register")
+        };
+        assert_eq!(
+            p,
+            json!({"PHONE_NUMBER": "+4917011111111", "TYPE": 1, "LINE_NUMBER": "+4930901820",
+                   "CRM_CREATE": 1, "CRM_SOURCE": "WEB", "SHOW": 0, "EXTERNAL_CALL_ID": "crm-1",
+                   "CALL_START_DATE": "2023-11-14T22:13:20.000Z", "USER_PHONE_INNER": "205"})
+        );
+        let ended = EventKind::Ended(Ended {
+            status: 200,
+            outcome: "completed".into(),
+            duration: 65,
+            end: "2023-11-14T22:14:27.750Z".into(),
+            answered: true,
+        });
+        let Ok(Request::Finish(p)) = sink.request(&ev(ended)) else {
+            panic!("not a finish")
+        };
+        assert_eq!(
+            p,
+            json!({"DURATION": 65, "STATUS_CODE": "200", "USER_PHONE_INNER": "205"})
+        );
+        let answered = EventKind::Answered {
+            answer: "2023-11-14T22:13:22.500Z".into(),
+        };
+        assert!(matches!(sink.request(&ev(answered)), Ok(Request::None)));
+        let mut corrupt = ev(EventKind::Started);
+        corrupt.payload.truncate(10);
+        assert!(matches!(
+            sink.request(&corrupt),
+            Err(CrmError::BadPayload(_))
+        ));
+    }
+
     #[test]
     fn status_codes_for_outcomes() {
         let s = |dir: Direction, outcome: &str, status: u16, answered: bool| {
