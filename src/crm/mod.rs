@@ -12,7 +12,10 @@ pub mod factory;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The tokio clock: pacing follows a paused clock in tests.
+use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -393,6 +396,116 @@ mod tests {
         }
         async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
             panic!("an expired event was delivered")
+        }
+    }
+
+    /// An outbox of due events that delivered ones leave.
+    struct Queue(std::sync::Mutex<Vec<OutEvent>>);
+
+    impl Queue {
+        fn with(n: i64) -> Queue {
+            let now = now_ms();
+            Queue(std::sync::Mutex::new(
+                (1..=n)
+                    .map(|id| OutEvent {
+                        id,
+                        call: format!("c{id}"),
+                        kind: "call.answered".into(),
+                        payload: "{}".into(),
+                        created_at: now,
+                        attempts: 0,
+                        next_at: 0,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    impl OutboxStore for Queue {
+        fn enqueue(&self, _: &[crate::store::NewEvent], _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn head(&self, _: &str, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+            let q = self.0.lock().unwrap();
+            Ok(q.iter().take(limit).cloned().collect())
+        }
+        fn delivered(&self, ids: &[i64]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().retain(|e| !ids.contains(&e.id));
+            Ok(())
+        }
+        fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+            Ok((0, None))
+        }
+        fn crm_call(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Accepts everything, noting when (on the tokio clock).
+    #[derive(Default)]
+    struct Clocked(std::sync::Mutex<Vec<Instant>>);
+
+    #[async_trait::async_trait]
+    impl Sink for Clocked {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            self.0.lock().unwrap().push(Instant::now());
+            Delivery::Ok
+        }
+    }
+
+    /// A backlog goes out at the configured pace: the burst at once, then
+    /// one request per 1 / rate (paused tokio clock, no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_delivered_at_the_rate_after_the_burst() {
+        let store = Arc::new(Queue::with(9));
+        let sink = Arc::new(Clocked::default());
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: 2.0,
+            burst: 3,
+            max_age_ms: 3_600_000,
+        };
+        let t0 = Instant::now();
+        let worker = tokio::spawn(run_worker(
+            sink.clone(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+        let at: Vec<f64> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.duration_since(t0).as_secs_f64())
+            .collect();
+        assert_eq!(at.len(), 9, "{at:?}");
+        for (i, t) in at.iter().enumerate() {
+            // Three at once, then 0.5 s apart (a millisecond of slack for
+            // the bucket's float arithmetic).
+            let due = (i.saturating_sub(2)) as f64 * 0.5;
+            assert!(
+                (t - due).abs() < 0.001,
+                "request {i} at {t} s, due at {due} s: {at:?}"
+            );
         }
     }
 
