@@ -17,9 +17,7 @@ use crate::calls::log::CallLog;
 use crate::calls::tracker::{Tracker, TrackerConfig};
 use crate::calls::{self, CallEvents, SipEvent};
 use crate::config::{self, ConfigError, Loaded};
-use crate::crm::bitrix24::{self, Auth, Bitrix24};
-use crate::crm::webhook::Webhook;
-use crate::crm::{self, Sink};
+use crate::crm::{self, SinkWorker};
 use crate::metrics::Metrics;
 use crate::proxy::{Local, Proxy};
 use crate::runtime::Runtime;
@@ -48,7 +46,7 @@ pub enum ServerError {
     #[error("[admin] tokens: {0}")]
     Tokens(#[from] crate::api::auth::TokenError),
     #[error("[crm]: {0}")]
-    Crm(String),
+    Crm(#[from] crm::factory::SinkConfigError),
     #[error("call log: {0}")]
     CallLog(std::io::Error),
     #[error("cannot bind {what}: {source}")]
@@ -139,155 +137,10 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// A CRM sink and its worker's settings.
-type SinkWorker = (Arc<dyn Sink>, crm::WorkerConfig);
-
 /// Builds the CRM sinks as `serve` would, without a store, and drops
-/// them (for `check-config`): a missing secret, a malformed sink or HTTP
-/// clients that cannot be built (no CA roots) are reported before a
-/// start. A Bitrix24 refresh token without its variable passes: after the
-/// first refresh it is kept in the store, which this does not open.
+/// them (for `check-config`; see [`crm::factory::check_sinks`]).
 pub fn check_crm(cfg: &config::CrmConfig) -> Result<usize, ServerError> {
-    crm_sinks(cfg, None).map(|s| s.len())
-}
-
-/// The CRM sinks the config names, each with its worker's settings
-/// (built once at start). `store`: where Bitrix24 refresh tokens are kept
-/// (`None`: only checking).
-fn crm_sinks(
-    cfg: &config::CrmConfig,
-    store: Option<&Arc<SqliteStore>>,
-) -> Result<Vec<SinkWorker>, ServerError> {
-    let worker = |rate_per_sec: f64, burst: u32| crm::WorkerConfig {
-        rate_per_sec,
-        burst,
-        max_age_ms: (cfg.max_event_age_secs.saturating_mul(1000)).min(i64::MAX as u64) as i64,
-    };
-    use crate::store::ExceptionStore;
-    let env = |sink: &str,
-               direct: &Option<String>,
-               var: &Option<String>,
-               what: &str|
-     -> Result<String, ServerError> {
-        if let Some(v) = direct.as_ref().filter(|v| !v.is_empty()) {
-            return Ok(v.clone());
-        }
-        let var = var.as_ref().ok_or_else(|| {
-            ServerError::Crm(format!("sink {sink:?}: {what} (or {what}_env) is required"))
-        })?;
-        std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                ServerError::Crm(format!(
-                    "sink {sink:?}: environment variable {var} is not set"
-                ))
-            })
-    };
-    let mut out: Vec<SinkWorker> = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    let mut unique = |n: &str| {
-        if names.insert(n.to_string()) {
-            Ok(())
-        } else {
-            Err(ServerError::Crm(format!("sink name {n:?} is used twice")))
-        }
-    };
-    for w in &cfg.webhook {
-        unique(&w.name)?;
-        let secret = match (&w.secret, &w.secret_env) {
-            (None, None) => None,
-            _ => Some(env(&w.name, &w.secret, &w.secret_env, "secret")?.into_bytes()),
-        };
-        let sink = Webhook::new(
-            &w.name,
-            &w.url,
-            secret,
-            std::time::Duration::from_millis(w.timeout_ms),
-        )
-        .map_err(ServerError::Crm)?;
-        out.push((Arc::new(sink), worker(w.rate_per_sec, w.burst)));
-    }
-    for b in &cfg.bitrix24 {
-        unique(&b.name)?;
-        if b.user_field != "USER_ID" && b.user_field != "USER_PHONE_INNER" {
-            return Err(ServerError::Crm(format!(
-                "sink {:?}: user_field must be USER_ID or USER_PHONE_INNER",
-                b.name
-            )));
-        }
-        let hook = b.webhook_url.is_some() || b.webhook_url_env.is_some();
-        let auth = match (hook, &b.rest_url) {
-            (true, None) => Auth::Webhook(env(
-                &b.name,
-                &b.webhook_url,
-                &b.webhook_url_env,
-                "webhook_url",
-            )?),
-            (false, Some(rest)) => {
-                let key = format!("bitrix24:{}:refresh_token", b.name);
-                let stored = match store {
-                    Some(st) => st.meta(&key).map_err(|e| ServerError::Crm(e.to_string()))?,
-                    None => None,
-                };
-                let refresh = match stored {
-                    Some(r) => r,
-                    None => match env(
-                        &b.name,
-                        &b.refresh_token,
-                        &b.refresh_token_env,
-                        "refresh_token",
-                    ) {
-                        Ok(r) => r,
-                        // Checking: it may be in the store.
-                        Err(_) if store.is_none() => String::new(),
-                        Err(e) => return Err(e),
-                    },
-                };
-                Auth::OAuth {
-                    rest_url: rest.clone(),
-                    oauth_url: b.oauth_url.clone(),
-                    client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
-                    client_secret: env(
-                        &b.name,
-                        &b.client_secret,
-                        &b.client_secret_env,
-                        "client_secret",
-                    )?,
-                    // Empty access token: refreshed before the first call.
-                    tokens: std::sync::Mutex::new(bitrix24::Tokens {
-                        access: String::new(),
-                        refresh,
-                    }),
-                }
-            }
-            _ => {
-                return Err(ServerError::Crm(format!(
-                    "sink {:?}: set webhook_url(_env) (inbound webhook) or rest_url with the OAuth credentials, one of the two",
-                    b.name
-                )));
-            }
-        };
-        let st = store.cloned();
-        let key = format!("bitrix24:{}:refresh_token", b.name);
-        let on_refresh = Box::new(move |r: &str| {
-            if let Some(st) = &st
-                && let Err(e) = st.set_meta(&key, r)
-            {
-                tracing::error!(error = %e, "keeping the refreshed Bitrix24 token failed");
-            }
-        });
-        let sink = Bitrix24::new(
-            &b.name,
-            auth,
-            &b.user_field,
-            std::time::Duration::from_millis(b.timeout_ms),
-            on_refresh,
-        )
-        .map_err(ServerError::Crm)?;
-        out.push((Arc::new(sink), worker(b.rate_per_sec, b.burst)));
-    }
-    Ok(out)
+    Ok(crm::factory::check_sinks(cfg)?)
 }
 
 impl Server {
@@ -351,7 +204,7 @@ impl Server {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let sinks = crm_sinks(&cfg.crm, Some(&store))?;
+        let sinks = crm::build_sinks(&cfg.crm, Some(&store))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }
