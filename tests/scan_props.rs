@@ -143,3 +143,112 @@ fn the_seed_invite_is_forwarded() {
     assert!(!text.contains("X-CRM-Verdict: log"), "{text}");
     assert!(text.contains("X-CRM-Verdict: exception"), "{text}");
 }
+
+/// An INVITE whose every header the proxy tracks (Via, Max-Forwards,
+/// Call-ID, ...) comes after `filler` untracked headers, with `after` more
+/// behind them. Returns the message and its header lines.
+fn invite_behind(filler: usize, after: usize) -> (String, Vec<String>) {
+    let mut lines: Vec<String> = (0..filler)
+        .map(|i| format!("X-Filler-{i}: before {i}"))
+        .collect();
+    for l in [
+        "Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-many",
+        "Max-Forwards: 69",
+        "From: <sip:+4915112345678@carrier.example>;tag=many",
+        "To: <sip:+4930901820@carrier.example>",
+        "Call-ID: many-headers@carrier.example",
+        "CSeq: 7 INVITE",
+        "Content-Length: 0",
+    ] {
+        lines.push(l.to_string());
+    }
+    lines.extend((0..after).map(|i| format!("X-Trailer-{i}: after {i}")));
+    let mut msg = String::from("INVITE sip:+4930901820@127.0.0.1:5060 SIP/2.0\r\n");
+    for l in &lines {
+        msg.push_str(l);
+        msg.push_str("\r\n");
+    }
+    msg.push_str("\r\n");
+    (msg, lines)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Past header index 255 every tracked header is still found where it
+    /// is: Max-Forwards is decremented in its own line, the Call-ID read
+    /// from its own, and every other header leaves byte for byte (checked
+    /// on the raw bytes, and the result re-parsed by rsip).
+    #[test]
+    fn tracked_headers_after_index_255_are_edited_in_place(filler in 256usize..700, after in 0usize..40) {
+        let rt = runtime();
+        let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
+        let (text, lines) = invite_behind(filler, after);
+        prop_assert!(lines.len() >= 263);
+        let m = Message::scan(Bytes::from(text.clone())).expect("scans");
+        prop_assert_eq!(m.headers().len(), lines.len());
+        prop_assert_eq!(m.call_id(), b"many-headers@carrier.example");
+        prop_assert_eq!(m.max_forwards(), Some(69));
+        let mut screened = None;
+        let out = request::route(
+            &rt,
+            &local,
+            &m,
+            "127.0.0.2:5070".parse().unwrap(),
+            TransportKind::Udp,
+            Side::Trunk(0),
+            &mut screened,
+        );
+        let data = match out {
+            Outcome::Forward { data, .. } => data,
+            Outcome::Reply { code, reason, .. } => panic!("answered {code} ({reason})"),
+            Outcome::Drop(reason) => panic!("dropped ({reason})"),
+        };
+        let fwd = String::from_utf8(data.to_vec()).unwrap();
+        // What the proxy adds (its Via, Record-Route, the tags) aside, the
+        // forwarded header lines are the received ones with Max-Forwards
+        // one lower.
+        let kept: Vec<&str> = fwd
+            .split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| {
+                !l.starts_with("Via: SIP/2.0/UDP 127.0.0.1:5060;")
+                    && !l.starts_with("Record-Route:")
+                    && !l.starts_with("X-CRM-")
+            })
+            .collect();
+        let want: Vec<String> = lines
+            .iter()
+            .map(|l| if l == "Max-Forwards: 69" { "Max-Forwards: 68".to_string() } else { l.clone() })
+            .collect();
+        prop_assert_eq!(kept, want);
+        prop_assert!(fwd.contains("X-CRM-Verdict: exception\r\n"), "{}", fwd);
+
+        use rsip::headers::UntypedHeader;
+        use rsip::message::HasHeaders;
+        let parsed = rsip::SipMessage::try_from(fwd.as_bytes()).expect("rsip parses it");
+        let hs: Vec<&rsip::Header> = parsed.headers().iter().collect();
+        let max_forwards: Vec<&str> = hs
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::MaxForwards(v) => Some(v.value()),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(max_forwards, vec!["68"]);
+        let call_ids: Vec<&str> = hs
+            .iter()
+            .filter_map(|h| match h {
+                rsip::Header::CallId(v) => Some(v.value()),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(call_ids, vec!["many-headers@carrier.example"]);
+        let others = hs
+            .iter()
+            .filter(|h| matches!(h, rsip::Header::Other(name, _) if name.starts_with("X-Filler-") || name.starts_with("X-Trailer-")))
+            .count();
+        prop_assert_eq!(others, filler + after);
+    }
+}
