@@ -28,6 +28,9 @@ const METHOD_SLOTS: usize = Method::Other as usize + 2;
 /// Slots of the message counter cache: transport x method x side.
 const MESSAGE_SLOTS: usize = 2 * METHOD_SLOTS * 3;
 
+/// Components whose panics are caught and counted.
+pub const PANIC_COMPONENTS: [&str; 2] = ["udp", "tcp"];
+
 /// Every metric sipscreen exports (names are prefixed `sipscreen_`).
 #[derive(Debug)]
 pub struct Metrics {
@@ -71,6 +74,9 @@ pub struct Metrics {
     crm_deliveries: Family<Vec<(&'static str, String)>, Counter>,
     /// Events moved to the dead-letter table, by sink.
     crm_dead_letters: Family<Vec<(&'static str, String)>, Counter>,
+    /// Panics caught while handling a SIP message, by component
+    /// (`udp`/`tcp`). Steady: 0; each one is a bug, logged with the peer.
+    panics: Family<L1, Counter>,
 }
 
 impl Default for Metrics {
@@ -180,6 +186,12 @@ impl Metrics {
             "CRM events given up and moved to the dead-letter table, by sink",
             crm_dead_letters.clone(),
         );
+        let panics = Family::<L1, Counter>::default();
+        registry.register(
+            "panics",
+            "Panics caught while handling a SIP message, by component (udp/tcp): the message was dropped, the receiver went on",
+            panics.clone(),
+        );
         // Known label sets start at 0, so dashboards and rate() see a
         // series before the first event.
         let mut screened_counters: [Counter; 4] = Default::default();
@@ -197,6 +209,9 @@ impl Metrics {
         }
         for r in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&[("result", r)]);
+        }
+        for c in PANIC_COMPONENTS {
+            let _ = panics.get_or_create(&[("component", c)]);
         }
         Metrics {
             calls_active,
@@ -217,6 +232,7 @@ impl Metrics {
             sip_errors,
             tcp_connections,
             config_last_reload_ok,
+            panics,
         }
     }
 
@@ -348,6 +364,11 @@ impl Metrics {
         self.crm_dead_letters
             .get_or_create(&vec![("sink", sink.to_string())])
             .inc_by(n);
+    }
+
+    /// Counts a panic caught in `component` (one of [`PANIC_COMPONENTS`]).
+    pub fn panic(&self, component: &'static str) {
+        self.panics.get_or_create(&[("component", component)]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
