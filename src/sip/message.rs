@@ -41,6 +41,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in discriminant order (`Other` last).
+    pub const ALL: [Method; Method::Other as usize + 1] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Register,
+        Method::Options,
+        Method::Refer,
+        Method::Update,
+        Method::Prack,
+        Method::Info,
+        Method::Message,
+        Method::Notify,
+        Method::Subscribe,
+        Method::Publish,
+        Method::Other,
+    ];
+
     /// Classifies a method token (case-sensitive, RFC 3261 §7.1).
     pub fn from_bytes(b: &[u8]) -> Method {
         match b {
@@ -486,15 +505,15 @@ impl Message {
                     return Err(bad("method"));
                 }
                 ruri = Some(self.validate_uri(&self.buf[uri.clone()])?);
-                for (h, what) in [
-                    (Via, "missing_via"),
-                    (From, "missing_from"),
-                    (To, "missing_to"),
-                    (CallId, "missing_call_id"),
-                    (CSeq, "missing_cseq"),
+                for (h, missing) in [
+                    (Via, bad("missing_via")),
+                    (From, bad("missing_from")),
+                    (To, bad("missing_to")),
+                    (CallId, bad("missing_call_id")),
+                    (CSeq, bad("missing_cseq")),
                 ] {
                     if self.count(h) == 0 {
-                        return Err(bad(what));
+                        return Err(missing);
                     }
                 }
                 let (_, cseq_method) = self.cseq().ok_or(bad("cseq"))?;
