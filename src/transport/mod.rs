@@ -97,7 +97,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// SIP path takes guards data that is whole between statements (a map
 /// insert or remove), so a panic elsewhere must not turn into a
 /// poisoned-lock panic on every later message.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
