@@ -3,6 +3,13 @@
 //! Label values are `&'static str` from closed sets (methods outside the
 //! known list count as `other`), so counting never allocates and the number
 //! of series stays bounded whatever peers send.
+//!
+//! Every series whose labels come from a closed set is created at 0 when
+//! the registry is (sinks when they are registered), as Prometheus'
+//! instrumentation guidelines ask: a series that appears with its first
+//! event makes `rate()` over a fresh sidecar empty instead of 0, and the
+//! alerts over it blind. The counters the SIP path bumps per message are
+//! fetched once here, so counting takes no lock.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use std::sync::OnceLock;
+use rustc_hash::FxHashMap;
 
 use crate::config::{TransportKind, Verdict};
 use crate::runtime::Side;
@@ -28,15 +35,80 @@ const METHOD_SLOTS: usize = Method::Other as usize + 2;
 /// Slots of the message counter cache: transport x method x side.
 const MESSAGE_SLOTS: usize = 2 * METHOD_SLOTS * 3;
 
+/// Every reason `sip_error` is given, by where it comes from. Each is
+/// exported at 0 from the start; a reason missing here is still counted
+/// (created on first use), and a unit test keeps the list complete.
+pub const SIP_ERROR_REASONS: &[&str] = &[
+    // sip::message::ScanError
+    "scan_empty",
+    "scan_start_line",
+    "scan_header_line",
+    "scan_too_many_headers",
+    // sip::Message::validate
+    "headers_unterminated",
+    "start_line",
+    "version",
+    "method",
+    "request_uri",
+    "uri_scheme",
+    "request_uri_headers",
+    "missing_via",
+    "missing_from",
+    "missing_to",
+    "missing_call_id",
+    "missing_cseq",
+    "cseq",
+    "cseq_method",
+    "max_forwards",
+    "accept",
+    "status_line",
+    "response_headers",
+    "duplicate_header",
+    "name_addr",
+    "via",
+    "content_length",
+    "date",
+    "contact",
+    // proxy: requests
+    "too_large",
+    "forbidden_source",
+    "proxy_require",
+    "loop",
+    "route",
+    "no_trunk",
+    // proxy: responses
+    "response_unknown_source",
+    "response_via",
+    "response_not_ours",
+    "response_no_via",
+    "response_transport",
+    "response_unroutable",
+    // sip::framing::FramingError
+    "tcp_too_large",
+    "tcp_garbage",
+    "tcp_bad_content_length",
+    "tcp_missing_content_length",
+    // transport: SendError, receive, connect, accept
+    "send_no_socket",
+    "send_udp",
+    "send_queue_full",
+    "send_tcp_limit",
+    "udp_receive",
+    "tcp_connect",
+    "tcp_limit",
+];
+
+/// Components whose panics are caught and counted.
+pub const PANIC_COMPONENTS: [&str; 2] = ["udp", "tcp"];
+
 /// Every metric sipscreen exports (names are prefixed `sipscreen_`).
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// SIP messages received, by transport, kind, method and side.
-    sip_messages: Family<L4, Counter>,
-    /// The `sip_messages` series, each fetched from the family once: a
-    /// family lookup hashes every label and takes a lock, per message.
-    message_counters: Box<[OnceLock<Counter>]>,
+    /// The series of `sip_messages` (SIP messages received, by transport,
+    /// kind, method and side), each fetched from the family once: a family
+    /// lookup hashes every label and takes a lock, per message.
+    message_counters: Box<[Counter]>,
     /// INVITEs screened (by direction and verdict): the family's four
     /// series, indexed by `screened_slot`.
     screened_counters: [Counter; 4],
@@ -49,6 +121,9 @@ pub struct Metrics {
     config_reloads: Family<L1, Counter>,
     /// SIP messages refused or dropped, by reason.
     sip_errors: Family<L1, Counter>,
+    /// The `sip_errors` series of [`SIP_ERROR_REASONS`], fetched once
+    /// (read-only after construction: no lock per refusal).
+    error_counters: FxHashMap<&'static str, Counter>,
     /// Open TCP connections. Steady: the number of peers; a climb without
     /// more peers means connections are not being closed.
     tcp_connections: Gauge,
@@ -71,6 +146,9 @@ pub struct Metrics {
     crm_deliveries: Family<Vec<(&'static str, String)>, Counter>,
     /// Events moved to the dead-letter table, by sink.
     crm_dead_letters: Family<Vec<(&'static str, String)>, Counter>,
+    /// Panics caught while handling a SIP message, by component
+    /// (`udp`/`tcp`). Steady: 0; each one is a bug, logged with the peer.
+    panics: Family<L1, Counter>,
 }
 
 impl Default for Metrics {
@@ -180,6 +258,12 @@ impl Metrics {
             "CRM events given up and moved to the dead-letter table, by sink",
             crm_dead_letters.clone(),
         );
+        let panics = Family::<L1, Counter>::default();
+        registry.register(
+            "panics",
+            "Panics caught while handling a SIP message, by component (udp/tcp): the message was dropped, the receiver went on",
+            panics.clone(),
+        );
         // Known label sets start at 0, so dashboards and rate() see a
         // series before the first event.
         let mut screened_counters: [Counter; 4] = Default::default();
@@ -198,6 +282,42 @@ impl Metrics {
         for r in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&[("result", r)]);
         }
+        for c in PANIC_COMPONENTS {
+            let _ = panics.get_or_create(&[("component", c)]);
+        }
+        for t in ["phone", "email"] {
+            let _ = exception_entries.get_or_create(&[("type", t)]);
+        }
+        let error_counters = SIP_ERROR_REASONS
+            .iter()
+            .map(|&r| (r, sip_errors.get_or_create(&[("reason", r)]).clone()))
+            .collect();
+        let mut message_counters = Vec::with_capacity(MESSAGE_SLOTS);
+        for transport in [TransportKind::Udp, TransportKind::Tcp] {
+            for method in Method::ALL.map(Some).into_iter().chain([None]) {
+                for side in [Side::Trunk(0), Side::Pbx, Side::Unknown] {
+                    debug_assert_eq!(
+                        message_counters.len(),
+                        message_slot(transport, method, side)
+                    );
+                    let kind = if method.is_some() {
+                        "request"
+                    } else {
+                        "response"
+                    };
+                    message_counters.push(
+                        sip_messages
+                            .get_or_create(&[
+                                ("transport", transport.as_str()),
+                                ("kind", kind),
+                                ("method", method.map_or("response", Method::label)),
+                                ("side", side.label()),
+                            ])
+                            .clone(),
+                    );
+                }
+            }
+        }
         Metrics {
             calls_active,
             calls_finished,
@@ -208,46 +328,22 @@ impl Metrics {
             crm_deliveries,
             crm_dead_letters,
             registry,
-            sip_messages,
-            message_counters: (0..MESSAGE_SLOTS).map(|_| OnceLock::new()).collect(),
+            message_counters: message_counters.into_boxed_slice(),
             screened_counters,
             screening_seconds,
             exception_entries,
             config_reloads,
             sip_errors,
+            error_counters,
             tcp_connections,
             config_last_reload_ok,
+            panics,
         }
     }
 
     /// Counts one received SIP message (`method`: `None` for a response).
     pub fn message(&self, transport: TransportKind, method: Option<Method>, side: Side) {
-        let t = transport as usize;
-        let m = method.map_or(METHOD_SLOTS - 1, |m| m as usize);
-        let s = match side {
-            Side::Trunk(_) => 0,
-            Side::Pbx => 1,
-            Side::Unknown => 2,
-        };
-        self.message_counters[(t * METHOD_SLOTS + m) * 3 + s]
-            .get_or_init(|| {
-                self.sip_messages
-                    .get_or_create(&[
-                        ("transport", transport.as_str()),
-                        (
-                            "kind",
-                            if method.is_some() {
-                                "request"
-                            } else {
-                                "response"
-                            },
-                        ),
-                        ("method", method.map_or("response", Method::label)),
-                        ("side", side.label()),
-                    ])
-                    .clone()
-            })
-            .inc();
+        self.message_counters[message_slot(transport, method, side)].inc();
     }
 
     /// Counts one screened call.
@@ -280,7 +376,10 @@ impl Metrics {
 
     /// Counts a refused or dropped message.
     pub fn sip_error(&self, reason: &'static str) {
-        self.sip_errors.get_or_create(&[("reason", reason)]).inc();
+        match self.error_counters.get(reason) {
+            Some(c) => c.inc(),
+            None => self.sip_errors.get_or_create(&[("reason", reason)]).inc(),
+        };
     }
 
     /// Reads back a SIP error counter (tests and logs).
@@ -350,12 +449,29 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts a panic caught in `component` (one of [`PANIC_COMPONENTS`]).
+    pub fn panic(&self, component: &'static str) {
+        self.panics.get_or_create(&[("component", component)]).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Index of a series in `message_counters`.
+fn message_slot(transport: TransportKind, method: Option<Method>, side: Side) -> usize {
+    let t = transport as usize;
+    let m = method.map_or(METHOD_SLOTS - 1, |m| m as usize);
+    let s = match side {
+        Side::Trunk(_) => 0,
+        Side::Pbx => 1,
+        Side::Unknown => 2,
+    };
+    (t * METHOD_SLOTS + m) * 3 + s
 }
 
 /// Index of a (direction, verdict) pair in `screened_counters`.
@@ -404,23 +520,7 @@ mod tests {
     #[test]
     fn message_counter_cache_maps_every_combination_to_its_labels() {
         let m = Metrics::new();
-        let methods = [
-            Method::Invite,
-            Method::Ack,
-            Method::Bye,
-            Method::Cancel,
-            Method::Register,
-            Method::Options,
-            Method::Refer,
-            Method::Update,
-            Method::Prack,
-            Method::Info,
-            Method::Message,
-            Method::Notify,
-            Method::Subscribe,
-            Method::Publish,
-            Method::Other,
-        ];
+        let methods = Method::ALL;
         let mut want = Vec::new();
         let mut k = 0;
         for t in [TransportKind::Udp, TransportKind::Tcp] {
@@ -464,5 +564,179 @@ mod tests {
         ] {
             assert!(text.contains(w), "missing {w} in\n{text}");
         }
+    }
+
+    /// Before any event, every series of a closed label set is there at 0.
+    #[test]
+    fn a_fresh_registry_exports_every_known_series_at_0() {
+        let text = Metrics::new().encode();
+        let lines: Vec<&str> = text.lines().collect();
+        let has = |l: String| assert!(lines.contains(&l.as_str()), "missing {l} in\n{text}");
+        let mut messages = 0;
+        for t in ["udp", "tcp"] {
+            for m in Method::ALL
+                .map(Method::label)
+                .into_iter()
+                .chain(["response"])
+            {
+                let kind = if m == "response" {
+                    "response"
+                } else {
+                    "request"
+                };
+                for side in ["trunk", "pbx", "unknown"] {
+                    has(format!(
+                        "sipscreen_sip_messages_total{{transport=\"{t}\",kind=\"{kind}\",method=\"{m}\",side=\"{side}\"}} 0"
+                    ));
+                    messages += 1;
+                }
+            }
+        }
+        assert_eq!(messages, MESSAGE_SLOTS);
+        for r in SIP_ERROR_REASONS {
+            has(format!("sipscreen_sip_errors_total{{reason=\"{r}\"}} 0"));
+        }
+        for c in PANIC_COMPONENTS {
+            has(format!("sipscreen_panics_total{{component=\"{c}\"}} 0"));
+        }
+        for d in ["inbound", "outbound"] {
+            for v in ["log", "exception"] {
+                has(format!(
+                    "sipscreen_calls_screened_total{{direction=\"{d}\",verdict=\"{v}\"}} 0"
+                ));
+                for o in ["completed", "failed", "cancelled", "expired"] {
+                    has(format!(
+                        "sipscreen_calls_finished_total{{verdict=\"{v}\",outcome=\"{o}\"}} 0"
+                    ));
+                }
+            }
+        }
+        for r in ["ok", "error"] {
+            has(format!(
+                "sipscreen_config_reloads_total{{result=\"{r}\"}} 0"
+            ));
+        }
+        for t in ["phone", "email"] {
+            has(format!("sipscreen_exception_entries{{type=\"{t}\"}} 0"));
+        }
+        for l in [
+            "sipscreen_calls_expired_total 0",
+            "sipscreen_call_events_dropped_total 0",
+            "sipscreen_screening_duration_seconds_count 0",
+        ] {
+            has(l.to_string());
+        }
+        // Nothing counts by itself: every counter sample is 0.
+        for l in &lines {
+            if let Some((series, v)) = l.rsplit_once(' ')
+                && series.contains("_total")
+            {
+                assert_eq!(v, "0", "{l}");
+            }
+        }
+        let m = Metrics::new();
+        m.register_sink("crm1");
+        let text = m.encode();
+        for r in ["ok", "retry", "rate_limited", "rejected"] {
+            let l = format!("sipscreen_crm_deliveries_total{{sink=\"crm1\",result=\"{r}\"}} 0");
+            assert!(text.lines().any(|x| x == l), "missing {l}");
+        }
+        assert!(
+            text.lines()
+                .any(|x| x == "sipscreen_crm_dead_letters_total{sink=\"crm1\"} 0")
+        );
+    }
+
+    /// Listed reasons count on their pre-made series; one not (yet) listed
+    /// is counted all the same.
+    #[test]
+    fn sip_errors_count_listed_and_unlisted_reasons() {
+        let m = Metrics::new();
+        m.sip_error("loop");
+        m.sip_error("loop");
+        m.sip_error("not_a_listed_reason");
+        assert_eq!(m.sip_error_count("loop"), 2);
+        assert_eq!(m.sip_error_count("not_a_listed_reason"), 1);
+        assert_eq!(m.sip_error_count("via"), 0);
+        let text = m.encode();
+        assert!(text.contains("sipscreen_sip_errors_total{reason=\"loop\"} 2\n"));
+    }
+
+    /// Every reason the code gives `sip_error` is in `SIP_ERROR_REASONS`:
+    /// the error enums' labels, and every literal the sources hand over
+    /// (`bad("…")`, `reason: "…"`, `Drop("…")`, `reply(NNN, "…")`,
+    /// `sip_error("…")`).
+    #[test]
+    fn every_sip_error_reason_is_listed() {
+        use crate::sip::framing::FramingError;
+        use crate::sip::message::ScanError;
+        use crate::transport::SendError;
+        let addr = "127.0.0.1:5060".parse().unwrap();
+        let mut given: Vec<String> = [
+            ScanError::Empty.reason(),
+            ScanError::StartLine.reason(),
+            ScanError::HeaderLine.reason(),
+            ScanError::TooManyHeaders.reason(),
+            FramingError::TooLarge { limit: 1 }.reason(),
+            FramingError::Garbage.reason(),
+            FramingError::BadContentLength.reason(),
+            FramingError::MissingContentLength.reason(),
+            SendError::NoSocket("udp").reason(),
+            SendError::Udp(addr, std::io::Error::other("x")).reason(),
+            SendError::QueueFull(addr).reason(),
+            SendError::TooManyConnections.reason(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut files = 0;
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "rs") || p.ends_with("src/metrics.rs") {
+                    continue;
+                }
+                files += 1;
+                given.extend(reason_literals(&std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+        assert!(files > 20, "sources not found");
+        for r in &given {
+            assert!(
+                SIP_ERROR_REASONS.contains(&r.as_str()),
+                "sip_error reason {r:?} is not in SIP_ERROR_REASONS"
+            );
+        }
+        for r in SIP_ERROR_REASONS {
+            assert!(
+                given.iter().any(|g| g == r),
+                "{r} is listed but never given"
+            );
+        }
+    }
+
+    /// The string literals after `bad(`, `reason: `, `Drop(`, `sip_error(`
+    /// and `reply(NNN, ` in `src`.
+    fn reason_literals(src: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, _) in src.match_indices('"') {
+            let before = src[..i].trim_end();
+            let hit = ["bad(", "reason:", "Drop(", "sip_error("]
+                .iter()
+                .any(|p| before.ends_with(p))
+                || before.strip_suffix(',').is_some_and(|b| {
+                    let digits = b.trim_end_matches(|c: char| c.is_ascii_digit());
+                    digits.len() + 3 == b.len() && digits.ends_with("reply(")
+                });
+            if hit {
+                let lit = &src[i + 1..];
+                out.push(lit[..lit.find('"').unwrap()].to_string());
+            }
+        }
+        out
     }
 }

@@ -1,11 +1,11 @@
-//! The deployment kit fits the binary: every `sipscreen_*` name in
-//! deploy/prometheus/alerts.yml and deploy/grafana/*.json must be a series
-//! on a running sidecar's /metrics, the dashboard shows every metric family
-//! the sidecar has, and the configs the kit installs pass check-config.
-//!
-//! Counter families appear on /metrics only after their first event, so the
-//! test first makes each one count: an inbound call, a refused stranger, a
-//! refused reload, an open TCP connection.
+//! The deployment kit fits the binary: every `sipscreen_*` series that
+//! deploy/prometheus/alerts.yml and deploy/grafana/*.json select (name and
+//! label matchers) is on a fresh sidecar's /metrics before any traffic,
+//! counters at 0 (Prometheus' instrumentation guidelines: a series that
+//! appears only with its first event makes rate() empty, not 0, and
+//! alerts over it blind); every name is still there after traffic, the
+//! dashboard shows every metric family the sidecar has, and the configs
+//! the kit installs pass check-config.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -147,6 +147,211 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     out
 }
 
+/// A label matcher of a PromQL selector.
+#[derive(Debug)]
+enum Op {
+    Eq,
+    Ne,
+    Re,
+    NotRe,
+}
+
+/// A series selector named in deploy/: `name{label op "value", ...}`.
+#[derive(Debug)]
+struct Selector {
+    name: String,
+    matchers: Vec<(String, Op, String)>,
+}
+
+/// Anchored match of the regexes the kit uses: alternatives of literals,
+/// each maybe ending in `.*`. Anything else fails loudly, so a new kind of
+/// pattern in deploy/ extends this rather than passing unchecked.
+fn regex_matches(re: &str, v: &str) -> bool {
+    re.split('|').any(|alt| {
+        let (lit, open) = match alt.strip_suffix(".*") {
+            Some(l) => (l, true),
+            None => (alt, false),
+        };
+        assert!(
+            lit.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "regex {re:?}: only literals, `|` and a trailing `.*` are understood here"
+        );
+        if open { v.starts_with(lit) } else { v == lit }
+    })
+}
+
+impl Selector {
+    fn matches(&self, name: &str, labels: &[(String, String)]) -> bool {
+        name == self.name
+            && self.matchers.iter().all(|(l, op, want)| {
+                let v = labels
+                    .iter()
+                    .find(|(k, _)| k == l)
+                    .map_or("", |(_, v)| v.as_str());
+                match op {
+                    Op::Eq => v == want,
+                    Op::Ne => v != want,
+                    Op::Re => regex_matches(want, v),
+                    Op::NotRe => !regex_matches(want, v),
+                }
+            })
+    }
+}
+
+/// `l="v", l2=~"w"` (exposition label sets too): (label, op, value).
+fn parse_matchers(inner: &str) -> Vec<(String, Op, String)> {
+    let mut out = Vec::new();
+    let mut rest = inner.trim();
+    while !rest.is_empty() {
+        let op_at = rest
+            .find(['=', '!'])
+            .unwrap_or_else(|| panic!("matcher in {inner:?}"));
+        let label = rest[..op_at].trim().to_string();
+        let after = &rest[op_at..];
+        let (op, len) = if after.starts_with("=~") {
+            (Op::Re, 2)
+        } else if after.starts_with("!=") {
+            (Op::Ne, 2)
+        } else if after.starts_with("!~") {
+            (Op::NotRe, 2)
+        } else {
+            (Op::Eq, 1)
+        };
+        let after = after[len..].trim_start();
+        let body = after
+            .strip_prefix('"')
+            .unwrap_or_else(|| panic!("unquoted value in {inner:?}"));
+        let end = body
+            .find('"')
+            .unwrap_or_else(|| panic!("open quote in {inner:?}"));
+        out.push((label, op, body[..end].to_string()));
+        rest = body[end + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    out
+}
+
+/// Every `sipscreen_*` selector in `text`; matchers on `instance` and
+/// `job` are left out (Prometheus adds those labels when it scrapes).
+fn selectors(text: &str) -> Vec<Selector> {
+    let mut out = Vec::new();
+    for name in metric_names(text) {
+        let mut from = 0;
+        while let Some(pos) = text[from..].find(name.as_str()) {
+            let end = from + pos + name.len();
+            from = end;
+            let next = text.as_bytes().get(end).copied();
+            if next.is_some_and(|c| c.is_ascii_lowercase() || c == b'_') {
+                continue; // a longer name
+            }
+            let matchers = match text[end..].strip_prefix('{') {
+                Some(r) => parse_matchers(&r[..r.find('}').expect("closed selector")]),
+                None => Vec::new(),
+            };
+            out.push(Selector {
+                name: name.clone(),
+                matchers: matchers
+                    .into_iter()
+                    .filter(|(l, ..)| l != "instance" && l != "job")
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+/// A label set: (label, value) pairs in order.
+type Labels = Vec<(String, String)>;
+
+/// The samples of an exposition: (name, labels, value).
+fn samples(text: &str) -> Vec<(String, Labels, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (
+                n,
+                parse_matchers(l.strip_suffix('}').expect("closed labels"))
+                    .into_iter()
+                    .map(|(l, _, v)| (l, v))
+                    .collect(),
+            ),
+            None => (series, Vec::new()),
+        };
+        let value = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value in {line:?}"));
+        out.push((name.to_string(), labels, value));
+    }
+    out
+}
+
+/// deploy/prometheus/alerts.yml and every deploy/grafana/*.json, each as
+/// (path, text with JSON's `\"` unescaped).
+fn deploy_texts() -> Vec<(std::path::PathBuf, String)> {
+    let mut files = vec![Path::new(ROOT).join("deploy/prometheus/alerts.yml")];
+    let mut dashboards: Vec<_> = std::fs::read_dir(Path::new(ROOT).join("deploy/grafana"))
+        .expect("deploy/grafana")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    dashboards.sort();
+    assert!(!dashboards.is_empty(), "no dashboard in deploy/grafana");
+    files.extend(dashboards);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap().replace("\\\"", "\"");
+            (f, text)
+        })
+        .collect()
+}
+
+/// What a fresh sidecar with the test config shows: 1 for the last-reload
+/// gauge, the exceptions file's one phone and one email, 0 for the rest.
+fn fresh_value(name: &str, labels: &[(String, String)]) -> f64 {
+    match name {
+        "sipscreen_config_last_reload_ok" => 1.0,
+        "sipscreen_exception_entries" => {
+            assert!(
+                labels
+                    .iter()
+                    .any(|(l, v)| l == "type" && (v == "phone" || v == "email"))
+            );
+            1.0
+        }
+        _ => 0.0,
+    }
+}
+
+/// Before any traffic, each selector in deploy/ matches a series at its
+/// fresh value (counters and histograms 0).
+fn assert_fresh(exposition: &str) {
+    let samples = samples(exposition);
+    let mut checked = 0;
+    for (file, text) in deploy_texts() {
+        for sel in selectors(&text) {
+            let hits: Vec<_> = samples
+                .iter()
+                .filter(|(n, l, _)| sel.matches(n, l))
+                .collect();
+            assert!(
+                !hits.is_empty(),
+                "{}: {sel:?} selects nothing on a fresh sidecar:\n{exposition}",
+                file.display()
+            );
+            for (n, l, v) in hits {
+                assert_eq!(*v, fresh_value(n, l), "{n}{l:?} on a fresh sidecar");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} selectors found in deploy/");
+}
+
 /// (sample names, family names from `# TYPE`) of a Prometheus exposition.
 fn exposition(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut samples = BTreeSet::new();
@@ -204,6 +409,9 @@ fn deploy_kit_names_only_exported_metrics() {
     let sip_tcp = logged_addr(&ready, "tcp");
     let admin = logged_addr(&ready, "admin");
 
+    // No traffic yet: every series the kit selects is there, at 0.
+    assert_fresh(&http_get(admin, "/metrics"));
+
     // An inbound call: messages, calls screened, screening time.
     let me = trunk.local_addr().unwrap();
     udp_exchange(
@@ -246,18 +454,9 @@ fn deploy_kit_names_only_exported_metrics() {
     let (samples, families) = exposition(&text);
 
     let mut used = BTreeSet::new();
-    let mut sources = vec![Path::new(ROOT).join("deploy/prometheus/alerts.yml")];
-    let mut dashboards: Vec<_> = std::fs::read_dir(Path::new(ROOT).join("deploy/grafana"))
-        .expect("deploy/grafana")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    dashboards.sort();
-    assert!(!dashboards.is_empty(), "no dashboard in deploy/grafana");
-    sources.extend(dashboards.iter().cloned());
-    for file in &sources {
-        let text = std::fs::read_to_string(file).unwrap();
-        let names = metric_names(&text);
+    let texts = deploy_texts();
+    for (file, text) in &texts {
+        let names = metric_names(text);
         assert!(
             !names.is_empty(),
             "{} names no sipscreen_* metric",
@@ -275,8 +474,11 @@ fn deploy_kit_names_only_exported_metrics() {
     // Every family the sidecar exports is on the dashboard (counters and
     // histograms under their sample names: _total, _bucket, _sum, _count).
     let mut on_dashboard = BTreeSet::new();
-    for d in &dashboards {
-        on_dashboard.extend(metric_names(&std::fs::read_to_string(d).unwrap()));
+    for (_, text) in texts
+        .iter()
+        .filter(|(f, _)| f.extension().is_some_and(|x| x == "json"))
+    {
+        on_dashboard.extend(metric_names(text));
     }
     let sipscreen_families: Vec<_> = families
         .iter()
@@ -306,6 +508,56 @@ fn metric_names_are_tokens() {
         .map(String::from)
         .collect();
     assert_eq!(names, want);
+}
+
+#[test]
+fn selectors_and_their_matchers() {
+    let sels = selectors(
+        "sum(rate(sipscreen_sip_errors_total{reason!=\"forbidden_source\", instance=~\"$instance\"}[5m])) / sipscreen_sip_messages_total + sipscreen_sip_errors_total{reason=~\"send_.*|tcp_connect\",kind=\"x\"}",
+    );
+    let shown: Vec<String> = sels.iter().map(|s| format!("{s:?}")).collect();
+    assert_eq!(sels.len(), 3, "{shown:?}");
+    let labels = |r: &str| {
+        vec![
+            ("reason".to_string(), r.to_string()),
+            ("kind".to_string(), "x".to_string()),
+        ]
+    };
+    let errors: Vec<&Selector> = sels
+        .iter()
+        .filter(|s| s.name == "sipscreen_sip_errors_total")
+        .collect();
+    assert_eq!(errors.len(), 2, "{shown:?}");
+    let ne = errors.iter().find(|s| s.matchers.len() == 1).unwrap();
+    assert!(ne.matches("sipscreen_sip_errors_total", &labels("loop")));
+    assert!(!ne.matches("sipscreen_sip_errors_total", &labels("forbidden_source")));
+    assert!(!ne.matches("sipscreen_sip_messages_total", &labels("loop")));
+    let re = errors.iter().find(|s| s.matchers.len() == 2).unwrap();
+    for (r, want) in [
+        ("send_udp", true),
+        ("tcp_connect", true),
+        ("tcp_connects", false),
+        ("loop", false),
+    ] {
+        assert_eq!(
+            re.matches("sipscreen_sip_errors_total", &labels(r)),
+            want,
+            "{r}"
+        );
+    }
+    let got = samples("sipscreen_x_total{a=\"1\",b=\"two\"} 0\n# HELP y\nsipscreen_y 2.5\n");
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "sipscreen_x_total".to_string(),
+                vec![pair("a", "1"), pair("b", "two")],
+                0.0
+            ),
+            ("sipscreen_y".to_string(), vec![], 2.5),
+        ]
+    );
 }
 
 /// The configs the kit installs (systemd host, container) pass

@@ -110,19 +110,24 @@ proptest! {
     }
 }
 
-#[test]
-fn the_seed_invite_is_forwarded() {
-    let rt = runtime();
+/// What the proxy makes of request `m` from the trunk (127.0.0.2:5070).
+fn from_trunk<'r>(rt: &'r Runtime, m: &Message) -> Outcome<'r> {
     let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
-    let m = Message::scan(Bytes::from_static(INVITE.as_bytes())).unwrap();
-    let out = request::route(
-        &rt,
+    request::route(
+        rt,
         &local,
-        &m,
+        m,
         "127.0.0.2:5070".parse().unwrap(),
         TransportKind::Udp,
         Side::Trunk(0),
-    );
+    )
+}
+
+#[test]
+fn the_seed_invite_is_forwarded() {
+    let rt = runtime();
+    let m = Message::scan(Bytes::from_static(INVITE.as_bytes())).unwrap();
+    let out = from_trunk(&rt, &m);
     let Outcome::Forward { data, dest, .. } = out else {
         panic!("not forwarded")
     };
@@ -133,4 +138,96 @@ fn the_seed_invite_is_forwarded() {
     assert!(text.contains("Route: <sip:127.0.0.2;lr>\r\n"), "{text}");
     assert!(!text.contains("X-CRM-Verdict: log"), "{text}");
     assert!(text.contains("X-CRM-Verdict: exception"), "{text}");
+}
+
+/// An INVITE whose every header the proxy tracks (Via, Max-Forwards,
+/// Call-ID, ...) comes after `filler` untracked headers, with `after` more
+/// behind them. Returns the message and its header lines.
+fn invite_behind(filler: usize, after: usize) -> (String, Vec<String>) {
+    let mut lines: Vec<String> = (0..filler)
+        .map(|i| format!("X-Filler-{i}: before {i}"))
+        .collect();
+    for l in [
+        "Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-many",
+        "Max-Forwards: 69",
+        "From: <sip:+4915112345678@carrier.example>;tag=many",
+        "To: <sip:+4930901820@carrier.example>",
+        "Call-ID: many-headers@carrier.example",
+        "CSeq: 7 INVITE",
+        "Content-Length: 0",
+    ] {
+        lines.push(l.to_string());
+    }
+    lines.extend((0..after).map(|i| format!("X-Trailer-{i}: after {i}")));
+    let mut msg = String::from("INVITE sip:+4930901820@127.0.0.1:5060 SIP/2.0\r\n");
+    for l in &lines {
+        msg.push_str(l);
+        msg.push_str("\r\n");
+    }
+    msg.push_str("\r\n");
+    (msg, lines)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Past header index 255 every tracked header is still found where it
+    /// is: Max-Forwards is decremented in its own line, the Call-ID read
+    /// from its own, and every other header leaves byte for byte (checked
+    /// on the raw bytes, and the result re-parsed by rsip).
+    #[test]
+    fn tracked_headers_after_index_255_are_edited_in_place(filler in 256usize..700, after in 0usize..40) {
+        let rt = runtime();
+        let (text, lines) = invite_behind(filler, after);
+        prop_assert!(lines.len() >= 263);
+        let m = Message::scan(Bytes::from(text.clone())).expect("scans");
+        prop_assert_eq!(m.headers().len(), lines.len());
+        prop_assert_eq!(m.call_id(), b"many-headers@carrier.example");
+        prop_assert_eq!(m.max_forwards(), Some(69));
+        let data = match from_trunk(&rt, &m) {
+            Outcome::Forward { data, .. } => data,
+            Outcome::Reply { code, reason, .. } => panic!("answered {code} ({reason})"),
+            Outcome::Drop(reason) => panic!("dropped ({reason})"),
+        };
+        let fwd = String::from_utf8(data.to_vec()).unwrap();
+        // What the proxy adds (its Via, Record-Route, the tags) aside, the
+        // forwarded header lines are the received ones with Max-Forwards
+        // one lower.
+        let kept: Vec<&str> = fwd
+            .split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| {
+                !l.starts_with("Via: SIP/2.0/UDP 127.0.0.1:5060;")
+                    && !l.starts_with("Record-Route:")
+                    && !l.starts_with("X-CRM-")
+            })
+            .collect();
+        let want: Vec<String> = lines
+            .iter()
+            .map(|l| if l == "Max-Forwards: 69" { "Max-Forwards: 68".to_string() } else { l.clone() })
+            .collect();
+        prop_assert_eq!(kept, want);
+        prop_assert!(fwd.contains("X-CRM-Verdict: exception\r\n"), "{}", fwd);
+
+        use rsip::headers::UntypedHeader;
+        use rsip::message::HasHeaders;
+        let parsed = rsip::SipMessage::try_from(fwd.as_bytes()).expect("rsip parses it");
+        let (mut max_forwards, mut call_ids, mut others) = (Vec::new(), Vec::new(), 0);
+        for h in parsed.headers().iter() {
+            match h {
+                rsip::Header::MaxForwards(v) => max_forwards.push(v.value()),
+                rsip::Header::CallId(v) => call_ids.push(v.value()),
+                rsip::Header::Other(name, _)
+                    if name.starts_with("X-Filler-") || name.starts_with("X-Trailer-") =>
+                {
+                    others += 1
+                }
+                _ => {}
+            }
+        }
+        prop_assert_eq!(max_forwards, vec!["68"]);
+        prop_assert_eq!(call_ids, vec!["many-headers@carrier.example"]);
+        prop_assert_eq!(others, filler + after);
+    }
 }

@@ -24,9 +24,12 @@
 //! each a small map behind a `Mutex` that is only ever `try_lock`ed (a
 //! contended shard is skipped, the caller parses itself: never blocks), and
 //! cleared whole when full (bounded memory; the cost is a burst of parses).
+//! A poisoned shard is used as it is: a map is whole between the
+//! statements that hold its lock, and a panic elsewhere must not turn the
+//! cache off for good.
 //! `benches/lookup.rs` measures both the cached and the uncached path.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use phonenumber::country::Id;
 use rustc_hash::FxHashMap;
@@ -115,13 +118,13 @@ impl Normalizer {
             .fold(0u128, |acc, d| (acc << 4) | u128::from(d - b'0' + 1));
         let key = (packed, region);
         let shard = &self.cache[(packed as usize ^ (packed >> 64) as usize) % SHARDS];
-        if let Ok(map) = shard.try_lock()
+        if let Some(map) = try_lock(shard)
             && let Some(hit) = map.get(&key)
         {
             return *hit;
         }
         let result = parse_national(digits, region);
-        if let Ok(mut map) = shard.try_lock() {
+        if let Some(mut map) = try_lock(shard) {
             if map.len() >= self.shard_capacity {
                 map.clear();
             }
@@ -134,8 +137,17 @@ impl Normalizer {
     pub fn cached(&self) -> usize {
         self.cache
             .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
+    }
+}
+
+/// The shard, unless another thread holds it (poisoned or not).
+fn try_lock(shard: &Mutex<Shard>) -> Option<MutexGuard<'_, Shard>> {
+    match shard.try_lock() {
+        Ok(m) => Some(m),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -317,6 +329,27 @@ mod tests {
         let uncached = Normalizer::with_cache(Id::DE, &[], 0);
         assert_eq!(uncached.normalize(b"030 901820", None), Some(4930901820));
         assert_eq!(uncached.cached(), 0);
+    }
+
+    /// A panic while a shard was held leaves the cache working.
+    #[test]
+    fn poisoned_shards_still_cache() {
+        let n = Normalizer::new(Id::DE, &[]);
+        std::thread::scope(|s| {
+            for shard in &n.cache {
+                let _ = s
+                    .spawn(move || {
+                        let _held = shard.lock();
+                        panic!("poisoning a shard");
+                    })
+                    .join();
+            }
+        });
+        assert!(n.cache.iter().all(|s| s.is_poisoned()));
+        assert_eq!(n.normalize(b"030 901820", None), Some(4930901820));
+        assert_eq!(n.cached(), 1);
+        assert_eq!(n.normalize(b"030 901821", None), Some(4930901821));
+        assert_eq!(n.cached(), 2);
     }
 
     #[test]

@@ -41,6 +41,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in discriminant order (`Other` last).
+    pub const ALL: [Method; Method::Other as usize + 1] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Register,
+        Method::Options,
+        Method::Refer,
+        Method::Update,
+        Method::Prack,
+        Method::Info,
+        Method::Message,
+        Method::Notify,
+        Method::Subscribe,
+        Method::Publish,
+        Method::Other,
+    ];
+
     /// Classifies a method token (case-sensitive, RFC 3261 §7.1).
     pub fn from_bytes(b: &[u8]) -> Method {
         match b {
@@ -187,8 +206,15 @@ pub struct Parsed<'a> {
     pub max_forwards: Option<u32>,
 }
 
-/// Header lines a message may have (more is refused, not truncated).
-pub const MAX_HEADERS: usize = 256;
+/// Header lines a message may have (more is refused, not truncated): as
+/// many as a `u16` index can name with [`NONE`] left over. The size limit
+/// (`[sip] max_message_bytes`, up to 1 MiB) lets a message hold tens of
+/// thousands; real ones have a few dozen.
+pub const MAX_HEADERS: usize = u16::MAX as usize;
+
+/// `first` of a name no header has: never a valid index (`MAX_HEADERS`
+/// keeps indices below it).
+const NONE: u16 = u16::MAX;
 
 /// Header names whose first occurrence is remembered for fast access.
 const TRACKED: usize = HeaderName::Other as usize;
@@ -199,10 +225,11 @@ pub struct Message {
     buf: Bytes,
     start: StartLine,
     headers: SmallVec<[Header; 24]>,
-    /// Index of the first header of each tracked name (u8::MAX: none).
-    first: [u8; TRACKED],
-    /// How many headers of each tracked name.
-    count: [u8; TRACKED],
+    /// Index of the first header of each tracked name (`NONE`: none).
+    first: [u16; TRACKED],
+    /// How many headers of each tracked name (exact: at most
+    /// `MAX_HEADERS`).
+    count: [u16; TRACKED],
     /// Where new header lines go: the start of the blank line.
     header_end: usize,
     /// Whether a blank line ends the headers.
@@ -271,15 +298,16 @@ impl Message {
             }
             pos = next;
         }
-        let mut first = [u8::MAX; TRACKED];
-        let mut count = [0u8; TRACKED];
+        let mut first = [NONE; TRACKED];
+        let mut count = [0u16; TRACKED];
         for (i, h) in headers.iter().enumerate() {
             let k = h.name as usize;
             if k < TRACKED {
-                if first[k] == u8::MAX {
-                    first[k] = i.min(254) as u8;
+                if first[k] == NONE {
+                    // Lossless: the scan stops at MAX_HEADERS lines.
+                    first[k] = i as u16;
                 }
-                count[k] = count[k].saturating_add(1);
+                count[k] += 1;
             }
         }
         Ok(Message {
@@ -351,14 +379,14 @@ impl Message {
     /// The first header named `name` (tracked names only).
     pub fn first(&self, name: HeaderName) -> Option<&Header> {
         let k = name as usize;
-        (k < TRACKED && self.first[k] != u8::MAX).then(|| &self.headers[self.first[k] as usize])
+        (k < TRACKED && self.first[k] != NONE).then(|| &self.headers[usize::from(self.first[k])])
     }
 
-    /// How many headers are named `name` (tracked names; saturates at 255).
+    /// How many headers are named `name` (tracked names only).
     pub fn count(&self, name: HeaderName) -> usize {
         let k = name as usize;
         if k < TRACKED {
-            self.count[k] as usize
+            usize::from(self.count[k])
         } else {
             0
         }
@@ -477,15 +505,15 @@ impl Message {
                     return Err(bad("method"));
                 }
                 ruri = Some(self.validate_uri(&self.buf[uri.clone()])?);
-                for (h, what) in [
-                    (Via, "missing_via"),
-                    (From, "missing_from"),
-                    (To, "missing_to"),
-                    (CallId, "missing_call_id"),
-                    (CSeq, "missing_cseq"),
+                for (h, missing) in [
+                    (Via, bad("missing_via")),
+                    (From, bad("missing_from")),
+                    (To, bad("missing_to")),
+                    (CallId, bad("missing_call_id")),
+                    (CSeq, bad("missing_cseq")),
                 ] {
                     if self.count(h) == 0 {
-                        return Err(bad(what));
+                        return Err(missing);
                     }
                 }
                 let (_, cseq_method) = self.cseq().ok_or(bad("cseq"))?;
@@ -685,4 +713,62 @@ pub fn parse_u64(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(d.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose header lines are `filler` `X-F<i>: <i>` lines, then
+    /// `tail`.
+    fn with_filler(filler: usize, tail: &[&str]) -> Bytes {
+        let mut s = String::from("OPTIONS sip:a@b SIP/2.0\r\n");
+        for i in 0..filler {
+            s.push_str(&format!("X-F{i}: {i}\r\n"));
+        }
+        for l in tail {
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        Bytes::from(s)
+    }
+
+    /// Index 255 and beyond: each tracked name's first header is the one at
+    /// its own index, not a neighbour's.
+    #[test]
+    fn first_header_of_a_name_is_found_at_any_index() {
+        // The case: the first Call-ID is header 255 of 256.
+        let m = Message::scan(with_filler(255, &["Call-ID: the-call"])).unwrap();
+        assert_eq!(m.call_id(), b"the-call");
+        for filler in [253, 254, 255, 256, 1000, 5000] {
+            let m = Message::scan(with_filler(
+                filler,
+                &["Call-ID: the-call", "Max-Forwards: 7", "Max-Forwards: 9"],
+            ))
+            .unwrap();
+            assert_eq!(m.headers().len(), filler + 3);
+            let h = m.first(HeaderName::CallId).expect("a Call-ID");
+            assert_eq!(h, &m.headers()[filler], "filler {filler}");
+            assert_eq!(m.call_id(), b"the-call", "filler {filler}");
+            let h = m.first(HeaderName::MaxForwards).expect("a Max-Forwards");
+            assert_eq!(h, &m.headers()[filler + 1], "filler {filler}");
+            assert_eq!(m.max_forwards(), Some(7), "filler {filler}");
+            assert_eq!(m.count(HeaderName::MaxForwards), 2);
+            assert!(m.first(HeaderName::Via).is_none());
+        }
+    }
+
+    /// The header count is capped where the index type ends: one more line
+    /// is refused, not mapped onto another header.
+    #[test]
+    fn header_lines_beyond_the_cap_are_refused() {
+        let m = Message::scan(with_filler(MAX_HEADERS - 1, &["Call-ID: last"])).unwrap();
+        assert_eq!(m.headers().len(), MAX_HEADERS);
+        assert_eq!(m.call_id(), b"last");
+        assert_eq!(
+            Message::scan(with_filler(MAX_HEADERS, &["Call-ID: last"])).unwrap_err(),
+            ScanError::TooManyHeaders
+        );
+    }
 }

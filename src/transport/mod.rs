@@ -17,7 +17,8 @@ mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
@@ -53,6 +54,51 @@ pub trait Handler: Send + Sync + 'static {
         head: &[u8],
         err: &FramingError,
     ) -> Option<Bytes>;
+}
+
+/// Hands `msg` to the handler, as every receive loop does. A panic in the
+/// handler is caught here: counted in `sipscreen_panics_total{component}`,
+/// logged with the peer, and the message dropped; the receive loop goes on
+/// with the next message, so one bad message costs no other call. (The
+/// profiles keep `panic = "unwind"`, which this needs.)
+fn deliver(
+    handler: &dyn Handler,
+    msg: Inbound,
+    out: &Sender,
+    metrics: &crate::metrics::Metrics,
+    component: &'static str,
+) {
+    let remote = msg.remote;
+    let len = msg.data.len();
+    // Unwind safety: the handler keeps no state that a half-handled
+    // message leaves broken (counters, lock-free swaps, poison-tolerant
+    // locks), and the message itself is dropped with the panic.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler.on_message(msg, out))) {
+        metrics.panic(component);
+        tracing::error!(
+            %remote,
+            bytes = len,
+            panic = panic_text(&*payload),
+            "panic while handling a SIP message over {component}: message dropped, receiver goes on"
+        );
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+/// Locks `m` even if a thread panicked while holding it. Every lock the
+/// SIP path takes guards data that is whole between statements (a map
+/// insert or remove), so a panic elsewhere must not turn into a
+/// poisoned-lock panic on every later message.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Why a send did not happen.
@@ -167,5 +213,130 @@ impl Transports {
                 .run(handler.clone(), sender.clone(), shutdown.clone()),
             self.tcp.clone().run(handler, sender, shutdown),
         );
+    }
+}
+
+/// A running pair of transports around a handler that panics on demand,
+/// for the transports' own tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    use super::{Handler, Inbound, Sender, TransportKind, tcp, udp};
+    use crate::metrics::Metrics;
+    use crate::sip::framing::FramingError;
+
+    /// Panics on a message (or a broken stream's head) containing `PANIC`;
+    /// reports every other message.
+    struct Probe(mpsc::UnboundedSender<Bytes>);
+
+    fn poisoned(b: &[u8]) -> bool {
+        memchr::memmem::find(b, b"PANIC").is_some()
+    }
+
+    impl Handler for Probe {
+        fn on_message(&self, msg: Inbound, _out: &Sender) {
+            if poisoned(&msg.data) {
+                panic!("injected panic on {:?}", msg.data);
+            }
+            let _ = self.0.send(msg.data);
+        }
+
+        fn on_framing_error(
+            &self,
+            _t: TransportKind,
+            _local: SocketAddr,
+            _remote: SocketAddr,
+            head: &[u8],
+            _err: &FramingError,
+        ) -> Option<Bytes> {
+            if poisoned(head) {
+                panic!("injected panic on a framing error");
+            }
+            None
+        }
+    }
+
+    pub(crate) struct Harness {
+        pub metrics: Arc<Metrics>,
+        pub udp: Option<SocketAddr>,
+        pub tcp: Option<SocketAddr>,
+        /// The transports' sending handle (and through it their state).
+        pub sender: Sender,
+        seen: mpsc::UnboundedReceiver<Bytes>,
+        trigger: crate::shutdown::Trigger,
+        run: tokio::task::JoinHandle<()>,
+    }
+
+    impl Harness {
+        /// Listens on loopback (UDP and / or TCP) and runs the probe.
+        pub async fn start(with_udp: bool, with_tcp: bool) -> Harness {
+            let metrics = Arc::new(Metrics::new());
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let pick = |on: bool| if on { vec![lo] } else { vec![] };
+            let udp = udp::UdpSide::bind(&pick(with_udp), 1, metrics.clone()).unwrap();
+            let tcp = tcp::TcpSide::bind(
+                &pick(with_tcp),
+                16,
+                65536,
+                Duration::from_secs(60),
+                metrics.clone(),
+            )
+            .await
+            .unwrap();
+            let transports = super::Transports {
+                udp: Arc::new(udp),
+                tcp: Arc::new(tcp),
+            };
+            let (udp, tcp) = (
+                transports.udp_addrs().first().copied(),
+                transports.tcp_addrs().first().copied(),
+            );
+            let sender = transports.sender();
+            let (tx, seen) = mpsc::unbounded_channel();
+            let (trigger, shutdown) = crate::shutdown::channel();
+            let run = tokio::spawn(transports.run(Arc::new(Probe(tx)), shutdown));
+            Harness {
+                metrics,
+                udp,
+                tcp,
+                sender,
+                seen,
+                trigger,
+                run,
+            }
+        }
+
+        /// Waits for the probe to report a message ending in `tail`.
+        pub async fn handled(&mut self, tail: &str) {
+            let got = tokio::time::timeout(Duration::from_secs(10), self.seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{tail:?} was not handled"))
+                .expect("transports alive");
+            assert!(
+                got.ends_with(tail.as_bytes()),
+                "handled {:?}, not {tail:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+
+        /// Whether /metrics has this exact line.
+        pub fn exposes(&self, line: &str) -> bool {
+            self.metrics.encode().lines().any(|l| l == line)
+        }
+
+        /// Fires shutdown; the transports must stop within `within`.
+        pub async fn stop(self, within: Duration) {
+            self.trigger.fire();
+            tokio::time::timeout(within, self.run)
+                .await
+                .expect("transports stop on shutdown")
+                .unwrap();
+        }
     }
 }

@@ -4,9 +4,15 @@
 //! and a writer draining a bounded queue, so `send` never waits. A
 //! framing error closes only its own connection, after writing the
 //! handler's answer. A semaphore caps connections.
+//!
+//! A panic while handling one message is caught ([`super::deliver`]) and
+//! the connection goes on; one in the framing of a stream closes that
+//! connection only (caught around the decode step, counted like the first).
+//! Either way the accept loops and every other connection carry on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{Handler, Inbound, SendError, Sender, TransportKind};
+use super::{Handler, Inbound, SendError, Sender, TransportKind, deliver, lock, panic_text};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sip::framing::{Decoder, Frame};
@@ -86,7 +92,7 @@ impl TcpSide {
 
     /// Queues `data` on the connection to `dest`, opening one if needed.
     pub fn send(self: &Arc<Self>, dest: SocketAddr, data: Bytes) -> Result<(), SendError> {
-        let mut conns = self.conns.lock().expect("not poisoned");
+        let mut conns = lock(&self.conns);
         if let Some(tx) = conns.get(&dest) {
             match tx.try_send(data) {
                 Ok(()) => return Ok(()),
@@ -135,7 +141,7 @@ impl TcpSide {
 
     /// Removes `dest`'s entry if it is still this connection's.
     fn forget(&self, dest: SocketAddr, tx: &mpsc::Sender<Bytes>) {
-        let mut conns = self.conns.lock().expect("not poisoned");
+        let mut conns = lock(&self.conns);
         if conns.get(&dest).is_some_and(|t| t.same_channel(tx)) {
             conns.remove(&dest);
         }
@@ -153,7 +159,7 @@ impl TcpSide {
             sender,
             shutdown: shutdown.clone(),
         });
-        let listeners = std::mem::take(&mut *self.listeners.lock().expect("not poisoned"));
+        let listeners = std::mem::take(&mut *lock(&self.listeners));
         let mut set = tokio::task::JoinSet::new();
         for l in listeners {
             let me = self.clone();
@@ -177,16 +183,22 @@ impl TcpSide {
                         continue;
                     };
                     let (tx, rx) = mpsc::channel(QUEUE);
-                    me.conns
-                        .lock()
-                        .expect("not poisoned")
-                        .insert(remote, tx.clone());
+                    lock(&me.conns).insert(remote, tx.clone());
                     let me2 = me.clone();
                     tokio::spawn(async move { me2.serve(stream, remote, tx, rx, permit).await });
                 }
             });
         }
-        while set.join_next().await.is_some() {}
+        while let Some(done) = set.join_next().await {
+            // The loop body takes no lock that can poison and calls no
+            // handler; should it panic all the same, say so.
+            if let Err(e) = done {
+                if e.is_panic() {
+                    self.metrics.panic("tcp");
+                }
+                tracing::error!(error = %e, "a TCP accept loop ended");
+            }
+        }
     }
 
     /// Runs one connection until it closes, errs, idles out or shutdown.
@@ -215,37 +227,22 @@ impl TcpSide {
         let mut decoder = Decoder::new(self.max_message);
         let mut buf = BytesMut::with_capacity(8192);
         let mut sd = ctx.shutdown.clone();
-        'conn: loop {
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(Frame::Message(data))) => ctx.handler.on_message(
-                        Inbound {
-                            transport: TransportKind::Tcp,
-                            local,
-                            remote,
-                            data,
-                        },
-                        &ctx.sender,
-                    ),
-                    Ok(Some(Frame::Ping)) => {
-                        let _ = tx.try_send(Bytes::from_static(b"\r\n"));
-                    }
-                    Ok(Some(Frame::Pong)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(%remote, error = %e, "tcp framing error, closing");
-                        self.metrics.sip_error(e.reason());
-                        if let Some(answer) = ctx.handler.on_framing_error(
-                            TransportKind::Tcp,
-                            local,
-                            remote,
-                            &buf,
-                            &e,
-                        ) {
-                            let _ = tx.try_send(answer);
-                        }
-                        break 'conn;
-                    }
+        loop {
+            let drained = catch_unwind(AssertUnwindSafe(|| {
+                self.drain(ctx, &mut decoder, &mut buf, &tx, local, remote)
+            }));
+            match drained {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(payload) => {
+                    // The stream's framing state is unknown now: close it.
+                    self.metrics.panic("tcp");
+                    tracing::error!(
+                        %remote,
+                        panic = panic_text(&*payload),
+                        "panic while framing a TCP stream: connection closed, listener goes on"
+                    );
+                    break;
                 }
             }
             if buf.capacity() - buf.len() < 4096 {
@@ -273,5 +270,145 @@ impl TcpSide {
             abort.abort();
         }
         gauge.dec();
+    }
+
+    /// Hands every complete message in `buf` to the handler and answers
+    /// pings. `false`: a framing error, the connection is to be closed
+    /// (after the handler's answer, queued here).
+    fn drain(
+        &self,
+        ctx: &Ctx,
+        decoder: &mut Decoder,
+        buf: &mut BytesMut,
+        tx: &mpsc::Sender<Bytes>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> bool {
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(Frame::Message(data))) => deliver(
+                    &*ctx.handler,
+                    Inbound {
+                        transport: TransportKind::Tcp,
+                        local,
+                        remote,
+                        data,
+                    },
+                    &ctx.sender,
+                    &self.metrics,
+                    "tcp",
+                ),
+                Ok(Some(Frame::Ping)) => {
+                    let _ = tx.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "tcp framing error, closing");
+                    self.metrics.sip_error(e.reason());
+                    if let Some(answer) =
+                        ctx.handler
+                            .on_framing_error(TransportKind::Tcp, local, remote, buf, &e)
+                    {
+                        let _ = tx.try_send(answer);
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Harness;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn msg(body: &str) -> String {
+        format!(
+            "OPTIONS sip:x@y SIP/2.0\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A panic handling a message costs that message; one while framing a
+    /// stream costs that connection. Both are counted, and the listener and
+    /// every other connection go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn panics_cost_a_message_or_a_connection_never_the_listener() {
+        let mut h = Harness::start(false, true).await;
+        let addr = h.tcp.unwrap();
+        assert!(h.exposes("sipscreen_panics_total{component=\"tcp\"} 0"));
+
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        a.write_all((msg("PANIC 1") + &msg("after 1")).as_bytes())
+            .await
+            .unwrap();
+        h.handled("after 1").await;
+        assert!(h.exposes("sipscreen_panics_total{component=\"tcp\"} 1"));
+
+        // Garbage whose framing error handler panics: that connection is
+        // closed.
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        b.write_all(b"PANIC garbage\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), b.read(&mut buf))
+            .await
+            .expect("the broken connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(h.exposes("sipscreen_panics_total{component=\"tcp\"} 2"));
+
+        a.write_all(msg("after 2").as_bytes()).await.unwrap();
+        h.handled("after 2").await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(msg("after 3").as_bytes()).await.unwrap();
+        h.handled("after 3").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !h.exposes("sipscreen_tcp_connections 2") {
+            assert!(Instant::now() < deadline, "{}", h.metrics.encode());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.stop(Duration::from_secs(10)).await;
+    }
+
+    /// A thread that panicked holding the connection table leaves it
+    /// usable: connections are still accepted and opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_connection_table_still_works() {
+        let mut h = Harness::start(false, true).await;
+        let side = h.sender.tcp.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = side.conns.lock();
+            panic!("poisoning the connection table");
+        })
+        .join();
+        assert!(h.sender.tcp.conns.is_poisoned());
+
+        let mut a = TcpStream::connect(h.tcp.unwrap()).await.unwrap();
+        a.write_all(msg("accepted").as_bytes()).await.unwrap();
+        h.handled("accepted").await;
+
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        h.sender
+            .send(
+                crate::config::TransportKind::Tcp,
+                peer.local_addr().unwrap(),
+                bytes::Bytes::from_static(b"opened"),
+            )
+            .unwrap();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(10), peer.accept())
+            .await
+            .expect("a connection is opened")
+            .unwrap();
+        let mut got = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got))
+            .await
+            .expect("the message arrives")
+            .unwrap();
+        assert_eq!(&got, b"opened");
+        h.stop(Duration::from_secs(10)).await;
     }
 }

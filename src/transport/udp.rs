@@ -4,7 +4,9 @@
 //! epoll round and a wake-up of a runtime worker per datagram (measured:
 //! over a third of the CPU per call went to the scheduler); a parked
 //! receiver is woken once, directly by the kernel. `on_message` never
-//! blocks, so nothing else queues behind it.
+//! blocks, so nothing else queues behind it. A panic in it is caught per
+//! datagram ([`super::deliver`]): that datagram is dropped, counted and
+//! logged, and the receiver goes on with the next one.
 //!
 //! Datagrams are copied into a large shared arena and split off as
 //! `Bytes`, so a datagram costs no allocation of its own. Sending uses the
@@ -19,7 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::Batch;
-use super::{Handler, Inbound, SendError, Sender, TransportKind};
+use super::{Handler, Inbound, SendError, Sender, TransportKind, deliver};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -161,7 +163,8 @@ fn receive(
                     }
                     arena.extend_from_slice(d);
                     let data = arena.split_to(d.len()).freeze();
-                    handler.on_message(
+                    deliver(
+                        handler,
                         Inbound {
                             transport: TransportKind::Udp,
                             local: bound.addr,
@@ -169,6 +172,8 @@ fn receive(
                             data,
                         },
                         sender,
+                        metrics,
+                        "udp",
                     );
                 }
             }
@@ -185,5 +190,29 @@ fn receive(
                 metrics.sip_error("udp_receive");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Harness;
+    use std::time::Duration;
+
+    /// A datagram whose handling panics is dropped, counted and logged;
+    /// the receiver thread goes on with the next ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_handler_is_counted_and_the_receiver_goes_on() {
+        let mut h = Harness::start(true, false).await;
+        assert!(h.exposes("sipscreen_panics_total{component=\"udp\"} 0"));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = h.udp.unwrap();
+        for d in ["PANIC one", "after one", "PANIC two", "after two"] {
+            client.send_to(d.as_bytes(), to).unwrap();
+        }
+        h.handled("after one").await;
+        h.handled("after two").await;
+        assert!(h.exposes("sipscreen_panics_total{component=\"udp\"} 2"));
+        assert!(h.exposes("sipscreen_panics_total{component=\"tcp\"} 0"));
+        h.stop(Duration::from_secs(10)).await;
     }
 }
