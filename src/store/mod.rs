@@ -217,6 +217,8 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn dead(&self, ids: &[i64], reason: &str, now: i64) -> Result<(), StoreError>;
     /// (queued events, oldest creation time).
     fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError>;
+    /// Queued events that failed at least once and wait for a retry.
+    fn outbox_retrying(&self) -> Result<i64, StoreError>;
     /// The CRM's id for a call (Bitrix24 `CALL_ID` from register).
     fn crm_call(&self, sink: &str, call: &str) -> Result<Option<String>, StoreError>;
     fn set_crm_call(&self, sink: &str, call: &str, crm_id: &str) -> Result<(), StoreError>;

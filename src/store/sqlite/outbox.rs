@@ -102,6 +102,14 @@ impl OutboxStore for SqliteStore {
             })?)
     }
 
+    fn outbox_retrying(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .reader()
+            .query_row("SELECT count(*) FROM outbox WHERE attempts > 0", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     fn crm_call(&self, sink: &str, call: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .reader()
