@@ -140,7 +140,9 @@ impl Peers {
     }
 }
 
-fn write_config(dir: &Path, p: &Peers, crm: SocketAddr) -> PathBuf {
+/// The harness's base config on a fixed SIP port, with one Bitrix24 sink
+/// at `crm` and `[crm] shutdown_grace_secs = grace`.
+fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, grace: u64, timeout_ms: u64) -> PathBuf {
     std::fs::write(dir.join("exceptions.txt"), EXCEPTIONS).unwrap();
     let text = BASE_CONFIG
         .replace("udp = [\"127.0.0.1:0\"]", &format!("udp = [\"{}\"]", p.sip))
@@ -150,9 +152,9 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr) -> PathBuf {
         .replace("{TRUNK}", &p.trunk.local_addr().unwrap().to_string())
         .replace("{DIR}", dir.to_str().unwrap())
         + &format!(
-            "\n[calls]\nmax_call_secs = {MAX_CALL_SECS}\n\n[crm]\nshutdown_grace_secs = 5\n\
+            "\n[calls]\nmax_call_secs = {MAX_CALL_SECS}\n\n[crm]\nshutdown_grace_secs = {grace}\n\
              [[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\n\
-             rate_per_sec = 50\nburst = 50\n"
+             rate_per_sec = 50\nburst = 50\ntimeout_ms = {timeout_ms}\n"
         );
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();
@@ -197,7 +199,7 @@ async fn calls_survive_a_restart(stop: Stop) {
     let (crm, crm_addr) = Crm::start().await;
     let dir = tempfile::tempdir().unwrap();
     let peers = Peers::new();
-    let config = write_config(dir.path(), &peers, crm_addr);
+    let config = write_config(dir.path(), &peers, crm_addr, 5, 5000);
     let db = dir.path().join("data/sipscreen.db");
 
     let run = Serving::start(&config);
@@ -467,4 +469,58 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
         ),
         0
     );
+}
+
+/// SIGTERM while the portal hangs: the queued events get the grace, the
+/// request in flight its timeout, then the process exits with everything
+/// still queued and the call kept for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_hung_crm_waits_the_grace_and_keeps_everything() {
+    let (crm, crm_addr) = Crm::start().await;
+    crm.delay_ms
+        .store(60_000, std::sync::atomic::Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let peers = Peers::new();
+    let (grace, timeout_ms) = (1, 1500);
+    let config = write_config(dir.path(), &peers, crm_addr, grace, timeout_ms);
+    let db = dir.path().join("data/sipscreen.db");
+    let mut run = Serving::start(&config);
+    peers.call("h-1", "+4917044444444", 200);
+    wait_until("the call kept", || {
+        count(&db, "SELECT count(*) FROM active_calls") == 1
+    });
+    let sent = Instant::now();
+    run.signal("-TERM");
+    let deadline = sent + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = run.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "{status}");
+    // At least the grace; at most the grace plus the request's timeout
+    // (and a second for the rest of the shutdown on a loaded machine).
+    assert!(took >= Duration::from_secs(grace), "{took:?}");
+    assert!(
+        took <= Duration::from_secs(grace) + Duration::from_millis(timeout_ms + 1000),
+        "{took:?}"
+    );
+    eprintln!(
+        "SIGTERM to exit with a hung CRM: {took:?} (grace {grace} s, timeout {timeout_ms} ms)"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM active_calls"), 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE kind = 'call.started'"
+        ),
+        1
+    );
+    assert!(call_log(dir.path()).is_empty());
 }
