@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::binary::Serving;
+use common::binary::{Serving, count};
 use common::crm::Crm;
 use common::{BASE_CONFIG, EXCEPTIONS, header, invite, response_to};
 use serde_json::Value;
@@ -159,13 +159,6 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, grace: u64, timeout_ms: 
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn count(db: &Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 /// Polls `cond` until it holds, or fails with `what` after 20 s.

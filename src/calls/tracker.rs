@@ -729,7 +729,9 @@ mod tests {
             state: "{\"format\":1}".into(),
             last_ms: now_ms(),
         };
-        store.save_calls(&[], &[bad.clone()], &[], 1).unwrap();
+        store
+            .save_calls(&[], std::slice::from_ref(&bad), &[], 1)
+            .unwrap();
         assert_eq!(t.restore(store.active_calls().unwrap(), now_ms()), 0);
         t.flush();
         assert_eq!(store.active_calls().unwrap(), [bad]);

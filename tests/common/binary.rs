@@ -102,3 +102,12 @@ fn wait_keeping(rx: &Receiver<String>, what: &str, before: &mut Vec<String>) -> 
     }
     panic!("log line {what:?} did not appear");
 }
+
+/// One number from the SQLite file the binary writes (read-only, beside
+/// the running process: WAL readers do not block it).
+pub fn count(db: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
