@@ -134,9 +134,9 @@ pub(super) fn migrate(c: &mut Connection, shown: &str) -> Result<i64, StoreError
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", to)?;
         tx.commit()?;
-        if found > 0 || to > 1 {
-            tracing::info!(store = %shown, version = to, "store schema migrated");
-        }
+    }
+    if found != VERSION {
+        tracing::info!(store = %shown, from = found, to = VERSION, "store schema migrated");
     }
     Ok(found)
 }
