@@ -118,7 +118,7 @@ queue = ["101"]
                 black_box(b"+4930901820"),
                 Some(black_box(b"+4915112345678")),
             );
-            s.write_tags("a84b4c76e66710", &mut out);
+            s.write_tags(Some("a84b4c76e66710"), s.responsible(), &mut out);
             black_box(out.len())
         })
     });

@@ -90,16 +90,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     let m = Message::scan(msg.clone()).expect("scans");
                     let side = rt.routing.classify(remote.ip());
-                    let mut screened = None;
-                    match request::route(
-                        &rt,
-                        &local,
-                        &m,
-                        remote,
-                        TransportKind::Udp,
-                        side,
-                        &mut screened,
-                    ) {
+                    match request::route(&rt, &local, &m, remote, TransportKind::Udp, side) {
                         Outcome::Forward { data, .. } => data,
                         _ => panic!("not forwarded"),
                     }

@@ -2,15 +2,18 @@
 //! who is the PBX, where each side's requests go) and the screener. The
 //! proxy holds the current `Runtime` in an `ArcSwap`; a reload builds a new
 //! one beside it and swaps it in whole, or keeps the old one on any error.
+//! [`Runtime::decide`] is the one place a call's verdict, tags and
+//! responsible person are decided.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::{ConfigError, Diagnostic, Loaded, TransportKind};
-use crate::screening::Screener;
+use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind};
+use crate::contacts::Contact;
 use crate::screening::exceptions::ExceptionSet;
+use crate::screening::{Client, Direction, Screener, Screening};
 
 /// Which side of the sidecar a packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,5 +172,68 @@ impl Runtime {
     pub fn with_contacts(mut self, contacts: Arc<crate::contacts::Directory>) -> Self {
         self.contacts = contacts;
         self
+    }
+}
+
+/// The whole decision for one call: the screening (verdict, line, client,
+/// create) and the responsible person from the contacts directory. Live
+/// calls (`proxy::request`) and `POST /api/v1/screen` both come through
+/// [`Runtime::decide`], so the API answers what a call would get.
+pub struct Decision<'r> {
+    pub screening: Screening<'r>,
+    /// The client's entry in the contacts directory, when the call is
+    /// inbound on a line that forwards to the responsible person and the
+    /// client is known.
+    pub contact: Option<Arc<Contact>>,
+}
+
+impl Runtime {
+    /// Screens a call (hot path: no allocation, never blocks) and looks the
+    /// client up in the directory where the line asks for it.
+    pub fn decide(
+        &self,
+        direction: Direction,
+        line_user: &[u8],
+        client_user: Option<&[u8]>,
+    ) -> Decision<'_> {
+        let screening = self.screener.screen(direction, line_user, client_user);
+        let contact = match screening.client {
+            Client::Number(n)
+                if direction == Direction::Inbound && screening.settings.forward_to_responsible =>
+            {
+                self.contacts.get(n)
+            }
+            _ => None,
+        };
+        Decision { screening, contact }
+    }
+}
+
+impl Decision<'_> {
+    /// The contact's user, else the line queue's first member.
+    pub fn responsible(&self) -> Option<&str> {
+        self.contact
+            .as_deref()
+            .map(|c| c.user_id.as_str())
+            .or(self.screening.responsible())
+    }
+
+    /// Appends the `X-CRM-*` header lines an INVITE towards the PBX
+    /// carries (`X-CRM-Call-Id` only when there is a call).
+    pub fn write_tags(&self, call_id: Option<&str>, out: &mut Vec<u8>) {
+        self.screening.write_tags(call_id, self.responsible(), out);
+    }
+
+    /// On a `forward = "ruri"` line, the responsible's extension the
+    /// Request-URI user becomes (only an extension of dial-string
+    /// characters: it is written into the Request-URI as it is).
+    pub fn forward_to(&self) -> Option<&str> {
+        let c = self.contact.as_deref()?;
+        let ok = self.screening.settings.forward == ForwardMode::Ruri
+            && !c.extension.is_empty()
+            && c.extension
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+*#".contains(&b));
+        ok.then_some(c.extension.as_str())
     }
 }

@@ -43,7 +43,7 @@ pub enum ServerError {
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("[admin] tokens: {0}")]
-    Tokens(String),
+    Tokens(#[from] crate::api::auth::TokenError),
     #[error("[crm]: {0}")]
     Crm(String),
     #[error("call log: {0}")]
@@ -297,7 +297,7 @@ impl Server {
         let exceptions = Arc::new(ExceptionSet::new());
         let loaded = config::load(path)?;
         let runtime = Runtime::build(loaded, exceptions.clone())?;
-        let tokens = Tokens::from_config(&runtime.loaded.config).map_err(ServerError::Tokens)?;
+        let tokens = Tokens::from_config(&runtime.loaded.config)?;
         let data_dir = runtime.loaded.config.store.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir))
             .await
@@ -381,7 +381,7 @@ impl Server {
             .await
             .map_err(|e| ServerError::Exceptions(e.to_string()))??;
         let found = kept.len();
-        let restored = tracker.restore(kept, crate::store::now_ms());
+        let restored = tracker.restore(kept, crate::clock::now_ms());
         if found > 0 {
             tracing::info!(
                 found,
@@ -419,8 +419,7 @@ impl Server {
             let loaded = config::load(&self.config_path)?;
             let runtime = Runtime::build(loaded, self.exceptions.clone())?
                 .with_contacts(self.proxy.runtime().contacts.clone());
-            let tokens =
-                Tokens::from_config(&runtime.loaded.config).map_err(ServerError::Tokens)?;
+            let tokens = Tokens::from_config(&runtime.loaded.config)?;
             let old = self.proxy.runtime();
             if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
                 || old.loaded.config.sip.tcp != runtime.loaded.config.sip.tcp

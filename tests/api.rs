@@ -394,6 +394,23 @@ async fn filters_and_cursor_paging_newest_first() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = api.get(VIEW, "/exceptions?limit=100000").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // One paging rule for every list.
+    for list in ["/exceptions", "/audit", "/contacts", "/calls"] {
+        for bad in ["limit=0", "limit=1001"] {
+            let (s, v) = api.get(VIEW, &format!("{list}?{bad}")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{list}?{bad}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+        }
+        let (s, v) = api.get(VIEW, &format!("{list}?limit=1000")).await;
+        assert_eq!(s, StatusCode::OK, "{list}: {v}");
+        assert!(
+            v["items"].is_array() && v.get("next_cursor").is_some(),
+            "{v}"
+        );
+    }
+    let (s, v) = api.get(VIEW, "/calls?cursor=no-such-call").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cursor"), "{v}");
     h.stop().await;
 }
 

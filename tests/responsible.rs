@@ -179,3 +179,61 @@ async fn a_transfer_updates_the_directory_where_the_line_says_so() {
     }
     h.stop().await;
 }
+
+/// `POST /api/v1/screen` answers what a live call gets: the same tags
+/// (X-CRM-Responsible from the directory included) and, on a
+/// `forward = "ruri"` line, the extension the PBX is asked for.
+#[tokio::test]
+async fn the_screen_api_answers_what_a_live_call_gets() {
+    let h = Harness::start_with("udp", LINES).await;
+    let r = api(&h, reqwest::Method::POST, "/contacts", "edit-token")
+        .await
+        .json(&json!([{"client": "+4917012340007", "user_id": "57", "extension": "257"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for (line, id) in [("+4930901820", "agree-hdr"), ("+4930901830", "agree-ruri")] {
+        for caller in ["+4917012340007", "+4917099990002"] {
+            let got = call(&h, caller, line, &format!("{id}{caller}")).await;
+            let v: Value = api(&h, reqwest::Method::POST, "/screen", "view-token")
+                .await
+                .json(&json!({"number": caller, "line": line, "direction": "inbound"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let live: Vec<(String, String)> = header_lines(&got)
+                .into_iter()
+                .filter(|l| l.starts_with("X-CRM-") && !l.starts_with("X-CRM-Call-Id"))
+                .map(|l| {
+                    let (k, v) = l.split_once(": ").unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            let api_tags: Vec<(String, String)> = v["tags"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, x)| (k.clone(), x.as_str().unwrap().to_string()))
+                .collect();
+            let mut sorted = live.clone();
+            sorted.sort();
+            assert_eq!(api_tags, sorted, "{caller} on {line}: {v}\n{got}");
+            assert_eq!(
+                v["responsible"].as_str(),
+                header(&got, "X-CRM-Responsible").as_deref(),
+                "{v}"
+            );
+            let ruri_user = got
+                .strip_prefix("INVITE sip:")
+                .and_then(|r| r.split('@').next())
+                .unwrap();
+            let forward = v["forward_to"].as_str().unwrap_or(line);
+            assert_eq!(forward, ruri_user, "{v}\n{got}");
+        }
+    }
+    h.stop().await;
+}

@@ -179,7 +179,7 @@ fn call_log(dir: &Path) -> Vec<Value> {
 }
 
 fn ms(v: &Value) -> i64 {
-    sipscreen::store::unix_ms(humantime::parse_rfc3339(v.as_str().unwrap()).unwrap())
+    sipscreen::clock::unix_ms(humantime::parse_rfc3339(v.as_str().unwrap()).unwrap())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -289,11 +289,11 @@ async fn calls_survive_a_restart(stop: Stop) {
         assert_eq!(r["outcome"], "completed", "{r}");
         // Answered before the stop, ended after the restart.
         assert!(
-            ms(&r["answer"]) <= sipscreen::store::unix_ms(stopped_at),
+            ms(&r["answer"]) <= sipscreen::clock::unix_ms(stopped_at),
             "{r}"
         );
         assert!(
-            ms(&r["end"]) >= sipscreen::store::unix_ms(restarted_at) - 1000,
+            ms(&r["end"]) >= sipscreen::clock::unix_ms(restarted_at) - 1000,
             "{r}"
         );
         let d = r["duration"].as_u64().unwrap();
@@ -401,7 +401,7 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
     let deliver = |events: Vec<NewEvent>| {
         let (sink, outbox, metrics) = (sink.clone(), outbox.clone(), metrics.clone());
         async move {
-            outbox.enqueue(&events, sipscreen::store::now_ms()).unwrap();
+            outbox.enqueue(&events, sipscreen::clock::now_ms()).unwrap();
             let (trigger, sd) = sipscreen::shutdown::channel();
             let cfg = sipscreen::crm::WorkerConfig {
                 rate_per_sec: 100.0,

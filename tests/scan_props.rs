@@ -69,17 +69,10 @@ fn exercise(rt: &Runtime, local: &Local, data: Vec<u8>) {
     }
     let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
     for side in [Side::Trunk(0), Side::Pbx] {
-        let mut screened = None;
         if m.is_request() {
-            if let Outcome::Forward { data, .. } = request::route(
-                rt,
-                local,
-                &m,
-                remote,
-                TransportKind::Udp,
-                side,
-                &mut screened,
-            ) {
+            if let Outcome::Forward { data, .. } =
+                request::route(rt, local, &m, remote, TransportKind::Udp, side)
+            {
                 let again = Message::scan(data).expect("what we forward scans");
                 assert!(again.validate().is_ok(), "what we forward validates");
             }
@@ -122,7 +115,6 @@ fn the_seed_invite_is_forwarded() {
     let rt = runtime();
     let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
     let m = Message::scan(Bytes::from_static(INVITE.as_bytes())).unwrap();
-    let mut screened = None;
     let out = request::route(
         &rt,
         &local,
@@ -130,7 +122,6 @@ fn the_seed_invite_is_forwarded() {
         "127.0.0.2:5070".parse().unwrap(),
         TransportKind::Udp,
         Side::Trunk(0),
-        &mut screened,
     );
     let Outcome::Forward { data, dest, .. } = out else {
         panic!("not forwarded")

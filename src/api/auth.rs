@@ -40,29 +40,40 @@ pub enum Denied {
     Forbidden,
 }
 
+/// Why the configured tokens cannot be used; each names the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token {0:?}: sha256 must be 64 hex digits")]
+    BadHash(String),
+    #[error("token {token:?}: environment variable {var} is not set")]
+    EnvUnset { token: String, var: String },
+    #[error("token {0:?}: no sha256 and no env")]
+    NoSecret(String),
+}
+
 impl Tokens {
     /// From the config; a token read from an unset or empty environment
     /// variable is an error that names the token and the variable.
-    pub fn from_config(cfg: &Config) -> Result<Tokens, String> {
+    pub fn from_config(cfg: &Config) -> Result<Tokens, TokenError> {
         let mut entries = Vec::new();
         for t in &cfg.admin.tokens {
             let sha256 = match (&t.sha256, &t.env) {
                 (Some(h), _) => {
                     let mut out = [0u8; 32];
                     hex::decode_to_slice(h.get_ref(), &mut out)
-                        .map_err(|_| format!("token {:?}: sha256 must be 64 hex digits", t.name))?;
+                        .map_err(|_| TokenError::BadHash(t.name.clone()))?;
                     out
                 }
                 (None, Some(var)) => match std::env::var(var) {
                     Ok(v) if !v.is_empty() => Sha256::digest(v.as_bytes()).into(),
                     _ => {
-                        return Err(format!(
-                            "token {:?}: environment variable {var} is not set",
-                            t.name
-                        ));
+                        return Err(TokenError::EnvUnset {
+                            token: t.name.clone(),
+                            var: var.clone(),
+                        });
                     }
                 },
-                (None, None) => return Err(format!("token {:?}: no sha256 and no env", t.name)),
+                (None, None) => return Err(TokenError::NoSecret(t.name.clone())),
             };
             entries.push(Token {
                 name: t.name.clone(),

@@ -4,8 +4,9 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::page::{self, Page};
 use super::{ApiError, ApiState, blocking, parse_rfc3339_ms};
 use crate::calls::log::{self, CallRecord, Filter};
 use crate::config::Role;
@@ -21,12 +22,8 @@ pub struct CallsQuery {
     /// The line, any form (normalised).
     line: Option<String>,
     verdict: Option<String>,
+    cursor: Option<String>,
     limit: Option<usize>,
-}
-
-#[derive(Serialize)]
-pub struct Calls {
-    items: Vec<CallRecord>,
 }
 
 fn time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -37,7 +34,7 @@ pub async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Calls>, ApiError> {
+) -> Result<Json<Page<CallRecord>>, ApiError> {
     s.authorize(&headers, Role::View)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let line = match q.line.as_deref() {
@@ -62,19 +59,19 @@ pub async fn list(
             "verdict {v:?}: use log or exception"
         )));
     }
-    let limit = match q.limit.unwrap_or(100) {
-        0 => return Err(ApiError::bad_request("limit must be at least 1")),
-        n => n.min(10_000),
-    };
+    let limit = page::limit(q.limit)?;
     let filter = Filter {
         since_ms: time("since", q.since.as_deref())?,
         until_ms: time("until", q.until.as_deref())?,
         line,
         verdict: q.verdict,
+        after: q.cursor.clone(),
         limit,
     };
     let (dir, keep) = (s.calls_dir.clone(), s.calls_keep);
-    let items =
-        blocking(move || log::read(&dir, keep, &filter).map_err(ApiError::internal)).await?;
-    Ok(Json(Calls { items }))
+    let read = blocking(move || log::read(&dir, keep, &filter).map_err(ApiError::internal)).await?;
+    if !read.cursor_found {
+        return Err(page::foreign(q.cursor.as_deref().unwrap_or_default()));
+    }
+    Ok(Json(Page::new(read.records, limit, |r| r.call_id.clone())))
 }

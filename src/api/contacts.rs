@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
+use super::page::{self, Page};
 use super::{ApiError, ApiState, blocking};
 use crate::config::Role;
 use crate::contacts::Contact;
@@ -23,30 +24,21 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
-pub struct Page {
-    items: Vec<Contact>,
-    next_cursor: Option<String>,
-}
-
 pub async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Json<Page<Contact>>, ApiError> {
     s.authorize(&headers, Role::View)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page::limit(q.limit)?;
     let st = s.contact_store.clone();
     let items = blocking(move || {
         st.list_contacts(q.user.as_deref(), q.cursor.as_deref(), limit)
             .map_err(ApiError::internal)
     })
     .await?;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|c| c.client.clone()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::new(items, limit, |c| c.client.clone())))
 }
 
 #[derive(Deserialize)]
@@ -158,7 +150,7 @@ pub async fn import(
     let (st, dir) = (s.contact_store.clone(), s.contacts.clone());
     let (added, updated) = blocking(move || {
         let done = st
-            .upsert_contacts(&good, &actor.name, crate::store::now_ms())
+            .upsert_contacts(&good, &actor.name, crate::clock::now_ms())
             .map_err(ApiError::internal)?;
         dir.upsert(&good);
         Ok(done)

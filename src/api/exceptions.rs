@@ -11,14 +11,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms, rfc3339};
+use super::page::{self, Page};
+use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms};
+use crate::clock::{now_ms, rfc3339};
 use crate::config::Role;
 use crate::screening::source::Value;
-use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted, now_ms};
+use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted};
 
 /// Default and largest page size.
-const PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 /// Values accepted in one `POST /exceptions`.
 const MAX_VALUES: usize = 1000;
 
@@ -67,39 +67,6 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
-pub struct Page<T> {
-    items: Vec<T>,
-    /// Pass as `cursor` for the next (older) page; `null` at the end.
-    next_cursor: Option<String>,
-}
-
-fn page<T>(items: Vec<T>, limit: usize, id: impl Fn(&T) -> i64) -> Page<T> {
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|e| id(e).to_string()))
-        .flatten();
-    Page { items, next_cursor }
-}
-
-fn parse_cursor(c: Option<&str>) -> Result<Option<i64>, ApiError> {
-    c.map(|c| {
-        c.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!("cursor {c:?} is not one this API gave out"))
-        })
-    })
-    .transpose()
-}
-
-fn parse_limit(l: Option<usize>) -> Result<usize, ApiError> {
-    match l.unwrap_or(PAGE) {
-        0 => Err(ApiError::bad_request("limit must be at least 1")),
-        n if n > MAX_PAGE => Err(ApiError::bad_request(format!(
-            "limit must be at most {MAX_PAGE}"
-        ))),
-        n => Ok(n),
-    }
-}
-
 fn parse_value(s: &ApiState, text: &str) -> Result<Value, ApiError> {
     let rt = s.proxy.runtime();
     Value::parse(text, rt.screener.normalizer())
@@ -136,19 +103,19 @@ pub async fn list(
             format!("+{}", p.strip_prefix("00").unwrap_or(&p))
         }
     });
-    let limit = parse_limit(q.limit)?;
+    let limit = page::limit(q.limit)?;
     let filter = ListFilter {
         kind,
         comment: q.q.filter(|c| !c.is_empty()),
         value,
         prefix,
-        before: parse_cursor(q.cursor.as_deref())?,
+        before: page::id_cursor(q.cursor.as_deref())?,
         limit,
     };
     let store = s.exceptions.store().clone();
     let items = blocking(move || store.list(&filter).map_err(ApiError::internal)).await?;
     let items: Vec<EntryView> = items.into_iter().map(EntryView::from).collect();
-    Ok(Json(page(items, limit, |e| e.id)))
+    Ok(Json(Page::new(items, limit, |e| e.id.to_string())))
 }
 
 #[derive(Deserialize)]
@@ -353,8 +320,8 @@ pub async fn audit(
         Some(v) => Some(parse_value(&s, v)?.canonical()),
         None => None,
     };
-    let before = parse_cursor(q.cursor.as_deref())?;
-    let limit = parse_limit(q.limit)?;
+    let before = page::id_cursor(q.cursor.as_deref())?;
+    let limit = page::limit(q.limit)?;
     let store = s.exceptions.store().clone();
     let rows = blocking(move || {
         store
@@ -363,7 +330,7 @@ pub async fn audit(
     })
     .await?;
     let rows: Vec<AuditView> = rows.into_iter().map(AuditView::from).collect();
-    Ok(Json(page(rows, limit, |a| a.id)))
+    Ok(Json(Page::new(rows, limit, |a| a.id.to_string())))
 }
 
 #[derive(Serialize)]

@@ -10,6 +10,7 @@ pub mod auth;
 mod calls;
 mod contacts;
 mod exceptions;
+pub mod page;
 mod screen;
 
 use std::sync::Arc;
@@ -157,21 +158,13 @@ where
     }
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// An RFC 3339 time given as `name`, as unix milliseconds.
 pub fn parse_rfc3339_ms(name: &str, t: &str) -> Result<i64, ApiError> {
-    humantime::parse_rfc3339_weak(t)
-        .map(crate::store::unix_ms)
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "{name} {t:?}: {e} (use RFC 3339, e.g. 2027-01-31T00:00:00Z)"
-            ))
-        })
+    crate::clock::parse_rfc3339(t).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{name} {t:?}: {e} (use RFC 3339, e.g. 2027-01-31T00:00:00Z)"
+        ))
+    })
 }
 
 /// Runs blocking store work off the async threads.

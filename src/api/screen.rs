@@ -1,6 +1,7 @@
 //! `POST /screen` and `POST /screen/email`: the verdict the sidecar would
-//! give, from the code live calls use (`Screener::screen` and
-//! `Screening::write_tags` on the runtime in use).
+//! give, from the code live calls use (`Runtime::decide` and
+//! `Decision::write_tags` on the runtime in use, contacts directory
+//! included).
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,10 @@ pub struct NumberAnswer {
     /// The `X-CRM-*` headers an inbound INVITE would carry (without
     /// `X-CRM-Call-Id`: this is not a call).
     tags: BTreeMap<String, String>,
+    /// On a `forward = "ruri"` line, the extension the Request-URI user
+    /// becomes (the responsible's); absent when the R-URI is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward_to: Option<String>,
 }
 
 /// `POST /screen {"number", "line", "direction"}`
@@ -58,17 +63,15 @@ pub async fn number(
     let rt = s.proxy.runtime();
     let number = q.number.trim();
     let client = (!number.is_empty()).then_some(number.as_bytes());
-    let sc = rt
-        .screener
-        .screen(direction, q.line.trim().as_bytes(), client);
+    let d = rt.decide(direction, q.line.trim().as_bytes(), client);
+    let sc = &d.screening;
     let mut raw = Vec::new();
-    sc.write_tags("", &mut raw);
-    let mut tags: BTreeMap<String, String> = String::from_utf8_lossy(&raw)
+    d.write_tags(None, &mut raw);
+    let tags: BTreeMap<String, String> = String::from_utf8_lossy(&raw)
         .lines()
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    tags.remove("X-CRM-Call-Id");
     Ok(Json(NumberAnswer {
         verdict: sc.verdict.as_str(),
         direction: direction.as_str(),
@@ -76,8 +79,9 @@ pub async fn number(
         line: tags.get("X-CRM-Line").cloned(),
         create: sc.create().as_str(),
         source: sc.settings.source.clone(),
-        responsible: sc.responsible().map(str::to_string),
+        responsible: d.responsible().map(str::to_string),
         tags,
+        forward_to: d.forward_to().map(str::to_string),
     }))
 }
 

@@ -117,12 +117,23 @@ pub struct Filter {
     /// E.164 with `+`.
     pub line: Option<String>,
     pub verdict: Option<String>,
+    /// Start after this call (`call_id`): the cursor of the page before.
+    pub after: Option<String>,
     pub limit: usize,
 }
 
-/// Records matching `f`, newest first (current file, then `.1`, …).
-pub fn read(dir: &Path, keep: usize, f: &Filter) -> std::io::Result<Vec<CallRecord>> {
+/// Records of one page, newest first, and whether `Filter::after` was
+/// found (a cursor for a call that left the log finds nothing).
+pub struct Read {
+    pub records: Vec<CallRecord>,
+    pub cursor_found: bool,
+}
+
+/// Records matching `f`, newest first (current file, then `.1`, …),
+/// after the cursor's call when `f.after` is given.
+pub fn read(dir: &Path, keep: usize, f: &Filter) -> std::io::Result<Read> {
     let mut out = Vec::new();
+    let mut cursor_found = f.after.is_none();
     let base = log_path(dir);
     let files = std::iter::once(base.clone())
         .chain((1..=keep).map(|i| PathBuf::from(format!("{}.{i}", base.display()))));
@@ -144,13 +155,28 @@ pub fn read(dir: &Path, keep: usize, f: &Filter) -> std::io::Result<Vec<CallReco
             })
             .collect();
         recs.reverse();
+        if !cursor_found {
+            match recs
+                .iter()
+                .position(|r| Some(&r.call_id) == f.after.as_ref())
+            {
+                Some(i) => {
+                    cursor_found = true;
+                    recs.drain(..=i);
+                }
+                None => continue,
+            }
+        }
         out.extend(recs);
         if out.len() >= f.limit {
             out.truncate(f.limit);
             break;
         }
     }
-    Ok(out)
+    Ok(Read {
+        records: out,
+        cursor_found,
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +223,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .records;
         assert_eq!(all[0].start_ms, 39);
         assert!(all.windows(2).all(|w| w[0].start_ms > w[1].start_ms));
         let ex = read(
@@ -210,8 +237,49 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .records;
         let ids: Vec<i64> = ex.iter().map(|r| r.start_ms).collect();
         assert_eq!(ids, [39, 37, 35]);
+        // Pages after a cursor go on across the rotated file, and a cursor
+        // of a call no longer in the log is reported.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = read(
+                dir.path(),
+                2,
+                &Filter {
+                    verdict: Some("log".into()),
+                    after: after.clone(),
+                    limit: 7,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(page.cursor_found);
+            seen.extend(page.records.iter().map(|r| r.start_ms));
+            match page.records.last() {
+                Some(r) if page.records.len() == 7 => after = Some(r.call_id.clone()),
+                _ => break,
+            }
+        }
+        let want: Vec<i64> = all
+            .iter()
+            .filter(|r| r.verdict == "log")
+            .map(|r| r.start_ms)
+            .collect();
+        assert_eq!(seen, want);
+        let gone = read(
+            dir.path(),
+            2,
+            &Filter {
+                after: Some("no-such-call".into()),
+                limit: 7,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!gone.cursor_found && gone.records.is_empty());
     }
 }

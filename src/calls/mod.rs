@@ -110,4 +110,4 @@ impl CallEvents {
     }
 }
 
-pub use crate::store::unix_ms as ms;
+pub use crate::clock::unix_ms as ms;

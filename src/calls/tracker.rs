@@ -23,12 +23,12 @@ use serde_json::json;
 use super::log::{CallLog, CallRecord, Transfer};
 use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
-use crate::api::rfc3339;
+use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
-use crate::store::{ActiveCall, CallStore, NewEvent, now_ms};
+use crate::store::{ActiveCall, CallStore, NewEvent};
 
 /// How often the tracker drains the channel.
 /// Each wake-up costs the same whatever it finds (measured on the load
@@ -616,7 +616,7 @@ mod tests {
             limit: 100,
             ..Default::default()
         };
-        crate::calls::log::read(dir, 2, &f).unwrap()
+        crate::calls::log::read(dir, 2, &f).unwrap().records
     }
 
     #[test]

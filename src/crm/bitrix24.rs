@@ -308,7 +308,7 @@ impl Bitrix24 {
     /// outbox row is still removed, so it is not sent again either).
     async fn keep_finished(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) {
         let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         if !matches!(
             tokio::task::spawn_blocking(move || st.set_crm_finished(&sink, &call, now)).await,
             Ok(Ok(()))

@@ -12,9 +12,10 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{OutEvent, OutboxStore, now_ms};
+use crate::store::{OutEvent, OutboxStore};
 
 /// An HTTP client error as text for logs and the outbox: its whole cause
 /// chain ("error sending request: client error (Connect): tcp connect

@@ -126,7 +126,7 @@ fn report(
     let at = std::time::SystemTime::now();
     let sip_call_id = || msg.buf().slice_ref(msg.call_id());
     if let Some(s) = screened {
-        let sc = &s.screening;
+        let sc = &s.decision.screening;
         let new = NewCall {
             call_id: String::from_utf8_lossy(&s.call_id).into_owned(),
             direction: sc.direction,
@@ -135,7 +135,7 @@ fn report(
             line: sc.line,
             create: sc.create(),
             source: sc.settings.source.clone(),
-            responsible: s.responsible().map(str::to_string),
+            responsible: s.decision.responsible().map(str::to_string),
             change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
             update_directory_on_transfer: sc.settings.update_directory_on_transfer,
             offer: sc.settings.create == crate::config::CreateMode::Offer,
@@ -225,7 +225,6 @@ impl Handler for Proxy {
         let side = rt.routing.classify(inb.remote.ip());
         let method = msg.method();
         self.metrics.message(inb.transport, method, side);
-        let mut screened = None;
         let outcome = if too_large {
             if method.is_some() {
                 Outcome::Reply {
@@ -237,15 +236,7 @@ impl Handler for Proxy {
                 Outcome::Drop("too_large")
             }
         } else if method.is_some() {
-            request::route(
-                &rt,
-                &self.local,
-                &msg,
-                inb.remote,
-                inb.transport,
-                side,
-                &mut screened,
-            )
+            request::route(&rt, &self.local, &msg, inb.remote, inb.transport, side)
         } else {
             response::route(&rt, &self.local, &msg, side)
         };
@@ -254,15 +245,16 @@ impl Handler for Proxy {
                 dest,
                 transport,
                 data,
+                call,
             } => {
                 if self.send(out, transport, dest, data) {
-                    if let Some(s) = &screened {
-                        self.metrics
-                            .screened(s.screening.direction, s.screening.verdict);
+                    if let Some(s) = &call {
+                        let sc = &s.decision.screening;
+                        self.metrics.screened(sc.direction, sc.verdict);
                         self.metrics.screening_time(t0.elapsed().as_secs_f64());
                     }
                     if let Some(calls) = self.calls.get() {
-                        report(calls, &msg, method, side, screened.as_ref());
+                        report(calls, &msg, method, side, call.as_ref());
                     }
                 }
             }

@@ -16,22 +16,21 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::ident::{BRANCH_PREFIX, Local};
-use crate::config::ForwardMode;
 use crate::config::TransportKind;
-use crate::contacts::Contact;
-use crate::runtime::{Peer, Runtime, Side};
-use crate::screening::{Client, Direction, Screening};
+use crate::runtime::{Decision, Peer, Runtime, Side};
+use crate::screening::Direction;
 use crate::sip::values::{NameAddr, Uri, Via, split_commas};
 use crate::sip::{Edits, HeaderName, Message, Method, Parsed};
-use std::sync::Arc;
 
-/// What to do with a request.
-pub enum Outcome {
-    /// Send `data` to `dest`.
+/// What to do with a message.
+pub enum Outcome<'r> {
+    /// Send `data` to `dest`; `call` is the screened call when `data`
+    /// starts a dialog.
     Forward {
         dest: SocketAddr,
         transport: TransportKind,
         data: Bytes,
+        call: Option<Screened<'r>>,
     },
     /// Answer the sender with `code` (plus header lines in `extra`).
     Reply {
@@ -43,35 +42,43 @@ pub enum Outcome {
     Drop(&'static str),
 }
 
-/// What the caller needs to know about a screened call.
+/// A dialog-creating INVITE that was screened and tagged.
 pub struct Screened<'r> {
-    pub screening: Screening<'r>,
+    /// Verdict, tags and the responsible person.
+    pub decision: Decision<'r>,
     /// `X-CRM-Call-Id` (hex digits).
     pub call_id: [u8; 32],
-    /// The client's entry in the contacts directory, when the line
-    /// forwards to the responsible person and the client is known.
-    pub contact: Option<Arc<Contact>>,
 }
 
-impl Screened<'_> {
-    /// The contact's user, else the line queue's first member.
-    pub fn responsible(&self) -> Option<&str> {
-        self.contact
-            .as_deref()
-            .map(|c| c.user_id.as_str())
-            .or(self.screening.responsible())
+/// A request the proxy answers itself instead of forwarding (what a
+/// stage returns to stop the others).
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    extra: Option<Vec<u8>>,
+}
+
+impl From<Refusal> for Outcome<'_> {
+    fn from(r: Refusal) -> Self {
+        Outcome::Reply {
+            code: r.code,
+            reason: r.reason,
+            extra: r.extra,
+        }
     }
 }
 
-fn reply(code: u16, reason: &'static str) -> Outcome {
-    Outcome::Reply {
+fn reply(code: u16, reason: &'static str) -> Refusal {
+    Refusal {
         code,
         reason,
         extra: None,
     }
 }
 
-/// Decides the fate of request `msg` that came from `remote` on `side`.
+/// Decides the fate of request `msg` that came from `remote` on `side`,
+/// in four stages: refuse, find our Route entries and the next hop, edit
+/// for forwarding, screen and tag.
 pub fn route<'r>(
     rt: &'r Runtime,
     local: &Local,
@@ -79,16 +86,60 @@ pub fn route<'r>(
     remote: SocketAddr,
     in_transport: TransportKind,
     side: Side,
-    screened: &mut Option<Screened<'r>>,
-) -> Outcome {
-    if side == Side::Unknown {
-        return reply(403, "forbidden_source");
-    }
-    let p = match msg.validate() {
-        Ok(p) => p,
-        Err(inv) => return reply(inv.status, inv.reason),
+) -> Outcome<'r> {
+    forward(rt, local, msg, remote, in_transport, side).unwrap_or_else(Outcome::from)
+}
+
+fn forward<'r>(
+    rt: &'r Runtime,
+    local: &Local,
+    msg: &Message,
+    remote: SocketAddr,
+    in_transport: TransportKind,
+    side: Side,
+) -> Result<Outcome<'r>, Refusal> {
+    let p = refuse(local, msg, side)?;
+    let routes = own_routes(local, msg)?;
+    let ruri = p.ruri.as_ref().ok_or_else(|| reply(400, "request_uri"))?;
+    let dialog_creating = msg.method() == Some(Method::Invite) && p.to.tag().is_none();
+    // Screening decides the line (and so the trunk) of PBX-originated
+    // requests; only dialog-creating INVITEs are counted and tagged.
+    let decision =
+        (routes.popped.is_empty() || dialog_creating).then(|| decide(rt, msg, &p, ruri, side));
+    let (dest, transport) = next_hop(rt, &routes, ruri, side, decision.as_ref())?;
+    let mut e = Edits::new();
+    let hop = Hop {
+        remote,
+        in_transport,
+        out_transport: transport,
     };
-    let method = msg.method().unwrap_or(Method::Other);
+    forward_edits(local, msg, &p, &routes, hop, dialog_creating, &mut e);
+    let call = match decision {
+        Some(d) if dialog_creating => Some(tag(local, msg, &p, ruri, d, &mut e)),
+        _ => None,
+    };
+    if msg.content_length().is_none() {
+        e.insert_with(msg.header_end(), |a| {
+            let _ = write!(a, "Content-Length: {}\r\n", msg.body_len());
+        });
+    }
+    Ok(Outcome::Forward {
+        dest,
+        transport,
+        data: e.apply(msg.buf(), msg.end()),
+        call,
+    })
+}
+
+/// Stage 1: what a proxy must refuse before anything else (RFC 3261 §16.3):
+/// unknown sources, invalid messages, Proxy-Require, Max-Forwards 0, loops.
+fn refuse<'m>(local: &Local, msg: &'m Message, side: Side) -> Result<Parsed<'m>, Refusal> {
+    if side == Side::Unknown {
+        return Err(reply(403, "forbidden_source"));
+    }
+    let p = msg
+        .validate()
+        .map_err(|inv| reply(inv.status, inv.reason))?;
     if msg.count(HeaderName::ProxyRequire) > 0 {
         let mut extra = b"Unsupported: ".to_vec();
         let tags: Vec<&[u8]> = msg
@@ -97,79 +148,109 @@ pub fn route<'r>(
             .collect();
         extra.extend_from_slice(&tags.join(&b", "[..]));
         extra.extend_from_slice(b"\r\n");
-        return Outcome::Reply {
+        return Err(Refusal {
             code: 420,
             reason: "proxy_require",
             extra: Some(extra),
-        };
+        });
     }
-    let max_forwards = p.max_forwards;
-    if max_forwards == Some(0) {
-        return reply(483, "max_forwards");
+    if p.max_forwards == Some(0) {
+        return Err(reply(483, "max_forwards"));
     }
     if is_loop(local, msg) {
-        return reply(482, "loop");
+        return Err(reply(482, "loop"));
     }
-    let top_via = &p.top_via;
+    Ok(p)
+}
 
-    // Our own Route entries (one, or two when we double-record-routed).
-    let mut popped: SmallVec<[(usize, Range<usize>); 2]> = SmallVec::new();
-    let mut next_route: Option<Uri<'_>> = None;
+/// Our own Route entries at the top (one, or two when we double
+/// record-routed), and the first Route that is not ours.
+struct Routes<'m> {
+    /// (header index, value range) of each of ours.
+    popped: SmallVec<[(usize, Range<usize>); 2]>,
+    next: Option<Uri<'m>>,
+}
+
+/// Stage 2a: the Route set.
+fn own_routes<'m>(local: &Local, msg: &'m Message) -> Result<Routes<'m>, Refusal> {
+    let mut routes = Routes {
+        popped: SmallVec::new(),
+        next: None,
+    };
     for (idx, r) in msg.values(HeaderName::Route) {
-        let Ok(na) = NameAddr::parse(msg.slice(r.clone())) else {
-            return reply(400, "route");
-        };
-        let Ok(uri) = Uri::parse(na.uri) else {
-            return reply(400, "route");
-        };
-        if next_route.is_none() && local.is_my_uri(&uri) {
-            popped.push((idx, r));
+        let uri = NameAddr::parse(msg.slice(r.clone()))
+            .ok()
+            .and_then(|na| Uri::parse(na.uri).ok())
+            .ok_or_else(|| reply(400, "route"))?;
+        if local.is_my_uri(&uri) {
+            routes.popped.push((idx, r));
         } else {
-            next_route = Some(uri);
+            routes.next = Some(uri);
             break;
         }
     }
-    let Some(ruri) = p.ruri.as_ref() else {
-        return reply(400, "request_uri");
-    };
-    let to_tagged = p.to.tag().is_some();
-    let dialog_creating = method == Method::Invite && !to_tagged;
+    Ok(routes)
+}
 
-    // Screening decides the line (and so the trunk) of PBX-originated
-    // requests; only dialog-creating INVITEs are counted and tagged.
-    let screening = if popped.is_empty() || dialog_creating {
-        Some(screen(rt, msg, &p, ruri, side))
-    } else {
-        None
-    };
-
-    let (dest, transport) = if !popped.is_empty() {
-        let hop = next_route.as_ref().unwrap_or(ruri);
-        in_dialog_hop(rt, hop, side)
-    } else {
-        match side {
-            Side::Trunk(_) => (rt.routing.pbx.target, rt.routing.pbx.transport),
-            _ => {
-                let line = screening.as_ref().and_then(|s| s.line);
-                match rt.routing.trunk_for(rt.screener.line_trunk(line)) {
-                    Some(t) => (t.target, t.transport),
-                    None => return reply(503, "no_trunk"),
-                }
-            }
+/// Stage 2b: the next hop. In-dialog requests follow their Route /
+/// Request-URI within the other side's peer; new ones go to the PBX
+/// (from a trunk) or to the line's trunk (from the PBX).
+fn next_hop(
+    rt: &Runtime,
+    routes: &Routes<'_>,
+    ruri: &Uri<'_>,
+    side: Side,
+    decision: Option<&Decision<'_>>,
+) -> Result<(SocketAddr, TransportKind), Refusal> {
+    if !routes.popped.is_empty() {
+        return Ok(in_dialog_hop(
+            rt,
+            routes.next.as_ref().unwrap_or(ruri),
+            side,
+        ));
+    }
+    match side {
+        Side::Trunk(_) => Ok((rt.routing.pbx.target, rt.routing.pbx.transport)),
+        _ => {
+            let line = decision.and_then(|d| d.screening.line);
+            rt.routing
+                .trunk_for(rt.screener.line_trunk(line))
+                .map(|t| (t.target, t.transport))
+                .ok_or_else(|| reply(503, "no_trunk"))
         }
-    };
+    }
+}
 
-    let mut e = Edits::new();
+/// The addresses and transports of one forwarding.
+#[derive(Clone, Copy)]
+struct Hop {
+    remote: SocketAddr,
+    in_transport: TransportKind,
+    out_transport: TransportKind,
+}
+
+/// Stage 3: the edits every forwarded request gets: our Via, the top
+/// Via's received/rport, Max-Forwards, no `X-CRM-*` from outside, our
+/// Route entries popped, Record-Route on dialog-creating INVITEs.
+fn forward_edits(
+    local: &Local,
+    msg: &Message,
+    p: &Parsed<'_>,
+    routes: &Routes<'_>,
+    hop: Hop,
+    dialog_creating: bool,
+    e: &mut Edits,
+) {
     let first_via = msg
         .first(HeaderName::Via)
         .map_or(msg.header_end(), |h| h.start as usize);
     e.insert_with(first_via, |a| {
-        a.extend_from_slice(local.via_prefix(transport));
-        local.branch(top_via, msg.uri(), msg.call_id(), p.cseq.0, a);
+        a.extend_from_slice(local.via_prefix(hop.out_transport));
+        local.branch(&p.top_via, msg.uri(), msg.call_id(), p.cseq.0, a);
         a.extend_from_slice(b"\r\n");
     });
-    received_edits(msg, top_via, remote, in_transport, &mut e);
-    match max_forwards {
+    received_edits(msg, &p.top_via, hop.remote, hop.in_transport, e);
+    match p.max_forwards {
         Some(n) => {
             let h = msg.first(HeaderName::MaxForwards).expect("counted");
             e.insert_with(h.value.0 as usize, |a| push_num(a, n.min(256) - 1));
@@ -180,72 +261,54 @@ pub fn route<'r>(
     for h in msg.all(HeaderName::XCrm) {
         e.delete(h.line());
     }
-    delete_values(msg, &popped, &mut e);
+    delete_values(msg, &routes.popped, e);
     if dialog_creating {
         let at = msg
             .first(HeaderName::RecordRoute)
             .map_or(first_via, |h| h.start as usize);
         e.insert_with(at, |a| {
-            a.extend_from_slice(local.record_route(transport));
-            if transport != in_transport {
-                a.extend_from_slice(local.record_route(in_transport));
+            a.extend_from_slice(local.record_route(hop.out_transport));
+            if hop.out_transport != hop.in_transport {
+                a.extend_from_slice(local.record_route(hop.in_transport));
             }
         });
     }
-    if let Some(s) = screening.filter(|_| dialog_creating) {
-        let from_tag = p.from.tag().unwrap_or(b"");
-        let call_id = local.call_id(msg.call_id(), from_tag);
-        let inbound = s.direction == Direction::Inbound;
-        let contact = match s.client {
-            Client::Number(n) if inbound && s.settings.forward_to_responsible => rt.contacts.get(n),
-            _ => None,
-        };
-        let sc = Screened {
-            screening: s,
-            call_id,
-            contact,
-        };
-        if inbound {
-            let id = std::str::from_utf8(&call_id).expect("hex digits");
-            e.insert_with(msg.header_end(), |a| {
-                s.write_tags_for(id, sc.responsible(), a)
-            });
-            // forward = "ruri": the PBX rings the responsible's extension.
-            if let (Some(c), Some(user)) = (&sc.contact, ruri.user)
-                && s.settings.forward == ForwardMode::Ruri
-                && !c.extension.is_empty()
-                && c.extension
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.+*#".contains(&b))
-            {
-                let at = user.as_ptr() as usize - msg.buf().as_ptr() as usize;
-                e.insert_with(at, |a| a.extend_from_slice(c.extension.as_bytes()));
-                e.delete(at..at + user.len());
-            }
+}
+
+/// Stage 4: a dialog-creating INVITE gets its call id; towards the PBX it
+/// carries the tags and, on a `forward = "ruri"` line, the responsible's
+/// extension as Request-URI user. Towards a trunk nothing is added: the
+/// carrier never sees the verdict.
+fn tag<'r>(
+    local: &Local,
+    msg: &Message,
+    p: &Parsed<'_>,
+    ruri: &Uri<'_>,
+    decision: Decision<'r>,
+    e: &mut Edits,
+) -> Screened<'r> {
+    let call_id = local.call_id(msg.call_id(), p.from.tag().unwrap_or(b""));
+    if decision.screening.direction == Direction::Inbound {
+        let id = std::str::from_utf8(&call_id).expect("hex digits");
+        e.insert_with(msg.header_end(), |a| decision.write_tags(Some(id), a));
+        if let (Some(ext), Some(user)) = (decision.forward_to(), ruri.user) {
+            let at = user.as_ptr() as usize - msg.buf().as_ptr() as usize;
+            e.insert_with(at, |a| a.extend_from_slice(ext.as_bytes()));
+            e.delete(at..at + user.len());
         }
-        *screened = Some(sc);
     }
-    if msg.content_length().is_none() {
-        e.insert_with(msg.header_end(), |a| {
-            let _ = write!(a, "Content-Length: {}\r\n", msg.body_len());
-        });
-    }
-    Outcome::Forward {
-        dest,
-        transport,
-        data: e.apply(msg.buf(), msg.end()),
-    }
+    Screened { decision, call_id }
 }
 
 /// Screens the call: line and client by direction (RFC 3325 identity
 /// from trusted trunks, and always from the PBX).
-fn screen<'r>(
+fn decide<'r>(
     rt: &'r Runtime,
     msg: &Message,
     p: &Parsed<'_>,
     ruri: &Uri<'_>,
     side: Side,
-) -> Screening<'r> {
+) -> Decision<'r> {
     fn user<'a>(na: &NameAddr<'a>) -> Option<&'a [u8]> {
         Uri::parse(na.uri).ok().and_then(|u| u.user_number())
     }
@@ -262,13 +325,11 @@ fn screen<'r>(
     match side {
         Side::Trunk(i) => {
             let trust = rt.routing.trunks[i].trust_pai;
-            rt.screener
-                .screen(Direction::Inbound, ruri_user, identity(trust))
+            rt.decide(Direction::Inbound, ruri_user, identity(trust))
         }
         _ => {
             let line = identity(true).unwrap_or(b"");
-            rt.screener
-                .screen(Direction::Outbound, line, Some(ruri_user))
+            rt.decide(Direction::Outbound, line, Some(ruri_user))
         }
     }
 }

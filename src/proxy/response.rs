@@ -15,7 +15,7 @@ use crate::sip::values::Via;
 use crate::sip::{Edits, HeaderName, Message};
 
 /// Decides the fate of response `msg` that came from `side`.
-pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome {
+pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome<'static> {
     if side == Side::Unknown {
         return Outcome::Drop("response_unknown_source");
     }
@@ -64,5 +64,6 @@ pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome 
         dest: SocketAddr::new(ip, port),
         transport,
         data: e.apply(msg.buf(), msg.end()),
+        call: None,
     }
 }

@@ -12,7 +12,31 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use crate::screening::normalize::{Normalizer, e164_string};
-use crate::store::Kind;
+
+/// Phone or e-mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Phone,
+    Email,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Phone => "phone",
+            Kind::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "phone" => Some(Kind::Phone),
+            "email" | "e-mail" => Some(Kind::Email),
+            _ => None,
+        }
+    }
+}
 
 /// Longest line text kept in a [`Rejected`] report.
 const MAX_REPORTED_TEXT: usize = 200;

@@ -199,16 +199,12 @@ impl Screening<'_> {
         self.settings.queue.first().map(String::as_str)
     }
 
-    /// Appends the `X-CRM-*` header lines, in DESIGN.md's table order.
-    /// Control characters in `call_id` are dropped (config strings were
-    /// checked when the line table was built).
-    pub fn write_tags(&self, call_id: &str, out: &mut Vec<u8>) {
-        self.write_tags_for(call_id, self.responsible(), out);
-    }
-
-    /// As [`write_tags`](Self::write_tags), with the responsible person
-    /// known from the contacts directory.
-    pub fn write_tags_for(&self, call_id: &str, responsible: Option<&str>, out: &mut Vec<u8>) {
+    /// Appends the `X-CRM-*` header lines, in DESIGN.md's table order, with
+    /// `responsible` (the caller decides it: `runtime::Decision` knows the
+    /// directory) and `X-CRM-Call-Id` when there is a call. Control
+    /// characters in `call_id` and `responsible` are dropped (config
+    /// strings were checked when the line table was built).
+    pub fn write_tags(&self, call_id: Option<&str>, responsible: Option<&str>, out: &mut Vec<u8>) {
         header(out, b"X-CRM-Verdict", self.verdict.as_str().as_bytes());
         header(out, b"X-CRM-Direction", self.direction.as_str().as_bytes());
         out.extend_from_slice(b"X-CRM-Client: ");
@@ -235,9 +231,11 @@ impl Screening<'_> {
             out.extend(r.bytes().filter(|b| !b.is_ascii_control()));
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"X-CRM-Call-Id: ");
-        out.extend(call_id.bytes().filter(|b| !b.is_ascii_control()));
-        out.extend_from_slice(b"\r\n");
+        if let Some(id) = call_id {
+            out.extend_from_slice(b"X-CRM-Call-Id: ");
+            out.extend(id.bytes().filter(|b| !b.is_ascii_control()));
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 

@@ -55,7 +55,7 @@ fn screener() -> Screener {
 
 fn tags(s: &Screening<'_>) -> String {
     let mut out = Vec::new();
-    s.write_tags("c1", &mut out);
+    s.write_tags(Some("c1"), s.responsible(), &mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -167,7 +167,7 @@ fn call_id_cannot_inject_headers() {
     let sc = screener();
     let s = sc.screen(Direction::Inbound, b"+4930901820", None);
     let mut out = Vec::new();
-    s.write_tags("a\r\nX-Evil: 1", &mut out);
+    s.write_tags(Some("a\r\nX-Evil: 1"), None, &mut out);
     assert!(out.ends_with(b"X-CRM-Call-Id: aX-Evil: 1\r\n"));
 }
 

@@ -20,30 +20,9 @@ pub mod sqlite;
 
 use serde::Serialize;
 
-/// Phone or e-mail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Phone,
-    Email,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Phone => "phone",
-            Kind::Email => "email",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "phone" => Some(Kind::Phone),
-            "email" | "e-mail" => Some(Kind::Email),
-            _ => None,
-        }
-    }
-}
+/// Entry kinds are the screening layer's (a value is a phone or an e-mail
+/// before it is stored).
+pub use crate::screening::source::Kind;
 
 /// An entry to add or update.
 #[derive(Debug, Clone)]
@@ -275,15 +254,4 @@ pub trait ContactStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<crate::contacts::Contact>, StoreError>;
     fn all_contacts(&self) -> Result<Vec<crate::contacts::Contact>, StoreError>;
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    unix_ms(std::time::SystemTime::now())
-}
-
-/// Unix milliseconds of a time (0 before the epoch).
-pub fn unix_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted, now_ms};
+use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted};
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::normalize::Normalizer;
