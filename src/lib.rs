@@ -12,6 +12,7 @@
 //!   swap on reload.
 //! - `admin`: the HTTP listener for `/metrics`, `/healthz`, `/readyz`.
 //! - `metrics`: one registry, passed in.
+//! - `events`: the CRM call event type, built by `calls`, read by `crm`.
 //! - `server`: wires it together (`run(config, shutdown)`).
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod crm;
+pub mod events;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -18,9 +18,7 @@ use crate::calls::log::CallLog;
 use crate::calls::tracker::{Tracker, TrackerConfig};
 use crate::calls::{self, CallEvents, SipEvent};
 use crate::config::{self, ConfigError, Loaded};
-use crate::crm::bitrix24::{self, Auth, Bitrix24};
-use crate::crm::webhook::Webhook;
-use crate::crm::{self, Sink};
+use crate::crm::{self, SinkWorker};
 use crate::metrics::Metrics;
 use crate::proxy::{Local, Proxy};
 use crate::runtime::Runtime;
@@ -39,13 +37,17 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("exceptions file: {0}")]
-    Exceptions(String),
+    ExceptionsFile(#[from] crate::screening::source::SourceError),
+    #[error("exceptions file: {0}")]
+    ExceptionsImport(#[from] crate::store::service::FileImportError),
+    #[error("a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("[admin] tokens: {0}")]
     Tokens(#[from] crate::api::auth::TokenError),
     #[error("[crm]: {0}")]
-    Crm(String),
+    Crm(#[from] crm::factory::SinkConfigError),
     #[error("call log: {0}")]
     CallLog(std::io::Error),
     #[error("cannot bind {what}: {source}")]
@@ -93,8 +95,7 @@ pub fn load_exceptions(
     match &loaded.config.screening.exceptions_file {
         Some(path) => {
             let report = FileSource::new(path.get_ref().clone())
-                .load(runtime_for_normalizer.screener.normalizer())
-                .map_err(|e| ServerError::Exceptions(e.to_string()))?;
+                .load(runtime_for_normalizer.screener.normalizer())?;
             for r in &report.rejected {
                 tracing::warn!(file = %path.get_ref().display(), line = r.line, text = %r.text, reason = %r.reason, "exception entry refused");
             }
@@ -127,9 +128,7 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
         return Ok(());
     };
     let path = path.get_ref();
-    let report = list
-        .import_file_if_changed(path, runtime.screener.normalizer())
-        .map_err(ServerError::Exceptions)?;
+    let report = list.import_file_if_changed(path, runtime.screener.normalizer())?;
     if let Some(r) = report {
         for x in &r.refused_lines {
             tracing::warn!(file = %path.display(), line = x.line, text = %x.text, reason = %x.reason, "exception entry refused");
@@ -139,155 +138,10 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// A CRM sink and its worker's settings.
-type SinkWorker = (Arc<dyn Sink>, crm::WorkerConfig);
-
 /// Builds the CRM sinks as `serve` would, without a store, and drops
-/// them (for `check-config`): a missing secret, a malformed sink or HTTP
-/// clients that cannot be built (no CA roots) are reported before a
-/// start. A Bitrix24 refresh token without its variable passes: after the
-/// first refresh it is kept in the store, which this does not open.
+/// them (for `check-config`; see [`crm::factory::check_sinks`]).
 pub fn check_crm(cfg: &config::CrmConfig) -> Result<usize, ServerError> {
-    crm_sinks(cfg, None).map(|s| s.len())
-}
-
-/// The CRM sinks the config names, each with its worker's settings
-/// (built once at start). `store`: where Bitrix24 refresh tokens are kept
-/// (`None`: only checking).
-fn crm_sinks(
-    cfg: &config::CrmConfig,
-    store: Option<&Arc<SqliteStore>>,
-) -> Result<Vec<SinkWorker>, ServerError> {
-    let worker = |rate_per_sec: f64, burst: u32| crm::WorkerConfig {
-        rate_per_sec,
-        burst,
-        max_age_ms: (cfg.max_event_age_secs.saturating_mul(1000)).min(i64::MAX as u64) as i64,
-    };
-    use crate::store::ExceptionStore;
-    let env = |sink: &str,
-               direct: &Option<String>,
-               var: &Option<String>,
-               what: &str|
-     -> Result<String, ServerError> {
-        if let Some(v) = direct.as_ref().filter(|v| !v.is_empty()) {
-            return Ok(v.clone());
-        }
-        let var = var.as_ref().ok_or_else(|| {
-            ServerError::Crm(format!("sink {sink:?}: {what} (or {what}_env) is required"))
-        })?;
-        std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                ServerError::Crm(format!(
-                    "sink {sink:?}: environment variable {var} is not set"
-                ))
-            })
-    };
-    let mut out: Vec<SinkWorker> = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    let mut unique = |n: &str| {
-        if names.insert(n.to_string()) {
-            Ok(())
-        } else {
-            Err(ServerError::Crm(format!("sink name {n:?} is used twice")))
-        }
-    };
-    for w in &cfg.webhook {
-        unique(&w.name)?;
-        let secret = match (&w.secret, &w.secret_env) {
-            (None, None) => None,
-            _ => Some(env(&w.name, &w.secret, &w.secret_env, "secret")?.into_bytes()),
-        };
-        let sink = Webhook::new(
-            &w.name,
-            &w.url,
-            secret,
-            std::time::Duration::from_millis(w.timeout_ms),
-        )
-        .map_err(ServerError::Crm)?;
-        out.push((Arc::new(sink), worker(w.rate_per_sec, w.burst)));
-    }
-    for b in &cfg.bitrix24 {
-        unique(&b.name)?;
-        if b.user_field != "USER_ID" && b.user_field != "USER_PHONE_INNER" {
-            return Err(ServerError::Crm(format!(
-                "sink {:?}: user_field must be USER_ID or USER_PHONE_INNER",
-                b.name
-            )));
-        }
-        let hook = b.webhook_url.is_some() || b.webhook_url_env.is_some();
-        let auth = match (hook, &b.rest_url) {
-            (true, None) => Auth::Webhook(env(
-                &b.name,
-                &b.webhook_url,
-                &b.webhook_url_env,
-                "webhook_url",
-            )?),
-            (false, Some(rest)) => {
-                let key = format!("bitrix24:{}:refresh_token", b.name);
-                let stored = match store {
-                    Some(st) => st.meta(&key).map_err(|e| ServerError::Crm(e.to_string()))?,
-                    None => None,
-                };
-                let refresh = match stored {
-                    Some(r) => r,
-                    None => match env(
-                        &b.name,
-                        &b.refresh_token,
-                        &b.refresh_token_env,
-                        "refresh_token",
-                    ) {
-                        Ok(r) => r,
-                        // Checking: it may be in the store.
-                        Err(_) if store.is_none() => String::new(),
-                        Err(e) => return Err(e),
-                    },
-                };
-                Auth::OAuth {
-                    rest_url: rest.clone(),
-                    oauth_url: b.oauth_url.clone(),
-                    client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
-                    client_secret: env(
-                        &b.name,
-                        &b.client_secret,
-                        &b.client_secret_env,
-                        "client_secret",
-                    )?,
-                    // Empty access token: refreshed before the first call.
-                    tokens: std::sync::Mutex::new(bitrix24::Tokens {
-                        access: String::new(),
-                        refresh,
-                    }),
-                }
-            }
-            _ => {
-                return Err(ServerError::Crm(format!(
-                    "sink {:?}: set webhook_url(_env) (inbound webhook) or rest_url with the OAuth credentials, one of the two",
-                    b.name
-                )));
-            }
-        };
-        let st = store.cloned();
-        let key = format!("bitrix24:{}:refresh_token", b.name);
-        let on_refresh = Box::new(move |r: &str| {
-            if let Some(st) = &st
-                && let Err(e) = st.set_meta(&key, r)
-            {
-                tracing::error!(error = %e, "keeping the refreshed Bitrix24 token failed");
-            }
-        });
-        let sink = Bitrix24::new(
-            &b.name,
-            auth,
-            &b.user_field,
-            std::time::Duration::from_millis(b.timeout_ms),
-            on_refresh,
-        )
-        .map_err(ServerError::Crm)?;
-        out.push((Arc::new(sink), worker(b.rate_per_sec, b.burst)));
-    }
-    Ok(out)
+    Ok(crm::factory::check_sinks(cfg)?)
 }
 
 impl Server {
@@ -299,9 +153,7 @@ impl Server {
         let runtime = Runtime::build(loaded, exceptions.clone())?;
         let tokens = Tokens::from_config(&runtime.loaded.config)?;
         let data_dir = runtime.loaded.config.store.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir))
-            .await
-            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir)).await??;
         tracing::info!(store = %store.path().display(), "store open");
         let store = Arc::new(store);
         let contacts = Arc::new(crate::contacts::Directory::new());
@@ -309,8 +161,7 @@ impl Server {
             let st = store.clone();
             let all =
                 tokio::task::spawn_blocking(move || crate::store::ContactStore::all_contacts(&*st))
-                    .await
-                    .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+                    .await??;
             contacts.replace_all(all);
         }
         let runtime = runtime.with_contacts(contacts.clone());
@@ -321,9 +172,7 @@ impl Server {
         ));
         let started = std::time::Instant::now();
         let l = list.clone();
-        let (p, e) = tokio::task::spawn_blocking(move || l.load())
-            .await
-            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+        let (p, e) = tokio::task::spawn_blocking(move || l.load()).await??;
         tracing::info!(
             phones = p,
             emails = e,
@@ -356,7 +205,7 @@ impl Server {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let sinks = crm_sinks(&cfg.crm, Some(&store))?;
+        let sinks = crm::build_sinks(&cfg.crm, Some(&store))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }
@@ -378,8 +227,7 @@ impl Server {
         // event can reach the tracker.
         let st = store.clone();
         let kept = tokio::task::spawn_blocking(move || crate::store::CallStore::active_calls(&*st))
-            .await
-            .map_err(|e| ServerError::Exceptions(e.to_string()))??;
+            .await??;
         let found = kept.len();
         let restored = tracker.restore(kept, crate::clock::now_ms());
         if found > 0 {

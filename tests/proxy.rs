@@ -323,7 +323,7 @@ async fn max_forwards_zero_gets_483() {
     assert!(got.starts_with("SIP/2.0 483 Too Many Hops\r\n"), "{got}");
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("c-mf0"));
     assert!(header(&got, "To").unwrap().contains(";tag="), "{got}");
-    nothing(&h.pbx, 200).await;
+    h.nothing_more_at_pbx().await;
     h.stop().await;
 }
 
@@ -341,8 +341,8 @@ async fn unknown_source_is_refused_never_relayed() {
     h.stranger.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
     let (got, _) = recv(&h.stranger).await;
     assert!(got.starts_with("SIP/2.0 403 Forbidden\r\n"), "{got}");
-    nothing(&h.pbx, 200).await;
-    nothing(&h.trunk, 10).await;
+    h.nothing_more_at_pbx().await;
+    h.nothing_more_at_trunk().await;
     assert_eq!(h.server.metrics.sip_error_count("forbidden_source"), 1);
     h.stop().await;
 }
@@ -360,7 +360,7 @@ async fn forged_response_cannot_bounce_off_the_sidecar() {
         .send_to(forged.as_bytes(), h.sip_udp)
         .await
         .unwrap();
-    nothing(&h.pbx, 300).await;
+    h.nothing_more_at_pbx().await;
     assert_eq!(
         h.server.metrics.sip_error_count("response_unknown_source"),
         1
@@ -392,7 +392,7 @@ async fn message_over_the_configured_limit_gets_513() {
         got.starts_with("SIP/2.0 513 Message Too Large\r\n"),
         "{got}"
     );
-    nothing(&h.pbx, 200).await;
+    h.nothing_more_at_pbx().await;
     h.stop().await;
 }
 

@@ -188,6 +188,6 @@ async fn oversize_and_garbage_close_only_their_own_connection() {
     write_all(&mut good, tcp_invite(&h, me, "tcp-good").as_bytes()).await;
     let (got, _) = recv(&h.pbx).await;
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("tcp-good"));
-    nothing(&h.pbx, 100).await;
+    h.nothing_more_at_pbx().await;
     h.stop().await;
 }

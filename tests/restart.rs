@@ -367,14 +367,37 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
     let (crm, addr) = Crm::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
-    let ev = |call: &str, kind: &str| NewEvent {
-        sink: "portal".into(),
-        call: call.into(),
-        kind: kind.into(),
-        payload: serde_json::json!({"event": kind, "call_id": call, "direction": "inbound",
-            "client": "+4917000000001", "line": "+4930901820", "status": 200,
-            "outcome": "completed", "duration": 3, "answered": true})
-        .to_string(),
+    let ev = |call: &str, kind: &str| {
+        use sipscreen::events::{CallEvent, Create, Direction, Ended, EventKind};
+        let kind = match kind {
+            "call.started" => EventKind::Started,
+            _ => EventKind::Ended(Ended {
+                status: 200,
+                outcome: "completed".into(),
+                duration: 3,
+                end: "2026-01-01T00:00:03.000Z".into(),
+                answered: true,
+            }),
+        };
+        NewEvent {
+            sink: "portal".into(),
+            call: call.into(),
+            kind: kind.name().into(),
+            payload: CallEvent {
+                call_id: call.into(),
+                direction: Direction::Inbound,
+                line: Some("+4930901820".into()),
+                client: "+4917000000001".into(),
+                create: Create::Lead,
+                crm_create: true,
+                offer: false,
+                source: "CALL".into(),
+                responsible: None,
+                start: "2026-01-01T00:00:00.000Z".into(),
+                kind,
+            }
+            .to_json(),
+        }
     };
     // "registered": register answered and kept, row not yet removed.
     store

@@ -146,7 +146,7 @@ async fn every_torture_message_through_the_proxy() {
                     String::from_utf8_lossy(&got)
                 );
             } else {
-                nothing(&h.trunk, 250).await;
+                h.nothing_more_at_trunk().await;
             }
         } else {
             h.trunk.send_to(&c.bytes, h.sip_udp).await.unwrap();
@@ -167,7 +167,7 @@ async fn every_torture_message_through_the_proxy() {
                 let body = |m: &Message| m.buf()[m.end() - m.body_len()..m.end()].to_vec();
                 assert_eq!(body(&m), body(&original), "{}: body changed", c.file);
             } else {
-                nothing(&h.pbx, 250).await;
+                h.nothing_more_at_pbx().await;
                 if let Some(code) = expected_reply(&c.file) {
                     let (got, _) = recv(&h.trunk).await;
                     assert!(
@@ -177,7 +177,7 @@ async fn every_torture_message_through_the_proxy() {
                     );
                     rsip_parses(got.as_bytes());
                 } else {
-                    nothing(&h.trunk, 50).await;
+                    h.nothing_more_at_trunk().await;
                 }
             }
         }

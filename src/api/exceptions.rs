@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::page::{self, Page};
 use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::config::Role;
 use crate::screening::source::Value;
 use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted};
@@ -162,8 +162,7 @@ fn check_entity(e: &str) -> Result<(), ApiError> {
     }
 }
 
-fn expiry(body: &AddBody) -> Result<Option<i64>, ApiError> {
-    let now = now_ms();
+fn expiry(body: &AddBody, now: i64) -> Result<Option<i64>, ApiError> {
     let at = match (&body.expires_at, body.ttl_seconds) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -189,7 +188,7 @@ pub async fn add(
     ApiJson(body): ApiJson<AddBody>,
 ) -> Result<(StatusCode, Json<AddAnswer>), ApiError> {
     let actor = s.authorize(&headers, Role::Edit)?;
-    let expires_at = expiry(&body)?;
+    let expires_at = expiry(&body, s.exceptions.clock().now_ms())?;
     let (texts, origin): (Vec<&String>, String) = match (&body.value, &body.entity) {
         (Some(v), None) if body.phones.is_empty() && body.emails.is_empty() => {
             (vec![v], "api".to_string())

@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
-
 use super::log::{CallLog, CallRecord, Transfer};
 use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
+use crate::events::{CallEvent, Ended, EventKind};
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
@@ -271,13 +270,9 @@ impl Tracker {
                     transfers: Vec::new(),
                     last: Instant::now(),
                 };
-                event(
-                    &mut self.pending,
-                    &self.cfg.sinks,
-                    &call,
-                    "call.started",
-                    || json!({}),
-                );
+                event(&mut self.pending, &self.cfg.sinks, &call, || {
+                    EventKind::Started
+                });
                 // A copy: the slice would hold the received datagram's
                 // buffer for the whole call.
                 self.calls.insert(sip_call_id[..].into(), call);
@@ -299,13 +294,11 @@ impl Tracker {
                     200..=299 if call.answer.is_none() => {
                         call.answer = Some(at);
                         let call = &self.calls[&sip_call_id[..]];
-                        event(
-                            &mut self.pending,
-                            &self.cfg.sinks,
-                            call,
-                            "call.answered",
-                            || json!({"answer": rfc3339(ms(at))}),
-                        );
+                        event(&mut self.pending, &self.cfg.sinks, call, || {
+                            EventKind::Answered {
+                                answer: rfc3339(ms(at)),
+                            }
+                        });
                     }
                     300..=699 if call.answer.is_none() => {
                         let outcome = if call.cancelled || code == 487 {
@@ -378,13 +371,12 @@ impl Tracker {
                         {
                             let previous = call.responsible.replace(to.clone());
                             let call = &self.calls[&sip_call_id[..]];
-                            event(
-                                &mut self.pending,
-                                &self.cfg.sinks,
-                                call,
-                                "call.responsible_changed",
-                                || json!({"previous": previous, "at": rfc3339(ms(at))}),
-                            );
+                            event(&mut self.pending, &self.cfg.sinks, call, || {
+                                EventKind::ResponsibleChanged {
+                                    previous,
+                                    at: rfc3339(ms(at)),
+                                }
+                            });
                         }
                     }
                 }
@@ -430,61 +422,51 @@ impl Tracker {
             tracing::error!(error = %e, "writing the call log failed");
         }
         self.metrics.call_finished(&rec.verdict, outcome);
-        event(
-            &mut self.pending,
-            &self.cfg.sinks,
-            &call,
-            "call.ended",
-            || {
-                json!({"status": status, "outcome": outcome, "duration": duration,
-                   "end": rec.end, "answered": call.answer.is_some()})
-            },
-        );
+        event(&mut self.pending, &self.cfg.sinks, &call, || {
+            EventKind::Ended(Ended {
+                status,
+                outcome: outcome.to_string(),
+                duration,
+                end: rec.end,
+                answered: call.answer.is_some(),
+            })
+        });
     }
 }
 
-/// Queues `kind` for every sink, for `log` calls only (`extra`, the
-/// event's own fields, is built only then).
+/// Queues the event `kind` builds for every sink, for `log` calls only
+/// (`kind`, the event's own fields, is built only then).
 fn event(
     pending: &mut Vec<NewEvent>,
     sinks: &[String],
     call: &Call,
-    kind: &str,
-    extra: impl FnOnce() -> serde_json::Value,
+    kind: impl FnOnce() -> EventKind,
 ) {
-    {
-        if call.new.verdict != Verdict::Log || sinks.is_empty() {
-            return;
-        }
-        let n = &call.new;
-        let mut v = json!({
-            "event": kind,
-            "call_id": n.call_id,
-            "direction": n.direction.as_str(),
-            "line": n.line.map(e164_string),
-            "client": client_str(n.client),
-            "create": n.create.as_str(),
-            "crm_create": matches!(n.create, CreateTag::Lead | CreateTag::Deal),
-            "offer": n.offer,
-            "source": n.source,
-            "responsible": call.responsible,
-            "start": rfc3339(ms(call.start)),
+    if call.new.verdict != Verdict::Log || sinks.is_empty() {
+        return;
+    }
+    let n = &call.new;
+    let ev = CallEvent {
+        call_id: n.call_id.clone(),
+        direction: n.direction.into(),
+        line: n.line.map(e164_string),
+        client: client_str(n.client),
+        create: n.create.into(),
+        crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
+        offer: n.offer,
+        source: n.source.clone(),
+        responsible: call.responsible.clone(),
+        start: rfc3339(ms(call.start)),
+        kind: kind(),
+    };
+    let payload = ev.to_json();
+    for s in sinks {
+        pending.push(NewEvent {
+            sink: s.clone(),
+            call: n.call_id.clone(),
+            kind: ev.kind.name().to_string(),
+            payload: payload.clone(),
         });
-        let extra = extra();
-        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-            for (k, x) in e {
-                o.insert(k.clone(), x.clone());
-            }
-        }
-        let payload = v.to_string();
-        for s in sinks {
-            pending.push(NewEvent {
-                sink: s.clone(),
-                call: n.call_id.clone(),
-                kind: kind.to_string(),
-                payload: payload.clone(),
-            });
-        }
     }
 }
 

@@ -16,8 +16,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Delivery, Sink, cut};
+use super::{CrmError, Delivery, Sink, cut};
+use crate::events::{CallEvent, Direction, Ended, EventKind};
 use crate::store::{OutEvent, OutboxStore};
+
+const REGISTER: &str = "telephony.externalcall.register";
+const FINISH: &str = "telephony.externalcall.finish";
+const BATCH: &str = "batch";
 
 /// How requests are authorised.
 pub enum Auth {
@@ -56,11 +61,11 @@ impl Bitrix24 {
         user_field: &str,
         timeout: Duration,
         on_refresh: Box<dyn Fn(&str) + Send + Sync>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CrmError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("bitrix24 {name:?}: {}", super::http_error(e)))?;
+            .map_err(|e| CrmError::Client(e.into()))?;
         Ok(Bitrix24 {
             name: name.to_string(),
             auth,
@@ -71,7 +76,7 @@ impl Bitrix24 {
     }
 
     /// Calls `method` with `params`; the `result` on success.
-    async fn call(&self, method: &str, mut params: Value) -> Result<Value, Delivery> {
+    async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, Delivery> {
         if let Auth::OAuth { tokens, .. } = &self.auth
             && tokens
                 .lock()
@@ -102,9 +107,11 @@ impl Bitrix24 {
                 .json(&params)
                 .send()
                 .await
-                .map_err(|e| Delivery::Retry {
-                    error: format!("{method}: {}", super::http_error(e)),
-                    rate_limited: false,
+                .map_err(|e| {
+                    Delivery::Retry(CrmError::Transport {
+                        method,
+                        error: e.into(),
+                    })
                 })?;
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
@@ -114,10 +121,7 @@ impl Bitrix24 {
                 return Ok(body["result"].clone());
             }
             if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
-                return Err(Delivery::Retry {
-                    error: format!("{method}: QUERY_LIMIT_EXCEEDED"),
-                    rate_limited: true,
-                });
+                return Err(Delivery::Retry(CrmError::RateLimited { method }));
             }
             if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND")
                 && attempt == 0
@@ -126,23 +130,19 @@ impl Bitrix24 {
                 self.refresh().await?;
                 continue;
             }
-            let what = format!(
-                "{method}: HTTP {status} {error} {}",
-                cut(body["error_description"].as_str().unwrap_or(&text))
-            );
+            let what = CrmError::Refused {
+                method,
+                status,
+                code: error.to_string(),
+                description: cut(body["error_description"].as_str().unwrap_or(&text)),
+            };
             return Err(if status >= 500 || status == 408 || status == 401 {
-                Delivery::Retry {
-                    error: what,
-                    rate_limited: false,
-                }
+                Delivery::Retry(what)
             } else {
                 Delivery::Rejected(what)
             });
         }
-        Err(Delivery::Retry {
-            error: format!("{method}: token still refused after a refresh"),
-            rate_limited: false,
-        })
+        Err(Delivery::Retry(CrmError::TokenRefused { method }))
     }
 
     async fn refresh(&self) -> Result<(), Delivery> {
@@ -161,10 +161,6 @@ impl Bitrix24 {
             .unwrap_or_else(|p| p.into_inner())
             .refresh
             .clone();
-        let retry = |error: String| Delivery::Retry {
-            error,
-            rate_limited: false,
-        };
         let resp = self
             .http
             .get(oauth_url)
@@ -176,7 +172,7 @@ impl Bitrix24 {
             ])
             .send()
             .await
-            .map_err(|e| retry(format!("OAuth refresh: {}", super::http_error(e))))?;
+            .map_err(|e| Delivery::Retry(CrmError::RefreshTransport(e.into())))?;
         let status = resp.status().as_u16();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
@@ -189,30 +185,27 @@ impl Bitrix24 {
                 tracing::info!(sink = %self.name, "Bitrix24 access token refreshed");
                 Ok(())
             }
-            _ => Err(retry(format!(
-                "OAuth refresh refused: HTTP {status} {}",
-                v["error"].as_str().unwrap_or("")
-            ))),
+            _ => Err(Delivery::Retry(CrmError::RefreshRefused {
+                status,
+                code: v["error"].as_str().unwrap_or("").to_string(),
+            })),
         }
     }
 
-    fn user(&self, v: &Value, params: &mut Value) {
-        if let Some(r) = v["responsible"].as_str() {
-            params[&self.user_field] = Value::String(r.to_string());
+    fn user(&self, ev: &CallEvent, params: &mut Value) {
+        if let Some(r) = &ev.responsible {
+            params[&self.user_field] = Value::String(r.clone());
         }
     }
 }
 
 /// Bitrix24's `STATUS_CODE` for how a call ended.
-pub fn status_code(v: &Value) -> String {
-    let inbound = v["direction"] == "inbound";
-    if v["answered"].as_bool() == Some(true) {
+pub fn status_code(direction: Direction, end: &Ended) -> String {
+    let inbound = direction == Direction::Inbound;
+    if end.answered {
         return "200".into();
     }
-    match (
-        v["outcome"].as_str().unwrap_or(""),
-        v["status"].as_u64().unwrap_or(0),
-    ) {
+    match (end.outcome.as_str(), end.status) {
         ("cancelled", _) if inbound => "304".into(),
         ("cancelled", _) => "603-S".into(),
         (_, 486 | 600) => "486".into(),
@@ -220,7 +213,7 @@ pub fn status_code(v: &Value) -> String {
         (_, 480 | 408) if inbound => "304".into(),
         (_, 480 | 408) => "480".into(),
         (_, 403 | 603) => "603".into(),
-        (_, s) if s >= 500 => "503".into(),
+        (_, 500..) => "503".into(),
         _ if inbound => "304".into(),
         _ => "480".into(),
     }
@@ -237,33 +230,34 @@ enum Request {
 }
 
 impl Bitrix24 {
-    fn request(&self, ev: &OutEvent) -> Result<Request, Delivery> {
-        let v: Value = serde_json::from_str(&ev.payload)
-            .map_err(|_| Delivery::Rejected("payload is not JSON".into()))?;
-        Ok(match ev.kind.as_str() {
-            "call.started" => {
+    /// The request `ev` asks for; a payload that is not a call event of
+    /// its kind is refused for good (dead-lettered with the reason).
+    fn request(&self, ev: &OutEvent) -> Result<Request, CrmError> {
+        let v = CallEvent::from_outbox(&ev.kind, &ev.payload)?;
+        Ok(match &v.kind {
+            EventKind::Started => {
                 let mut p = json!({
-                    "PHONE_NUMBER": v["client"],
-                    "TYPE": if v["direction"] == "inbound" { 2 } else { 1 },
-                    "LINE_NUMBER": v["line"],
-                    "CRM_CREATE": i32::from(v["crm_create"].as_bool() == Some(true)),
-                    "CRM_SOURCE": v["source"],
-                    "SHOW": i32::from(v["offer"].as_bool() == Some(true)),
-                    "EXTERNAL_CALL_ID": v["call_id"],
-                    "CALL_START_DATE": v["start"],
+                    "PHONE_NUMBER": v.client,
+                    "TYPE": if v.direction == Direction::Inbound { 2 } else { 1 },
+                    "LINE_NUMBER": v.line,
+                    "CRM_CREATE": i32::from(v.crm_create),
+                    "CRM_SOURCE": v.source,
+                    "SHOW": i32::from(v.offer),
+                    "EXTERNAL_CALL_ID": v.call_id,
+                    "CALL_START_DATE": v.start,
                 });
                 self.user(&v, &mut p);
                 Request::Register(p)
             }
-            "call.ended" => {
+            EventKind::Ended(end) => {
                 let mut p = json!({
-                    "DURATION": v["duration"].as_u64().unwrap_or(0),
-                    "STATUS_CODE": status_code(&v),
+                    "DURATION": end.duration,
+                    "STATUS_CODE": status_code(v.direction, end),
                 });
                 self.user(&v, &mut p);
                 Request::Finish(p)
             }
-            _ => Request::None,
+            EventKind::Answered { .. } | EventKind::ResponsibleChanged { .. } => Request::None,
         })
     }
 
@@ -290,6 +284,7 @@ impl Bitrix24 {
             }
         })
         .await;
+        let failed = |error| Delivery::Retry(CrmError::CallIdStore { op: "read", error });
         match r {
             Ok(Ok(done)) => {
                 if done {
@@ -297,10 +292,8 @@ impl Bitrix24 {
                 }
                 Ok(done)
             }
-            _ => Err(Delivery::Retry {
-                error: "cannot read the CRM call state".into(),
-                rate_limited: false,
-            }),
+            Ok(Err(e)) => Err(failed(e.into())),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -323,15 +316,12 @@ impl Bitrix24 {
         store: &Arc<dyn OutboxStore>,
     ) -> Result<String, Delivery> {
         let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
+        let failed = |error| Delivery::Retry(CrmError::CallIdStore { op: "read", error });
         match tokio::task::spawn_blocking(move || st.crm_call(&sink, &call)).await {
             Ok(Ok(Some(id))) => Ok(id),
-            Ok(Ok(None)) => Err(Delivery::Rejected(
-                "no CALL_ID: the call was never registered".into(),
-            )),
-            _ => Err(Delivery::Retry {
-                error: "cannot read the CRM call id".into(),
-                rate_limited: false,
-            }),
+            Ok(Ok(None)) => Err(Delivery::Rejected(CrmError::NotRegistered)),
+            Ok(Err(e)) => Err(failed(e.into())),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -342,10 +332,7 @@ impl Bitrix24 {
         r: &Value,
     ) -> Delivery {
         let Some(id) = r["CALL_ID"].as_str() else {
-            return Delivery::Rejected(format!(
-                "register answered without CALL_ID: {}",
-                cut(&r.to_string())
-            ));
+            return Delivery::Rejected(CrmError::NoCallId(cut(&r.to_string())));
         };
         let (st, sink, call, id) = (
             store.clone(),
@@ -353,12 +340,16 @@ impl Bitrix24 {
             ev.call.clone(),
             id.to_string(),
         );
+        let failed = |error| {
+            Delivery::Retry(CrmError::CallIdStore {
+                op: "record",
+                error,
+            })
+        };
         match tokio::task::spawn_blocking(move || st.set_crm_call(&sink, &call, &id)).await {
             Ok(Ok(())) => Delivery::Ok,
-            _ => Delivery::Retry {
-                error: "cannot record the CRM call id".into(),
-                rate_limited: false,
-            },
+            Ok(Err(e)) => failed(e.into()),
+            Err(e) => failed(e.into()),
         }
     }
 }
@@ -382,22 +373,17 @@ fn query(p: &Value) -> String {
 }
 
 /// How a failed batch command is handled.
-fn command_error(method: &str, e: &Value) -> Delivery {
-    let error = e["error"].as_str().unwrap_or("");
-    let what = format!(
-        "{method}: {error} {}",
-        cut(e["error_description"].as_str().unwrap_or(""))
-    );
-    match error {
-        "QUERY_LIMIT_EXCEEDED" => Delivery::Retry {
-            error: what,
-            rate_limited: true,
-        },
+fn command_error(method: &'static str, e: &Value) -> Delivery {
+    let code = e["error"].as_str().unwrap_or("");
+    let what = CrmError::Command {
+        method,
+        code: code.to_string(),
+        description: cut(e["error_description"].as_str().unwrap_or("")),
+    };
+    match code {
+        "QUERY_LIMIT_EXCEEDED" => Delivery::Retry(CrmError::RateLimited { method }),
         "expired_token" | "invalid_token" | "NO_AUTH_FOUND" | "INTERNAL_SERVER_ERROR" => {
-            Delivery::Retry {
-                error: what,
-                rate_limited: false,
-            }
+            Delivery::Retry(what)
         }
         _ => Delivery::Rejected(what),
     }
@@ -420,10 +406,9 @@ impl Sink for Bitrix24 {
             Err(d) => return d,
         }
         match self.request(ev) {
-            Err(d) => d,
+            Err(e) => Delivery::Rejected(e),
             Ok(Request::None) => Delivery::Ok,
-            Ok(Request::Register(p)) => match self.call("telephony.externalcall.register", p).await
-            {
+            Ok(Request::Register(p)) => match self.call(REGISTER, p).await {
                 Ok(r) => self.keep_crm_id(ev, store, &r).await,
                 Err(d) => d,
             },
@@ -432,7 +417,7 @@ impl Sink for Bitrix24 {
                     Ok(id) => p["CALL_ID"] = Value::String(id),
                     Err(d) => return d,
                 }
-                match self.call("telephony.externalcall.finish", p).await {
+                match self.call(FINISH, p).await {
                     Ok(_) => {
                         self.keep_finished(ev, store).await;
                         Delivery::Ok
@@ -453,35 +438,34 @@ impl Sink for Bitrix24 {
         store: &Arc<dyn OutboxStore>,
     ) -> (usize, Option<Delivery>) {
         let mut cmd = serde_json::Map::new();
-        // Per event: its command key, if it sends one.
-        let mut keys: Vec<Option<String>> = Vec::with_capacity(evs.len());
+        // Per event: its command key and method, if it sends one.
+        let mut keys: Vec<Option<(String, &'static str)>> = Vec::with_capacity(evs.len());
         let mut registered: std::collections::HashMap<&str, String> = Default::default();
         let mut usable = evs.len();
         for (i, ev) in evs.iter().enumerate() {
+            // Errors: sent on its own below, where they are reported.
             let req = match self.done_before(ev, store).await {
                 Ok(true) => Ok(Request::None),
-                Ok(false) => self.request(ev),
-                Err(d) => Err(d),
+                Ok(false) => self.request(ev).map_err(drop),
+                Err(_) => Err(()),
             };
             let req = match req {
                 Ok(r) => r,
+                // Sent on its own, where it is refused with the reason.
                 Err(_) => {
                     usable = i;
                     break;
                 }
             };
             let key = format!("c{i:02}");
-            match req {
+            let (method, p) = match req {
                 Request::None => {
                     keys.push(None);
                     continue;
                 }
                 Request::Register(p) => {
                     registered.insert(&ev.call, key.clone());
-                    cmd.insert(
-                        key.clone(),
-                        Value::String(format!("telephony.externalcall.register?{}", query(&p))),
-                    );
+                    (REGISTER, p)
                 }
                 Request::Finish(mut p) => {
                     let id = match registered.get(ev.call.as_str()) {
@@ -496,13 +480,14 @@ impl Sink for Bitrix24 {
                         },
                     };
                     p["CALL_ID"] = Value::String(id);
-                    cmd.insert(
-                        key.clone(),
-                        Value::String(format!("telephony.externalcall.finish?{}", query(&p))),
-                    );
+                    (FINISH, p)
                 }
-            }
-            keys.push(Some(key));
+            };
+            cmd.insert(
+                key.clone(),
+                Value::String(format!("{method}?{}", query(&p))),
+            );
+            keys.push(Some((key, method)));
         }
         keys.truncate(usable);
         if cmd.is_empty() || keys.is_empty() {
@@ -517,7 +502,7 @@ impl Sink for Bitrix24 {
             };
         }
         let r = match self
-            .call("batch", json!({"halt": 1, "cmd": Value::Object(cmd)}))
+            .call(BATCH, json!({"halt": 1, "cmd": Value::Object(cmd)}))
             .await
         {
             Ok(r) => r,
@@ -525,36 +510,23 @@ impl Sink for Bitrix24 {
         };
         let (ok, errors) = (&r["result"], &r["result_error"]);
         for (i, key) in keys.iter().enumerate() {
-            let Some(key) = key else { continue };
+            let Some((key, method)) = key else { continue };
             if let Some(res) = ok.get(key).filter(|v| !v.is_null()) {
-                if evs[i].kind == "call.started"
-                    && !matches!(self.keep_crm_id(&evs[i], store, res).await, Delivery::Ok)
-                {
-                    return (
-                        i,
-                        Some(Delivery::Retry {
-                            error: "cannot record the CRM call id".into(),
-                            rate_limited: false,
-                        }),
-                    );
+                if *method == REGISTER {
+                    match self.keep_crm_id(&evs[i], store, res).await {
+                        Delivery::Ok => {}
+                        d => return (i, Some(d)),
+                    }
                 }
-                if evs[i].kind == "call.ended" {
+                if *method == FINISH {
                     self.keep_finished(&evs[i], store).await;
                 }
                 continue;
             }
-            let method = if evs[i].kind == "call.started" {
-                "register"
-            } else {
-                "finish"
-            };
             let d = match errors.get(key) {
                 Some(e) if !e.is_null() => command_error(method, e),
                 // Not run (halted) or not answered: try again.
-                _ => Delivery::Retry {
-                    error: format!("batch: {method} not run"),
-                    rate_limited: false,
-                },
+                _ => Delivery::Retry(CrmError::NotRun { method }),
             };
             return (i, Some(d));
         }
@@ -577,20 +549,99 @@ mod tests {
         );
     }
 
+    /// What register and finish send for a call event, field by field.
+    #[test]
+    fn register_and_finish_parameters_come_from_the_event() {
+        use crate::events::Create;
+        let sink = Bitrix24::new(
+            "portal",
+            Auth::Webhook("http://127.0.0.1:9/rest/1/x/".into()),
+            "USER_PHONE_INNER",
+            Duration::from_secs(1),
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let ev = |kind: EventKind| {
+            let e = CallEvent {
+                call_id: "crm-1".into(),
+                direction: Direction::Outbound,
+                line: Some("+4930901820".into()),
+                client: "+4917011111111".into(),
+                create: Create::Lead,
+                crm_create: true,
+                offer: false,
+                source: "WEB".into(),
+                responsible: Some("205".into()),
+                start: "2023-11-14T22:13:20.000Z".into(),
+                kind,
+            };
+            OutEvent {
+                id: 1,
+                call: e.call_id.clone(),
+                kind: e.kind.name().into(),
+                payload: e.to_json(),
+                created_at: 0,
+                attempts: 0,
+                next_at: 0,
+            }
+        };
+        let Ok(Request::Register(p)) = sink.request(&ev(EventKind::Started)) else {
+            panic!("not a register")
+        };
+        assert_eq!(
+            p,
+            json!({"PHONE_NUMBER": "+4917011111111", "TYPE": 1, "LINE_NUMBER": "+4930901820",
+                   "CRM_CREATE": 1, "CRM_SOURCE": "WEB", "SHOW": 0, "EXTERNAL_CALL_ID": "crm-1",
+                   "CALL_START_DATE": "2023-11-14T22:13:20.000Z", "USER_PHONE_INNER": "205"})
+        );
+        let ended = EventKind::Ended(Ended {
+            status: 200,
+            outcome: "completed".into(),
+            duration: 65,
+            end: "2023-11-14T22:14:27.750Z".into(),
+            answered: true,
+        });
+        let Ok(Request::Finish(p)) = sink.request(&ev(ended)) else {
+            panic!("not a finish")
+        };
+        assert_eq!(
+            p,
+            json!({"DURATION": 65, "STATUS_CODE": "200", "USER_PHONE_INNER": "205"})
+        );
+        let answered = EventKind::Answered {
+            answer: "2023-11-14T22:13:22.500Z".into(),
+        };
+        assert!(matches!(sink.request(&ev(answered)), Ok(Request::None)));
+        let mut corrupt = ev(EventKind::Started);
+        corrupt.payload.truncate(10);
+        assert!(matches!(
+            sink.request(&corrupt),
+            Err(CrmError::BadPayload(_))
+        ));
+    }
+
     #[test]
     fn status_codes_for_outcomes() {
-        let s = |dir: &str, outcome: &str, status: u64, answered: bool| {
+        let s = |dir: Direction, outcome: &str, status: u16, answered: bool| {
             status_code(
-                &json!({"direction": dir, "outcome": outcome, "status": status, "answered": answered}),
+                dir,
+                &Ended {
+                    status,
+                    outcome: outcome.into(),
+                    duration: 0,
+                    end: String::new(),
+                    answered,
+                },
             )
         };
-        assert_eq!(s("inbound", "completed", 200, true), "200");
-        assert_eq!(s("inbound", "cancelled", 487, false), "304");
-        assert_eq!(s("outbound", "cancelled", 487, false), "603-S");
-        assert_eq!(s("outbound", "failed", 486, false), "486");
-        assert_eq!(s("outbound", "failed", 404, false), "404");
-        assert_eq!(s("outbound", "failed", 480, false), "480");
-        assert_eq!(s("inbound", "failed", 480, false), "304");
-        assert_eq!(s("outbound", "failed", 503, false), "503");
+        use Direction::{Inbound, Outbound};
+        assert_eq!(s(Inbound, "completed", 200, true), "200");
+        assert_eq!(s(Inbound, "cancelled", 487, false), "304");
+        assert_eq!(s(Outbound, "cancelled", 487, false), "603-S");
+        assert_eq!(s(Outbound, "failed", 486, false), "486");
+        assert_eq!(s(Outbound, "failed", 404, false), "404");
+        assert_eq!(s(Outbound, "failed", 480, false), "480");
+        assert_eq!(s(Inbound, "failed", 480, false), "304");
+        assert_eq!(s(Outbound, "failed", 503, false), "503");
     }
 }

@@ -7,24 +7,23 @@
 //! tracker queues events in the store, the workers read them back.
 
 pub mod bitrix24;
+pub mod error;
+pub mod factory;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The tokio clock: pacing follows a paused clock in tests.
+use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{OutEvent, OutboxStore};
 
-/// An HTTP client error as text for logs and the outbox: its whole cause
-/// chain ("error sending request: client error (Connect): tcp connect
-/// error: Connection refused"), without the URL — a Bitrix24 inbound
-/// webhook URL carries its secret token in the path, and a webhook URL
-/// may carry one in its query.
-pub fn http_error(e: reqwest::Error) -> String {
-    crate::error_chain(&e.without_url())
-}
+pub use error::{CrmError, HttpError};
+pub use factory::{SinkWorker, build_sinks};
 
 /// Longest wait between retries.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
@@ -36,11 +35,11 @@ const BASE_BACKOFF_MS: i64 = 500;
 pub enum Delivery {
     /// Done (or nothing to send for this event on this sink).
     Ok,
-    /// Try again later; `rate_limited` when the CRM said so (the bucket is
+    /// Try again later (when the CRM said "too many", the bucket is
     /// drained too).
-    Retry { error: String, rate_limited: bool },
-    /// The CRM refused it for good.
-    Rejected(String),
+    Retry(CrmError),
+    /// The CRM refused it for good (or it cannot be sent at all).
+    Rejected(CrmError),
 }
 
 /// A CRM endpoint.
@@ -138,6 +137,9 @@ pub async fn run_worker(
 ) {
     let name = sink.name().to_string();
     let mut bucket = Bucket::new(cfg.rate_per_sec, cfg.burst);
+    // Dead-letter moves of expired events failed in a row (the backoff's
+    // exponent).
+    let mut dead_failures = 0;
     loop {
         if shutdown.is_fired() {
             return;
@@ -163,13 +165,29 @@ pub async fn run_worker(
         if !old.is_empty() {
             let st = store.clone();
             let ids = old.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            let moved = tokio::task::spawn_blocking(move || {
                 st.dead(&ids, "expired: older than [crm] max_event_age_secs", now)
             })
             .await;
-            metrics.crm_dead(&name, old.len() as u64);
-            tracing::warn!(sink = %name, events = old.len(), "CRM events too old, moved to the dead-letter table");
-            continue;
+            let error = match moved {
+                Ok(Ok(())) => {
+                    dead_failures = 0;
+                    metrics.crm_dead(&name, old.len() as u64);
+                    tracing::warn!(sink = %name, events = old.len(), "CRM events too old, moved to the dead-letter table");
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            // The same events come back from the head: wait before trying
+            // again, as after a failed delivery.
+            let wait = backoff_ms(dead_failures);
+            dead_failures += 1;
+            tracing::error!(sink = %name, events = old.len(), error = %error, retry_in_ms = wait, "moving expired CRM events to the dead-letter table failed");
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => continue,
+            }
         }
         let Some(ev) = head.first().cloned() else {
             tokio::select! {
@@ -224,10 +242,8 @@ pub async fn run_worker(
                 metrics.crm_delivery(&name, "ok");
                 tokio::task::spawn_blocking(move || st.delivered(&[ev.id])).await
             }
-            Delivery::Retry {
-                error,
-                rate_limited,
-            } => {
+            Delivery::Retry(error) => {
+                let rate_limited = error.is_rate_limit();
                 if rate_limited {
                     bucket.drain();
                 }
@@ -239,14 +255,16 @@ pub async fn run_worker(
                         "retry"
                     },
                 );
-                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, attempts = ev.attempts + 1, error = %error, "CRM delivery failed, will retry");
+                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, attempts = ev.attempts + 1, error_kind = error.kind(), error = %error, "CRM delivery failed, will retry");
                 let next = now_ms() + backoff_ms(ev.attempts);
+                let error = error.to_string();
                 tokio::task::spawn_blocking(move || st.retry_later(ev.id, next, &error)).await
             }
             Delivery::Rejected(reason) => {
                 metrics.crm_delivery(&name, "rejected");
                 metrics.crm_dead(&name, 1);
-                tracing::error!(sink = %name, event = %ev.kind, call = %ev.call, reason = %reason, "CRM refused the event, moved to the dead-letter table");
+                tracing::error!(sink = %name, event = %ev.kind, call = %ev.call, error_kind = reason.kind(), reason = %reason, "CRM refused the event, moved to the dead-letter table");
+                let reason = reason.to_string();
                 tokio::task::spawn_blocking(move || st.dead(&[ev.id], &reason, now_ms())).await
             }
         };
@@ -278,16 +296,18 @@ pub async fn run_outbox_gauges(
     }
 }
 
-/// Classifies an HTTP answer: 2xx ok, 408/429/5xx retry, other 4xx
-/// rejected.
-pub fn by_status(status: u16, body: &str) -> Delivery {
+/// Classifies an HTTP answer to `method`: 2xx ok, 408/429/5xx retry,
+/// other 4xx rejected.
+pub fn by_status(method: &'static str, status: u16, body: &str) -> Delivery {
+    let error = || CrmError::Status {
+        method,
+        status,
+        body: cut(body),
+    };
     match status {
         200..=299 => Delivery::Ok,
-        408 | 429 | 500..=599 => Delivery::Retry {
-            error: format!("HTTP {status}: {}", cut(body)),
-            rate_limited: status == 429,
-        },
-        _ => Delivery::Rejected(format!("HTTP {status}: {}", cut(body))),
+        408 | 429 | 500..=599 => Delivery::Retry(error()),
+        _ => Delivery::Rejected(error()),
     }
 }
 
@@ -299,6 +319,7 @@ pub fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {
@@ -312,6 +333,239 @@ mod tests {
         assert_eq!(b.reserve(t0 + Duration::from_millis(500)), Duration::ZERO);
         b.drain();
         assert!(b.reserve(t0 + Duration::from_millis(500)) > Duration::ZERO);
+    }
+
+    /// An outbox whose head is one long-expired event and whose
+    /// dead-letter move always fails; it counts the moves tried and fires
+    /// the shutdown past `LIMIT` of them (so a spinning worker stops).
+    struct DeadFails {
+        tries: std::sync::atomic::AtomicUsize,
+        trigger: crate::shutdown::Trigger,
+    }
+
+    impl DeadFails {
+        const LIMIT: usize = 1000;
+    }
+
+    impl OutboxStore for DeadFails {
+        fn enqueue(&self, _: &[crate::store::NewEvent], _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn head(&self, _: &str, _: usize) -> Result<Vec<OutEvent>, StoreError> {
+            Ok(vec![OutEvent {
+                id: 1,
+                call: "c1".into(),
+                kind: "call.started".into(),
+                payload: "{}".into(),
+                created_at: 0,
+                attempts: 0,
+                next_at: 0,
+            }])
+        }
+        fn delivered(&self, _: &[i64]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
+            let n = self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n >= Self::LIMIT {
+                self.trigger.fire();
+            }
+            Err(StoreError::Corrupt("disk full".into()))
+        }
+        fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+            Ok((1, Some(0)))
+        }
+        fn crm_call(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn outbox_retrying(&self) -> Result<i64, StoreError> {
+            Ok(0)
+        }
+        fn crm_finished(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn set_crm_finished(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Never called: every event here is expired.
+    struct NoSink;
+
+    #[async_trait::async_trait]
+    impl Sink for NoSink {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            panic!("an expired event was delivered")
+        }
+    }
+
+    /// An outbox of due events that delivered ones leave.
+    struct Queue(std::sync::Mutex<Vec<OutEvent>>);
+
+    impl Queue {
+        fn with(n: i64) -> Queue {
+            let now = now_ms();
+            Queue(std::sync::Mutex::new(
+                (1..=n)
+                    .map(|id| OutEvent {
+                        id,
+                        call: format!("c{id}"),
+                        kind: "call.answered".into(),
+                        payload: "{}".into(),
+                        created_at: now,
+                        attempts: 0,
+                        next_at: 0,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    impl OutboxStore for Queue {
+        fn enqueue(&self, _: &[crate::store::NewEvent], _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn head(&self, _: &str, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+            let q = self.0.lock().unwrap();
+            Ok(q.iter().take(limit).cloned().collect())
+        }
+        fn delivered(&self, ids: &[i64]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().retain(|e| !ids.contains(&e.id));
+            Ok(())
+        }
+        fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+            Ok((0, None))
+        }
+        fn crm_call(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn outbox_retrying(&self) -> Result<i64, StoreError> {
+            Ok(0)
+        }
+        fn crm_finished(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn set_crm_finished(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Accepts everything, noting when (on the tokio clock).
+    #[derive(Default)]
+    struct Clocked(std::sync::Mutex<Vec<Instant>>);
+
+    #[async_trait::async_trait]
+    impl Sink for Clocked {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            self.0.lock().unwrap().push(Instant::now());
+            Delivery::Ok
+        }
+    }
+
+    /// A backlog goes out at the configured pace: the burst at once, then
+    /// one request per 1 / rate (paused tokio clock, no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_delivered_at_the_rate_after_the_burst() {
+        let store = Arc::new(Queue::with(9));
+        let sink = Arc::new(Clocked::default());
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: 2.0,
+            burst: 3,
+            max_age_ms: 3_600_000,
+        };
+        let t0 = Instant::now();
+        let worker = tokio::spawn(run_worker(
+            sink.clone(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+        let at: Vec<f64> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.duration_since(t0).as_secs_f64())
+            .collect();
+        assert_eq!(at.len(), 9, "{at:?}");
+        for (i, t) in at.iter().enumerate() {
+            // Three at once, then 0.5 s apart (a millisecond of slack for
+            // the bucket's float arithmetic).
+            let due = (i.saturating_sub(2)) as f64 * 0.5;
+            assert!(
+                (t - due).abs() < 0.001,
+                "request {i} at {t} s, due at {due} s: {at:?}"
+            );
+        }
+    }
+
+    /// A store that cannot move expired events to the dead-letter table:
+    /// the worker backs off (0.5 s doubling) instead of retrying at once,
+    /// and counts nothing as dead-lettered.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_dead_letter_move_backs_off() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let store = Arc::new(DeadFails {
+            tries: Default::default(),
+            trigger,
+        });
+        let metrics = Arc::new(Metrics::new());
+        let cfg = WorkerConfig {
+            rate_per_sec: 10.0,
+            burst: 1,
+            max_age_ms: 1000,
+        };
+        let worker = tokio::spawn(run_worker(
+            Arc::new(NoSink),
+            store.clone(),
+            metrics.clone(),
+            cfg,
+            shutdown,
+        ));
+        // 60 simulated seconds: 0.5 + 1 + 2 + 4 + 8 + 16 + 32 s of backoff
+        // (plus jitter) fit at most 7 tries after the first.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        store.trigger.fire();
+        worker.await.unwrap();
+        let tries = store.tries.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&tries),
+            "{tries} dead-letter moves in 60 s"
+        );
+        assert!(
+            !metrics
+                .encode()
+                .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"}"),
+            "nothing was dead-lettered, nothing counted"
+        );
     }
 
     #[test]

@@ -9,8 +9,12 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Delivery, Sink, by_status};
+use super::{CrmError, Delivery, Sink, by_status};
+use crate::events::CallEvent;
 use crate::store::{OutEvent, OutboxStore};
+
+/// The `method` its errors name.
+const POST: &str = "webhook POST";
 
 pub struct Webhook {
     name: String,
@@ -25,11 +29,11 @@ impl Webhook {
         url: &str,
         secret: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CrmError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("webhook {name:?}: {}", super::http_error(e)))?;
+            .map_err(|e| CrmError::Client(e.into()))?;
         Ok(Webhook {
             name: name.to_string(),
             url: url.to_string(),
@@ -53,12 +57,19 @@ impl Sink for Webhook {
         &self.name
     }
 
+    /// Posts the payload as queued (the tracker wrote it with
+    /// [`CallEvent::to_json`]) once it reads as a call event of its kind;
+    /// anything else is refused for good.
     async fn deliver(&self, ev: &OutEvent, _store: &Arc<dyn OutboxStore>) -> Delivery {
+        let event = match CallEvent::from_outbox(&ev.kind, &ev.payload) {
+            Ok(e) => e,
+            Err(e) => return Delivery::Rejected(e.into()),
+        };
         let mut req = self
             .http
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("x-sipscreen-event", &ev.kind)
+            .header("x-sipscreen-event", event.kind.name())
             .body(ev.payload.clone());
         if let Some(s) = &self.secret {
             req = req.header("x-sipscreen-signature", signature(s, ev.payload.as_bytes()));
@@ -67,12 +78,12 @@ impl Sink for Webhook {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let body = r.text().await.unwrap_or_default();
-                by_status(status, &body)
+                by_status(POST, status, &body)
             }
-            Err(e) => Delivery::Retry {
-                error: super::http_error(e),
-                rate_limited: false,
-            },
+            Err(e) => Delivery::Retry(CrmError::Transport {
+                method: POST,
+                error: e.into(),
+            }),
         }
     }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted};
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::normalize::Normalizer;
@@ -37,6 +37,8 @@ pub struct Exceptions {
     metrics: Arc<Metrics>,
     /// Woken when an entry with an expiry is written.
     expiry_changed: tokio::sync::Notify,
+    /// "Now" for expiry (the system clock; tests set their own).
+    clock: Clock,
 }
 
 /// What an import did.
@@ -74,6 +76,32 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
+/// Why the config's exceptions file could not be imported; each names the
+/// file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileImportError {
+    #[error("{path}: cannot open exceptions file: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read exceptions file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Import {
+        path: String,
+        #[source]
+        source: ImportError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// How an entry's value is published to the set.
 fn parse_canonical(kind: Kind, value: &str) -> Option<Value> {
     match kind {
@@ -93,7 +121,19 @@ impl Exceptions {
             set,
             metrics,
             expiry_changed: tokio::sync::Notify::new(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Uses `clock` for "now" (expiry, load).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock expiry is measured on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn store(&self) -> &Arc<dyn ExceptionStore> {
@@ -106,7 +146,7 @@ impl Exceptions {
 
     /// Replaces the set with the store's active entries (start).
     pub fn load(&self) -> Result<(usize, usize), StoreError> {
-        let (phones, emails) = self.store.load_active(now_ms())?;
+        let (phones, emails) = self.store.load_active(self.clock.now_ms())?;
         self.set.replace_all(phones, emails);
         Ok(self.counted())
     }
@@ -119,7 +159,7 @@ impl Exceptions {
 
     /// Adds or updates `entries` durably, then publishes them.
     pub fn write(&self, entries: &[NewEntry], actor: &str) -> Result<Upserted, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let done = self.store.upsert(entries, actor, now)?;
         self.publish(entries, now);
         Ok(done)
@@ -149,7 +189,7 @@ impl Exceptions {
 
     /// Removes one value durably, then from the set.
     pub fn remove(&self, value: &str, actor: &str) -> Result<Option<Entry>, StoreError> {
-        let gone = self.store.remove(value, actor, now_ms())?;
+        let gone = self.store.remove(value, actor, self.clock.now_ms())?;
         if let Some(e) = &gone {
             self.unpublish(e);
         }
@@ -171,7 +211,7 @@ impl Exceptions {
 
     /// Removes every entry whose time has come; how many.
     pub fn expire_due(&self) -> Result<usize, StoreError> {
-        let gone = self.store.expire(now_ms())?;
+        let gone = self.store.expire(self.clock.now_ms())?;
         for e in &gone {
             self.unpublish(e);
         }
@@ -191,7 +231,7 @@ impl Exceptions {
                 .and_then(Result::ok)
                 .flatten();
             // Re-check at least once a minute (clock changes, missed wakes).
-            let wait_ms = next.map_or(60_000, |t| (t - now_ms()).clamp(0, 60_000));
+            let wait_ms = next.map_or(60_000, |t| (t - self.clock.now_ms()).clamp(0, 60_000));
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = self.expiry_changed.notified() => continue,
@@ -286,19 +326,22 @@ impl Exceptions {
         &self,
         path: &Path,
         normalizer: &Normalizer,
-    ) -> Result<Option<ImportReport>, String> {
+    ) -> Result<Option<ImportReport>, FileImportError> {
         let shown = path.display();
         let open = || {
-            std::fs::File::open(path)
-                .map_err(|e| format!("{shown}: cannot open exceptions file: {e}"))
+            std::fs::File::open(path).map_err(|source| FileImportError::Open {
+                path: shown.to_string(),
+                source,
+            })
         };
         let mut hasher = Sha256::new();
         let mut f = open()?;
         let mut chunk = vec![0u8; 1 << 16];
         loop {
-            let n = f
-                .read(&mut chunk)
-                .map_err(|e| format!("{shown}: cannot read exceptions file: {e}"))?;
+            let n = f.read(&mut chunk).map_err(|source| FileImportError::Read {
+                path: shown.to_string(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
@@ -306,16 +349,87 @@ impl Exceptions {
         }
         let digest = hex::encode(hasher.finalize());
         let key = format!("exceptions_file:{}", shown);
-        let last = self.store.meta(&key).map_err(|e| e.to_string())?;
+        let last = self.store.meta(&key)?;
         if last.as_deref() == Some(digest.as_str()) {
             return Ok(None);
         }
         let reader = std::io::BufReader::with_capacity(1 << 16, open()?);
         let (report, result) = self.import(reader, normalizer, "config", "file", |_| {});
-        result.map_err(|e| format!("{shown}: {e}"))?;
-        self.store
-            .set_meta(&key, &digest)
-            .map_err(|e| e.to_string())?;
+        result.map_err(|source| FileImportError::Import {
+            path: shown.to_string(),
+            source,
+        })?;
+        self.store.set_meta(&key, &digest)?;
         Ok(Some(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn entry(value: &str, expires_at: i64) -> NewEntry {
+        NewEntry {
+            kind: Kind::Phone,
+            value: value.to_string(),
+            given: value.to_string(),
+            comment: "trial".to_string(),
+            origin: "api".to_string(),
+            expires_at: Some(expires_at),
+        }
+    }
+
+    /// Waits (on the paused clock, which runs ahead while the runtime is
+    /// idle) until `cond` holds; false if it never does.
+    async fn eventually(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cond()
+    }
+
+    /// An entry leaves the set at its time by the clock, not before: the
+    /// expiry task is driven by a paused tokio clock and a manual wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_expires_at_its_time_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        let clock = Clock::manual(1_800_000_000_000);
+        let list = Arc::new(
+            Exceptions::new(
+                store.clone(),
+                Arc::new(ExceptionSet::new()),
+                Arc::new(Metrics::new()),
+            )
+            .with_clock(clock.clone()),
+        );
+        let t0 = clock.now_ms();
+        list.write(&[entry("+4917077700000", t0 + 90_000)], "test")
+            .unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let task = tokio::spawn(list.clone().run_expiry(shutdown));
+        let n = 4_917_077_700_000;
+        assert!(list.set().contains_phone(n));
+        // Minutes of tokio time pass, but the wall clock stands before the
+        // expiry: the entry stays.
+        tokio::time::sleep(Duration::from_secs(180)).await;
+        assert!(list.set().contains_phone(n), "expired before its time");
+        // The wall clock reaches it: gone within the task's next wake-up,
+        // with its audit row.
+        clock.advance(Duration::from_secs(90));
+        assert!(
+            eventually(|| !list.set().contains_phone(n)).await,
+            "not expired at its time"
+        );
+        let audit = store.audit(Some("+4917077700000"), None, 10).unwrap();
+        assert_eq!(audit[0].action, "expire");
+        trigger.fire();
+        task.await.unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! The in-process stand-in CRM: a real HTTP server on loopback that
 //! records every request (Bitrix24 REST and `batch`, the generic webhook,
-//! the OAuth token endpoint) and can answer 503 QUERY_LIMIT_EXCEEDED or be
-//! slow. Used by the in-process tests (tests/crm.rs) and by the real
+//! the OAuth token endpoint) and can answer 503 QUERY_LIMIT_EXCEEDED or
+//! hang. Used by the in-process tests (tests/crm.rs) and by the real
 //! binary's restart tests (tests/restart.rs).
 
 use std::net::SocketAddr;
@@ -28,13 +28,15 @@ pub struct Seen {
     pub at: Instant,
     pub headers: HeaderMap,
     pub raw: Bytes,
+    /// What the CRM answered when it refused the request (limit mode):
+    /// the HTTP status and the Bitrix24 error code. `None`: accepted.
+    pub refused: Option<(StatusCode, &'static str)>,
 }
 
 #[derive(Clone, Default)]
 pub struct Crm {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub mode: Arc<AtomicU8>,
-    pub delay_ms: Arc<AtomicU64>,
     pub next_id: Arc<AtomicU64>,
     /// OAuth mode: the access token the portal accepts now.
     pub valid_token: Arc<Mutex<Option<String>>>,
@@ -42,6 +44,8 @@ pub struct Crm {
     pub refreshes: Arc<Mutex<Vec<String>>>,
     /// Every register answered: (its EXTERNAL_CALL_ID, the CALL_ID given).
     pub registered: Arc<Mutex<Vec<(String, String)>>>,
+    /// REST requests are answered after this long (a hung portal).
+    pub delay_ms: Arc<AtomicU64>,
 }
 
 impl Crm {
@@ -62,27 +66,75 @@ impl Crm {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Requests of one Bitrix24 method, in arrival order.
+    /// Accepted requests of one Bitrix24 method, in arrival order.
     pub fn calls(&self, method: &str) -> Vec<Value> {
         self.seen()
             .into_iter()
-            .filter(|s| s.method == method)
+            .filter(|s| s.method == method && s.refused.is_none())
             .map(|s| s.body)
             .collect()
     }
 
-    pub async fn wait_for(&self, what: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.calls(what).len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {} of {n} requests arrived: {:?}",
-                self.calls(what).len(),
-                self.seen().iter().map(|s| &s.method).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Requests refused in limit mode, in arrival order.
+    pub fn refusals(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.refused.is_some())
+            .collect()
     }
+
+    /// Bodies the webhook received, in arrival order.
+    pub fn hooks(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == "hook")
+            .collect()
+    }
+
+    pub async fn wait_for(&self, what: &str, n: usize) {
+        until(
+            || self.calls(what).len() >= n,
+            || {
+                format!(
+                    "{what}: {} of {n} requests arrived: {:?}",
+                    self.calls(what).len(),
+                    self.seen().iter().map(|s| &s.method).collect::<Vec<_>>()
+                )
+            },
+        )
+        .await;
+    }
+}
+
+/// Polls `cond` until it holds; fails with `what()` after 30 s.
+pub async fn until(mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first Bitrix24 command a request carried, as (method, parameters
+/// as text): the request itself, or a batch's first command.
+pub fn first_command(s: &Seen) -> (String, std::collections::HashMap<String, String>) {
+    if s.method != "batch" {
+        let params = s.body.as_object().into_iter().flatten();
+        let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        return (
+            s.method.clone(),
+            params.map(|(k, v)| (k.clone(), text(v))).collect(),
+        );
+    }
+    let cmd = s.body["cmd"].as_object().and_then(|c| c.values().next());
+    let cmd = cmd.and_then(Value::as_str).unwrap_or("");
+    let (method, q) = cmd.split_once('?').unwrap_or((cmd, ""));
+    (
+        method.to_string(),
+        url::form_urlencoded::parse(q.as_bytes())
+            .into_owned()
+            .collect(),
+    )
 }
 
 async fn rest(
@@ -106,23 +158,21 @@ async fn rest(
             json!({"error": "expired_token", "error_description": "The access token provided has expired."}).to_string(),
         );
     }
+    let refused = (crm.mode.load(Ordering::Relaxed) == LIMIT)
+        .then_some((StatusCode::SERVICE_UNAVAILABLE, "QUERY_LIMIT_EXCEEDED"));
     crm.seen.lock().unwrap().push(Seen {
         inner: false,
-        method: if crm.mode.load(Ordering::Relaxed) == LIMIT {
-            format!("refused:{method}")
-        } else {
-            method.clone()
-        },
+        method: method.clone(),
         body: body.clone(),
         at: Instant::now(),
         headers,
         raw,
+        refused,
     });
-    if crm.mode.load(Ordering::Relaxed) == LIMIT {
+    if let Some((status, code)) = refused {
         return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
-                .to_string(),
+            status,
+            json!({"error": code, "error_description": "Too many requests"}).to_string(),
         );
     }
     if method == "batch" {
@@ -163,6 +213,7 @@ async fn rest(
                 at: Instant::now(),
                 headers: HeaderMap::new(),
                 raw: Bytes::new(),
+                refused: None,
             });
             results.insert(key, answer(&crm, inner, &params));
         }
@@ -224,6 +275,7 @@ async fn hook(State(crm): State<Crm>, headers: HeaderMap, raw: Bytes) -> StatusC
         at: Instant::now(),
         headers,
         raw,
+        refused: None,
     });
     StatusCode::OK
 }

@@ -196,6 +196,20 @@ impl Harness {
         (inv, got, from)
     }
 
+    /// Asserts that nothing the proxy was handed before now reaches the
+    /// PBX: an OPTIONS probe sent from the trunk must be the next datagram
+    /// the PBX gets. With one UDP receiver the proxy handles datagrams in
+    /// arrival order, so anything it forwarded earlier would come first: a
+    /// condition to wait on, not a quiet period of some milliseconds.
+    pub async fn nothing_more_at_pbx(&self) {
+        probe(&self.trunk, &self.pbx, self.sip_udp).await;
+    }
+
+    /// The same for the trunk, with a probe from the PBX.
+    pub async fn nothing_more_at_trunk(&self) {
+        probe(&self.pbx, &self.trunk, self.sip_udp).await;
+    }
+
     pub async fn stop(self) {
         self.trigger.fire();
         tokio::time::timeout(WAIT, self.task)
@@ -226,7 +240,29 @@ pub async fn recv_bytes(sock: &UdpSocket) -> Vec<u8> {
     buf
 }
 
-/// Asserts nothing arrives on `sock` for `ms` milliseconds.
+/// Sends an OPTIONS from `from` through the proxy and asserts it is the
+/// next thing `at` receives.
+async fn probe(from: &UdpSocket, at: &UdpSocket, proxy: SocketAddr) {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "probe-{}",
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let msg = format!(
+        "OPTIONS sip:+4917000000000@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{id}\r\nMax-Forwards: 70\r\nFrom: <sip:+4930901820@probe>;tag=p\r\nTo: <sip:+4917000000000@probe>\r\nCall-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        from.local_addr().unwrap()
+    );
+    from.send_to(msg.as_bytes(), proxy).await.unwrap();
+    let (got, _) = recv(at).await;
+    assert_eq!(
+        header(&got, "Call-ID").as_deref(),
+        Some(id.as_str()),
+        "expected nothing before the probe, got:\n{got}"
+    );
+}
+
+/// Asserts nothing arrives on `sock` for `ms` milliseconds (only where
+/// arrival order says nothing: several receivers, or a stranger's socket).
 pub async fn nothing(sock: &UdpSocket, ms: u64) {
     let mut buf = vec![0u8; 70000];
     if let Ok(Ok((n, from))) =

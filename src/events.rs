@@ -1,0 +1,248 @@
+//! The CRM call events: one serde type the tracker builds and queues in
+//! the outbox, and the CRM sinks read back.
+//!
+//! It sits below both `calls` (which builds events) and `crm` (which
+//! delivers them) and depends on neither, nor on anything else of the
+//! crate but the screening enums it converts from: calls and crm stay
+//! independent of each other.
+//!
+//! The JSON is a public contract (the generic webhook posts it as its
+//! body; README, "CRM delivery"): the fields every event carries, `event`
+//! naming its kind, and the kind's own fields, in one flat object with its
+//! keys in alphabetical order (see [`CallEvent::to_json`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Which way the call goes, seen from the PBX's users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl From<crate::screening::Direction> for Direction {
+    fn from(d: crate::screening::Direction) -> Self {
+        match d {
+            crate::screening::Direction::Inbound => Direction::Inbound,
+            crate::screening::Direction::Outbound => Direction::Outbound,
+        }
+    }
+}
+
+/// What the CRM should create for the call (`X-CRM-Create`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Create {
+    Lead,
+    Deal,
+    Offer,
+    None,
+}
+
+impl From<crate::screening::CreateTag> for Create {
+    fn from(c: crate::screening::CreateTag) -> Self {
+        use crate::screening::CreateTag;
+        match c {
+            CreateTag::Lead => Create::Lead,
+            CreateTag::Deal => Create::Deal,
+            CreateTag::Offer => Create::Offer,
+            CreateTag::None => Create::None,
+        }
+    }
+}
+
+/// One event of one call: what every event says of the call, and the
+/// kind with its own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// `X-CRM-Call-Id`.
+    pub call_id: String,
+    pub direction: Direction,
+    /// The line's E.164 number (`+4930901820`), if the call has one.
+    pub line: Option<String>,
+    /// E.164, or `anonymous`.
+    pub client: String,
+    pub create: Create,
+    /// Whether the line creates a lead or deal for this call.
+    pub crm_create: bool,
+    /// The line's `create = "offer"`.
+    pub offer: bool,
+    pub source: String,
+    /// The responsible person when the event happened.
+    pub responsible: Option<String>,
+    /// RFC 3339, when the INVITE was forwarded.
+    pub start: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The kind of an event (`event` in the JSON) and its own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event")]
+pub enum EventKind {
+    #[serde(rename = "call.started")]
+    Started,
+    #[serde(rename = "call.answered")]
+    Answered {
+        /// RFC 3339.
+        answer: String,
+    },
+    #[serde(rename = "call.responsible_changed")]
+    ResponsibleChanged {
+        /// Who was responsible before (the new one is `responsible`).
+        previous: Option<String>,
+        /// RFC 3339.
+        at: String,
+    },
+    #[serde(rename = "call.ended")]
+    Ended(Ended),
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ended {
+    /// The final SIP status (200 for a completed call).
+    pub status: u16,
+    /// `completed`, `cancelled`, `failed` or `expired` (as in the call
+    /// log).
+    pub outcome: String,
+    /// Seconds from answer to end (0 when never answered).
+    pub duration: u64,
+    /// RFC 3339.
+    pub end: String,
+    pub answered: bool,
+}
+
+impl EventKind {
+    /// The kind's name: `call.started`, `call.answered`,
+    /// `call.responsible_changed`, `call.ended` (the outbox's `kind`, the
+    /// webhook's `X-Sipscreen-Event`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Started => "call.started",
+            EventKind::Answered { .. } => "call.answered",
+            EventKind::ResponsibleChanged { .. } => "call.responsible_changed",
+            EventKind::Ended(_) => "call.ended",
+        }
+    }
+}
+
+/// Why a stored payload is not a call event.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not a call event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("payload is a {payload} event, queued as {queued}")]
+    KindMismatch {
+        payload: &'static str,
+        queued: String,
+    },
+}
+
+impl CallEvent {
+    /// The wire form: one flat JSON object, keys in alphabetical order
+    /// (through `serde_json::Value`, whose map is sorted; the order the
+    /// events had when they were built as `json!` objects, so bodies and
+    /// their signatures stay the same).
+    pub fn to_json(&self) -> String {
+        serde_json::to_value(self)
+            .expect("a call event is plain data with string keys")
+            .to_string()
+    }
+
+    /// Reads an outbox payload queued as `kind`.
+    pub fn from_outbox(kind: &str, payload: &str) -> Result<CallEvent, PayloadError> {
+        let ev: CallEvent = serde_json::from_str(payload)?;
+        if ev.kind.name() != kind {
+            return Err(PayloadError::KindMismatch {
+                payload: ev.kind.name(),
+                queued: kind.to_string(),
+            });
+        }
+        Ok(ev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind) -> CallEvent {
+        CallEvent {
+            call_id: "c1".into(),
+            direction: Direction::Inbound,
+            line: None,
+            client: "anonymous".into(),
+            create: Create::None,
+            crm_create: false,
+            offer: false,
+            source: "CALL".into(),
+            responsible: Some("101".into()),
+            start: "2023-11-14T22:13:20.000Z".into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn every_kind_reads_back_as_written() {
+        for kind in [
+            EventKind::Started,
+            EventKind::Answered {
+                answer: "2023-11-14T22:13:21.000Z".into(),
+            },
+            EventKind::ResponsibleChanged {
+                previous: None,
+                at: "2023-11-14T22:13:22.000Z".into(),
+            },
+            EventKind::Ended(Ended {
+                status: 487,
+                outcome: "cancelled".into(),
+                duration: 0,
+                end: "2023-11-14T22:13:23.000Z".into(),
+                answered: false,
+            }),
+        ] {
+            let e = ev(kind);
+            let back = CallEvent::from_outbox(e.kind.name(), &e.to_json()).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn a_bad_payload_is_an_error_that_says_why() {
+        let e = |kind: &str, payload: &str| {
+            CallEvent::from_outbox(kind, payload)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("call.started", "not json").starts_with("payload is not a call event: "));
+        let unknown = ev(EventKind::Started)
+            .to_json()
+            .replace("call.started", "call.parked");
+        assert!(
+            e("call.parked", &unknown).contains("unknown variant `call.parked`"),
+            "{}",
+            e("call.parked", &unknown)
+        );
+        let no_status = ev(EventKind::Ended(Ended {
+            status: 200,
+            outcome: "completed".into(),
+            duration: 1,
+            end: "x".into(),
+            answered: true,
+        }))
+        .to_json()
+        .replace("\"status\":200,", "")
+        .replace(",\"status\":200", "");
+        assert!(
+            e("call.ended", &no_status).contains("missing field `status`"),
+            "{}",
+            e("call.ended", &no_status)
+        );
+        assert_eq!(
+            e("call.ended", &ev(EventKind::Started).to_json()),
+            "payload is a call.started event, queued as call.ended"
+        );
+    }
+}
