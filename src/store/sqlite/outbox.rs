@@ -81,8 +81,11 @@ impl OutboxStore for SqliteStore {
         let tx = c.transaction()?;
         {
             let mut mv = tx.prepare_cached(
-                "INSERT INTO dead_letter (id, sink, call, kind, payload, created_at, attempts, dead_at, reason)
-                 SELECT id, sink, call, kind, payload, created_at, attempts, ?2, ?3 FROM outbox WHERE id = ?1",
+                // dead_letter numbers its rows itself: an outbox id comes
+                // again once the outbox has emptied (SQLite reuses the
+                // highest rowid + 1), and was unique there only.
+                "INSERT INTO dead_letter (sink, call, kind, payload, created_at, attempts, dead_at, reason)
+                 SELECT sink, call, kind, payload, created_at, attempts, ?2, ?3 FROM outbox WHERE id = ?1",
             )?;
             let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
             for id in ids {
@@ -148,5 +151,43 @@ impl OutboxStore for SqliteStore {
             params![sink, call, now],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(call: &str) -> NewEvent {
+        NewEvent {
+            sink: "portal".into(),
+            call: call.into(),
+            kind: "call.ended".into(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn dead_lettering_works_after_the_outbox_emptied_and_ids_came_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        s.enqueue(&[ev("a")], 1).unwrap();
+        let a = s.head("portal", 10).unwrap()[0].id;
+        s.dead(&[a], "refused", 2).unwrap();
+        // The outbox is empty: SQLite hands out the same rowid again.
+        s.enqueue(&[ev("b")], 3).unwrap();
+        let b = s.head("portal", 10).unwrap()[0].id;
+        assert_eq!(a, b);
+        s.dead(&[b], "refused", 4).unwrap();
+        assert_eq!(s.outbox_stats().unwrap().0, 0);
+        let calls: Vec<String> = s
+            .reader()
+            .prepare("SELECT call FROM dead_letter ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(calls, ["a", "b"]);
     }
 }
