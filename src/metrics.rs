@@ -135,6 +135,8 @@ pub struct Metrics {
     calls_finished: Family<L2, Counter>,
     /// Calls ended because nothing was heard of them for max_call_secs.
     calls_expired: Counter,
+    /// Calls in progress restored from the store at start.
+    calls_restored: Counter,
     /// Call events the SIP path dropped (tracker channel full) or calls not
     /// tracked (table full). Steady: 0.
     call_events_dropped: Counter,
@@ -227,6 +229,12 @@ impl Metrics {
             "calls_expired",
             "Calls ended by the tracker after [calls] max_call_secs without SIP activity",
             calls_expired.clone(),
+        );
+        let calls_restored = Counter::default();
+        registry.register(
+            "calls_restored",
+            "Calls in progress restored from the store at start (kept across a restart)",
+            calls_restored.clone(),
         );
         let call_events_dropped = Counter::default();
         registry.register(
@@ -322,6 +330,7 @@ impl Metrics {
             calls_active,
             calls_finished,
             calls_expired,
+            calls_restored,
             call_events_dropped,
             crm_outbox_depth,
             crm_outbox_oldest_age,
@@ -411,6 +420,10 @@ impl Metrics {
 
     pub fn call_expired(&self) {
         self.calls_expired.inc();
+    }
+
+    pub fn calls_restored(&self, n: usize) {
+        self.calls_restored.inc_by(n as u64);
     }
 
     pub fn call_event_dropped(&self) {

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -212,7 +213,7 @@ impl Server {
         let call_log = CallLog::open(data_dir, cfg.calls.log_max_bytes, cfg.calls.log_keep)
             .map_err(ServerError::CallLog)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(calls::CHANNEL);
-        let tracker = Tracker::new(
+        let mut tracker = Tracker::new(
             call_log,
             store.clone(),
             metrics.clone(),
@@ -222,6 +223,21 @@ impl Server {
                 directory: Some((store.clone(), contacts.clone())),
             },
         );
+        // Calls in progress when the last run stopped, before any SIP
+        // event can reach the tracker.
+        let st = store.clone();
+        let kept = tokio::task::spawn_blocking(move || crate::store::CallStore::active_calls(&*st))
+            .await??;
+        let found = kept.len();
+        let restored = tracker.restore(kept, crate::clock::now_ms());
+        if found > 0 {
+            tracing::info!(
+                found,
+                restored,
+                active = tracker.active(),
+                "calls in progress restored from the store"
+            );
+        }
         let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
         proxy.track_calls(CallEvents::new(tx, metrics.clone()));
         // Last: everything that can refuse to start has been built.
@@ -315,17 +331,21 @@ impl Server {
         }
         tasks.spawn(self.list.clone().run_expiry(shutdown.clone()));
         let outbox: Arc<dyn OutboxStore> = self.store.clone();
+        // The CRM workers stop on their own signal: after the tracker's
+        // last batch is queued, they get the grace to deliver it.
+        let (crm_trigger, crm_stop) = crate::shutdown::channel();
+        let mut workers = tokio::task::JoinSet::new();
         for (sink, worker) in &self.sinks {
-            tasks.spawn(crm::run_worker(
+            workers.spawn(crm::run_worker(
                 sink.clone(),
                 outbox.clone(),
                 self.metrics.clone(),
                 worker.clone(),
-                shutdown.clone(),
+                crm_stop.clone(),
             ));
         }
         tasks.spawn(crm::run_outbox_gauges(
-            outbox,
+            outbox.clone(),
             self.metrics.clone(),
             shutdown.clone(),
         ));
@@ -359,12 +379,58 @@ impl Server {
                 }
             }
         });
+        // Returns once shutdown fired: no new SIP work from here.
         transports.run(self.proxy.clone(), shutdown.clone()).await;
         while tasks.join_next().await.is_some() {}
+        // The tracker handles what is left in its channel, then writes the
+        // call log and its last batch (events, calls in progress: those
+        // are kept, not ended, and restored at the next start).
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(Ok(t)) = tracker {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        let grace = Duration::from_secs(self.proxy.runtime().loaded.config.crm.shutdown_grace_secs);
+        let left = if self.sinks.is_empty() {
+            None
+        } else {
+            drain_outbox(&outbox, grace).await
+        };
+        crm_trigger.fire();
+        // A request in flight finishes (bounded by its sink's timeout_ms).
+        while workers.join_next().await.is_some() {}
+        if let Some(left) = left.filter(|&n| n > 0) {
+            tracing::info!(
+                queued = left,
+                "CRM events still queued at shutdown: delivered after the next start"
+            );
+        }
         tracing::info!("sipscreen stopped");
+    }
+}
+
+/// Waits, at most `grace`, for the CRM workers to empty the outbox;
+/// stops sooner once an event waits for a retry (a sink is refusing or
+/// unreachable: waiting would only retry it). Returns the events left
+/// (`None`: the outbox could not be read).
+async fn drain_outbox(outbox: &Arc<dyn OutboxStore>, grace: Duration) -> Option<i64> {
+    let deadline = Instant::now() + grace;
+    loop {
+        let st = outbox.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((st.outbox_stats()?.0, st.outbox_retrying()?))
+        })
+        .await;
+        let (depth, retrying) = match state {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading the outbox at shutdown failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if depth == 0 || retrying > 0 || Instant::now() >= deadline {
+            return Some(depth);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{BIN, Serving};
+use common::binary::{BIN, Serving, count};
 const EDIT: &str = "edit-token";
 /// Lines per import transaction (store::service::IMPORT_BATCH).
 const BATCH: i64 = sipscreen::store::service::IMPORT_BATCH as i64;
@@ -55,13 +55,6 @@ source = "WEB"
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn count(db: &Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 fn import(admin: SocketAddr, body: String) -> reqwest::blocking::Response {

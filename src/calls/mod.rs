@@ -9,9 +9,12 @@
 //! for `[calls] max_call_secs` is ended as `expired`, and the number of
 //! calls tracked at once is capped. Every call, exception calls included,
 //! is written to the call log ([`log`]); CRM events go to the durable
-//! outbox for `log` calls only.
+//! outbox for `log` calls only. Calls in progress are kept in the store
+//! ([`saved`]) in the same transaction as their events, and restored at
+//! start: a restart (SIGTERM, crash, kill -9) ends no call and loses none.
 
 pub mod log;
+pub mod saved;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use crate::screening::{Client, CreateTag, Direction};
 pub const CHANNEL: usize = 65_536;
 
 /// A call the proxy has just screened and forwarded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewCall {
     /// `X-CRM-Call-Id`.
     pub call_id: String,

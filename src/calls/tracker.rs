@@ -1,14 +1,25 @@
 //! The tracker thread: owns every call's state, writes the call log and
 //! queues CRM events (for `log` calls only) in the durable outbox, in
 //! batches (one transaction per 100 ms at most, not one fsync per event).
+//! The same transaction writes the calls that changed and removes the ones
+//! that ended ([`CallStore::save_calls`]), so a crash never leaves a
+//! `call.started` queued without its call kept, nor a kept call whose
+//! `call.ended` is queued. At start, [`Tracker::restore`] takes them back.
+//!
+//! Idle time across a restart counts from the last SIP activity the store
+//! has (wall clock), not from the restore: a call silent before the stop
+//! and during the downtime is idle for all of it, and its BYE, if one was
+//! sent while the sidecar was down, never reached us; counting from the
+//! restore would keep a dead call open for up to the downtime longer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::log::{CallLog, CallRecord, Transfer};
+use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
@@ -16,7 +27,7 @@ use crate::events::{CallEvent, Ended, EventKind};
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
-use crate::store::{NewEvent, OutboxStore};
+use crate::store::{ActiveCall, CallStore, NewEvent};
 
 /// How often the tracker drains the channel.
 /// Each wake-up costs the same whatever it finds (measured on the load
@@ -38,6 +49,33 @@ struct Call {
     last: Instant,
 }
 
+impl Call {
+    fn state(&self) -> State {
+        State {
+            new: self.new.clone(),
+            start: self.start,
+            ringing: self.ringing,
+            answer: self.answer,
+            cancelled: self.cancelled,
+            responsible: self.responsible.clone(),
+            transfers: self.transfers.clone(),
+        }
+    }
+
+    fn from_state(s: State, last: Instant) -> Call {
+        Call {
+            new: s.new,
+            start: s.start,
+            ringing: s.ringing,
+            answer: s.answer,
+            cancelled: s.cancelled,
+            responsible: s.responsible,
+            transfers: s.transfers,
+            last,
+        }
+    }
+}
+
 /// Settings of the tracker.
 pub struct TrackerConfig {
     pub max_idle: Duration,
@@ -56,27 +94,70 @@ pub struct Tracker {
     /// By SIP Call-ID (its bytes as received).
     calls: HashMap<Box<[u8]>, Call>,
     log: CallLog,
-    outbox: Arc<dyn OutboxStore>,
+    store: Arc<dyn CallStore>,
     metrics: Arc<Metrics>,
     cfg: TrackerConfig,
     pending: Vec<NewEvent>,
+    /// Calls changed since the last flush (to write).
+    dirty: HashSet<Box<[u8]>>,
+    /// Calls ended since the last flush (to remove).
+    ended: Vec<Box<[u8]>>,
 }
 
 impl Tracker {
     pub fn new(
         log: CallLog,
-        outbox: Arc<dyn OutboxStore>,
+        store: Arc<dyn CallStore>,
         metrics: Arc<Metrics>,
         cfg: TrackerConfig,
     ) -> Self {
         Tracker {
             calls: HashMap::new(),
             log,
-            outbox,
+            store,
             metrics,
             cfg,
             pending: Vec::new(),
+            dirty: HashSet::new(),
+            ended: Vec::new(),
         }
+    }
+
+    /// Calls tracked now.
+    pub fn active(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Takes back the calls in progress the store kept (before any SIP
+    /// event is handled): their `call.started` was queued before the stop,
+    /// so nothing is queued again. A call idle for `max_idle` already is
+    /// ended `expired` at once. A row that cannot be read is logged and
+    /// left in the store. Returns how many calls were restored.
+    pub fn restore(&mut self, rows: Vec<ActiveCall>, now_ms: i64) -> usize {
+        let now = Instant::now();
+        let mut restored = 0;
+        for row in rows {
+            let state = match saved::from_json(&row.state) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(call = %row.call, sip_call_id = %String::from_utf8_lossy(&row.sip_call_id), error = %e, "a call kept in the store cannot be read; it stays there");
+                    continue;
+                }
+            };
+            let idle = Duration::from_millis((now_ms - row.last_ms).max(0) as u64);
+            // Uptime shorter than the idle time: counted from now.
+            let last = now.checked_sub(idle).unwrap_or(now);
+            let key: Box<[u8]> = row.sip_call_id.into();
+            self.calls
+                .insert(key.clone(), Call::from_state(state, last));
+            restored += 1;
+            if idle >= self.cfg.max_idle {
+                self.expire_one(&key);
+            }
+        }
+        self.metrics.calls_restored(restored);
+        self.metrics.set_active_calls(self.calls.len());
+        restored
     }
 
     /// Runs until `stop` is set (then flushes) or every sender is gone.
@@ -120,19 +201,47 @@ impl Tracker {
         self.flush();
     }
 
-    fn flush(&mut self) {
+    /// Writes the batch: events, changed and ended calls in one store
+    /// transaction, then the call log (so a kill between the two loses
+    /// call log lines, never a CRM event or a call's row).
+    pub fn flush(&mut self) {
+        let now = SystemTime::now();
+        let active: Vec<ActiveCall> = self
+            .dirty
+            .iter()
+            .filter_map(|k| {
+                let c = self.calls.get(k)?;
+                let since = c.last.elapsed().as_millis() as i64;
+                Some(ActiveCall {
+                    sip_call_id: k.to_vec(),
+                    call: c.new.call_id.clone(),
+                    state: saved::to_json(&c.state()),
+                    last_ms: ms(now) - since,
+                })
+            })
+            .collect();
+        match self
+            .store
+            .save_calls(&self.pending, &active, &self.ended, ms(now))
+        {
+            Ok(()) => {
+                self.pending.clear();
+                self.dirty.clear();
+                self.ended.clear();
+            }
+            // Kept and retried on the next flush; the store says why.
+            Err(e) => {
+                tracing::error!(error = %e, events = self.pending.len(), calls = active.len(), "queuing CRM events and keeping calls failed")
+            }
+        }
         if let Err(e) = self.log.flush() {
             tracing::error!(error = %e, "writing the call log failed");
         }
-        if self.pending.is_empty() {
-            return;
-        }
-        match self.outbox.enqueue(&self.pending, now_ms()) {
-            Ok(()) => self.pending.clear(),
-            // Kept and retried on the next flush; the store says why.
-            Err(e) => {
-                tracing::error!(error = %e, events = self.pending.len(), "queuing CRM events failed")
-            }
+    }
+
+    fn touch(&mut self, key: &[u8]) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.into());
         }
     }
 
@@ -167,15 +276,18 @@ impl Tracker {
                 // A copy: the slice would hold the received datagram's
                 // buffer for the whole call.
                 self.calls.insert(sip_call_id[..].into(), call);
+                self.touch(&sip_call_id);
             }
             SipEvent::InviteResponse {
                 sip_call_id,
                 code,
                 at,
             } => {
-                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
+                if !self.calls.contains_key(&sip_call_id[..]) {
                     return;
-                };
+                }
+                self.touch(&sip_call_id);
+                let call = self.calls.get_mut(&sip_call_id[..]).expect("present");
                 call.last = Instant::now();
                 match code {
                     180..=199 => call.ringing = true,
@@ -205,9 +317,11 @@ impl Tracker {
                 refer_to,
                 at,
             } => {
-                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
+                if !self.calls.contains_key(&sip_call_id[..]) {
                     return;
-                };
+                }
+                self.touch(&sip_call_id);
+                let call = self.calls.get_mut(&sip_call_id[..]).expect("present");
                 call.last = Instant::now();
                 match kind {
                     RequestKind::Cancel => call.cancelled = true,
@@ -279,21 +393,27 @@ impl Tracker {
             .map(|(k, _)| k.clone())
             .collect();
         for k in idle {
-            let answered = self.calls[&k].answer.is_some();
-            self.metrics.call_expired();
-            self.finish(
-                &k,
-                if answered { 200 } else { 408 },
-                "expired",
-                SystemTime::now(),
-            );
+            self.expire_one(&k);
         }
+    }
+
+    fn expire_one(&mut self, k: &[u8]) {
+        let answered = self.calls[k].answer.is_some();
+        self.metrics.call_expired();
+        self.finish(
+            k,
+            if answered { 200 } else { 408 },
+            "expired",
+            SystemTime::now(),
+        );
     }
 
     fn finish(&mut self, key: &[u8], status: u16, outcome: &'static str, at: SystemTime) {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
+        self.dirty.remove(key);
+        self.ended.push(key.into());
         let duration = call
             .answer
             .map_or(0, |a| at.duration_since(a).map_or(0, |d| d.as_secs()));
@@ -401,5 +521,201 @@ fn record(
         outcome: outcome.to_string(),
         duration,
         transfers: c.transfers.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::screening::Direction;
+    use crate::store::OutboxStore;
+    use crate::store::sqlite::SqliteStore;
+    use bytes::Bytes;
+
+    fn tracker(dir: &std::path::Path, max_idle: Duration) -> (Tracker, Arc<SqliteStore>) {
+        let store = Arc::new(SqliteStore::open_dir(dir).unwrap());
+        let t = Tracker::new(
+            CallLog::open(dir, 1 << 20, 2).unwrap(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle,
+                sinks: vec!["portal".into()],
+                directory: None,
+            },
+        );
+        (t, store)
+    }
+
+    fn invite(id: &str, at: SystemTime) -> SipEvent {
+        SipEvent::Invite {
+            sip_call_id: Bytes::copy_from_slice(id.as_bytes()),
+            call: Box::new(NewCall {
+                call_id: format!("crm-{id}"),
+                direction: Direction::Inbound,
+                verdict: Verdict::Log,
+                client: Client::Number(4917000000001),
+                line: Some(4930901820),
+                create: CreateTag::Lead,
+                source: "CALL".into(),
+                responsible: Some("101".into()),
+                change_responsible_on_transfer: true,
+                update_directory_on_transfer: false,
+                offer: false,
+            }),
+            at,
+        }
+    }
+
+    fn answer(id: &str, at: SystemTime) -> SipEvent {
+        SipEvent::InviteResponse {
+            sip_call_id: Bytes::copy_from_slice(id.as_bytes()),
+            code: 200,
+            at,
+        }
+    }
+
+    fn request(id: &str, kind: RequestKind, to: Option<&str>, at: SystemTime) -> SipEvent {
+        SipEvent::Request {
+            sip_call_id: Bytes::copy_from_slice(id.as_bytes()),
+            kind,
+            refer_to: to.map(str::to_string),
+            at,
+        }
+    }
+
+    fn kinds(store: &SqliteStore) -> Vec<String> {
+        store
+            .head("portal", 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {}", e.call, e.kind))
+            .collect()
+    }
+
+    fn records(dir: &std::path::Path) -> Vec<CallRecord> {
+        let f = crate::calls::log::Filter {
+            limit: 100,
+            ..Default::default()
+        };
+        crate::calls::log::read(dir, 2, &f).unwrap().records
+    }
+
+    #[test]
+    fn a_call_kept_across_a_restart_ends_on_its_bye_as_if_never_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(30);
+        {
+            let (mut t, store) = tracker(dir.path(), Duration::from_secs(3600));
+            t.handle(invite("a", t0));
+            t.handle(answer("a", t0 + Duration::from_secs(2)));
+            t.handle(request(
+                "a",
+                RequestKind::Refer,
+                Some("205"),
+                t0 + Duration::from_secs(5),
+            ));
+            t.flush();
+            assert_eq!(store.active_calls().unwrap().len(), 1);
+            // Stopped without ending anything.
+        }
+        let (mut t, store) = tracker(dir.path(), Duration::from_secs(3600));
+        let kept = store.active_calls().unwrap();
+        assert_eq!(t.restore(kept, now_ms()), 1);
+        t.handle(request(
+            "a",
+            RequestKind::Bye,
+            None,
+            t0 + Duration::from_secs(20),
+        ));
+        t.flush();
+        assert!(store.active_calls().unwrap().is_empty());
+        let recs = records(dir.path());
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(
+            (r.outcome.as_str(), r.status, r.duration),
+            ("completed", 200, 18)
+        );
+        assert_eq!(r.sip_call_id, "a");
+        assert_eq!(r.responsible.as_deref(), Some("205"));
+        assert_eq!(r.transfers.len(), 1);
+        assert_eq!(r.start_ms, ms(t0));
+        assert_eq!(
+            kinds(&store),
+            [
+                "crm-a call.started",
+                "crm-a call.answered",
+                "crm-a call.responsible_changed",
+                "crm-a call.ended"
+            ]
+        );
+    }
+
+    #[test]
+    fn restored_calls_expire_counting_from_their_last_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now();
+        let max_idle = Duration::from_secs(60);
+        {
+            let (mut t, _) = tracker(dir.path(), max_idle);
+            t.handle(invite("old", t0));
+            t.handle(invite("recent", t0));
+            t.flush();
+        }
+        let (mut t, store) = tracker(dir.path(), max_idle);
+        let mut kept = store.active_calls().unwrap();
+        // "old" was last heard of 61 s ago, "recent" 30 s ago.
+        for k in &mut kept {
+            k.last_ms -= if k.sip_call_id == b"old" {
+                61_000
+            } else {
+                30_000
+            };
+        }
+        assert_eq!(t.restore(kept, now_ms()), 2);
+        t.flush();
+        let recs = records(dir.path());
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            (recs[0].sip_call_id.as_str(), recs[0].outcome.as_str()),
+            ("old", "expired")
+        );
+        assert_eq!(t.active(), 1);
+        // 30 s of the 60 are gone: not idle at +29 s, idle at +30 s.
+        let now = Instant::now();
+        t.expire(now + Duration::from_secs(29));
+        assert_eq!(t.active(), 1);
+        t.expire(now + Duration::from_secs(30));
+        assert_eq!(t.active(), 0);
+        t.flush();
+        assert!(store.active_calls().unwrap().is_empty());
+        assert_eq!(
+            kinds(&store),
+            [
+                "crm-old call.started",
+                "crm-recent call.started",
+                "crm-old call.ended",
+                "crm-recent call.ended"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_kept_call_is_reported_and_left_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut t, store) = tracker(dir.path(), Duration::from_secs(60));
+        let bad = ActiveCall {
+            sip_call_id: b"x".to_vec(),
+            call: "crm-x".into(),
+            state: "{\"format\":1}".into(),
+            last_ms: now_ms(),
+        };
+        store
+            .save_calls(&[], std::slice::from_ref(&bad), &[], 1)
+            .unwrap();
+        assert_eq!(t.restore(store.active_calls().unwrap(), now_ms()), 0);
+        t.flush();
+        assert_eq!(store.active_calls().unwrap(), [bad]);
     }
 }

@@ -78,6 +78,9 @@ impl Default for CallsConfig {
 pub struct CrmConfig {
     /// Undelivered events older than this go to the dead-letter table.
     pub max_event_age_secs: u64,
+    /// At shutdown, how long the sinks may go on delivering what is queued
+    /// (stopping sooner when the queue is empty or a sink is failing).
+    pub shutdown_grace_secs: u64,
     /// Generic webhooks.
     pub webhook: Vec<WebhookSink>,
     /// Bitrix24 portals.
@@ -88,6 +91,7 @@ impl Default for CrmConfig {
     fn default() -> Self {
         CrmConfig {
             max_event_age_secs: 24 * 3600,
+            shutdown_grace_secs: 5,
             webhook: Vec::new(),
             bitrix24: Vec::new(),
         }

@@ -261,6 +261,55 @@ impl Bitrix24 {
         })
     }
 
+    /// Whether this event's request already went out and was recorded
+    /// (a redelivery after a restart or a crash between the request and
+    /// the outbox update): a register with its `CALL_ID` kept, a finish
+    /// marked finished. Bitrix24 answers every register with a new
+    /// `CALL_ID`, so a second register would be a second call in the CRM.
+    async fn done_before(
+        &self,
+        ev: &OutEvent,
+        store: &Arc<dyn OutboxStore>,
+    ) -> Result<bool, Delivery> {
+        let kind = ev.kind.clone();
+        if kind != "call.started" && kind != "call.ended" {
+            return Ok(false);
+        }
+        let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            if kind == "call.started" {
+                st.crm_call(&sink, &call).map(|id| id.is_some())
+            } else {
+                st.crm_finished(&sink, &call)
+            }
+        })
+        .await;
+        let failed = |error| Delivery::Retry(CrmError::CallIdStore { op: "read", error });
+        match r {
+            Ok(Ok(done)) => {
+                if done {
+                    tracing::info!(sink = %self.name, event = %ev.kind, call = %ev.call, "already sent to the CRM before a restart: not sent again");
+                }
+                Ok(done)
+            }
+            Ok(Err(e)) => Err(failed(e.into())),
+            Err(e) => Err(failed(e.into())),
+        }
+    }
+
+    /// Records that the call's finish went out (a failure is logged: the
+    /// outbox row is still removed, so it is not sent again either).
+    async fn keep_finished(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) {
+        let (st, sink, call) = (store.clone(), self.name.clone(), ev.call.clone());
+        let now = crate::clock::now_ms();
+        if !matches!(
+            tokio::task::spawn_blocking(move || st.set_crm_finished(&sink, &call, now)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!(sink = %self.name, call = %ev.call, "recording a Bitrix24 finish failed");
+        }
+    }
+
     async fn crm_id(
         &self,
         ev: &OutEvent,
@@ -351,6 +400,11 @@ impl Sink for Bitrix24 {
     }
 
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
+        match self.done_before(ev, store).await {
+            Ok(true) => return Delivery::Ok,
+            Ok(false) => {}
+            Err(d) => return d,
+        }
         match self.request(ev) {
             Err(e) => Delivery::Rejected(e),
             Ok(Request::None) => Delivery::Ok,
@@ -364,7 +418,10 @@ impl Sink for Bitrix24 {
                     Err(d) => return d,
                 }
                 match self.call(FINISH, p).await {
-                    Ok(_) => Delivery::Ok,
+                    Ok(_) => {
+                        self.keep_finished(ev, store).await;
+                        Delivery::Ok
+                    }
                     Err(d) => d,
                 }
             }
@@ -386,7 +443,13 @@ impl Sink for Bitrix24 {
         let mut registered: std::collections::HashMap<&str, String> = Default::default();
         let mut usable = evs.len();
         for (i, ev) in evs.iter().enumerate() {
-            let req = match self.request(ev) {
+            // Errors: sent on its own below, where they are reported.
+            let req = match self.done_before(ev, store).await {
+                Ok(true) => Ok(Request::None),
+                Ok(false) => self.request(ev).map_err(drop),
+                Err(_) => Err(()),
+            };
+            let req = match req {
                 Ok(r) => r,
                 // Sent on its own, where it is refused with the reason.
                 Err(_) => {
@@ -454,6 +517,9 @@ impl Sink for Bitrix24 {
                         Delivery::Ok => {}
                         d => return (i, Some(d)),
                     }
+                }
+                if *method == FINISH {
+                    self.keep_finished(&evs[i], store).await;
                 }
                 continue;
             }

@@ -384,6 +384,15 @@ mod tests {
         fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
             Ok(())
         }
+        fn outbox_retrying(&self) -> Result<i64, StoreError> {
+            Ok(0)
+        }
+        fn crm_finished(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn set_crm_finished(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
     }
 
     /// Never called: every event here is expired.
@@ -446,6 +455,15 @@ mod tests {
             Ok(None)
         }
         fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn outbox_retrying(&self) -> Result<i64, StoreError> {
+            Ok(0)
+        }
+        fn crm_finished(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn set_crm_finished(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
             Ok(())
         }
     }

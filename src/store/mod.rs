@@ -114,6 +114,15 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    #[error(
+        "store {path}: schema version {found} is newer than this sipscreen knows ({known}): \
+         the file was written by a later release; run that release, or restore a backup"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
 }
 
 /// The durable exception list.
@@ -187,9 +196,44 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn dead(&self, ids: &[i64], reason: &str, now: i64) -> Result<(), StoreError>;
     /// (queued events, oldest creation time).
     fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError>;
+    /// Queued events that failed at least once and wait for a retry.
+    fn outbox_retrying(&self) -> Result<i64, StoreError>;
     /// The CRM's id for a call (Bitrix24 `CALL_ID` from register).
     fn crm_call(&self, sink: &str, call: &str) -> Result<Option<String>, StoreError>;
     fn set_crm_call(&self, sink: &str, call: &str, crm_id: &str) -> Result<(), StoreError>;
+    /// Whether the CRM has been told the call ended (Bitrix24 finish).
+    fn crm_finished(&self, sink: &str, call: &str) -> Result<bool, StoreError>;
+    fn set_crm_finished(&self, sink: &str, call: &str, now: i64) -> Result<(), StoreError>;
+}
+
+/// A call in progress as the tracker keeps it across restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCall {
+    /// The SIP Call-ID, as received.
+    pub sip_call_id: Vec<u8>,
+    /// The call's `X-CRM-Call-Id`.
+    pub call: String,
+    /// The tracker's state of the call (JSON, the tracker's own format).
+    pub state: String,
+    /// Unix milliseconds of the call's last SIP activity.
+    pub last_ms: i64,
+}
+
+/// Calls in progress, written only by the call tracker.
+pub trait CallStore: Send + Sync + 'static {
+    /// In one durable transaction: queues `events` in the outbox, removes
+    /// the `ended` calls, then writes the `active` ones (so a call's
+    /// `call.started` is never queued without its row, nor its
+    /// `call.ended` without the row's removal).
+    fn save_calls(
+        &self,
+        events: &[NewEvent],
+        active: &[ActiveCall],
+        ended: &[Box<[u8]>],
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Every call in progress.
+    fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;
 }
 
 /// The durable contacts directory.

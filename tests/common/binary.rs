@@ -16,6 +16,8 @@ pub struct Serving {
     pub logs: Receiver<String>,
     /// The "sipscreen ready" log line.
     pub ready: String,
+    /// The log lines before it.
+    pub early: Vec<String>,
 }
 
 impl Serving {
@@ -36,8 +38,14 @@ impl Serving {
                 let _ = tx.send(line);
             }
         });
-        let ready = wait_for(&logs, "sipscreen ready");
-        Serving { child, logs, ready }
+        let mut early = Vec::new();
+        let ready = wait_keeping(&logs, "sipscreen ready", &mut early);
+        Serving {
+            child,
+            logs,
+            ready,
+            early,
+        }
     }
 
     /// An address from the ready line: `after` up to `until`
@@ -78,13 +86,28 @@ impl Drop for Serving {
 
 /// The first log line containing `what` within 20 s.
 pub fn wait_for(rx: &Receiver<String>, what: &str) -> String {
+    wait_keeping(rx, what, &mut Vec::new())
+}
+
+/// As [`wait_for`], keeping the lines before it in `before`.
+fn wait_keeping(rx: &Receiver<String>, what: &str, before: &mut Vec<String>) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-            && line.contains(what)
-        {
-            return line;
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if line.contains(what) {
+                return line;
+            }
+            before.push(line);
         }
     }
     panic!("log line {what:?} did not appear");
+}
+
+/// One number from the SQLite file the binary writes (read-only, beside
+/// the running process: WAL readers do not block it).
+pub fn count(db: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod crm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,211 @@
+//! A tracked call as the store keeps it across restarts: everything the
+//! tracker needs to finish the call as if it had never stopped (the
+//! `NewCall`, start, answer, ringing / cancelled, the responsible person,
+//! transfers), as JSON with the times in unix nanoseconds. The SIP Call-ID
+//! and the last activity are columns of their own
+//! ([`crate::store::ActiveCall`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::NewCall;
+use super::log::Transfer;
+use crate::config::Verdict;
+use crate::screening::{Client, CreateTag, Direction};
+
+/// The format's version, written in every row (a later release that
+/// changes the format reads both or migrates).
+const FORMAT: u32 = 1;
+
+/// What `Call` holds, minus its activity clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub new: NewCall,
+    pub start: SystemTime,
+    pub ringing: bool,
+    pub answer: Option<SystemTime>,
+    pub cancelled: bool,
+    pub responsible: Option<String>,
+    pub transfers: Vec<Transfer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    format: u32,
+    call_id: String,
+    direction: String,
+    verdict: String,
+    /// E.164 digits; absent: anonymous.
+    client: Option<u64>,
+    line: Option<u64>,
+    create: String,
+    source: String,
+    /// The responsible person the call started with.
+    responsible_at_start: Option<String>,
+    change_responsible_on_transfer: bool,
+    update_directory_on_transfer: bool,
+    offer: bool,
+    start_ns: u64,
+    ringing: bool,
+    answer_ns: Option<u64>,
+    cancelled: bool,
+    responsible: Option<String>,
+    transfers: Vec<Transfer>,
+}
+
+fn ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+}
+
+fn time(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// The JSON of a call's state.
+pub fn to_json(s: &State) -> String {
+    let n = &s.new;
+    let saved = Saved {
+        format: FORMAT,
+        call_id: n.call_id.clone(),
+        direction: n.direction.as_str().to_string(),
+        verdict: n.verdict.as_str().to_string(),
+        client: match n.client {
+            Client::Number(d) => Some(d),
+            Client::Anonymous => None,
+        },
+        line: n.line,
+        create: n.create.as_str().to_string(),
+        source: n.source.clone(),
+        responsible_at_start: n.responsible.clone(),
+        change_responsible_on_transfer: n.change_responsible_on_transfer,
+        update_directory_on_transfer: n.update_directory_on_transfer,
+        offer: n.offer,
+        start_ns: ns(s.start),
+        ringing: s.ringing,
+        answer_ns: s.answer.map(ns),
+        cancelled: s.cancelled,
+        responsible: s.responsible.clone(),
+        transfers: s.transfers.clone(),
+    };
+    serde_json::to_string(&saved).expect("plain data serialises")
+}
+
+/// A call's state from its JSON; the error says what is wrong with it.
+pub fn from_json(text: &str) -> Result<State, String> {
+    let s: Saved = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if s.format != FORMAT {
+        return Err(format!("format {} (this release reads {FORMAT})", s.format));
+    }
+    let direction = match s.direction.as_str() {
+        "inbound" => Direction::Inbound,
+        "outbound" => Direction::Outbound,
+        d => return Err(format!("unknown direction {d:?}")),
+    };
+    let verdict = match s.verdict.as_str() {
+        "log" => Verdict::Log,
+        "exception" => Verdict::Exception,
+        v => return Err(format!("unknown verdict {v:?}")),
+    };
+    let create = match s.create.as_str() {
+        "lead" => CreateTag::Lead,
+        "deal" => CreateTag::Deal,
+        "offer" => CreateTag::Offer,
+        "none" => CreateTag::None,
+        c => return Err(format!("unknown create {c:?}")),
+    };
+    Ok(State {
+        new: NewCall {
+            call_id: s.call_id,
+            direction,
+            verdict,
+            client: s.client.map_or(Client::Anonymous, Client::Number),
+            line: s.line,
+            create,
+            source: s.source,
+            responsible: s.responsible_at_start,
+            change_responsible_on_transfer: s.change_responsible_on_transfer,
+            update_directory_on_transfer: s.update_directory_on_transfer,
+            offer: s.offer,
+        },
+        start: time(s.start_ns),
+        ringing: s.ringing,
+        answer: s.answer_ns.map(time),
+        cancelled: s.cancelled,
+        responsible: s.responsible,
+        transfers: s.transfers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_comes_back_exactly() {
+        let s = State {
+            new: NewCall {
+                call_id: "crm-1".into(),
+                direction: Direction::Outbound,
+                verdict: Verdict::Exception,
+                client: Client::Number(4917000000001),
+                line: Some(4930901820),
+                create: CreateTag::Deal,
+                source: "WEB".into(),
+                responsible: Some("101".into()),
+                change_responsible_on_transfer: true,
+                update_directory_on_transfer: false,
+                offer: true,
+            },
+            start: time(1_700_000_000_123_456_789),
+            ringing: true,
+            answer: Some(time(1_700_000_003_000_000_001)),
+            cancelled: true,
+            responsible: Some("205".into()),
+            transfers: vec![Transfer {
+                at: "2023-11-14T22:13:25Z".into(),
+                to: "205".into(),
+            }],
+        };
+        assert_eq!(from_json(&to_json(&s)).unwrap(), s);
+        let mut anon = s.clone();
+        anon.new.client = Client::Anonymous;
+        anon.new.direction = Direction::Inbound;
+        anon.answer = None;
+        assert_eq!(from_json(&to_json(&anon)).unwrap(), anon);
+    }
+
+    #[test]
+    fn a_damaged_row_is_refused_with_its_reason() {
+        assert!(from_json("{").unwrap_err().contains("EOF"));
+        let good = to_json(&State {
+            new: NewCall {
+                call_id: "c".into(),
+                direction: Direction::Inbound,
+                verdict: Verdict::Log,
+                client: Client::Anonymous,
+                line: None,
+                create: CreateTag::None,
+                source: String::new(),
+                responsible: None,
+                change_responsible_on_transfer: false,
+                update_directory_on_transfer: false,
+                offer: false,
+            },
+            start: UNIX_EPOCH,
+            ringing: false,
+            answer: None,
+            cancelled: false,
+            responsible: None,
+            transfers: vec![],
+        });
+        let bad = good.replace("\"inbound\"", "\"sideways\"");
+        assert_eq!(
+            from_json(&bad).unwrap_err(),
+            "unknown direction \"sideways\""
+        );
+        let later = good.replace("\"format\":1", "\"format\":9");
+        assert!(from_json(&later).unwrap_err().contains("format 9"));
+    }
+}

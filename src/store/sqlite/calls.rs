@@ -1,0 +1,143 @@
+//! Calls in progress: written by the call tracker in the same transaction
+//! as the outbox events they caused, read back once at start.
+
+use rusqlite::params;
+
+use super::SqliteStore;
+use super::outbox::insert_events;
+use crate::store::{ActiveCall, CallStore, NewEvent, StoreError};
+
+impl CallStore for SqliteStore {
+    fn save_calls(
+        &self,
+        events: &[NewEvent],
+        active: &[ActiveCall],
+        ended: &[Box<[u8]>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() && active.is_empty() && ended.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        insert_events(&tx, events, now)?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM active_calls WHERE sip_call_id = ?1")?;
+            for k in ended {
+                del.execute([&k[..]])?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO active_calls (sip_call_id, call, state, last_ms, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sip_call_id) DO UPDATE SET call = excluded.call,
+                   state = excluded.state, last_ms = excluded.last_ms,
+                   updated_at = excluded.updated_at",
+            )?;
+            for a in active {
+                up.execute(params![a.sip_call_id, a.call, a.state, a.last_ms, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError> {
+        let c = self.reader();
+        let mut st =
+            c.prepare("SELECT sip_call_id, call, state, last_ms FROM active_calls ORDER BY rowid")?;
+        let rows = st.query_map([], |r| {
+            Ok(ActiveCall {
+                sip_call_id: r.get(0)?,
+                call: r.get(1)?,
+                state: r.get(2)?,
+                last_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OutboxStore;
+
+    fn call(k: &str, state: &str) -> ActiveCall {
+        ActiveCall {
+            sip_call_id: k.as_bytes().to_vec(),
+            call: format!("crm-{k}"),
+            state: state.to_string(),
+            last_ms: 7,
+        }
+    }
+
+    fn ev(call: &str, kind: &str) -> NewEvent {
+        NewEvent {
+            sink: "portal".into(),
+            call: call.into(),
+            kind: kind.into(),
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn calls_and_their_events_are_written_together_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open_dir(dir.path()).unwrap();
+            s.save_calls(
+                &[ev("crm-a", "call.started"), ev("crm-b", "call.started")],
+                &[call("a", "{\"x\":1}"), call("b", "{}")],
+                &[],
+                1,
+            )
+            .unwrap();
+            // b ends; a changes.
+            s.save_calls(
+                &[ev("crm-b", "call.ended")],
+                &[call("a", "{\"x\":2}")],
+                &["b".as_bytes().into()],
+                2,
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        assert_eq!(s.active_calls().unwrap(), [call("a", "{\"x\":2}")]);
+        let kinds: Vec<String> = s
+            .head("portal", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {}", e.call, e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "crm-a call.started",
+                "crm-b call.started",
+                "crm-b call.ended"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_writes_neither_events_nor_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        // The call row is refused after its event was inserted: the
+        // whole batch goes.
+        s.writer()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON active_calls WHEN new.call = 'crm-bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let mut bad = call("bad", "{}");
+        bad.call = "crm-bad".into();
+        assert!(
+            s.save_calls(&[ev("crm-bad", "call.started")], &[bad], &[], 1)
+                .is_err()
+        );
+        assert!(s.active_calls().unwrap().is_empty());
+        assert_eq!(s.outbox_stats().unwrap().0, 0);
+    }
+}
