@@ -133,11 +133,17 @@ proc_field() { # pid field, from /proc/PID/status (the number only)
 HZ=$(getconf CLK_TCK)
 cpu_secs() { # pid: utime + stime in seconds
   local line rest
-  line=$(cat "/proc/$1/stat" 2>/dev/null) || { echo "?"; return; }
+  [ -n "$1" ] && line=$(cat "/proc/$1/stat" 2>/dev/null) || { echo "?"; return; }
   rest=${line##*) }
   # shellcheck disable=SC2086
   set -- $rest
   awk -v t="$((${12} + ${13}))" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'
+}
+# Seconds the threads of a process spent runnable but waiting for a CPU
+# (the second field of /proc/PID/task/*/schedstat): CPU starvation.
+runq_wait() { # pid
+  [ -n "$1" ] || { echo "?"; return; }
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $2 } END { if (NR) printf "%.2f", s / 1e9; else print "?" }'
 }
 # Datagrams dropped at the UDP socket bound to a port (its receive buffer
 # was full), from /proc/net/udp.
@@ -146,23 +152,33 @@ udp_drops() { # port
 }
 
 SAMPLES=$WORK/samples.csv
-echo "t_s,phase,rss_kb,fds,threads,cpu_s,outbox_depth,calls_active,crm_received" >"$SAMPLES"
+echo "t_s,phase,rss_kb,fds,threads,cpu_s,wait_s,outbox_depth,calls_active,crm_received,uac_cpu_s,uac_wait_s,uas_cpu_s,uas_wait_s" >"$SAMPLES"
 T0=
+UAC_PID='' UAS_PID=''
 sample() { # phase
   local m t
   m=$(metrics)
   t=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
-  printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$t" "$1" \
+  printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$t" "$1" \
     "$(proc_field "$SIPSCREEN_PID" VmRSS)" \
     "$(ls "/proc/$SIPSCREEN_PID/fd" 2>/dev/null | wc -l)" \
     "$(proc_field "$SIPSCREEN_PID" Threads)" \
-    "$(cpu_secs "$SIPSCREEN_PID")" \
+    "$(cpu_secs "$SIPSCREEN_PID")" "$(runq_wait "$SIPSCREEN_PID")" \
     "$(metric sipscreen_crm_outbox_depth <<<"$m")" \
     "$(metric sipscreen_calls_active <<<"$m")" \
-    "$(standin | json_field received)" >>"$SAMPLES"
+    "$(standin | json_field received)" \
+    "$(cpu_secs "$UAC_PID")" "$(runq_wait "$UAC_PID")" \
+    "$(cpu_secs "$UAS_PID")" "$(runq_wait "$UAS_PID")" >>"$SAMPLES"
+}
+# What sipscreen's fds point to, for a look when they grew.
+fd_list() { # file
+  local f
+  for f in "/proc/$SIPSCREEN_PID"/fd/*; do
+    readlink "$f" 2>/dev/null || true
+  done | sed 's/\[[0-9]*\]$/[...]/' | sort | uniq -c >"$1"
 }
 # Columns of a sample line.
-RSS=3 FDS=4 CPU=6
+RSS=3 FDS=4 CPU=6 WAIT=7
 field() { cut -d, -f"$2" <<<"$1"; } # line column
 
 # --- start ----------------------------------------------------------------
@@ -209,6 +225,9 @@ while kill -0 "$UAC_PID" 2>/dev/null; do
   if awk -v a="$T0" -v b="$(date +%s.%N)" -v n="$next" 'BEGIN { exit !(b - a >= n) }'; then
     sample load
     say "$(tail -1 "$SAMPLES")"
+    if [ "$next" -ge "$WARMUP_SECS" ] && [ ! -e "$WORK/fds_warmup.txt" ]; then
+      fd_list "$WORK/fds_warmup.txt"
+    fi
     next=$((next + SAMPLE_SECS))
   fi
   kill -0 "$SIPSCREEN_PID" 2>/dev/null || break
@@ -245,6 +264,7 @@ DRAIN_S=$(($(date +%s) - d0))
 # at the last moment is counted
 sleep 2
 sample drained
+fd_list "$WORK/fds_drained.txt"
 
 # --- figures --------------------------------------------------------------
 M=$(metrics)
@@ -314,6 +334,14 @@ fds_drained=$(field "$drained" $FDS)
 fds_after=$(awk -F, -v w="$WARMUP_SECS" 'NR > 1 && $1 >= w { if ($4 > m) m = $4 } END { print m + 0 }' "$SAMPLES")
 cpu_load=$(awk -v a="$(field "$first" $CPU)" -v b="$(field "$last_load" $CPU)" -v n="${attempted/\?/0}" \
   'BEGIN { if (n > 0) printf "%.1f", (b - a) * 1e6 / n; else print "?" }')
+# CPU used and waited for over the load: sipscreen up to the end of the
+# load, SIPp up to the last sample while it ran.
+last_run=$(grep -E '^[^,]*,load,' "$SAMPLES" | tail -1)
+used_waited() { # first-line last-line cpu-column wait-column
+  awk -v a="$(field "$1" "$3")" -v b="$(field "$2" "$3")" -v c="$(field "$1" "$4")" -v d="$(field "$2" "$4")" \
+    'BEGIN { printf "%.1f / %.1f", b - a, d - c }'
+}
+starve="sipscreen $(used_waited "$first" "$last_load" $CPU $WAIT), SIPp trunk $(used_waited "$first" "$last_run" 11 12), SIPp PBX $(used_waited "$first" "$last_run" 13 14)"
 
 status=0
 miss() { echo "MISSED: $*"; status=1; }
@@ -323,7 +351,7 @@ echo "calls: $attempted attempted, $ok successful, $failed failed (${uac_reasons
 echo "call log: $log_calls log, $exc_calls exception calls; calls active at the end: $active; call events dropped: $dropped"
 echo "RSS (kB): start $(field "$first" $RSS), ${WARMUP_SECS} s $rss_warm, end of load $rss_end, after the drain $(field "$drained" $RSS), max $rss_max; growth after ${WARMUP_SECS} s: $growth %"
 echo "fds: start $(field "$first" $FDS), ${WARMUP_SECS} s $fds_warm, end of load $(field "$last_load" $FDS), after the drain $fds_drained, max after ${WARMUP_SECS} s $fds_after"
-echo "sipscreen CPU: $cpu_load us/call under load"
+echo "sipscreen CPU: $cpu_load us/call under load; CPU s used / s waiting for a CPU over the load: $starve"
 echo "outbox: depth $depth at the end (drain took ${DRAIN_S} s), dead letters $dead, delivery retries $retry"
 echo "CRM events: received $received ($by_kind), expected $expected; duplicates $dups, out of order $ooo, bad signatures $badsig, bad bodies $badbody"
 echo
@@ -335,7 +363,11 @@ echo
 [ "$failed" = 0 ] && [ "$pbx_failed" = 0 ] && [ "$UAC_RC" = 0 ] || miss "failed calls"
 [ "$log_calls" -gt 0 ] && [ "$exc_calls" -gt 0 ] || miss "both verdicts exercised"
 awk -v g="$growth" -v m="$RSS_GROWTH_MAX" 'BEGIN { exit !(g < m) }' || miss "RSS growth under $RSS_GROWTH_MAX %"
-[ "$fds_after" -le "$fds_warm" ] && [ "$fds_drained" -le "$fds_warm" ] || miss "no fd growth"
+if [ "$fds_after" -gt "$fds_warm" ] || [ "$fds_drained" -gt "$fds_warm" ]; then
+  miss "no fd growth"
+  echo "sipscreen's fds at ${WARMUP_SECS} s (<) and after the drain (>):"
+  diff "$WORK/fds_warmup.txt" "$WORK/fds_drained.txt" || true
+fi
 [ "$depth" = 0 ] && [ "$dead" = 0 ] || miss "outbox drained, nothing dead-lettered"
 [ "$active" = 0 ] && [ "$dropped" = 0 ] || miss "every call tracked and finished"
 [ "$received" = "$expected" ] && [ "$dups" = 0 ] && [ "$ooo" = 0 ] && [ "$badsig" = 0 ] && [ "$badbody" = 0 ] ||
