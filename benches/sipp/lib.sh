@@ -186,6 +186,17 @@ wait_udp() { # port pid
   return 1
 }
 
+# Until the URL answers 2xx (0), at most tenths × 0.1 s or while the process
+# lives (1 otherwise).
+wait_http() { # url pid tenths
+  for _ in $(seq 1 "$3"); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
 stop_pid() { # pid: SIGTERM, then SIGKILL after 10 s
   kill "$1" 2>/dev/null || return 0
   for _ in $(seq 1 100); do
@@ -204,11 +215,7 @@ start_sipscreen() {
     >"$WORK/sipscreen.log" 2>&1 &
   SIPSCREEN_PID=$!
   started+=("$SIPSCREEN_PID")
-  for _ in $(seq 1 1200); do
-    curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SIPSCREEN_PID" 2>/dev/null || break
-    sleep 0.1
-  done
+  wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$SIPSCREEN_PID" 1200 || true
   wait_udp "$SIPSCREEN_PORT" "$SIPSCREEN_PID" ||
     { tail -20 "$WORK/sipscreen.log" >&2; die "sipscreen did not start"; }
 }

@@ -186,12 +186,7 @@ python3 "$here/crm_standin.py" --port "$CRM_PORT" --secret-env SOAK_CRM_SECRET \
   >"$WORK/standin.log" 2>&1 &
 STANDIN_PID=$!
 started+=("$STANDIN_PID")
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$CRM_PORT/stats" >/dev/null 2>&1 && break
-  kill -0 "$STANDIN_PID" 2>/dev/null || break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$CRM_PORT/stats" >/dev/null 2>&1 ||
+wait_http "http://127.0.0.1:$CRM_PORT/stats" "$STANDIN_PID" 100 ||
   { cat "$WORK/standin.log" >&2; die "the stand-in CRM did not start"; }
 
 start_sipscreen
