@@ -91,166 +91,43 @@ done
 [ "$LISTED" -ge 1 ] && [ "$CALLS" -ge 1 ] && [ "$RATE" -ge 1 ] && [ "$REPEAT" -ge 1 ] ||
   { echo "rate, calls, listed and repeat must be at least 1" >&2; exit 2; }
 
-say() { printf '== %s\n' "$*" >&2; }
-die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
 # --- what the test needs --------------------------------------------------
-need=()
-command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
-command -v ss >/dev/null 2>&1 || need+=(iproute2)
-command -v ps >/dev/null 2>&1 || need+=(procps)
-command -v curl >/dev/null 2>&1 || need+=(curl)
+perf_pkg=
 if [ "$PERF" = 1 ] && ! perf --version >/dev/null 2>&1; then
-  need+=(linux-perf)
+  perf_pkg=perf:linux-perf
 fi
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck disable=SC2086 # perf_pkg: one word or none
+need_tools sipp:sip-tester kamailio:kamailio ss:iproute2 ps:procps curl:curl $perf_pkg
 # htable, db_text, rr, sl, maxfwd, sanity, textops, siputils and pv are all
 # in Debian's base `kamailio` package.
 kam_modules=$(kamailio -h 2>&1 | sed -n 's/.*Modules search path (default: \(.*\)).*/\1/p')
 for m in htable db_text rr sl maxfwd sanity textops siputils pv; do
   [ -f "$kam_modules/$m.so" ] || die "Kamailio module $m.so not found in $kam_modules"
 done
-if [ ! -x "$SIPSCREEN_BIN" ]; then
-  say "building sipscreen (release)"
-  (cd "$root" && cargo build --release)
-  SIPSCREEN_BIN=${CARGO_TARGET_DIR:-$root/target}/release/sipscreen
-fi
-for p in $SIPSCREEN_PORT $KAM_PORT $PBX_PORT $TRUNK_PORT; do
-  [ -z "$(ss -Hlun "( sport = :$p )")" ] || die "UDP port $p is in use (set the *_PORT variables)"
-done
-[ -z "$(ss -Hltn "( sport = :$ADMIN_PORT )")" ] || die "TCP port $ADMIN_PORT is in use (set ADMIN_PORT)"
+ensure_binary
+udp_free "$SIPSCREEN_PORT" "$KAM_PORT" "$PBX_PORT" "$TRUNK_PORT"
+tcp_free "$ADMIN_PORT"
 ulimit -n 65536 2>/dev/null || true
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sipscreen-load.XXXXXX")
-started=()
-cleanup() {
-  local pid
-  for pid in "${started[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "$KEEP" = 1 ]; then
-    echo "files kept in $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_workdir sipscreen-load
 
 # --- generated inputs -----------------------------------------------------
-# Numbers: +49151 and eight digits from (48271 * i + 12345678) mod 9e7, a
-# bijection on the eight-digit range, so listed (i < LISTED) and unlisted
-# (LISTED <= i < LISTED + POOL) numbers never collide. Callers follow a
-# 20-step pattern: 8 listed (E.164), 8 unlisted (E.164), one listed and
-# one unlisted in national form (0151...), one listed as 00 49..., one
-# withheld; the dialled line cycles over the three lines below.
-POOL=50000
+# The inputs (lib.sh's gen_inputs says how the numbers and callers are
+# made); the exception list twice, for sipscreen and Kamailio's db_text.
 ROWS=$((CALLS < 100000 ? CALLS : 100000))
 say "generating $LISTED listed numbers, $ROWS callers in $WORK"
 mkdir -p "$WORK/kamdb" "$WORK/data" "$WORK/kamrun"
-awk -v listed="$LISTED" -v pool="$POOL" -v rows="$ROWS" -v vrows="$VERDICT_CALLS" -v dir="$WORK" '
-  function digits(i) { return sprintf("%08d", (48271 * i + 12345678) % 90000000 + 10000000) }
-  function caller(i,   k, j) {
-    k = i % 20
-    if (k < 8 || k == 16 || k == 18) j = (i * 7919) % listed
-    else j = listed + (i * 7919) % pool
-    if (k < 16) return "+49151" digits(j)
-    if (k <= 17) return "0151" digits(j)
-    if (k == 18) return "0049151" digits(j)
-    return "anonymous"
-  }
-  function verdict(i,   k) { k = i % 20; return (k < 8 || k == 16 || k == 18) ? "exception" : "log" }
-  function client(i,   k, c) {
-    c = caller(i); k = i % 20
-    if (k == 19) return "anonymous"
-    if (k == 16 || k == 17) return "+49" substr(c, 2)
-    if (k == 18) return "+" substr(c, 3)
-    return c
-  }
-  BEGIN {
-    line[0] = "+4930901820"; line[1] = "030901821"; line[2] = "+4930901899"
-    ex = dir "/exceptions.txt"; db = dir "/kamdb/htable"
-    print "id(int,auto) key_name(string) key_type(int) value_type(int) key_value(string) expires(int) " > db
-    for (i = 0; i < listed; i++) {
-      n = "+49151" digits(i)
-      print n "; load test " i > ex
-      print (i + 1) ":" n ":0:1:1:0" > db
-    }
-    print "SEQUENTIAL" > (dir "/callers.csv")
-    for (i = 0; i < rows; i++) print caller(i) ";" line[i % 3] > (dir "/callers.csv")
-    print "SEQUENTIAL" > (dir "/verdict.csv")
-    for (i = 0; i < vrows; i++) {
-      print caller(i) ";" line[i % 3] > (dir "/verdict.csv")
-      print caller(i), line[i % 3], verdict(i), client(i) > (dir "/expected.txt")
-    }
-  }'
-sort -o "$WORK/expected.txt" "$WORK/expected.txt"
+gen_inputs "$LISTED" "$ROWS" "$VERDICT_CALLS" "$WORK/kamdb"
 
 # The lines, once for each proxy. sipscreen: [[line]] tables. Kamailio: what
 # X-CRM-Create / X-CRM-Source / X-CRM-Responsible an inbound `log` call
 # gets, per E.164 line, as "create;source;responsible" in htable `ln`
 # (the same values sipscreen derives from create, create_for, crm_mode,
 # source and queue); numbers without an entry get the [defaults].
-cat >"$WORK/sipscreen.toml" <<EOF
-# generated by benches/sipp/run.sh
-[sip]
-udp = ["127.0.0.1:$SIPSCREEN_PORT"]
-tcp = []
-
-[pbx]
-target = "127.0.0.1:$PBX_PORT"
-transport = "udp"
-sources = ["127.0.0.1/32"]
-
-[[trunk]]
-name = "carrier"
-target = "127.0.0.2:$TRUNK_PORT"
-transport = "udp"
-sources = ["127.0.0.2/32"]
-trust_pai = true
-
-[screening]
-default_region = "DE"
-anonymous = "log"
-exceptions_file = "$WORK/exceptions.txt"
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[store]
-data_dir = "$WORK/data"
-
-[log]
-level = "info"
-
-[defaults]
-create = "auto"
-create_for = "all"
-crm_mode = "classic"
-source = "CALL"
-
-[[line]]
-number = "+4930901820"
-create = "offer"
-source = "ADVERTISING"
-queue = ["101", "102"]
-
-[[line]]
-number = "030 901821"
-crm_mode = "simple"
-create_for = "incoming"
-source = "WEB"
-pipeline = "sales"
-EOF
+sipscreen_toml benches/sipp/run.sh >"$WORK/sipscreen.toml"
 
 cat >"$WORK/kamailio.cfg" <<EOF
 #!KAMAILIO
@@ -429,42 +306,14 @@ ctx_switches() {
 }
 HZ=$(getconf CLK_TCK)
 
-wait_udp() { # port pid what
-  for _ in $(seq 1 600); do
-    [ -n "$(ss -Hlun "( sport = :$1 )")" ] && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-stop_pid() { # pid: SIGTERM, then SIGKILL after 10 s
-  kill "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do
-    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -9 "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-
 PROXY_PID=
 start_proxy() { # name
   local t0 t1
   t0=$(date +%s.%N)
   case "$1" in
     sipscreen)
-      (cd "$WORK" && exec "$SIPSCREEN_BIN" serve --config "$WORK/sipscreen.toml") \
-        >"$WORK/sipscreen.log" 2>&1 &
-      PROXY_PID=$!
-      started+=("$PROXY_PID")
-      for _ in $(seq 1 1200); do
-        curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-        kill -0 "$PROXY_PID" 2>/dev/null || break
-        sleep 0.1
-      done
-      wait_udp "$SIPSCREEN_PORT" "$PROXY_PID" ||
-        { tail -20 "$WORK/sipscreen.log" >&2; die "sipscreen did not start"; }
+      start_sipscreen
+      PROXY_PID=$SIPSCREEN_PID
       PROXY_PORT=$SIPSCREEN_PORT
       ;;
     kamailio)
@@ -481,12 +330,6 @@ start_proxy() { # name
   esac
   t1=$(date +%s.%N)
   say "$1 up (pid $PROXY_PID, $(tree_size "$PROXY_PID") processes, $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s to start)"
-}
-
-# Last line of a SIPp statistics file, column by name.
-stat_col() { # file column
-  awk -F';' -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next }
-    { v = $k } END { print (k && v != "") ? v : "?" }' "$1"
 }
 
 # --- verdict check --------------------------------------------------------

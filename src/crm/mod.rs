@@ -209,19 +209,17 @@ pub async fn run_worker(
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
-        // A backlog of due events goes in one request where the sink can.
-        let due: Vec<OutEvent> = head
-            .into_iter()
-            .take_while(|e| e.next_at <= now)
-            .take(sink.max_batch().max(1))
-            .collect();
-        let (n, failed) = if due.len() > 1 {
-            sink.deliver_many(&due, &store).await
+        // The due events at the front: in one request where the sink can
+        // carry several, else one request each, in order, as far as the
+        // bucket allows. Either way one outbox read and one commit for the
+        // run, not one per event (a crash before the commit sends the
+        // run's delivered events again: at least once, as before).
+        let due: Vec<OutEvent> = head.into_iter().take_while(|e| e.next_at <= now).collect();
+        let (n, failed) = if sink.max_batch() > 1 && due.len() > 1 {
+            sink.deliver_many(&due[..due.len().min(sink.max_batch())], &store)
+                .await
         } else {
-            match sink.deliver(&ev, &store).await {
-                Delivery::Ok => (1, None),
-                d => (0, Some(d)),
-            }
+            deliver_each(&*sink, &due, &store, &mut bucket, &shutdown).await
         };
         let ok: Vec<i64> = due.iter().take(n).map(|e| e.id).collect();
         if !ok.is_empty() {
@@ -273,6 +271,29 @@ pub async fn run_worker(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Delivers `evs` one request each, in order, until one fails, the bucket
+/// has no token for the next, or shutdown: how many were delivered, and
+/// what happened to the next one if it failed. The first event's token is
+/// already taken.
+async fn deliver_each(
+    sink: &dyn Sink,
+    evs: &[OutEvent],
+    store: &Arc<dyn OutboxStore>,
+    bucket: &mut Bucket,
+    shutdown: &Shutdown,
+) -> (usize, Option<Delivery>) {
+    for (i, ev) in evs.iter().enumerate() {
+        if i > 0 && (shutdown.is_fired() || !bucket.reserve(Instant::now()).is_zero()) {
+            return (i, None);
+        }
+        match sink.deliver(ev, store).await {
+            Delivery::Ok => {}
+            d => return (i, Some(d)),
+        }
+    }
+    (evs.len(), None)
 }
 
 /// Keeps the outbox gauges current.

@@ -90,6 +90,7 @@ CREATE TABLE active_calls (
     updated_at  INTEGER NOT NULL
 );
 ALTER TABLE crm_calls ADD COLUMN finished_at INTEGER;
+CREATE INDEX outbox_retrying ON outbox (id) WHERE attempts > 0;
 ";
 
 /// Every migration in order; the schema version is its position + 1.
