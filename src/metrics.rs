@@ -21,7 +21,6 @@ use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::config::{TransportKind, Verdict};
-use crate::runtime::Side;
 use crate::screening::Direction;
 use crate::sip::Method;
 
@@ -303,7 +302,7 @@ impl Metrics {
         let mut message_counters = Vec::with_capacity(MESSAGE_SLOTS);
         for transport in [TransportKind::Udp, TransportKind::Tcp] {
             for method in Method::ALL.map(Some).into_iter().chain([None]) {
-                for side in [Side::Trunk(0), Side::Pbx, Side::Unknown] {
+                for side in Origin::ALL {
                     debug_assert_eq!(
                         message_counters.len(),
                         message_slot(transport, method, side)
@@ -351,7 +350,7 @@ impl Metrics {
     }
 
     /// Counts one received SIP message (`method`: `None` for a response).
-    pub fn message(&self, transport: TransportKind, method: Option<Method>, side: Side) {
+    pub fn message(&self, transport: TransportKind, method: Option<Method>, side: Origin) {
         self.message_counters[message_slot(transport, method, side)].inc();
     }
 
@@ -475,16 +474,33 @@ impl Metrics {
     }
 }
 
+/// Where a message came from, as the `side` label: a configured trunk,
+/// the PBX, or anyone else (the proxy's `runtime::Side` without the
+/// trunk's index; metrics sit below the runtime and know no config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Trunk = 0,
+    Pbx = 1,
+    Unknown = 2,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 3] = [Origin::Trunk, Origin::Pbx, Origin::Unknown];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Trunk => "trunk",
+            Origin::Pbx => "pbx",
+            Origin::Unknown => "unknown",
+        }
+    }
+}
+
 /// Index of a series in `message_counters`.
-fn message_slot(transport: TransportKind, method: Option<Method>, side: Side) -> usize {
+fn message_slot(transport: TransportKind, method: Option<Method>, side: Origin) -> usize {
     let t = transport as usize;
     let m = method.map_or(METHOD_SLOTS - 1, |m| m as usize);
-    let s = match side {
-        Side::Trunk(_) => 0,
-        Side::Pbx => 1,
-        Side::Unknown => 2,
-    };
-    (t * METHOD_SLOTS + m) * 3 + s
+    (t * METHOD_SLOTS + m) * Origin::ALL.len() + side as usize
 }
 
 /// Index of a (direction, verdict) pair in `screened_counters`.
@@ -506,7 +522,7 @@ mod tests {
     #[test]
     fn exposition_has_every_family_with_prefix() {
         let m = Metrics::new();
-        m.message(TransportKind::Udp, Some(Method::Invite), Side::Trunk(0));
+        m.message(TransportKind::Udp, Some(Method::Invite), Origin::Trunk);
         m.screened(Direction::Inbound, Verdict::Exception);
         m.screening_time(1e-6);
         m.set_exception_entries(3, 1);
@@ -538,7 +554,7 @@ mod tests {
         let mut k = 0;
         for t in [TransportKind::Udp, TransportKind::Tcp] {
             for method in methods.iter().copied().map(Some).chain([None]) {
-                for side in [Side::Trunk(3), Side::Pbx, Side::Unknown] {
+                for side in Origin::ALL {
                     k += 1;
                     for _ in 0..k {
                         m.message(t, method, side);

@@ -27,12 +27,12 @@ pub enum Side {
 }
 
 impl Side {
-    /// Metric label.
-    pub fn label(self) -> &'static str {
+    /// Its `side` label in the metrics.
+    pub fn origin(self) -> crate::metrics::Origin {
         match self {
-            Side::Trunk(_) => "trunk",
-            Side::Pbx => "pbx",
-            Side::Unknown => "unknown",
+            Side::Trunk(_) => crate::metrics::Origin::Trunk,
+            Side::Pbx => crate::metrics::Origin::Pbx,
+            Side::Unknown => crate::metrics::Origin::Unknown,
         }
     }
 }

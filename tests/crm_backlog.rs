@@ -17,11 +17,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use sipscreen::clock::now_ms;
 use sipscreen::crm::webhook::Webhook;
 use sipscreen::crm::{WorkerConfig, run_worker};
 use sipscreen::metrics::Metrics;
 use sipscreen::store::sqlite::SqliteStore;
-use sipscreen::clock::now_ms;
 use sipscreen::store::{NewEvent, OutEvent, OutboxStore, StoreError};
 
 /// The SQLite outbox, counting the worker's reads that found events and
@@ -99,15 +99,42 @@ async fn receiver() -> (Got, SocketAddr) {
 
 /// `n` events of sink `hook`, three per call (started, answered, ended).
 fn backlog(n: usize) -> Vec<NewEvent> {
-    let kinds = ["call.started", "call.answered", "call.ended"];
+    use sipscreen::events::{CallEvent, Create, Direction, Ended, EventKind};
     (0..n)
         .map(|i| {
-            let (call, kind) = (format!("c{:04}", i / 3), kinds[i % 3]);
+            let call = format!("c{:04}", i / 3);
+            let kind = match i % 3 {
+                0 => EventKind::Started,
+                1 => EventKind::Answered {
+                    answer: "2027-01-15T08:00:01.000Z".into(),
+                },
+                _ => EventKind::Ended(Ended {
+                    status: 200,
+                    outcome: "completed".into(),
+                    duration: 5,
+                    end: "2027-01-15T08:00:06.000Z".into(),
+                    answered: true,
+                }),
+            };
+            let ev = CallEvent {
+                call_id: call.clone(),
+                direction: Direction::Inbound,
+                line: Some("+4930901820".into()),
+                client: "+4917000000001".into(),
+                create: Create::Lead,
+                crm_create: true,
+                offer: false,
+                // The event's place in the backlog, for order checks.
+                source: format!("seq{i}"),
+                responsible: None,
+                start: "2027-01-15T08:00:00.000Z".into(),
+                kind,
+            };
             NewEvent {
                 sink: "hook".into(),
-                call: call.clone(),
-                kind: kind.into(),
-                payload: format!(r#"{{"event":"{kind}","call_id":"{call}","seq":{i}}}"#),
+                call,
+                kind: ev.kind.name().into(),
+                payload: ev.to_json(),
             }
         })
         .collect()

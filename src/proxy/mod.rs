@@ -224,7 +224,7 @@ impl Handler for Proxy {
         };
         let side = rt.routing.classify(inb.remote.ip());
         let method = msg.method();
-        self.metrics.message(inb.transport, method, side);
+        self.metrics.message(inb.transport, method, side.origin());
         let outcome = if too_large {
             if method.is_some() {
                 Outcome::Reply {
