@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod api;
 pub mod calls;
+pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;

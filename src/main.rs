@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use sipscreen::check;
 use sipscreen::client::{Api, CliError};
 use sipscreen::config::{self, LogFormat};
 use sipscreen::screening::exceptions::ExceptionSet;
-use sipscreen::server::{self, Server};
+use sipscreen::server::Server;
 use sipscreen::shutdown;
 
 #[derive(Parser)]
@@ -198,9 +199,9 @@ fn client(args: &ApiArgs, f: impl FnOnce(&Api) -> Result<(), CliError>) -> ExitC
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match server::prepare(path, Arc::new(ExceptionSet::new())) {
+    match check::prepare(path, Arc::new(ExceptionSet::new())) {
         Ok((rt, report)) => {
-            let sinks = match server::check_crm(&rt.loaded.config.crm) {
+            let sinks = match check::crm_sinks(&rt.loaded.config.crm) {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!("{}: {e}", path.display());

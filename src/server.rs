@@ -17,13 +17,13 @@ use crate::api::{ApiState, auth::Tokens};
 use crate::calls::log::CallLog;
 use crate::calls::tracker::{Tracker, TrackerConfig};
 use crate::calls::{self, CallEvents, SipEvent};
-use crate::config::{self, ConfigError, Loaded};
+use crate::config::{self, ConfigError};
 use crate::crm::{self, SinkWorker};
 use crate::metrics::Metrics;
 use crate::proxy::{Local, Proxy};
 use crate::runtime::Runtime;
 use crate::screening::exceptions::ExceptionSet;
-use crate::screening::source::{ExceptionSource, FileSource, LoadReport};
+
 use crate::shutdown::Shutdown;
 use crate::store::OutboxStore;
 use crate::store::service::Exceptions;
@@ -87,40 +87,6 @@ pub struct Server {
     parts: Mutex<Option<(transport::Transports, Option<tokio::net::TcpListener>)>>,
 }
 
-/// Loads the exceptions file named by the config (empty list if none).
-pub fn load_exceptions(
-    loaded: &Loaded,
-    runtime_for_normalizer: &Runtime,
-) -> Result<LoadReport, ServerError> {
-    match &loaded.config.screening.exceptions_file {
-        Some(path) => {
-            let report = FileSource::new(path.get_ref().clone())
-                .load(runtime_for_normalizer.screener.normalizer())?;
-            for r in &report.rejected {
-                tracing::warn!(file = %path.get_ref().display(), line = r.line, text = %r.text, reason = %r.reason, "exception entry refused");
-            }
-            Ok(report)
-        }
-        None => Ok(LoadReport {
-            phones: Vec::new(),
-            emails: Vec::new(),
-            rejected: Vec::new(),
-        }),
-    }
-}
-
-/// Loads and builds everything a config names, without touching anything
-/// running: the runtime and the exception list it seeds.
-pub fn prepare(
-    path: &Path,
-    exceptions: Arc<ExceptionSet>,
-) -> Result<(Runtime, LoadReport), ServerError> {
-    let loaded = config::load(path)?;
-    let runtime = Runtime::build(loaded.clone(), exceptions)?;
-    let report = load_exceptions(&loaded, &runtime)?;
-    Ok((runtime, report))
-}
-
 /// Imports the config's exceptions file into the store if it changed
 /// since the last import; refused lines are logged with their numbers.
 fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> {
@@ -136,12 +102,6 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
         tracing::info!(file = %path.display(), added = r.added, updated = r.updated, refused = r.refused, "exceptions file imported into the store");
     }
     Ok(())
-}
-
-/// Builds the CRM sinks as `serve` would, without a store, and drops
-/// them (for `check-config`; see [`crm::factory::check_sinks`]).
-pub fn check_crm(cfg: &config::CrmConfig) -> Result<usize, ServerError> {
-    Ok(crm::factory::check_sinks(cfg)?)
 }
 
 impl Server {
