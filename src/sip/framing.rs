@@ -115,6 +115,11 @@ impl Decoder {
                     }
                     return Ok(None);
                 };
+                // Checked before the header block is read, so the error is
+                // the same as when the block trickles in past the limit.
+                if end > self.max {
+                    return Err(FramingError::TooLarge { limit: self.max });
+                }
                 let cl = content_length(&buf[..end])?;
                 if end.saturating_add(cl) > self.max {
                     return Err(FramingError::TooLarge { limit: self.max });
