@@ -56,3 +56,27 @@ fn header_block_past_the_cap_is_too_large_however_it_arrives() {
     assert_eq!(frames(stream, cuts), whole);
     assert_eq!(frames(stream, &[1]), whole);
 }
+
+/// A start line longer than the 1024 bytes the decoder reads before
+/// judging it: refused as Garbage when it trickled in, but accepted when
+/// its line end came in the same read. Now Garbage either way.
+#[test]
+fn start_line_past_a_kilobyte_is_garbage_however_it_arrives() {
+    let mut stream = b"OPTIONS sip:".to_vec();
+    stream.resize(1100, b'a');
+    stream.extend_from_slice(b"@example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+    let whole = frames(&stream, &[]);
+    assert_eq!(whole, (vec![], Some(FramingError::Garbage)));
+    assert_eq!(frames(&stream, &[200]), whole);
+    assert_eq!(frames(&stream, &[1]), whole);
+    // One byte shorter than the limit still frames, in any pieces.
+    let mut ok = b"OPTIONS sip:".to_vec();
+    ok.resize(1024 - b"@e SIP/2.0\r".len(), b'a');
+    ok.extend_from_slice(b"@e SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(ok.iter().position(|&b| b == b'\n'), Some(1024));
+    let whole = frames(&ok, &[]);
+    assert_eq!(whole.1, None);
+    assert_eq!(whole.0.len(), 1);
+    assert_eq!(frames(&ok, &[200]), whole);
+    assert_eq!(frames(&ok, &[1]), whole);
+}

@@ -92,14 +92,18 @@ impl Decoder {
             }
         }
         if !self.start_checked {
+            // Only the first kilobyte is read for the start line, whether
+            // or not its line end came in the same read.
+            let limit = 1024.min(self.max);
             match memchr::memchr(b'\n', buf) {
+                Some(nl) if nl > limit => return Err(FramingError::Garbage),
                 Some(nl) => {
                     if !looks_like_start_line(&buf[..nl]) {
                         return Err(FramingError::Garbage);
                     }
                     self.start_checked = true;
                 }
-                None if buf.len() > 1024.min(self.max) => return Err(FramingError::Garbage),
+                None if buf.len() > limit => return Err(FramingError::Garbage),
                 None => return Ok(None),
             }
         }
