@@ -47,3 +47,29 @@ fn start_line_past_a_kilobyte_is_garbage_however_it_arrives() {
     assert_eq!(frames(&ok, &[200]), whole);
     assert_eq!(frames(&ok, &[1]), whole);
 }
+
+/// An e-mail whose lowercase form is longer than the address as written
+/// ('İ' is 2 bytes, its lowercase "i̇" 3): the length limits were checked
+/// on the given text, so the stored (lowercased) address was refused when
+/// read back. Seen reading check_email; the `import_line` target's
+/// round-trip property fails on this input (its 30-minute run missed it).
+#[test]
+fn an_accepted_email_reads_back_after_lowercasing() {
+    use phonenumber::country::Id;
+    use sipscreen::screening::normalize::Normalizer;
+    use sipscreen::screening::source::{Value, parse_entry};
+
+    let n = Normalizer::new(Id::DE, &[]);
+    let line = include_bytes!("data/fuzz/import_line-lowercase-grows.txt");
+    let line = line.strip_suffix(b"\n").unwrap();
+    // 32 'İ' are 64 bytes as written but 96 lowercased: too long.
+    assert_eq!(
+        parse_entry(line, &n),
+        Err("e-mail local part is empty or too long")
+    );
+    // 21 of them (63 bytes lowercased) are fine, and read back the same.
+    let ok = format!("{}@example.com; ok", "\u{130}".repeat(21));
+    let entry = parse_entry(ok.as_bytes(), &n).unwrap().unwrap();
+    let again = Value::parse(&entry.value.canonical(), &n).unwrap();
+    assert_eq!(again, entry.value);
+}
