@@ -263,6 +263,8 @@ pub fn parse_entry(
 
 /// A basic syntax check; returns the lowercased address.
 pub fn check_email(value: &str) -> Result<String, &'static str> {
+    // The limits hold for what is kept: lowercasing can lengthen ('İ').
+    let value = value.to_lowercase();
     let (local, domain) = value.split_once('@').ok_or("e-mail without '@'")?;
     if value.len() > 254 || local.is_empty() || local.len() > 64 {
         return Err("e-mail local part is empty or too long");
@@ -281,7 +283,7 @@ pub fn check_email(value: &str) -> Result<String, &'static str> {
     if !domain.contains('.') || !labels_ok {
         return Err("e-mail domain is not a domain name (like example.com)");
     }
-    Ok(value.to_lowercase())
+    Ok(value)
 }
 
 #[cfg(test)]

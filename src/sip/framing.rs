@@ -92,14 +92,18 @@ impl Decoder {
             }
         }
         if !self.start_checked {
+            // Only the first kilobyte is read for the start line, whether
+            // or not its line end came in the same read.
+            let limit = 1024.min(self.max);
             match memchr::memchr(b'\n', buf) {
+                Some(nl) if nl > limit => return Err(FramingError::Garbage),
                 Some(nl) => {
                     if !looks_like_start_line(&buf[..nl]) {
                         return Err(FramingError::Garbage);
                     }
                     self.start_checked = true;
                 }
-                None if buf.len() > 1024.min(self.max) => return Err(FramingError::Garbage),
+                None if buf.len() > limit => return Err(FramingError::Garbage),
                 None => return Ok(None),
             }
         }
@@ -115,6 +119,11 @@ impl Decoder {
                     }
                     return Ok(None);
                 };
+                // Checked before the header block is read, so the error is
+                // the same as when the block trickles in past the limit.
+                if end > self.max {
+                    return Err(FramingError::TooLarge { limit: self.max });
+                }
                 let cl = content_length(&buf[..end])?;
                 if end.saturating_add(cl) > self.max {
                     return Err(FramingError::TooLarge { limit: self.max });
