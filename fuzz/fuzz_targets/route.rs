@@ -76,8 +76,7 @@ fuzz_target!(|data: &[u8]| {
         let side = w.rt.routing.classify(remote.ip());
         assert_ne!(side, Side::Unknown);
         let out = if m.is_request() {
-            let mut screened = None;
-            request::route(&w.rt, &w.local, &m, remote, transport, side, &mut screened)
+            request::route(&w.rt, &w.local, &m, remote, transport, side)
         } else {
             response::route(&w.rt, &w.local, &m, side)
         };
