@@ -1,19 +1,34 @@
 //! sipscreen: a SIP call-screening sidecar between a carrier trunk and a PBX.
 //!
-//! Map of the crate (one concept per module):
-//! - `sip`: scanner, edit list, TCP framing (no tokio; fuzzable alone).
-//! - `transport`: UDP and TCP listeners; bytes in, bytes out.
-//! - `proxy`: the stateless proxy core: classify source, route, Via /
-//!   Record-Route, local replies, tagging.
+//! Map of the crate, top layer first. A module uses only modules of the
+//! layers below it (`tests/layers.rs` checks it), so the graph reads
+//! top-down and has no cycle:
+//!
+//! - `client`: the CLI's client of the admin API (the binary, `main.rs`,
+//!   parses arguments and calls into the library).
+//! - `server`: wiring only: binds everything a config names, runs it,
+//!   reloads on SIGHUP, shuts down in order.
+//! - `admin`: the HTTP listener (`/metrics`, `/healthz`, `/readyz`, and
+//!   `api` under `/api/v1`). `check`: what `check-config` runs.
+//! - `api`: the `/api/v1` handlers, tokens and roles, one paging rule.
+//! - `proxy`: the stateless proxy core: classify the source, route in
+//!   stages (refuse, next hop, forward edits, tag), local replies.
+//! - `calls`: the call tracker thread, the call log, calls kept across a
+//!   restart. `crm`: the durable outbox's workers, the Bitrix24 and webhook
+//!   sinks, their factory. `transport`: UDP and TCP; bytes in, bytes out.
+//! - `store`: the store traits, SQLite (one file per concern, schema
+//!   migrations) and the store + set service. `runtime`: what one config
+//!   builds (routing, screener, contacts), swapped whole on reload, and
+//!   `Runtime::decide`, the one place a call's verdict, tags and
+//!   responsible person are decided.
+//! - `metrics`: one registry, passed in. `contacts`: the directory client
+//!   -> responsible. `events`: the CRM call event type (built by `calls`,
+//!   read by `crm`).
 //! - `screening`: E.164 normalisation, the exception set, line settings,
 //!   verdict and tags.
 //! - `config`: TOML schema, load and validate with file:line:column errors.
-//! - `runtime`: what a config builds (routing, screener) and its atomic
-//!   swap on reload.
-//! - `admin`: the HTTP listener for `/metrics`, `/healthz`, `/readyz`.
-//! - `metrics`: one registry, passed in.
-//! - `events`: the CRM call event type, built by `calls`, read by `crm`.
-//! - `server`: wires it together (`run(config, shutdown)`).
+//! - `sip` (scanner, edit list, TCP framing; no tokio, fuzzable alone),
+//!   `clock` (unix ms, RFC 3339, an injectable clock), `shutdown`.
 
 pub mod admin;
 pub mod api;
