@@ -79,9 +79,10 @@ fn percentiles(mut v: Vec<u64>) -> String {
 
 async fn import_and_concurrency(run_import: bool, run_concurrency: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Server::bind(&config(dir.path())).await.unwrap());
+    let bound = Server::bind(&config(dir.path())).await.unwrap();
+    let server = bound.server.clone();
     let (trigger, sd) = shutdown::channel();
-    let task = tokio::spawn(server.clone().run(sd));
+    let task = tokio::spawn(bound.run(sd));
     let admin = server.admin.unwrap();
 
     if run_import {

@@ -292,7 +292,7 @@ fn serve(path: PathBuf, log_json: bool) -> ExitCode {
     };
     rt.block_on(async move {
         let server = match Server::bind(&path).await {
-            Ok(s) => Arc::new(s),
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 eprintln!("{e}");

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -72,9 +72,7 @@ pub struct Server {
     pub tokens: Arc<ArcSwap<Tokens>>,
     /// The store (exceptions, outbox).
     pub store: Arc<SqliteStore>,
-    /// The call tracker, started by `run`.
-    tracker: Mutex<Option<(Tracker, Receiver<SipEvent>)>>,
-    /// CRM sinks, started by `run`.
+    /// CRM sinks (their workers are started by `run`).
     sinks: Vec<SinkWorker>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
@@ -83,8 +81,20 @@ pub struct Server {
     /// Actual admin listen address.
     pub admin: Option<SocketAddr>,
     config_path: PathBuf,
-    /// Bound listeners, taken by `run`.
-    parts: Mutex<Option<(transport::Transports, Option<tokio::net::TcpListener>)>>,
+}
+
+/// What [`Server::bind`] built and [`Bound::run`] consumes: the shared
+/// handles, and the parts that only the run owns (the bound listeners and
+/// the call tracker with its channel).
+pub struct Bound {
+    /// Shared with reloads, the admin API and tests.
+    pub server: Arc<Server>,
+    /// The SIP listeners, bound.
+    transports: transport::Transports,
+    /// The admin listener, bound.
+    admin_listener: Option<tokio::net::TcpListener>,
+    /// The call tracker (calls restored) and what the SIP path sends it.
+    tracker: (Tracker, Receiver<SipEvent>),
 }
 
 /// Imports the config's exceptions file into the store if it changed
@@ -106,7 +116,7 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
 
 impl Server {
     /// Loads the config at `path`, binds every listener. Nothing runs yet.
-    pub async fn bind(path: &Path) -> Result<Server, ServerError> {
+    pub async fn bind(path: &Path) -> Result<Bound, ServerError> {
         let metrics = Arc::new(Metrics::new());
         let exceptions = Arc::new(ExceptionSet::new());
         let loaded = config::load(path)?;
@@ -202,9 +212,8 @@ impl Server {
         proxy.track_calls(CallEvents::new(tx, metrics.clone()));
         // Last: everything that can refuse to start has been built.
         tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
-        Ok(Server {
+        let server = Arc::new(Server {
             store,
-            tracker: Mutex::new(Some((tracker, rx))),
             sinks,
             proxy,
             metrics,
@@ -215,7 +224,12 @@ impl Server {
             tcp,
             admin,
             config_path: path.to_path_buf(),
-            parts: Mutex::new(Some((transports, admin_listener))),
+        });
+        Ok(Bound {
+            server,
+            transports,
+            admin_listener,
+            tracker: (tracker, rx),
         })
     }
 
@@ -254,29 +268,33 @@ impl Server {
         }
         result
     }
+}
 
-    /// Runs until `shutdown` fires: SIP, admin, and SIGHUP reloads.
-    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
-        let parts = self.parts.lock().expect("not poisoned").take();
-        let Some((transports, admin_listener)) = parts else {
-            tracing::error!("Server::run called twice");
-            return;
-        };
+impl Bound {
+    /// Runs until `shutdown` fires: SIP, admin, and SIGHUP reloads; then
+    /// shuts down in order (listeners, tracker, outbox grace, workers).
+    pub async fn run(self, shutdown: Shutdown) {
+        let Bound {
+            server: me,
+            transports,
+            admin_listener,
+            tracker: (tracker, rx),
+        } = self;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
-            let rt_cfg = self.proxy.runtime().loaded.config.clone();
+            let rt_cfg = me.proxy.runtime().loaded.config.clone();
             let cfg = rt_cfg.admin.clone();
             let router = admin::router(admin::AdminState {
-                metrics: self.metrics.clone(),
+                metrics: me.metrics.clone(),
                 shutdown: shutdown.clone(),
                 api: ApiState {
-                    exceptions: self.list.clone(),
-                    proxy: self.proxy.clone(),
-                    tokens: self.tokens.clone(),
+                    exceptions: me.list.clone(),
+                    proxy: me.proxy.clone(),
+                    tokens: me.tokens.clone(),
                     import_max_bytes: cfg.import_max_bytes,
                     calls_dir: rt_cfg.store.data_dir.clone(),
-                    contacts: self.proxy.runtime().contacts.clone(),
-                    contact_store: self.store.clone(),
+                    contacts: me.proxy.runtime().contacts.clone(),
+                    contact_store: me.store.clone(),
                     calls_keep: rt_cfg.calls.log_keep,
                 },
                 protect_metrics: cfg.protect_metrics,
@@ -289,39 +307,34 @@ impl Server {
                     .await;
             });
         }
-        tasks.spawn(self.list.clone().run_expiry(shutdown.clone()));
-        let outbox: Arc<dyn OutboxStore> = self.store.clone();
+        tasks.spawn(me.list.clone().run_expiry(shutdown.clone()));
+        let outbox: Arc<dyn OutboxStore> = me.store.clone();
         // The CRM workers stop on their own signal: after the tracker's
         // last batch is queued, they get the grace to deliver it.
         let (crm_trigger, crm_stop) = crate::shutdown::channel();
         let mut workers = tokio::task::JoinSet::new();
-        for (sink, worker) in &self.sinks {
+        for (sink, worker) in &me.sinks {
             workers.spawn(crm::run_worker(
                 sink.clone(),
                 outbox.clone(),
-                self.metrics.clone(),
+                me.metrics.clone(),
                 worker.clone(),
                 crm_stop.clone(),
             ));
         }
         tasks.spawn(crm::run_outbox_gauges(
             outbox.clone(),
-            self.metrics.clone(),
+            me.metrics.clone(),
             shutdown.clone(),
         ));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let tracker = self
-            .tracker
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .map(|(t, rx)| {
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name("call-tracker".into())
-                    .spawn(move || t.run(rx, stop))
-            });
-        let me = self.clone();
+        let tracker = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("call-tracker".into())
+                .spawn(move || tracker.run(rx, stop))
+        };
+        let server = me.clone();
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
             let Ok(mut hup) =
@@ -333,24 +346,24 @@ impl Server {
                 tokio::select! {
                     _ = sd.wait() => return,
                     _ = hup.recv() => {
-                        let me = me.clone();
-                        let _ = tokio::task::spawn_blocking(move || me.reload()).await;
+                        let s = server.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
                     }
                 }
             }
         });
         // Returns once shutdown fired: no new SIP work from here.
-        transports.run(self.proxy.clone(), shutdown.clone()).await;
+        transports.run(me.proxy.clone(), shutdown.clone()).await;
         while tasks.join_next().await.is_some() {}
         // The tracker handles what is left in its channel, then writes the
         // call log and its last batch (events, calls in progress: those
         // are kept, not ended, and restored at the next start).
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(Ok(t)) = tracker {
+        if let Ok(t) = tracker {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        let grace = Duration::from_secs(self.proxy.runtime().loaded.config.crm.shutdown_grace_secs);
-        let left = if self.sinks.is_empty() {
+        let grace = Duration::from_secs(me.proxy.runtime().loaded.config.crm.shutdown_grace_secs);
+        let left = if me.sinks.is_empty() {
             None
         } else {
             drain_outbox(&outbox, grace).await

@@ -399,13 +399,11 @@ async fn undelivered_events_survive_a_restart() {
 
     // A new process-equivalent on the same data directory, CRM back up.
     crm.mode.store(OK, Ordering::Relaxed);
-    let server = Arc::new(
-        sipscreen::server::Server::bind(&config)
-            .await
-            .expect("restarts"),
-    );
+    let bound = sipscreen::server::Server::bind(&config)
+        .await
+        .expect("restarts");
     let (trigger, sd) = sipscreen::shutdown::channel();
-    let task = tokio::spawn(server.clone().run(sd));
+    let task = tokio::spawn(bound.run(sd));
     crm.wait_for("telephony.externalcall.finish", 1).await;
     assert_eq!(
         crm.calls("telephony.externalcall.register")[0]["PHONE_NUMBER"],

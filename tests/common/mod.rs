@@ -148,9 +148,10 @@ impl Harness {
             + extra;
         let config_path = dir.path().join("sipscreen.toml");
         std::fs::write(&config_path, text).unwrap();
-        let server = Arc::new(Server::bind(&config_path).await.expect("server starts"));
+        let bound = Server::bind(&config_path).await.expect("server starts");
+        let server = bound.server.clone();
         let (trigger, sd) = shutdown::channel();
-        let task = tokio::spawn(server.clone().run(sd));
+        let task = tokio::spawn(bound.run(sd));
         Harness {
             sip_udp: server.udp[0],
             sip_tcp: server.tcp[0],
