@@ -37,8 +37,6 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("exceptions file: {0}")]
-    ExceptionsFile(#[from] crate::screening::source::SourceError),
-    #[error("exceptions file: {0}")]
     ExceptionsImport(#[from] crate::store::service::FileImportError),
     #[error("a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
