@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod crm;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
