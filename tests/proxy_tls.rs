@@ -75,6 +75,31 @@ async fn tls_sidecar(
     .await
 }
 
+/// Trunk keys for a TLS carrier named carrier.test whose certificate is
+/// verified against `ca` (written as `file`).
+fn carrier_keys<'a>(ca: &'a Ca, file: &'a str) -> impl FnOnce(&std::path::Path) -> String + 'a {
+    move |dir| {
+        format!(
+            "transport = \"tls\"\ntls_server_name = \"carrier.test\"\ntls_ca = \"{}\"\n",
+            toml_path(&ca.write(dir, file))
+        )
+    }
+}
+
+/// Sends `inv` from `from` to the sidecar and expects the sidecar's own
+/// 503 back, with only the sender's Via.
+async fn answered_503(from: &tokio::net::UdpSocket, sidecar: SocketAddr, inv: &str) -> String {
+    from.send_to(inv.as_bytes(), sidecar).await.unwrap();
+    let (got, _) = recv(from).await;
+    rsip_parses(got.as_bytes());
+    assert!(
+        got.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{got}"
+    );
+    assert_eq!(headers(&got, "Via").len(), 1, "our Via is gone: {got}");
+    got
+}
+
 fn tls_invite(to: SocketAddr, from: SocketAddr, call_id: &str) -> String {
     invite(to, from, "+4930901820", "+4915112345678", call_id, "")
         .replace("SIP/2.0/UDP", "SIP/2.0/TLS")
@@ -209,12 +234,7 @@ async fn pbx_to_a_tls_carrier_with_sni_verification_and_reuse() {
     let h = tls_sidecar(
         &ca,
         Some(carrier.addr()),
-        |dir| {
-            format!(
-                "transport = \"tls\"\ntls_server_name = \"carrier.test\"\ntls_ca = \"{}\"\n",
-                toml_path(&ca.write(dir, "carrier-ca"))
-            )
-        },
+        carrier_keys(&ca, "carrier-ca"),
         |_| String::new(),
     )
     .await;
@@ -297,12 +317,7 @@ async fn a_carrier_certificate_from_another_ca_is_refused_and_the_call_gets_503(
     let h = tls_sidecar(
         &ours,
         Some(carrier.addr()),
-        |dir| {
-            format!(
-                "transport = \"tls\"\ntls_server_name = \"carrier.test\"\ntls_ca = \"{}\"\n",
-                toml_path(&ours.write(dir, "trusted"))
-            )
-        },
+        carrier_keys(&ours, "trusted"),
         |_| String::new(),
     )
     .await;
@@ -316,16 +331,8 @@ async fn a_carrier_certificate_from_another_ca_is_refused_and_the_call_gets_503(
         "bad-ca",
         "",
     );
-    h.pbx.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    let (got, _) = recv(&h.pbx).await;
-    rsip_parses(got.as_bytes());
-    assert!(
-        got.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
-        "{got}"
-    );
-    let vias = headers(&got, "Via");
-    assert_eq!(vias.len(), 1, "our Via is gone: {got}");
-    assert!(vias[0].contains("z9hG4bK-bad-ca"), "{got}");
+    let got = answered_503(&h.pbx, h.sip_udp, &inv).await;
+    assert!(headers(&got, "Via")[0].contains("z9hG4bK-bad-ca"), "{got}");
     assert!(
         accept.await.unwrap().is_err(),
         "the sidecar aborted the handshake"
@@ -430,14 +437,7 @@ async fn a_refused_tcp_connection_answers_the_request_503() {
         "refused-1",
         "",
     );
-    h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
-    let (got, _) = recv(&h.trunk).await;
-    rsip_parses(got.as_bytes());
-    assert!(
-        got.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
-        "{got}"
-    );
-    assert_eq!(headers(&got, "Via").len(), 1, "{got}");
+    answered_503(&h.trunk, h.sip_udp, &inv).await;
     wait_metric(&h, "sipscreen_sip_errors_total{reason=\"unreachable\"} 1").await;
     h.stop().await;
 }

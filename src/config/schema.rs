@@ -82,6 +82,24 @@ pub struct PeerTlsConfig {
     pub verify_client: bool,
 }
 
+impl PeerTlsConfig {
+    /// From a peer table's `tls_server_name`, `[tls_ca, tls_cert,
+    /// tls_key]` and `tls_verify_client`.
+    fn of(
+        server_name: &Option<String>,
+        [ca, cert, key]: [&Option<PathBuf>; 3],
+        verify_client: bool,
+    ) -> Self {
+        PeerTlsConfig {
+            server_name: server_name.clone(),
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            verify_client,
+        }
+    }
+}
+
 /// `[calls]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -294,13 +312,11 @@ pub struct PbxConfig {
 impl PbxConfig {
     /// Its TLS settings as one value.
     pub fn tls(&self) -> PeerTlsConfig {
-        PeerTlsConfig {
-            server_name: self.tls_server_name.clone(),
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            verify_client: self.tls_verify_client,
-        }
+        PeerTlsConfig::of(
+            &self.tls_server_name,
+            [&self.tls_ca, &self.tls_cert, &self.tls_key],
+            self.tls_verify_client,
+        )
     }
 }
 
@@ -333,13 +349,11 @@ pub struct TrunkConfig {
 impl TrunkConfig {
     /// Its TLS settings as one value.
     pub fn tls(&self) -> PeerTlsConfig {
-        PeerTlsConfig {
-            server_name: self.tls_server_name.clone(),
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            verify_client: self.tls_verify_client,
-        }
+        PeerTlsConfig::of(
+            &self.tls_server_name,
+            [&self.tls_ca, &self.tls_cert, &self.tls_key],
+            self.tls_verify_client,
+        )
     }
 }
 

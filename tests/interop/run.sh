@@ -472,6 +472,37 @@ scenario_outbound() {
   [ "$lg" -ge 2 ] || fail "outbound log count $lg, want >= 2"
 }
 
+# kamailio_in_dialog: the start of a request_route both Kamailio configs
+# share: Max-Forwards, in-dialog requests by loose routing, CANCEL.
+kamailio_in_dialog() {
+  cat <<'EOF'
+    if (!mf_process_maxfwd_header("10")) {
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }
+    if (has_totag()) {
+        if (loose_route()) {
+            t_relay();
+            exit;
+        }
+        if (is_method("ACK")) {
+            if (t_check_trans()) {
+                t_relay();
+            }
+            exit;
+        }
+        sl_send_reply("404", "Not Here");
+        exit;
+    }
+    if (is_method("CANCEL")) {
+        if (t_check_trans()) {
+            t_relay();
+        }
+        exit;
+    }
+EOF
+}
+
 # d: Kamailio between sipscreen and the PBX.
 scenario_kamailio() {
   local sip admin kam uas trunk nlog nexc ndirect
@@ -505,30 +536,7 @@ loadmodule "xlog.so"
 import_file "$REPO/deploy/kamailio/sipscreen-route.cfg"
 
 request_route {
-    if (!mf_process_maxfwd_header("10")) {
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }
-    if (has_totag()) {
-        if (loose_route()) {
-            t_relay();
-            exit;
-        }
-        if (is_method("ACK")) {
-            if (t_check_trans()) {
-                t_relay();
-            }
-            exit;
-        }
-        sl_send_reply("404", "Not Here");
-        exit;
-    }
-    if (is_method("CANCEL")) {
-        if (t_check_trans()) {
-            t_relay();
-        }
-        exit;
-    }
+$(kamailio_in_dialog)
     if (!is_method("INVITE")) {
         sl_send_reply("405", "Method Not Allowed");
         exit;
@@ -612,19 +620,17 @@ EOF
   [ "$seen" -ge $((nlog + nexc + ndirect)) ] || fail "Kamailio logged $seen INVITEs, want $((nlog + nexc + ndirect))"
 }
 
-# e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
-scenario_baresip() {
-  local sip admin pbx ua rtp
-  port sip admin pbx ua rtp
-  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
-  # baresip calls from 127.0.0.4, a second trunk source
-  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
-    "127.0.0.4:$ua" '"127.0.0.2/32", "127.0.0.4/32"'
-  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+# baresip_config UA_PORT RTP_PORT URI_PARAMS EXTRA_LINES: baresip/config
+# (listening on 127.0.0.4:UA_PORT, media on RTP_PORT..+9, EXTRA_LINES
+# added) and baresip/accounts (the caller +4917099988877, URI_PARAMS after
+# its host).
+baresip_config() {
+  local ua=$1 rtp=$2 params=$3 extra=$4
   mkdir -p baresip
   cat >baresip/config <<EOF
 poll_method		epoll
 sip_listen		127.0.0.4:$ua
+$extra
 call_local_timeout	10
 call_max_calls		1
 audio_player		aubridge,interop
@@ -637,7 +643,19 @@ module			aubridge.so
 module_app		account.so
 module_app		menu.so
 EOF
-  echo '<sip:+4917099988877@127.0.0.4>;regint=0' >baresip/accounts
+  echo "<sip:+4917099988877@127.0.0.4$params>;regint=0" >baresip/accounts
+}
+
+# e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
+scenario_baresip() {
+  local sip admin pbx ua rtp
+  port sip admin pbx ua rtp
+  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
+  # baresip calls from 127.0.0.4, a second trunk source
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
+    "127.0.0.4:$ua" '"127.0.0.2/32", "127.0.0.4/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  baresip_config "$ua" "$rtp" "" ""
 
   start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.1 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
     -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
@@ -1001,30 +1019,7 @@ loadmodule "xlog.so"
 modparam("tls", "config", "$PWD/kamailio-tls.cfg")
 
 request_route {
-    if (!mf_process_maxfwd_header("10")) {
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }
-    if (has_totag()) {
-        if (loose_route()) {
-            t_relay();
-            exit;
-        }
-        if (is_method("ACK")) {
-            if (t_check_trans()) {
-                t_relay();
-            }
-            exit;
-        }
-        sl_send_reply("404", "Not Here");
-        exit;
-    }
-    if (is_method("CANCEL")) {
-        if (t_check_trans()) {
-            t_relay();
-        }
-        exit;
-    }
+$(kamailio_in_dialog)
     record_route();
     if (proto == TLS) {
         # an outbound call from the customer (sipscreen): into the network
@@ -1107,24 +1102,8 @@ scenario_baresip_tls() {
   wait_port tcp 127.0.0.1 "$tls" 5 || return 1
   mkdir -p baresip
   cat ua.crt ua.key >baresip/cert.pem
-  cat >baresip/config <<EOF
-poll_method		epoll
-sip_listen		127.0.0.4:$ua
-sip_certificate		$PWD/baresip/cert.pem
-sip_cafile		$PWD/ca.crt
-call_local_timeout	10
-call_max_calls		1
-audio_player		aubridge,interop
-audio_source		aubridge,interop
-audio_alert		aubridge,interop
-rtp_ports		$rtp-$((rtp + 9))
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			aubridge.so
-module_app		account.so
-module_app		menu.so
-EOF
-  echo '<sip:+4917099988877@127.0.0.4;transport=tls>;regint=0' >baresip/accounts
+  baresip_config "$ua" "$rtp" ";transport=tls" \
+    "$(printf 'sip_certificate\t\t%s\nsip_cafile\t\t%s' "$PWD/baresip/cert.pem" "$PWD/ca.crt")"
 
   start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.5 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
     -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
