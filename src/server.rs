@@ -340,10 +340,12 @@ impl Bound {
         };
         let server = me.clone();
         let mut sd = shutdown.clone();
+        // Registered here, before anything is served: a SIGHUP that came
+        // before the task below first ran would otherwise still have its
+        // default action and end the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tasks.spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
+            let Ok(mut hup) = hup else {
                 return;
             };
             loop {
