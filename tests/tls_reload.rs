@@ -107,6 +107,23 @@ async fn sighup_swaps_the_certificate_and_a_bad_one_is_refused() {
         second.der,
         "the last good certificate serves"
     );
+    // check-config (what the systemd unit's reload runs first) refuses it
+    // the same way.
+    let out = std::process::Command::new(common::binary::BIN)
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("sipscreen.toml"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "[tls] key {}: does not fit [tls] cert",
+            key.display()
+        )),
+        "{said}"
+    );
 
     // An expired certificate with its own key.
     let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();

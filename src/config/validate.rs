@@ -202,6 +202,12 @@ fn check_tls(cfg: &Config, d: &mut Vec<Diagnostic>) {
                 ),
             ));
         }
+        if transport == super::TransportKind::Tls && cfg.sip.tls.is_empty() {
+            d.push(Diagnostic::new(
+                span.clone(),
+                format!("{who}: transport = \"tls\" needs a [sip] tls listener (our Record-Route and Via name it for the peer's requests back)"),
+            ));
+        }
         if p.verify_client && (t.ca.is_none() || cfg.sip.tls.is_empty()) {
             d.push(Diagnostic::new(
                 span,
@@ -307,6 +313,18 @@ sources = ["127.0.0.2/32"]
         let text = BASE.replace(
             "sources = [\"127.0.0.2/32\"]",
             "sources = [\"127.0.0.2/32\"]\ntransport = \"tls\"\ntls_server_name = \"sip.example\"",
+        );
+        let e = from_toml(Path::new("c.toml"), text.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "c.toml:7:8: trunk \"carrier\": transport = \"tls\" needs a [sip] tls listener"
+            ),
+            "{e}"
+        );
+        let text = format!(
+            "{text}\n[sip]\ntls = [\"127.0.0.1:5061\"]\n[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n"
         );
         assert!(from_toml(Path::new("c.toml"), text).is_ok());
     }
