@@ -646,6 +646,28 @@ EOF
   echo "<sip:+4917099988877@127.0.0.4$params>;regint=0" >baresip/accounts
 }
 
+# baresip_call PBX_IP PBX_PORT URI: the SIPp PBX on PBX_IP:PBX_PORT expects
+# the unlisted caller's tags; baresip dials URI, the PBX answers and hangs
+# up; both must end well and the BYE must have reached the UA.
+baresip_call() {
+  local pbx_ip=$1 pbx=$2 uri=$3
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i "$pbx_ip" -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
+    -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
+  local uas=$LAST_PID
+  wait_port udp "$pbx_ip" "$pbx" || return 1
+  # -t: baresip quits after 6 s; the PBX hangs up 1.5 s after answering.
+  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial $uri"
+  local ua_pid=$LAST_PID
+  wait_exit "$uas" "PBX (sipp UAS: tags, answer, BYE to the UA)"
+  wait_exit "$ua_pid" "baresip"
+  grep -q "Call established" baresip.out || fail "baresip did not report the call established"
+  grep -q "terminated" baresip.out || fail "baresip did not see the call end"
+  grep -q ": OK, the UA answered our BYE" pbx_uas_bye_*_logs.log 2>/dev/null ||
+    fail "the PBX's BYE did not reach baresip through sipscreen"
+  grep -q "MISMATCH" pbx_uas_bye_*_logs.log 2>/dev/null && fail "the PBX saw other tags than expected"
+  return 0
+}
+
 # e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
 scenario_baresip() {
   local sip admin pbx ua rtp
@@ -657,20 +679,7 @@ scenario_baresip() {
   start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
   baresip_config "$ua" "$rtp" "" ""
 
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.1 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
-    -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
-  local uas=$LAST_PID
-  wait_port udp 127.0.0.1 "$pbx" || return 1
-  # -t: baresip quits after 6 s; the PBX hangs up 1.5 s after answering.
-  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial sip:+4930901820@127.0.0.1:$sip"
-  local ua_pid=$LAST_PID
-  wait_exit "$uas" "PBX (sipp UAS: tags, answer, BYE to the UA)"
-  wait_exit "$ua_pid" "baresip"
-  grep -q "Call established" baresip.out || fail "baresip did not report the call established"
-  grep -q "terminated" baresip.out || fail "baresip did not see the call end"
-  grep -q ": OK, the UA answered our BYE" pbx_uas_bye_*_logs.log 2>/dev/null ||
-    fail "the PBX's BYE did not reach baresip through sipscreen"
-  grep -q "MISMATCH" pbx_uas_bye_*_logs.log 2>/dev/null && fail "the PBX saw other tags than expected"
+  baresip_call 127.0.0.1 "$pbx" "sip:+4930901820@127.0.0.1:$sip" || return 1
   log "    baresip: $(grep -o 'Call established[^\r]*' baresip.out | head -1 | cut -c1-80); $(grep -o 'terminated (duration[^)]*)' baresip.out | head -1)"
   local got
   got=$(metric "$admin" 'sipscreen_calls_screened_total{direction="inbound",verdict="log"}')
@@ -1105,20 +1114,8 @@ scenario_baresip_tls() {
   baresip_config "$ua" "$rtp" ";transport=tls" \
     "$(printf 'sip_certificate\t\t%s\nsip_cafile\t\t%s' "$PWD/baresip/cert.pem" "$PWD/ca.crt")"
 
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.5 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
-    -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
-  local uas=$LAST_PID
-  wait_port udp 127.0.0.5 "$pbx" || return 1
   # the account's ;transport=tls makes the call TLS
-  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial sip:+4930901820@127.0.0.1:$tls"
-  local ua_pid=$LAST_PID
-  wait_exit "$uas" "PBX (sipp UAS: tags, answer, BYE to the UA)"
-  wait_exit "$ua_pid" "baresip"
-  grep -q "Call established" baresip.out || fail "baresip did not report the call established"
-  grep -q "terminated" baresip.out || fail "baresip did not see the call end"
-  grep -q ": OK, the UA answered our BYE" pbx_uas_bye_*_logs.log 2>/dev/null ||
-    fail "the PBX's BYE did not reach baresip through sipscreen"
-  grep -q "MISMATCH" pbx_uas_bye_*_logs.log 2>/dev/null && fail "the PBX saw other tags than expected"
+  baresip_call 127.0.0.5 "$pbx" "sip:+4930901820@127.0.0.1:$tls" || return 1
   tls_metrics "$admin"
   log "    baresip over TLS: $(grep -o 'Call established[^\r]*' baresip.out | head -1 | cut -c1-80); handshakes ok=$HS_OK failed=$HS_FAILED, sip_messages over tls=$TLS_MSGS"
   [ "$HS_OK" -ge 1 ] || fail "no TLS handshake with baresip was counted"
