@@ -485,3 +485,39 @@ async fn via_alias_lets_in_dialog_requests_reuse_the_connection() {
     .await;
     h.stop().await;
 }
+
+/// A carrier certificate from the trusted CA but for another name than
+/// `tls_server_name` is refused too.
+#[tokio::test]
+async fn a_carrier_certificate_for_another_name_is_refused() {
+    let ca = Ca::new("carrier ca");
+    let carrier = TlsPeer::bind("127.0.0.2", &ca.issue("other", &["other.test"], false)).await;
+    let h = tls_sidecar(
+        &ca,
+        Some(carrier.addr()),
+        carrier_keys(&ca, "carrier-ca"),
+        |_| String::new(),
+    )
+    .await;
+    let accept = tokio::spawn(async move { carrier.accept().await.map(|_| ()) });
+    let pbx = h.pbx.local_addr().unwrap();
+    let inv = invite(
+        h.sip_udp,
+        pbx,
+        "+4917011111111",
+        "+4930901820",
+        "bad-name",
+        "",
+    );
+    answered_503(&h.pbx, h.sip_udp, &inv).await;
+    assert!(
+        accept.await.unwrap().is_err(),
+        "the sidecar aborted the handshake"
+    );
+    wait_metric(
+        &h,
+        "sipscreen_tls_handshakes_total{direction=\"out\",result=\"bad_name\"} 1",
+    )
+    .await;
+    h.stop().await;
+}
