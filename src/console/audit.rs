@@ -1,0 +1,213 @@
+//! The Audit page: who changed what, when, newest first, filtered by
+//! value (normalised, as the store's index has it), who and what action.
+//! Filters by who and action read the store's audit pages (by cursor)
+//! and keep the matches, at most [`MAX_SCAN`] rows per request; a page cut
+//! short by that limit says so and links on from where it stopped.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use maud::html;
+use serde::Deserialize;
+
+use super::i18n::M;
+use super::{
+    BASE, ConsoleState, Nav, alert, html_page, layout, query_string, select, text_input, when,
+};
+use crate::api::exceptions::parse_value;
+use crate::api::{ApiError, blocking, page};
+use crate::store::AuditRow;
+
+const PAGE: usize = 50;
+/// Audit rows read per request at most when filtering by who or action.
+const MAX_SCAN: usize = 20_000;
+const CHUNK: usize = 500;
+
+#[derive(Deserialize, Default)]
+pub struct AuditForm {
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+impl AuditForm {
+    fn link(&self, cursor: &str) -> String {
+        let q = query_string([
+            ("value", self.value.as_str()),
+            ("actor", self.actor.as_str()),
+            ("action", self.action.as_str()),
+            ("cursor", cursor),
+        ]);
+        if q.is_empty() {
+            format!("{BASE}/audit")
+        } else {
+            format!("{BASE}/audit?{q}")
+        }
+    }
+}
+
+/// One page: the matches and where to go on (`None` at the end).
+struct Found {
+    rows: Vec<AuditRow>,
+    next: Option<i64>,
+    /// Stopped by [`MAX_SCAN`] before the page was full.
+    cut: bool,
+}
+
+async fn find(s: &ConsoleState, f: &AuditForm) -> Result<Found, ApiError> {
+    let value = match f.value.trim() {
+        "" => None,
+        v => Some(parse_value(&s.api, v)?.canonical()),
+    };
+    let mut before = page::id_cursor(Some(f.cursor.as_str()).filter(|c| !c.is_empty()))?;
+    let actor = f.actor.trim().to_string();
+    let action = f.action.trim().to_string();
+    let store = s.api.exceptions.store().clone();
+    blocking(move || {
+        let filtered = !actor.is_empty() || !action.is_empty();
+        let mut rows = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let want = if filtered { CHUNK } else { PAGE };
+            let chunk = store
+                .audit(value.as_deref(), before, want)
+                .map_err(ApiError::internal)?;
+            let n = chunk.len();
+            for r in chunk {
+                scanned += 1;
+                before = Some(r.id);
+                if (actor.is_empty() || r.actor == actor)
+                    && (action.is_empty() || r.action == action)
+                {
+                    rows.push(r);
+                    if rows.len() == PAGE {
+                        return Ok(Found {
+                            rows,
+                            next: before,
+                            cut: false,
+                        });
+                    }
+                }
+            }
+            if n < want {
+                return Ok(Found {
+                    rows,
+                    next: None,
+                    cut: false,
+                });
+            }
+            if scanned >= MAX_SCAN {
+                return Ok(Found {
+                    rows,
+                    next: before,
+                    cut: true,
+                });
+            }
+        }
+    })
+    .await
+}
+
+pub async fn page(
+    State(s): State<ConsoleState>,
+    headers: HeaderMap,
+    q: Result<Query<AuditForm>, QueryRejection>,
+) -> Response {
+    let v = match s.page_viewer(&headers) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let lang = v.lang;
+    let t = |m: M| m.text(lang);
+    let form = q.map(|Query(q)| q).unwrap_or_default();
+    let found = find(&s, &form).await;
+    let status = match &found {
+        Err(e) => e.status,
+        Ok(_) => StatusCode::OK,
+    };
+    let action_name = |a: &str| match a {
+        "add" => t(M::ActAdd),
+        "update" => t(M::ActUpdate),
+        "remove" => t(M::ActRemove),
+        "expire" => t(M::ActExpire),
+        _ => "",
+    };
+    let actions = [
+        ("", t(M::Any)),
+        ("add", t(M::ActAdd)),
+        ("update", t(M::ActUpdate)),
+        ("remove", t(M::ActRemove)),
+        ("expire", t(M::ActExpire)),
+    ];
+    let here = form.link(&form.cursor);
+    let body = html! {
+        section aria-labelledby="filter-h" {
+            h2 #filter-h { (t(M::FilterHeading)) }
+            form.filters method="get" action={(BASE) "/audit"} role="search" {
+                div { (text_input("value", t(M::FValue), &form.value)) }
+                div { (text_input("actor", t(M::FActor), &form.actor)) }
+                div { (select("action", t(M::FAction), &actions, &form.action)) }
+                div.actions {
+                    button type="submit" { (t(M::FilterButton)) }
+                    a href={(BASE) "/audit"} { (t(M::ResetFilter)) }
+                }
+            }
+        }
+        @match &found {
+            Err(e) => (alert(&e.message)),
+            Ok(f) => {
+                @if f.rows.is_empty() {
+                    p #no-entries { (t(M::NoEntries)) }
+                } @else {
+                    div.table-wrap {
+                        table #audit {
+                            caption.sr-only { (t(M::AuditTitle)) }
+                            thead { tr {
+                                th scope="col" { (t(M::ColAt)) }
+                                th scope="col" { (t(M::ColActor)) }
+                                th scope="col" { (t(M::ColAction)) }
+                                th scope="col" { (t(M::ColValue)) }
+                                th scope="col" { (t(M::ColComment)) }
+                                th scope="col" { (t(M::ColOrigin)) }
+                            } }
+                            tbody {
+                                @for r in &f.rows {
+                                    tr data-action=(r.action) {
+                                        td data-label=(t(M::ColAt)) { (when(r.at)) }
+                                        td data-label=(t(M::ColActor)) { (r.actor) }
+                                        td data-label=(t(M::ColAction)) {
+                                            @let n = action_name(&r.action);
+                                            @if n.is_empty() { (r.action) } @else { (n) }
+                                        }
+                                        td data-label=(t(M::ColValue)) { code { (r.value) } }
+                                        td data-label=(t(M::ColComment)) { (r.comment) }
+                                        td data-label=(t(M::ColOrigin)) { (r.origin) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                nav.pager aria-label="Pages" {
+                    @if !form.cursor.is_empty() {
+                        a href=(form.link("")) { (t(M::FirstPage)) }
+                    }
+                    @if let Some(c) = f.next {
+                        @if f.cut { span { (t(M::AuditScanned)) " " } }
+                        a #next-page href=(form.link(&c.to_string())) rel="next" { (t(M::NextPage)) }
+                    }
+                }
+            }
+        }
+    };
+    html_page(
+        status,
+        layout(Some(&v), lang, Nav::Audit, &here, t(M::AuditTitle), body),
+    )
+}
