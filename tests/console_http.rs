@@ -398,7 +398,7 @@ async fn an_edit_session_needs_its_csrf_token_and_then_adds_with_refusals_listed
     assert!(page.contains(r#"<strong id="count-unchanged">1</strong>"#));
     assert!(page.contains(r#"<strong id="count-refused">1</strong>"#));
     assert!(
-        page.contains(r#"<li value="2">Line 2: <code>not a number; oops</code>"#),
+        page.contains(r#"<li data-line="2">Line 2: <code>not a number; oops</code>"#),
         "{page}"
     );
     assert_eq!(c.listed("+491701234567").await, 1);

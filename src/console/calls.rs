@@ -417,7 +417,7 @@ fn day_svg(days: &[(String, (u64, u64))], label: &str, lang: Lang) -> String {
         .unwrap_or(1)
         .max(1) as f64;
     let slot = w / days.len() as f64;
-    let bw = (slot * 0.7).max(2.0);
+    let bw = (slot * 0.7).clamp(2.0, 60.0);
     let scale = (h - top - bottom) / max;
     let mut s = format!(
         r#"<svg viewBox="0 0 {w} {h}" role="img" aria-label="{}" preserveAspectRatio="xMidYMid meet">{HATCH}"#,

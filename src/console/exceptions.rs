@@ -334,9 +334,9 @@ fn outcome_panel(o: &Outcome, lang: Lang) -> Markup {
                     @if let Some(e) = error { (alert(e)) }
                     @if !r.refused_lines.is_empty() {
                         h3 { (t(M::RefusedHeading)) }
-                        ol.refused #refused {
+                        ul.refused #refused {
                             @for x in &r.refused_lines {
-                                li value=(x.line) {
+                                li data-line=(x.line) {
                                     (t(M::LineNo)) " " (x.line) ": " code { (x.text) } " — " (x.reason)
                                 }
                             }
