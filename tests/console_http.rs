@@ -15,6 +15,11 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 const EDIT: &str = "edit-token";
 const VIEW: &str = "view-token";
 
+/// Sends a request, the answer or a failed test.
+async fn send(r: reqwest::RequestBuilder) -> reqwest::Response {
+    r.send().await.expect("an HTTP answer")
+}
+
 /// A urlencoded form body (reqwest is built without its `form` feature).
 trait FormBody {
     fn form(self, pairs: &[(&str, &str)]) -> Self;
@@ -163,21 +168,11 @@ async fn the_session_cookie_is_httponly_strict_and_expires_and_sign_out_ends_it(
     let h = Harness::start().await;
     let c = Console::new(&h);
     // `/` leads to the console, the console to the sign-in page.
-    let r = c
-        .http
-        .get(format!("http://{}/", c.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = send(c.http.get(format!("http://{}/", c.admin))).await;
     assert_eq!(r.headers()[LOCATION], "/console");
     let r = c.http.get(&c.base).send().await.unwrap();
     assert_eq!(r.headers()[LOCATION], "/console/login");
-    let r = c
-        .http
-        .get(format!("{}/exceptions", c.base))
-        .send()
-        .await
-        .unwrap();
+    let r = send(c.http.get(format!("{}/exceptions", c.base))).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()[LOCATION], "/console/login");
 
@@ -230,13 +225,12 @@ async fn the_session_cookie_is_httponly_strict_and_expires_and_sign_out_ends_it(
             .any(|c| c.starts_with("sipscreen_session="))
     );
     // The sign-in form without its nonce cookie: 403.
-    let r = c
-        .http
-        .post(format!("{}/login", c.base))
-        .form(&[("token", EDIT), ("login_csrf", "x")])
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .post(format!("{}/login", c.base))
+            .form(&[("token", EDIT), ("login_csrf", "x")]),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // Sign-out needs the CSRF token; with it the cookie is cleared and the
@@ -245,14 +239,13 @@ async fn the_session_cookie_is_httponly_strict_and_expires_and_sign_out_ends_it(
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(c.get(&s, "/exceptions").await.0, StatusCode::OK);
     let csrf = c.csrf(&s).await;
-    let r = c
-        .http
-        .post(format!("{}/logout", c.base))
-        .header("cookie", &s.cookie)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .post(format!("{}/logout", c.base))
+            .header("cookie", &s.cookie)
+            .form(&[("csrf", csrf.as_str())]),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let cleared = set_cookies(r.headers());
     assert!(
@@ -261,13 +254,12 @@ async fn the_session_cookie_is_httponly_strict_and_expires_and_sign_out_ends_it(
             .any(|c| c.starts_with("sipscreen_session=;") && c.contains("Max-Age=0")),
         "{cleared:?}"
     );
-    let r = c
-        .http
-        .get(format!("{}/exceptions", c.base))
-        .header("cookie", &s.cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/exceptions", c.base))
+            .header("cookie", &s.cookie),
+    )
+    .await;
     assert_eq!(
         r.status(),
         StatusCode::SEE_OTHER,
@@ -326,14 +318,13 @@ async fn a_view_session_sees_no_edit_controls_and_every_edit_post_is_403() {
         let (status, _) = c.post(&s, path, form).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path} {form:?}");
     }
-    let r = c
-        .http
-        .post(format!("{}/exceptions/import", c.base))
-        .header("cookie", &s.cookie)
-        .body(vec![0xff, 0x00, b'%'])
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .post(format!("{}/exceptions/import", c.base))
+            .header("cookie", &s.cookie)
+            .body(vec![0xff, 0x00, b'%']),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(c.listed("+4917000000001").await, 0, "written");
     assert_eq!(c.listed("+4915112345678").await, 1, "removed");
@@ -341,13 +332,12 @@ async fn a_view_session_sees_no_edit_controls_and_every_edit_post_is_403() {
     let (status, _) = c.get(&s, "/exceptions/remove?value=%2B4915112345678").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // No session at all: 401.
-    let r = c
-        .http
-        .post(format!("{}/exceptions/import", c.base))
-        .form(&[("lines", "+4917000000001")])
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .post(format!("{}/exceptions/import", c.base))
+            .form(&[("lines", "+4917000000001")]),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     h.stop().await;
 }
@@ -371,15 +361,14 @@ async fn an_edit_session_needs_its_csrf_token_and_then_adds_with_refusals_listed
         assert_eq!(status, StatusCode::FORBIDDEN, "{form:?}");
     }
     // The right token from a foreign origin: 403.
-    let r = c
-        .http
-        .post(format!("{}/exceptions/import", c.base))
-        .header("cookie", &s.cookie)
-        .header("origin", "http://evil.example")
-        .form(&[("csrf", csrf.as_str()), ("lines", lines)])
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .post(format!("{}/exceptions/import", c.base))
+            .header("cookie", &s.cookie)
+            .header("origin", "http://evil.example")
+            .form(&[("csrf", csrf.as_str()), ("lines", lines)]),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(c.listed("+491701234567").await, 0);
 
@@ -489,43 +478,39 @@ async fn an_edit_session_needs_its_csrf_token_and_then_adds_with_refusals_listed
 async fn german_for_accept_language_de_and_the_switch_sticks() {
     let h = Harness::start().await;
     let c = Console::new(&h);
-    let r = c
-        .http
-        .get(format!("{}/login", c.base))
-        .header("accept-language", "de-DE,de;q=0.9,en;q=0.5")
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/login", c.base))
+            .header("accept-language", "de-DE,de;q=0.9,en;q=0.5"),
+    )
+    .await;
     let page = r.text().await.unwrap();
     assert!(page.contains(r#"<html lang="de">"#), "{page}");
     assert!(page.contains("Zugangstoken"));
-    let r = c
-        .http
-        .get(format!("{}/lang?to=de&back=/console/calls", c.base))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/lang?to=de&back=/console/calls", c.base)),
+    )
+    .await;
     assert_eq!(r.headers()[LOCATION], "/console/calls");
     let lang = set_cookies(r.headers()).remove(0);
     assert!(lang.starts_with("sipscreen_lang=de;"), "{lang}");
     let s = c.sign_in(VIEW).await;
-    let r = c
-        .http
-        .get(format!("{}/calls", c.base))
-        .header("cookie", format!("{}; sipscreen_lang=de", s.cookie))
-        .header("accept-language", "en")
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/calls", c.base))
+            .header("cookie", format!("{}; sipscreen_lang=de", s.cookie))
+            .header("accept-language", "en"),
+    )
+    .await;
     let page = r.text().await.unwrap();
     assert!(page.contains("<h1>Anrufe</h1>"), "{page}");
     // No open redirect.
-    let r = c
-        .http
-        .get(format!("{}/lang?to=en&back=//evil.example/", c.base))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/lang?to=en&back=//evil.example/", c.base)),
+    )
+    .await;
     assert_eq!(r.headers()[LOCATION], "/console/exceptions");
     h.stop().await;
 }
@@ -564,13 +549,12 @@ async fn a_call_through_the_proxy_shows_on_the_calls_page_and_in_the_csv() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(bad.contains("outcome &quot;nope&quot;"), "{bad}");
 
-    let r = c
-        .http
-        .get(format!("{}/calls.csv?verdict=exception", c.base))
-        .header("cookie", &s.cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        c.http
+            .get(format!("{}/calls.csv?verdict=exception", c.base))
+            .header("cookie", &s.cookie),
+    )
+    .await;
     assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = r.text().await.unwrap();
     let rows: Vec<&str> = csv.lines().collect();
@@ -581,12 +565,7 @@ async fn a_call_through_the_proxy_shows_on_the_calls_page_and_in_the_csv() {
         "{csv}"
     );
     // Without a session: to the sign-in page, no data.
-    let r = c
-        .http
-        .get(format!("{}/calls.csv", c.base))
-        .send()
-        .await
-        .unwrap();
+    let r = send(c.http.get(format!("{}/calls.csv", c.base))).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     h.stop().await;
 }

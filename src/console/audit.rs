@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::i18n::M;
 use super::{
-    BASE, ConsoleState, Nav, alert, html_page, layout, query_string, select, text_input, when,
+    BASE, ConsoleState, Nav, alert, html_page, layout, page_link, pager, select, text_input, thead,
+    when,
 };
 use crate::api::exceptions::parse_value;
 use crate::api::{ApiError, blocking, page};
@@ -38,17 +39,15 @@ pub struct AuditForm {
 
 impl AuditForm {
     fn link(&self, cursor: &str) -> String {
-        let q = query_string([
-            ("value", self.value.as_str()),
-            ("actor", self.actor.as_str()),
-            ("action", self.action.as_str()),
-            ("cursor", cursor),
-        ]);
-        if q.is_empty() {
-            format!("{BASE}/audit")
-        } else {
-            format!("{BASE}/audit?{q}")
-        }
+        page_link(
+            "audit",
+            [
+                ("value", self.value.as_str()),
+                ("actor", self.actor.as_str()),
+                ("action", self.action.as_str()),
+                ("cursor", cursor),
+            ],
+        )
     }
 }
 
@@ -119,13 +118,12 @@ pub async fn page(
     headers: HeaderMap,
     q: Result<Query<AuditForm>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, form) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let lang = v.lang;
     let t = |m: M| m.text(lang);
-    let form = q.map(|Query(q)| q).unwrap_or_default();
     let found = find(&s, &form).await;
     let status = match &found {
         Err(e) => e.status,
@@ -168,14 +166,8 @@ pub async fn page(
                     div.table-wrap {
                         table #audit {
                             caption.sr-only { (t(M::AuditTitle)) }
-                            thead { tr {
-                                th scope="col" { (t(M::ColAt)) }
-                                th scope="col" { (t(M::ColActor)) }
-                                th scope="col" { (t(M::ColAction)) }
-                                th scope="col" { (t(M::ColValue)) }
-                                th scope="col" { (t(M::ColComment)) }
-                                th scope="col" { (t(M::ColOrigin)) }
-                            } }
+                            (thead(lang, &[M::ColAt, M::ColActor, M::ColAction, M::ColValue,
+                                M::ColComment, M::ColOrigin]))
                             tbody {
                                 @for r in &f.rows {
                                     tr data-action=(r.action) {
@@ -194,15 +186,12 @@ pub async fn page(
                         }
                     }
                 }
-                nav.pager aria-label="Pages" {
-                    @if !form.cursor.is_empty() {
-                        a href=(form.link("")) { (t(M::FirstPage)) }
-                    }
-                    @if let Some(c) = f.next {
-                        @if f.cut { span { (t(M::AuditScanned)) " " } }
-                        a #next-page href=(form.link(&c.to_string())) rel="next" { (t(M::NextPage)) }
-                    }
-                }
+                @if f.cut && f.next.is_some() { p.note { (t(M::AuditScanned)) } }
+                (pager(
+                    lang,
+                    (!form.cursor.is_empty()).then(|| form.link("")),
+                    f.next.map(|c| form.link(&c.to_string())),
+                ))
             }
         }
     };

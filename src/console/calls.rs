@@ -19,8 +19,8 @@ use serde::Deserialize;
 
 use super::i18n::{Lang, M};
 use super::{
-    BASE, ConsoleState, Nav, alert, html_page, layout, message, query_string, raw, select,
-    text_input, when_text,
+    BASE, ConsoleState, Nav, alert, html_page, layout, message, page_link, pager, raw, select,
+    text_input, thead, when_text,
 };
 use crate::api::ApiError;
 use crate::api::calls::{CallsQuery, filter, list_page};
@@ -77,12 +77,7 @@ impl CallsForm {
     }
 
     fn link(&self, path: &str, cursor: &str) -> String {
-        let q = query_string(self.pairs(cursor));
-        if q.is_empty() {
-            format!("{BASE}/{path}")
-        } else {
-            format!("{BASE}/{path}?{q}")
-        }
+        page_link(path, self.pairs(cursor))
     }
 
     /// The API's query for this form.
@@ -157,13 +152,12 @@ pub async fn page(
     headers: HeaderMap,
     q: Result<Query<CallsForm>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, form) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let lang = v.lang;
     let t = |m: M| m.text(lang);
-    let form = q.map(|Query(q)| q).unwrap_or_default();
     let query = form.query(PAGE);
     let listed = list_page(&s.api, &query).await;
     let counts = match filter(&s.api, &query) {
@@ -239,14 +233,11 @@ pub async fn page(
                     } @else {
                         (calls_table(&page.items, lang))
                     }
-                    nav.pager aria-label="Pages" {
-                        @if !form.cursor.is_empty() {
-                            a href=(form.link("calls", "")) { (t(M::FirstPage)) }
-                        }
-                        @if let Some(c) = &page.next_cursor {
-                            a #next-page href=(form.link("calls", c)) rel="next" { (t(M::NextPage)) }
-                        }
-                    }
+                    (pager(
+                        lang,
+                        (!form.cursor.is_empty()).then(|| form.link("calls", "")),
+                        page.next_cursor.as_ref().map(|c| form.link("calls", c)),
+                    ))
                 }
             }
         }
@@ -263,16 +254,8 @@ fn calls_table(items: &[CallRecord], lang: Lang) -> Markup {
         div.table-wrap {
             table #calls {
                 caption.sr-only { (t(M::CallsTitle)) }
-                thead { tr {
-                    th scope="col" { (t(M::ColStart)) }
-                    th scope="col" { (t(M::ColDirection)) }
-                    th scope="col" { (t(M::ColLine)) }
-                    th scope="col" { (t(M::ColClient)) }
-                    th scope="col" { (t(M::ColVerdict)) }
-                    th scope="col" { (t(M::ColOutcome)) }
-                    th scope="col" { (t(M::ColDuration)) }
-                    th scope="col" { (t(M::Details)) }
-                } }
+                (thead(lang, &[M::ColStart, M::ColDirection, M::ColLine, M::ColClient,
+                    M::ColVerdict, M::ColOutcome, M::ColDuration, M::Details]))
                 tbody {
                     @for r in items {
                         tr data-call=(r.call_id) data-client=(r.client) class=[(r.verdict == "exception").then_some("exception")] {
@@ -373,9 +356,7 @@ fn data_table(key: &str, rows: &[(String, (u64, u64))], lang: Lang) -> Markup {
             table {
                 thead { tr {
                     th scope="col" { (key) }
-                    th scope="col" { (t(M::LoggedCalls)) }
-                    th scope="col" { (t(M::ExceptionCalls)) }
-                    th scope="col" { (t(M::Total)) }
+                    @for m in [M::LoggedCalls, M::ExceptionCalls, M::Total] { th scope="col" { (t(m)) } }
                 } }
                 tbody {
                     @for (k, (l, e)) in rows {
@@ -563,11 +544,10 @@ pub async fn csv(
     headers: HeaderMap,
     q: Result<Query<CallsForm>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, form) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    let form = q.map(|Query(q)| q).unwrap_or_default();
     let f = match filter(&s.api, &form.query(1)) {
         Ok(f) => f,
         Err(e) => return message(Some(&v), v.lang, e.status, &e.message),

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::i18n::{Lang, M};
 use super::{
     BASE, ConsoleState, Form, Nav, Viewer, alert, csrf_field, html_page, layout, message,
-    query_string, select, text_input, when,
+    page_link, pager, select, text_input, when,
 };
 use crate::api::exceptions::{AddBody, ListQuery, add_values, expiry, list_page, remove_value};
 use crate::api::{ApiError, blocking};
@@ -80,17 +80,15 @@ pub struct ExQuery {
 
 impl ExQuery {
     fn link(&self, cursor: &str) -> String {
-        let q = query_string([
-            ("q", self.q.as_str()),
-            ("value", self.value.as_str()),
-            ("type", self.kind.as_str()),
-            ("cursor", cursor),
-        ]);
-        if q.is_empty() {
-            format!("{BASE}/exceptions")
-        } else {
-            format!("{BASE}/exceptions?{q}")
-        }
+        page_link(
+            "exceptions",
+            [
+                ("q", self.q.as_str()),
+                ("value", self.value.as_str()),
+                ("type", self.kind.as_str()),
+                ("cursor", cursor),
+            ],
+        )
     }
 }
 
@@ -119,11 +117,10 @@ pub async fn page(
     headers: HeaderMap,
     q: Result<Query<ExQuery>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, q) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    let q = q.map(|Query(q)| q).unwrap_or_default();
     render(&s, &v, q, None, Draft::default(), StatusCode::OK).await
 }
 
@@ -193,7 +190,7 @@ async fn render(
                                         }
                                         @if v.can_edit() {
                                             td data-label=(t(M::ColActions)) {
-                                                a.remove href={(BASE) "/exceptions/remove?" (query_string([("value", e.value.as_str())]))}
+                                                a.remove href=(page_link("exceptions/remove", [("value", e.value.as_str())]))
                                                     aria-label={(t(M::RemoveAction)) ": " (e.value)} {
                                                     (t(M::RemoveAction))
                                                 }
@@ -205,14 +202,11 @@ async fn render(
                         }
                     }
                 }
-                nav.pager aria-label="Pages" {
-                    @if !q.cursor.is_empty() {
-                        a href=(q.link("")) { (t(M::FirstPage)) }
-                    }
-                    @if let Some(c) = &page.next_cursor {
-                        a #next-page href=(q.link(c)) rel="next" { (t(M::NextPage)) }
-                    }
-                }
+                (pager(
+                    lang,
+                    (!q.cursor.is_empty()).then(|| q.link("")),
+                    page.next_cursor.as_ref().map(|c| q.link(c)),
+                ))
             }
         }
         @if v.can_edit() {
@@ -523,8 +517,8 @@ pub async fn confirm(
     headers: HeaderMap,
     q: Result<Query<ValueQuery>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, ValueQuery { value }) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let lang = v.lang;
@@ -532,7 +526,6 @@ pub async fn confirm(
     if !v.can_edit() {
         return message(Some(&v), lang, StatusCode::FORBIDDEN, t(M::Forbidden));
     }
-    let value = q.map(|Query(q)| q.value).unwrap_or_default();
     let found = list_page(
         &s.api,
         ListQuery {
@@ -558,10 +551,7 @@ pub async fn confirm(
         );
     };
     let cols = columns();
-    let here = format!(
-        "{BASE}/exceptions/remove?{}",
-        query_string([("value", value.as_str())])
-    );
+    let here = page_link("exceptions/remove", [("value", value.as_str())]);
     let body = html! {
         section.card.confirm aria-labelledby="confirm-q" {
             p #confirm-q { strong { (t(M::ConfirmText)) } }

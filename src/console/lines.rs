@@ -11,7 +11,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::i18n::{Lang, M};
-use super::{BASE, ConsoleState, Nav, alert, html_page, layout, query_string, select, text_input};
+use super::{
+    BASE, ConsoleState, Nav, alert, html_page, layout, page_link, select, text_input, thead,
+};
 use crate::api::screen::{NumberQuery, screen_number};
 use crate::config::ForwardMode;
 use crate::screening::lines::LineSettings;
@@ -59,13 +61,12 @@ pub async fn page(
     headers: HeaderMap,
     q: Result<Query<TryForm>, QueryRejection>,
 ) -> Response {
-    let v = match s.page_viewer(&headers) {
-        Ok(v) => v,
+    let (v, form) = match s.page_start(&headers, q) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let lang = v.lang;
     let t = |m: M| m.text(lang);
-    let form = q.map(|Query(q)| q).unwrap_or_default();
     let rt = s.api.proxy.runtime_arc();
     let table = rt.screener.lines();
     let configured: Vec<(String, &LineSettings)> = table
@@ -93,13 +94,13 @@ pub async fn page(
         _ => StatusCode::OK,
     };
     let here = match &form.number {
-        Some(n) => format!(
-            "{BASE}/lines?{}",
-            query_string([
+        Some(n) => page_link(
+            "lines",
+            [
                 ("number", n.as_str()),
                 ("line", form.line.as_str()),
-                ("direction", direction.as_str())
-            ])
+                ("direction", direction.as_str()),
+            ],
         ),
         None => format!("{BASE}/lines"),
     };
@@ -109,15 +110,8 @@ pub async fn page(
         div.table-wrap {
             table #lines {
                 caption.sr-only { (t(M::LinesTitle)) }
-                thead { tr {
-                    th scope="col" { (t(M::ColNumber)) }
-                    th scope="col" { (t(M::ColCreate)) }
-                    th scope="col" { (t(M::ColCreateFor)) }
-                    th scope="col" { (t(M::ColSource)) }
-                    th scope="col" { (t(M::ColCrmMode)) }
-                    th scope="col" { (t(M::ColQueue)) }
-                    th scope="col" { (t(M::ColForward)) }
-                } }
+                (thead(lang, &[M::ColNumber, M::ColCreate, M::ColCreateFor, M::ColSource,
+                    M::ColCrmMode, M::ColQueue, M::ColForward]))
                 tbody {
                     @for (n, st) in &configured {
                         tr data-line=(n) {

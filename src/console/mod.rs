@@ -198,6 +198,17 @@ impl ConsoleState {
         })
     }
 
+    /// A page's viewer and its query (an unreadable query is no filter),
+    /// or the way to the sign-in page.
+    pub fn page_start<T: Default>(
+        &self,
+        headers: &HeaderMap,
+        q: Result<Query<T>, QueryRejection>,
+    ) -> Result<(Viewer, T), Box<Response>> {
+        let v = self.page_viewer(headers)?;
+        Ok((v, q.map(|Query(q)| q).unwrap_or_default()))
+    }
+
     /// A page's viewer, or the way to the sign-in page.
     pub fn page_viewer(&self, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
         self.viewer(headers)
@@ -413,6 +424,34 @@ pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
         }
     }
     s.finish()
+}
+
+/// A console link: `BASE/path`, with the non-empty pairs as its query.
+pub fn page_link<'a>(path: &str, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let q = query_string(pairs);
+    if q.is_empty() {
+        format!("{BASE}/{path}")
+    } else {
+        format!("{BASE}/{path}?{q}")
+    }
+}
+
+/// The paging links under a list: back to the first page when on a later
+/// one, and the next page when there is one.
+pub fn pager(lang: Lang, first: Option<String>, next: Option<String>) -> Markup {
+    html! {
+        nav.pager aria-label="Pages" {
+            @if let Some(f) = first { a href=(f) { (M::FirstPage.text(lang)) } }
+            @if let Some(n) = next { a #next-page href=(n) rel="next" { (M::NextPage.text(lang)) } }
+        }
+    }
+}
+
+/// A table's header row.
+pub fn thead(lang: Lang, cols: &[M]) -> Markup {
+    html! {
+        thead { tr { @for c in cols { th scope="col" { (c.text(lang)) } } } }
+    }
 }
 
 /// A `<select>` with a label; `options` are (value, text).
