@@ -569,3 +569,87 @@ async fn a_call_through_the_proxy_shows_on_the_calls_page_and_in_the_csv() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_ends_when_its_token_leaves_the_config() {
+    let h = Harness::start().await;
+    let c = Console::new(&h);
+    let view = c.sign_in(VIEW).await;
+    let edit = c.sign_in(EDIT).await;
+    assert_eq!(c.get(&view, "/calls").await.0, StatusCode::OK);
+    // Reload without the view token: its session is over at once, the
+    // edit session goes on.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let without = text.replace(
+        "[[admin.tokens]]\nname = \"crm-viewer\"\nrole = \"view\"\nsha256 = \"5e17bb983b1ff3b4acbcaa8451a4173faa5575c682e7cf8615e2ed5e50fad7bd\"    # view-token\n",
+        "",
+    );
+    assert_ne!(text, without, "the view token is in the harness config");
+    std::fs::write(&h.config_path, without).unwrap();
+    h.server.reload().expect("valid reload");
+    let r = send(
+        c.http
+            .get(format!("{}/calls", c.base))
+            .header("cookie", &view.cookie),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/console/login");
+    assert_eq!(c.get(&edit, "/calls").await.0, StatusCode::OK);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_list_pages_by_cursor_with_the_filters_kept() {
+    let h = Harness::start().await;
+    let c = Console::new(&h);
+    let body: String = (0..100)
+        .map(|i| format!("+4917100{i:05}; bulk {}\n", i % 2))
+        .collect();
+    let r = send(
+        c.http
+            .post(format!("http://{}/api/v1/exceptions/import", c.admin))
+            .bearer_auth(EDIT)
+            .header("content-type", "text/plain")
+            .body(body),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let s = c.sign_in(VIEW).await;
+    let rows = |page: &str| page.matches("<tr data-value=").count();
+    let next = |page: &str| {
+        let at = page.find(r#"id="next-page" href=""#)? + 21;
+        Some(page[at..at + page[at..].find('"')?].replace("&amp;", "&"))
+    };
+    // 104 entries (4 from the harness file): 50, 50, 4.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = "/exceptions".to_string();
+    let mut sizes = Vec::new();
+    loop {
+        let (status, page) = c.get(&s, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        sizes.push(rows(&page));
+        for part in page.split("<tr data-value=\"").skip(1) {
+            seen.insert(part[..part.find('"').unwrap()].to_string());
+        }
+        match next(&page) {
+            Some(n) => path = n.strip_prefix("/console").unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [50, 50, 4]);
+    assert_eq!(seen.len(), 104, "a row twice or missing");
+    // With a filter, the next page keeps it.
+    let (_, page) = c.get(&s, "/exceptions?q=bulk%201").await;
+    assert_eq!(rows(&page), 50);
+    let n = next(&page).expect("a second page");
+    assert!(n.contains("q=bulk+1"), "{n}");
+    let (_, page) = c.get(&s, n.strip_prefix("/console").unwrap()).await;
+    assert_eq!(rows(&page), 0, "{page}");
+    assert!(next(&page).is_none());
+    // A cursor the console did not give out: 400 with the reason.
+    let (status, page) = c.get(&s, "/exceptions?cursor=abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("is not one this API gave out"));
+    h.stop().await;
+}
