@@ -277,10 +277,10 @@ fn calls_table(items: &[CallRecord], lang: Lang) -> Markup {
                                         dt { (t(M::ColCreate)) } dd { (r.create) }
                                         dt { (t(M::ColSource)) } dd { (r.source) }
                                         dt { (t(M::ColResponsible)) } dd { (r.responsible.as_deref().unwrap_or("—")) }
-                                        @if let Some(a) = &r.answer { dt { "Answer" } dd { (when_text(a)) } }
-                                        dt { "End" } dd { (when_text(&r.end)) }
+                                        @if let Some(a) = &r.answer { dt { (t(M::ColAnswer)) } dd { (when_text(a)) } }
+                                        dt { (t(M::ColEnd)) } dd { (when_text(&r.end)) }
                                         @for tr in &r.transfers {
-                                            dt { "Transfer" } dd { (when_text(&tr.at)) " → " (tr.to) }
+                                            dt { (t(M::Transfer)) } dd { (when_text(&tr.at)) " → " (tr.to) }
                                         }
                                     }
                                 }

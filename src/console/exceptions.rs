@@ -547,7 +547,7 @@ pub async fn confirm(
             Some(&v),
             lang,
             StatusCode::NOT_FOUND,
-            &format!("{value} is not on the list"),
+            &format!("{value} {}", t(M::NotListed)),
         );
     };
     let cols = columns();

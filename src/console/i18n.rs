@@ -153,6 +153,7 @@ messages! {
     RemoveAction => "Remove from exceptions", "Aus Ausnahmen entfernen";
     NoEntries => "No entries match.", "Keine passenden Einträge.";
     NextPage => "Next page", "Nächste Seite";
+    Pages => "Pages", "Seiten";
     FirstPage => "First page", "Erste Seite";
     AddHeading => "Add to list", "Zur Liste hinzufügen";
     AddHelp => "One entry per line: VALUE; comment. Numbers in any format, or e-mail addresses. Lines starting with # are skipped.",
@@ -192,6 +193,7 @@ messages! {
         "Anrufe von diesem Wert werden danach wieder wie alle anderen behandelt.";
     ConfirmYes => "Yes, remove", "Ja, entfernen";
     Cancel => "Cancel", "Abbrechen";
+    NotListed => "is not on the list", "steht nicht auf der Liste";
     Removed => "Removed from the list:", "Von der Liste entfernt:";
     CallsTitle => "Calls", "Anrufe";
     FLine => "Line", "Leitung";
@@ -225,6 +227,9 @@ messages! {
     ColDuration => "Duration (s)", "Dauer (s)";
     ColResponsible => "Responsible", "Verantwortlich";
     Details => "Details", "Details";
+    ColAnswer => "Answered", "Angenommen";
+    ColEnd => "Ended", "Beendet";
+    Transfer => "Transfer", "Weiterleitung";
     NoCalls => "No calls match.", "Keine passenden Anrufe.";
     LiveNote => "The newest calls appear here as they end.", "Die neuesten Anrufe erscheinen hier, sobald sie enden.";
     LinesTitle => "Lines", "Leitungen";

@@ -440,7 +440,7 @@ pub fn page_link<'a>(path: &str, pairs: impl IntoIterator<Item = (&'a str, &'a s
 /// one, and the next page when there is one.
 pub fn pager(lang: Lang, first: Option<String>, next: Option<String>) -> Markup {
     html! {
-        nav.pager aria-label="Pages" {
+        nav.pager aria-label=(M::Pages.text(lang)) {
             @if let Some(f) = first { a href=(f) { (M::FirstPage.text(lang)) } }
             @if let Some(n) = next { a #next-page href=(n) rel="next" { (M::NextPage.text(lang)) } }
         }
