@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["calls", "crm", "transport"],
     &["proxy"],
     &["api"],
+    &["console"],
     &["admin", "check"],
     &["server"],
     &["client"],
