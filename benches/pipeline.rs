@@ -3,13 +3,25 @@
 //! apply the edit list. With 1M and 10M listed phones.
 //!
 //! cargo bench --bench pipeline
+//!
+//! Instructions per INVITE (valgrind): `SIPSCREEN_CALLGRIND=listed` (or
+//! `unlisted`, `national`) makes the bench binary build the 1M-entry
+//! runtime, then route 10,000 INVITEs inside `callgrind_loop` and exit:
+//!
+//! ```text
+//! cargo bench --bench pipeline --no-run
+//! SIPSCREEN_CALLGRIND=listed valgrind --tool=callgrind --collect-atstart=no \
+//!   --toggle-collect='*callgrind_loop*' target/release/deps/pipeline-HASH
+//! ```
+//!
+//! and divide the `summary` Ir by 10,000.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use sipscreen::config::{self, TransportKind};
 use sipscreen::proxy::Local;
 use sipscreen::proxy::request::{self, Outcome};
@@ -101,9 +113,50 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// INVITEs routed under callgrind.
+const CALLGRIND_INVITES: usize = 10_000;
+
+/// Routes `CALLGRIND_INVITES` copies of `msg`; what callgrind counts.
+#[inline(never)]
+fn callgrind_loop(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> usize {
+    let mut bytes = 0;
+    for _ in 0..CALLGRIND_INVITES {
+        let m = Message::scan(msg.clone()).expect("scans");
+        let side = rt.routing.classify(remote.ip());
+        match request::route(rt, local, &m, remote, TransportKind::Udp, side) {
+            Outcome::Forward { data, .. } => bytes += std::hint::black_box(data).len(),
+            _ => panic!("not forwarded"),
+        }
+    }
+    bytes
+}
+
+fn callgrind(kind: &str) {
+    let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
+    let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
+    let entries = 1_000_000;
+    let (rt, phones) = runtime(entries);
+    let msg = match kind {
+        "listed" => invite(&format!("+{}", phones[entries / 2])),
+        "unlisted" => invite("+4917099988877"),
+        "national" => invite("01709998887"),
+        other => panic!("SIPSCREEN_CALLGRIND={other:?}: use listed, unlisted or national"),
+    };
+    let bytes = callgrind_loop(&rt, &local, remote, &msg);
+    eprintln!("callgrind {kind}: {CALLGRIND_INVITES} INVITEs, {bytes} bytes forwarded");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(4));
     targets = bench
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(kind) = std::env::var("SIPSCREEN_CALLGRIND") {
+        callgrind(&kind);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
