@@ -357,6 +357,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Kind;
     use crate::store::sqlite::SqliteStore;
 
     fn entry(value: &str, expires_at: i64) -> NewEntry {
