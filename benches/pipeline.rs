@@ -5,8 +5,9 @@
 //! cargo bench --bench pipeline
 //!
 //! Instructions per INVITE (valgrind): `SIPSCREEN_CALLGRIND=listed` (or
-//! `unlisted`, `national`) makes the bench binary build the 1M-entry
-//! runtime, then route 10,000 INVITEs inside `callgrind_loop` and exit:
+//! `unlisted`, `national`; `prefix`: 1M prefix rules added, the caller
+//! inside one) makes the bench binary build the 1M-entry runtime, then
+//! route 10,000 INVITEs inside `callgrind_loop` and exit:
 //!
 //! ```text
 //! cargo bench --bench pipeline --no-run
@@ -26,7 +27,7 @@ use sipscreen::config::{self, TransportKind};
 use sipscreen::proxy::Local;
 use sipscreen::proxy::request::{self, Outcome};
 use sipscreen::runtime::Runtime;
-use sipscreen::screening::exceptions::ExceptionSet;
+use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
 use sipscreen::sip::Message;
 
 const CONFIG: &str = r#"
@@ -84,6 +85,26 @@ fn runtime(entries: usize) -> (Runtime, Vec<u64>) {
     (Runtime::build(loaded, set).expect("runtime"), phones)
 }
 
+/// 1M prefix rules (9 digits, +49 15x..17x) beside the exact entries, in
+/// one snapshot; the first rule's digits, for a caller inside it.
+fn with_prefixes(rt: &Runtime, phones: &[u64], n: usize) -> u64 {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut items: Vec<Item> = phones.iter().map(|&p| Item::Phone(p)).collect();
+    let mut first = 0;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let d = 491_500_000 + x % 30_000_000;
+        if i == 0 {
+            first = d;
+        }
+        items.push(Item::Rule(Rule::prefix(d, 9, false).expect("a prefix")));
+    }
+    rt.screener.exceptions().replace_items(items);
+    first
+}
+
 fn bench(c: &mut Criterion) {
     let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
     let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
@@ -111,6 +132,24 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    let (rt, phones) = runtime(1_000_000);
+    let first = with_prefixes(&rt, &phones, 1_000_000);
+    let in_prefix = invite(&format!("+{first}4242"));
+    let unlisted = invite("+4917099988877");
+    let mut g = c.benchmark_group("pipeline/1M+1M-prefixes");
+    for (name, msg) in [("prefix", &in_prefix), ("unlisted", &unlisted)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let m = Message::scan(msg.clone()).expect("scans");
+                let side = rt.routing.classify(remote.ip());
+                match request::route(&rt, &local, &m, remote, TransportKind::Udp, side) {
+                    Outcome::Forward { data, .. } => data,
+                    _ => panic!("not forwarded"),
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 /// INVITEs routed under callgrind.
@@ -140,7 +179,8 @@ fn callgrind(kind: &str) {
         "listed" => invite(&format!("+{}", phones[entries / 2])),
         "unlisted" => invite("+4917099988877"),
         "national" => invite("01709998887"),
-        other => panic!("SIPSCREEN_CALLGRIND={other:?}: use listed, unlisted or national"),
+        "prefix" => invite(&format!("+{}4242", with_prefixes(&rt, &phones, entries))),
+        other => panic!("SIPSCREEN_CALLGRIND={other:?}: use listed, unlisted, national or prefix"),
     };
     let bytes = callgrind_loop(&rt, &local, remote, &msg);
     eprintln!("callgrind {kind}: {CALLGRIND_INVITES} INVITEs, {bytes} bytes forwarded");

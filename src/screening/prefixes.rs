@@ -320,13 +320,17 @@ impl PrefixTable {
     }
 
     pub fn heap_bytes(&self) -> usize {
+        self.search_bytes() + self.rules.len() * 8
+    }
+
+    /// Bytes a lookup searches: the leaves and the levels above them.
+    pub fn search_bytes(&self) -> usize {
         self.leaves.len() * std::mem::size_of::<Leaf>()
             + self
                 .levels
                 .iter()
                 .map(|l| l.len() * std::mem::size_of::<Node>())
                 .sum::<usize>()
-            + self.rules.len() * 8
     }
 }
 
