@@ -139,7 +139,7 @@ pub fn prefix_rules(n: usize, seed: u64) -> (Vec<Item>, Vec<u64>) {
     for _ in 0..n {
         let len = 8 + (rng.next() % 4) as u32;
         let d = 49 * 10u64.pow(len - 2) + rng.next() % 10u64.pow(len - 2);
-        let allow = rng.next() % 10 == 0;
+        let allow = rng.next().is_multiple_of(10);
         rules.push(Item::Rule(Rule::prefix(d, len, allow).expect("a prefix")));
     }
     let queries = (0..QUERIES)
@@ -186,7 +186,10 @@ fn prefixes(c: &mut Criterion) {
     let set = ExceptionSet::new();
     set.replace_items(rules);
     let bytes = set.prefix_table_bytes();
-    let hits = queries.iter().filter(|&&q| set.match_phone(q).is_some()).count();
+    let hits = queries
+        .iter()
+        .filter(|&&q| set.match_phone(q).is_some())
+        .count();
     eprintln!(
         "prefixes 1M: {} rules, search structure {bytes} bytes ({:.1} per rule), {:.0} % of queries inside a rule",
         set.rule_count(),

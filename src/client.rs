@@ -140,7 +140,13 @@ impl Api {
 
     /// `exceptions add` (`allow`: an allow entry; `large`: a range over
     /// `[screening] max_range_numbers` is meant).
-    pub fn add(&self, value: &str, comment: &str, allow: bool, large: bool) -> Result<(), CliError> {
+    pub fn add(
+        &self,
+        value: &str,
+        comment: &str,
+        allow: bool,
+        large: bool,
+    ) -> Result<(), CliError> {
         let action = if allow { "allow" } else { "block" };
         let body = serde_json::json!({
             "value": value, "comment": comment, "action": action, "large": large,

@@ -68,8 +68,11 @@ impl Api {
     async fn import(&self, text: &str) -> (StatusCode, Value) {
         let url = format!("{}/exceptions/import", self.base);
         let r = self.http.post(url).bearer_auth(EDIT);
-        self.call(r.header("content-type", "text/plain").body(text.to_string()))
-            .await
+        self.call(
+            r.header("content-type", "text/plain")
+                .body(text.to_string()),
+        )
+        .await
     }
 
     async fn delete(&self, value: &str) -> (StatusCode, Value) {
@@ -78,7 +81,12 @@ impl Api {
     }
 
     /// (verdict, reason, attest) the API gives an inbound call.
-    async fn screen(&self, number: &str, line: &str, verstat: Option<&str>) -> (String, String, String) {
+    async fn screen(
+        &self,
+        number: &str,
+        line: &str,
+        verstat: Option<&str>,
+    ) -> (String, String, String) {
         let mut q = json!({"number": number, "line": line, "direction": "inbound"});
         if let Some(v) = verstat {
             q["verstat"] = json!(v);
@@ -115,7 +123,10 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     let refused = &r["refused_lines"][0];
     assert_eq!(refused["line"], 9);
     assert!(
-        refused["reason"].as_str().unwrap().contains("max_range_numbers"),
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_range_numbers"),
         "{refused}"
     );
 
@@ -132,10 +143,16 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     ];
     for (number, verdict, reason) in cases {
         let got = api.screen(number, line, None).await;
-        assert_eq!((got.0.as_str(), got.1.as_str()), (verdict, reason), "{number}");
+        assert_eq!(
+            (got.0.as_str(), got.1.as_str()),
+            (verdict, reason),
+            "{number}"
+        );
     }
     // The range is stored as its one prefix, +493090189*.
-    let (_, v) = api.get("/exceptions?match=prefix&action=block&limit=50").await;
+    let (_, v) = api
+        .get("/exceptions?match=prefix&action=block&limit=50")
+        .await;
     let prefixes: Vec<&str> = v["items"]
         .as_array()
         .unwrap()
@@ -166,35 +183,70 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
         let api = &api;
         async move {
             let (_, v) = api.post("/screen/email", json!({"from": from})).await;
-            (v["verdict"].as_str().unwrap().to_string(), v["reason"].as_str().unwrap_or("").to_string())
+            (
+                v["verdict"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )
         }
     };
-    assert_eq!(email("promo@newsletter.example").await, ("exception".into(), "domain:@newsletter.example".into()));
-    assert_eq!(email("CEO@newsletter.example").await, ("log".into(), "allow:ceo@newsletter.example".into()));
-    assert_eq!(email("x@eu.ads.example").await, ("exception".into(), "domain:@*.ads.example".into()));
+    assert_eq!(
+        email("promo@newsletter.example").await,
+        ("exception".into(), "domain:@newsletter.example".into())
+    );
+    assert_eq!(
+        email("CEO@newsletter.example").await,
+        ("log".into(), "allow:ceo@newsletter.example".into())
+    );
+    assert_eq!(
+        email("x@eu.ads.example").await,
+        ("exception".into(), "domain:@*.ads.example".into())
+    );
     assert_eq!(email("x@ads.example").await, ("log".into(), "".into()));
-    assert_eq!(email("boss@example.com").await, ("exception".into(), "listed".into()));
+    assert_eq!(
+        email("boss@example.com").await,
+        ("exception".into(), "listed".into())
+    );
 
     // A live INVITE carries the reason.
     let (_, got, _) = h.invite_from_trunk("+4930901700", line, "deep-1", "").await;
-    assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("exception"), "{got}");
-    assert_eq!(header(&got, "X-CRM-Reason").as_deref(), Some("prefix:+4930901"));
+    assert_eq!(
+        header(&got, "X-CRM-Verdict").as_deref(),
+        Some("exception"),
+        "{got}"
+    );
+    assert_eq!(
+        header(&got, "X-CRM-Reason").as_deref(),
+        Some("prefix:+4930901")
+    );
     assert_eq!(header(&got, "X-CRM-Attest").as_deref(), Some("none"));
     let (_, got, _) = h.invite_from_trunk("+4930901812", line, "deep-2", "").await;
     assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"));
-    assert_eq!(header(&got, "X-CRM-Reason").as_deref(), Some("allow:+49309018"));
+    assert_eq!(
+        header(&got, "X-CRM-Reason").as_deref(),
+        Some("allow:+49309018")
+    );
     assert_eq!(header(&got, "X-CRM-Create").as_deref(), Some("offer"));
 
     // Removing the allow prefix: the shorter block decides again.
     let (s, v) = api.delete("%2B49309018*").await;
-    assert_eq!((s, v["match"].as_str()), (StatusCode::OK, Some("prefix")), "{v}");
-    assert_eq!(api.screen("+4930901812", line, None).await.1, "prefix:+4930901");
+    assert_eq!(
+        (s, v["match"].as_str()),
+        (StatusCode::OK, Some("prefix")),
+        "{v}"
+    );
+    assert_eq!(
+        api.screen("+4930901812", line, None).await.1,
+        "prefix:+4930901"
+    );
     // A range is removed as its prefixes.
     let (s, v) = api.delete("%2B493090189000..%2B493090189999").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["removed"][0]["value"], "+493090189*");
     assert_eq!(v["removed"][0]["given"], "+493090189000..+493090189999");
-    assert_eq!(api.screen("+493090189123", line, None).await.1, "prefix:+4930901");
+    assert_eq!(
+        api.screen("+493090189123", line, None).await.1,
+        "prefix:+4930901"
+    );
     h.stop().await;
 }
 
@@ -203,18 +255,36 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     let h = Harness::start().await;
     let api = Api::new(&h);
     let (s, v) = api
-        .post("/exceptions", json!({"value": "+4917*", "comment": "mobiles"}))
+        .post(
+            "/exceptions",
+            json!({"value": "+4917*", "comment": "mobiles"}),
+        )
         .await;
-    assert_eq!((s, &v["values"]), (StatusCode::CREATED, &json!(["+4917*"])), "{v}");
+    assert_eq!(
+        (s, &v["values"]),
+        (StatusCode::CREATED, &json!(["+4917*"])),
+        "{v}"
+    );
     let (s, v) = api
-        .post("/exceptions", json!({"value": "0170 1112223", "action": "allow"}))
+        .post(
+            "/exceptions",
+            json!({"value": "0170 1112223", "action": "allow"}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let line = "+4930901820";
-    assert_eq!(api.screen("+491701112223", line, None).await.1, "allow:+491701112223");
-    assert_eq!(api.screen("+491701112224", line, None).await.1, "prefix:+4917");
+    assert_eq!(
+        api.screen("+491701112223", line, None).await.1,
+        "allow:+491701112223"
+    );
+    assert_eq!(
+        api.screen("+491701112224", line, None).await.1,
+        "prefix:+4917"
+    );
     // The same value as a block: an update that flips the action.
-    let (s, v) = api.post("/exceptions", json!({"value": "+491701112223"})).await;
+    let (s, v) = api
+        .post("/exceptions", json!({"value": "+491701112223"}))
+        .await;
     assert_eq!((s, &v["updated"]), (StatusCode::OK, &json!(1)), "{v}");
     assert_eq!(api.screen("+491701112223", line, None).await.1, "listed");
     let (_, audit) = api.get("/audit?value=%2B491701112223").await;
@@ -225,20 +295,41 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     let (s, v) = api.post("/exceptions", json!({"value": big})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("large"), "{v}");
-    let (s, v) = api.post("/exceptions", json!({"value": big, "large": true})).await;
-    assert_eq!((s, &v["values"]), (StatusCode::CREATED, &json!(["+493*"])), "{v}");
     let (s, v) = api
-        .post("/exceptions", json!({"value": "+4930..+49", "action": "allow"}))
+        .post("/exceptions", json!({"value": big, "large": true}))
+        .await;
+    assert_eq!(
+        (s, &v["values"]),
+        (StatusCode::CREATED, &json!(["+493*"])),
+        "{v}"
+    );
+    let (s, v) = api
+        .post(
+            "/exceptions",
+            json!({"value": "+4930..+49", "action": "allow"}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = api
-        .post("/exceptions", json!({"value": "+4930*", "action": "permit"}))
+        .post(
+            "/exceptions",
+            json!({"value": "+4930*", "action": "permit"}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("block or allow"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("block or allow"),
+        "{v}"
+    );
     let (s, v) = api.post("/exceptions", json!({"value": "!+4930*"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("\"action\": \"allow\""), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"action\": \"allow\""),
+        "{v}"
+    );
     h.stop().await;
 }
 
@@ -270,13 +361,23 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
     let caller = "+12155550112";
     // Passed with a level: the tag says it, the call is ordinary.
     let (_, got, _) = h
-        .invite_from_trunk(caller, "+4969000002", "vs-1", &pai(caller, "TN-Validation-Passed-B"))
+        .invite_from_trunk(
+            caller,
+            "+4969000002",
+            "vs-1",
+            &pai(caller, "TN-Validation-Passed-B"),
+        )
         .await;
     assert_eq!(header(&got, "X-CRM-Attest").as_deref(), Some("B"), "{got}");
     assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"));
     // Failed on an `exception` line: forwarded, never to the CRM.
     let (_, got, _) = h
-        .invite_from_trunk(caller, "+4969000001", "vs-2", &pai(caller, "TN-Validation-Failed"))
+        .invite_from_trunk(
+            caller,
+            "+4969000001",
+            "vs-2",
+            &pai(caller, "TN-Validation-Failed"),
+        )
         .await;
     assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("exception"));
     assert_eq!(header(&got, "X-CRM-Reason").as_deref(), Some("verstat"));
@@ -291,9 +392,16 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
         "vs-3",
         "",
     );
-    h.trunk.send_to(from_verstat.as_bytes(), h.sip_udp).await.unwrap();
+    h.trunk
+        .send_to(from_verstat.as_bytes(), h.sip_udp)
+        .await
+        .unwrap();
     let (got, _) = recv(&h.pbx).await;
-    assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"), "{got}");
+    assert_eq!(
+        header(&got, "X-CRM-Verdict").as_deref(),
+        Some("log"),
+        "{got}"
+    );
     assert_eq!(header(&got, "X-CRM-Attest").as_deref(), Some("failed"));
     assert_eq!(header(&got, "X-CRM-Client").as_deref(), Some(caller));
 
@@ -314,7 +422,9 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
 
     // The same INVITE from a trunk without trust_pai: its verstat is not
     // read, the call goes through untagged by it.
-    let plain = UdpSocket::bind("127.0.0.4:0").await.expect("bind 127.0.0.4");
+    let plain = UdpSocket::bind("127.0.0.4:0")
+        .await
+        .expect("bind 127.0.0.4");
     let inv = invite(
         h.sip_udp,
         plain.local_addr().unwrap(),
@@ -325,18 +435,41 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
     );
     plain.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
     let (got, _) = recv(&h.pbx).await;
-    assert_eq!(header(&got, "X-CRM-Attest").as_deref(), Some("none"), "{got}");
+    assert_eq!(
+        header(&got, "X-CRM-Attest").as_deref(),
+        Some("none"),
+        "{got}"
+    );
     assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"));
 
-    for (attest, verdict) in [("B", "log"), ("failed", "exception"), ("failed", "log"), ("failed", "rejected"), ("none", "log")] {
-        let line = format!("sipscreen_calls_attested_total{{attest=\"{attest}\",verdict=\"{verdict}\"}} 1");
+    for (attest, verdict) in [
+        ("B", "log"),
+        ("failed", "exception"),
+        ("failed", "log"),
+        ("failed", "rejected"),
+        ("none", "log"),
+    ] {
+        let line = format!(
+            "sipscreen_calls_attested_total{{attest=\"{attest}\",verdict=\"{verdict}\"}} 1"
+        );
         assert!(metric_reaches(&h, &line).await, "{line}");
     }
-    assert!(metric_reaches(&h, "sipscreen_sip_errors_total{reason=\"verstat_failed\"} 1").await);
+    assert!(
+        metric_reaches(
+            &h,
+            "sipscreen_sip_errors_total{reason=\"verstat_failed\"} 1"
+        )
+        .await
+    );
 
     // The call log keeps reason and attestation: the PBX refuses vs-2.
     let (_, got, _) = h
-        .invite_from_trunk(caller, "+4969000001", "vs-6", &pai(caller, "TN-Validation-Failed"))
+        .invite_from_trunk(
+            caller,
+            "+4969000001",
+            "vs-6",
+            &pai(caller, "TN-Validation-Failed"),
+        )
         .await;
     let busy = response_to(&got, 486, "Busy Here", "pbx-6", "");
     h.pbx.send_to(busy.as_bytes(), h.sip_udp).await.unwrap();
@@ -353,6 +486,10 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
         assert!(Instant::now() < deadline, "vs-6 never logged: {v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!((record["reason"].as_str(), record["attest"].as_str()), (Some("verstat"), Some("failed")), "{record}");
+    assert_eq!(
+        (record["reason"].as_str(), record["attest"].as_str()),
+        (Some("verstat"), Some("failed")),
+        "{record}"
+    );
     h.stop().await;
 }

@@ -509,13 +509,7 @@ pub async fn import(
                 chunk: Bytes::new(),
             },
         );
-        ex.import(
-            reader,
-            &rt.screener,
-            &actor.name,
-            "import",
-            |_| {},
-        )
+        ex.import(reader, &rt.screener, &actor.name, "import", |_| {})
     });
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;

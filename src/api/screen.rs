@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiJson, ApiState};
 use crate::config::Role;
 use crate::screening::Direction;
-use crate::screening::verstat::Attest;
 use crate::screening::source::check_email;
+use crate::screening::verstat::Attest;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-pub use crate::screening::prefixes::Rule;
 use crate::screening::prefixes::PrefixTable;
+pub use crate::screening::prefixes::Rule;
 use rustc_hash::FxHashSet;
 
 /// Delta size (per kind) that triggers a merge into a new base.
@@ -569,7 +569,11 @@ impl Inner {
         fn over<B: Base>(l: &Layer<B>, t: usize) -> Option<Arc<B>> {
             (l.delta_len() >= t).then(|| Arc::new(l.merged()))
         }
-        fn rebase<B: Base>(cur: &Arc<Layer<B>>, from: &Layer<B>, m: Option<Arc<B>>) -> Arc<Layer<B>> {
+        fn rebase<B: Base>(
+            cur: &Arc<Layer<B>>,
+            from: &Layer<B>,
+            m: Option<Arc<B>>,
+        ) -> Arc<Layer<B>> {
             match m {
                 Some(m) if Arc::ptr_eq(&cur.base, &from.base) => Arc::new(cur.rebased(from, m)),
                 _ => Arc::clone(cur),

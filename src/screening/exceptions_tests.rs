@@ -236,16 +236,42 @@ fn email_matches_address_then_domain_then_parents() {
         Item::email("spam@other.test", false),
     ]);
     let m = |a: &str| set.match_email(a).map(|m| (m.entry, m.allow));
-    assert_eq!(m("boss@newsletter.example"), Some(("boss@newsletter.example".into(), true)));
-    assert_eq!(m("news@newsletter.example"), Some(("@newsletter.example".into(), false)));
-    assert_eq!(m("a@eu.newsletter.example"), Some(("@*.example".into(), false)));
-    assert_eq!(m("a@x.shop.example"), Some(("@*.shop.example".into(), true)));
-    assert_eq!(m("a@shop.example"), Some(("@*.example".into(), false)), "@*.shop.example is only its subdomains");
-    assert_eq!(m("a@example"), None, "@*.example does not match example itself");
-    assert_eq!(m("SPAM@other.test"), Some(("spam@other.test".into(), false)));
+    assert_eq!(
+        m("boss@newsletter.example"),
+        Some(("boss@newsletter.example".into(), true))
+    );
+    assert_eq!(
+        m("news@newsletter.example"),
+        Some(("@newsletter.example".into(), false))
+    );
+    assert_eq!(
+        m("a@eu.newsletter.example"),
+        Some(("@*.example".into(), false))
+    );
+    assert_eq!(
+        m("a@x.shop.example"),
+        Some(("@*.shop.example".into(), true))
+    );
+    assert_eq!(
+        m("a@shop.example"),
+        Some(("@*.example".into(), false)),
+        "@*.shop.example is only its subdomains"
+    );
+    assert_eq!(
+        m("a@example"),
+        None,
+        "@*.example does not match example itself"
+    );
+    assert_eq!(
+        m("SPAM@other.test"),
+        Some(("spam@other.test".into(), false))
+    );
     assert_eq!(m("ham@other.test"), None);
     // Changing the action replaces the entry.
     set.insert_items(&[Item::email("@newsletter.example", true)]);
-    assert_eq!(m("news@newsletter.example"), Some(("@newsletter.example".into(), true)));
+    assert_eq!(
+        m("news@newsletter.example"),
+        Some(("@newsletter.example".into(), true))
+    );
     assert_eq!(set.counts().1, 5);
 }

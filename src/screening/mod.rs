@@ -15,7 +15,7 @@ pub mod lines;
 pub mod normalize;
 pub mod prefixes;
 pub mod source;
-pub mod verstat;
 mod verdict;
+pub mod verstat;
 
 pub use verdict::{Client, CreateTag, Direction, Reason, Screener, Screening};

@@ -192,7 +192,7 @@ pub fn range_cover(lo: u64, hi: u64) -> Vec<(u64, u32)> {
         let mut k = 0u32;
         while k < len - 1 {
             let size = POW10[(k + 1) as usize];
-            if a % size != 0 || a + (size - 1) > hi {
+            if !a.is_multiple_of(size) || a + (size - 1) > hi {
                 break;
             }
             k += 1;

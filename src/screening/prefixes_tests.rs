@@ -48,11 +48,20 @@ fn the_minimal_cover_of_a_range() {
     // 120..=315 of three digits: 12, 13..19 would be 8 prefixes; the
     // minimal cover is 12*, 13*..19*, 2*, 30*, 310*..315*.
     let c = range_cover(120, 315);
-    let want: Vec<(u64, u32)> = [(12, 2), (13, 2), (14, 2), (15, 2), (16, 2), (17, 2), (18, 2), (19, 2)]
-        .into_iter()
-        .chain([(2, 1), (30, 2)])
-        .chain((310..=315).map(|d| (d, 3)))
-        .collect();
+    let want: Vec<(u64, u32)> = [
+        (12, 2),
+        (13, 2),
+        (14, 2),
+        (15, 2),
+        (16, 2),
+        (17, 2),
+        (18, 2),
+        (19, 2),
+    ]
+    .into_iter()
+    .chain([(2, 1), (30, 2)])
+    .chain((310..=315).map(|d| (d, 3)))
+    .collect();
     assert_eq!(c, want);
 }
 

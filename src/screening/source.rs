@@ -141,12 +141,15 @@ impl ExceptionSource for FileSource {
             path: self.path.clone(),
             source,
         })?;
-        load_from(BufReader::with_capacity(1 << 16, file), normalizer, self.max_range).map_err(|(line, source)| {
-            SourceError::Read {
-                path: self.path.clone(),
-                line,
-                source,
-            }
+        load_from(
+            BufReader::with_capacity(1 << 16, file),
+            normalizer,
+            self.max_range,
+        )
+        .map_err(|(line, source)| SourceError::Read {
+            path: self.path.clone(),
+            line,
+            source,
         })
     }
 }
@@ -318,7 +321,8 @@ fn number(value: &str, normalizer: &Normalizer) -> Result<u64, &'static str> {
 /// A prefix in any number form: `+4930901`, `004930901`, national `030901`
 /// (the default region's country code replaces the trunk prefix).
 fn prefix(p: &str, normalizer: &Normalizer) -> Result<Value, &'static str> {
-    const WHY: &str = "a prefix is digits before the '*' (+4930901*, 004930901*, or national 030901*)";
+    const WHY: &str =
+        "a prefix is digits before the '*' (+4930901*, 004930901*, or national 030901*)";
     let digits: String = p
         .trim()
         .chars()
@@ -514,28 +518,66 @@ mod tests {
         let v = |t: &str| e(t).unwrap().unwrap();
         assert_eq!(v("+49 30 901*; area").value, Value::Prefix(4930901, 7));
         assert_eq!(v("004930901*").value, Value::Prefix(4930901, 7));
-        assert_eq!(v("030 901*").value, Value::Prefix(4930901, 7), "national with the region");
+        assert_eq!(
+            v("030 901*").value,
+            Value::Prefix(4930901, 7),
+            "national with the region"
+        );
         let a = v("! +49309018*; our office");
         assert!(a.allow);
-        assert_eq!((a.value, a.comment.as_str()), (Value::Prefix(49309018, 8), "our office"));
+        assert_eq!(
+            (a.value, a.comment.as_str()),
+            (Value::Prefix(49309018, 8), "our office")
+        );
         let r = v("+493090180000..+493090189999");
         assert_eq!(r.value.stored(), [(Kind::Phone, "+49309018*".to_string())]);
-        assert_eq!(v("030 90180000..030 90189999").value, Value::Range(493090180000, 493090189999));
-        assert_eq!(v("@NewsLetter.Example").value, Value::Email("@newsletter.example".into()));
-        assert_eq!(v("!@*.Example.com").value, Value::Email("@*.example.com".into()));
+        assert_eq!(
+            v("030 90180000..030 90189999").value,
+            Value::Range(493090180000, 493090189999)
+        );
+        assert_eq!(
+            v("@NewsLetter.Example").value,
+            Value::Email("@newsletter.example".into())
+        );
+        assert_eq!(
+            v("!@*.Example.com").value,
+            Value::Email("@*.example.com".into())
+        );
         assert!(v("!@*.Example.com").allow);
         // A one-number range is the exact number; a ragged one several.
-        assert_eq!(v("+4930901820..+4930901820").value.stored(), [(Kind::Phone, "+4930901820".to_string())]);
+        assert_eq!(
+            v("+4930901820..+4930901820").value.stored(),
+            [(Kind::Phone, "+4930901820".to_string())]
+        );
         let ragged = v("+4930901815..+4930901834").value.stored();
         let values: Vec<&str> = ragged.iter().map(|(_, v)| v.as_str()).collect();
-        assert_eq!(values, ["+4930901815", "+4930901816", "+4930901817", "+4930901818", "+4930901819", "+493090182*", "+4930901830", "+4930901831", "+4930901832", "+4930901833", "+4930901834"]);
+        assert_eq!(
+            values,
+            [
+                "+4930901815",
+                "+4930901816",
+                "+4930901817",
+                "+4930901818",
+                "+4930901819",
+                "+493090182*",
+                "+4930901830",
+                "+4930901831",
+                "+4930901832",
+                "+4930901833",
+                "+4930901834"
+            ]
+        );
     }
 
     #[test]
     fn bad_patterns_and_large_ranges_are_refused_with_reasons() {
         let n = Normalizer::new(Id::DE, &[]);
         let e = |t: &str| parse_entry(t.as_bytes(), &n, 100_000).unwrap_err();
-        assert!(e("+49x*").contains("digits before the '*'"), "{}", e("+49x*"));
+        assert!(
+            e("+49x*").contains("digits before the '*'"),
+            "{}",
+            e("+49x*")
+        );
         assert!(e("*").contains("digits before"));
         assert!(e("+4930901820..+493090182").contains("same number of digits"));
         assert!(e("+4930901829..+4930901820").contains("lower number"));
@@ -543,8 +585,14 @@ mod tests {
         assert!(e("@a*b.example").contains("domain entry"));
         assert!(e("@nodot").contains("domain entry"));
         let big = "+493000000000..+493999999999";
-        assert!(e(big).contains("covers 1000000000 numbers") && e(big).contains("large"), "{}", e(big));
-        let ok = parse_entry(format!("{big} LARGE; all Berlin").as_bytes(), &n, 100_000).unwrap().unwrap();
+        assert!(
+            e(big).contains("covers 1000000000 numbers") && e(big).contains("large"),
+            "{}",
+            e(big)
+        );
+        let ok = parse_entry(format!("{big} LARGE; all Berlin").as_bytes(), &n, 100_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(ok.value.stored().len(), 1, "one prefix: +493*");
         assert_eq!(ok.value.stored()[0].1, "+493*");
     }

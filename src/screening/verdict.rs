@@ -13,9 +13,9 @@ use crate::config::{
     ConfigError, CreateFor, CreateMode, CrmMode, Diagnostic, Loaded, OnVerstatFailed, Verdict,
 };
 use crate::screening::exceptions::{EmailMatch, ExceptionSet, PhoneMatch, Rule};
-use crate::screening::verstat::Attest;
 use crate::screening::lines::{LineSettings, LineTable};
 use crate::screening::normalize::{Normalizer, write_e164};
+use crate::screening::verstat::Attest;
 
 /// Which way the call goes, seen from the PBX's users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -218,15 +218,36 @@ fn the_longest_entry_decides_and_says_so() {
     ]);
     let at = |caller: &[u8]| sc.screen(Direction::Inbound, b"+4930901820", Some(caller));
     let s = at(b"+4930901799");
-    assert_eq!((s.verdict, reason(&s).as_deref()), (Verdict::Exception, Some("prefix:+4930901")));
-    assert!(tags(&s).contains("X-CRM-Reason: prefix:+4930901\r\n"), "{}", tags(&s));
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Exception, Some("prefix:+4930901"))
+    );
+    assert!(
+        tags(&s).contains("X-CRM-Reason: prefix:+4930901\r\n"),
+        "{}",
+        tags(&s)
+    );
     let s = at(b"+4930901812");
-    assert_eq!((s.verdict, reason(&s).as_deref()), (Verdict::Log, Some("allow:+49309018")));
-    assert_eq!(s.create(), CreateTag::Offer, "an allowed caller is an ordinary log call");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Log, Some("allow:+49309018"))
+    );
+    assert_eq!(
+        s.create(),
+        CreateTag::Offer,
+        "an allowed caller is an ordinary log call"
+    );
     let s = at(b"+4930901811");
-    assert_eq!((s.verdict, reason(&s).as_deref()), (Verdict::Exception, Some("listed")), "an exact entry is the longest");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Exception, Some("listed")),
+        "an exact entry is the longest"
+    );
     let s = at(b"+4930901700");
-    assert_eq!((s.verdict, reason(&s).as_deref()), (Verdict::Log, Some("allow:+4930901700")));
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Log, Some("allow:+4930901700"))
+    );
     let s = at(b"+4930801700");
     assert_eq!((s.verdict, reason(&s)), (Verdict::Log, None));
     assert!(!tags(&s).contains("X-CRM-Reason"));
@@ -239,12 +260,25 @@ fn a_failed_verification_does_what_the_line_says() {
     let v = |line: &[u8], a| sc.screen_verified(Direction::Inbound, line, caller, a);
     // The defaults ignore it; the tag still tells.
     let s = v(b"+4930901820", Attest::Failed);
-    assert_eq!((s.verdict, s.reject, reason(&s)), (Verdict::Log, false, None));
-    assert!(tags(&s).ends_with("X-CRM-Attest: failed\r\n"), "{}", tags(&s));
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s)),
+        (Verdict::Log, false, None)
+    );
+    assert!(
+        tags(&s).ends_with("X-CRM-Attest: failed\r\n"),
+        "{}",
+        tags(&s)
+    );
     let s = v(b"+4969000001", Attest::Failed);
-    assert_eq!((s.verdict, s.reject, reason(&s).as_deref()), (Verdict::Exception, false, Some("verstat")));
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s).as_deref()),
+        (Verdict::Exception, false, Some("verstat"))
+    );
     let s = v(b"+4969000002", Attest::Failed);
-    assert_eq!((s.verdict, s.reject, reason(&s).as_deref()), (Verdict::Exception, true, Some("verstat")));
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s).as_deref()),
+        (Verdict::Exception, true, Some("verstat"))
+    );
     // A passed call on a rejecting line is an ordinary call.
     for a in [Attest::A, Attest::B, Attest::C, Attest::None] {
         let s = v(b"+4969000002", a);
@@ -263,7 +297,13 @@ fn a_failed_verification_does_what_the_line_says() {
 
 #[test]
 fn reasons_read_back() {
-    for r in ["listed", "prefix:+4930901", "allow:+49309018", "verstat", "anonymous"] {
+    for r in [
+        "listed",
+        "prefix:+4930901",
+        "allow:+49309018",
+        "verstat",
+        "anonymous",
+    ] {
         assert_eq!(Reason::parse(r).unwrap().to_string(), r);
     }
     for bad in ["", "prefix:", "prefix:4930", "allow:+", "other:+49"] {
@@ -279,9 +319,22 @@ fn e_mails_match_address_domain_and_parents_replies_pass() {
         Item::email("@*.ads.example", false),
         Item::email("ceo@newsletter.example", true),
     ]);
-    assert_eq!(sc.screen_email("promo@newsletter.example", false), Verdict::Exception);
-    assert_eq!(sc.screen_email("promo@newsletter.example", true), Verdict::Log, "a reply always passes");
-    assert_eq!(sc.screen_email("CEO@newsletter.example", false), Verdict::Log);
-    assert_eq!(sc.screen_email("x@eu.ads.example", false), Verdict::Exception);
+    assert_eq!(
+        sc.screen_email("promo@newsletter.example", false),
+        Verdict::Exception
+    );
+    assert_eq!(
+        sc.screen_email("promo@newsletter.example", true),
+        Verdict::Log,
+        "a reply always passes"
+    );
+    assert_eq!(
+        sc.screen_email("CEO@newsletter.example", false),
+        Verdict::Log
+    );
+    assert_eq!(
+        sc.screen_email("x@eu.ads.example", false),
+        Verdict::Exception
+    );
     assert_eq!(sc.screen_email("x@ads.example", false), Verdict::Log);
 }

@@ -28,7 +28,13 @@ pub enum Attest {
 
 impl Attest {
     /// Every value, in the metrics' order.
-    pub const ALL: [Attest; 5] = [Attest::A, Attest::B, Attest::C, Attest::Failed, Attest::None];
+    pub const ALL: [Attest; 5] = [
+        Attest::A,
+        Attest::B,
+        Attest::C,
+        Attest::Failed,
+        Attest::None,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,7 +109,16 @@ mod tests {
         assert_eq!(a("TN-Validation-Failed"), Attest::Failed);
         assert_eq!(a("TN-Validation-Failed-B"), Attest::Failed);
         assert_eq!(a("No-TN-Validation"), Attest::None);
-        for bad in ["", "-", "TN-Validation-Passed-Z", "TN-Validation-Passed-", "TN-Validation", "TN-Validation-Failedx", "TN-Validation-Passed-AB", "Passed"] {
+        for bad in [
+            "",
+            "-",
+            "TN-Validation-Passed-Z",
+            "TN-Validation-Passed-",
+            "TN-Validation",
+            "TN-Validation-Failedx",
+            "TN-Validation-Passed-AB",
+            "Passed",
+        ] {
             assert_eq!(a(bad), Attest::None, "{bad:?}");
         }
     }
@@ -111,13 +126,34 @@ mod tests {
     #[test]
     fn found_in_the_user_part_or_the_uri_parameters() {
         let u = |s: &str| Attest::of_uri(s.as_bytes());
-        assert_eq!(u("sip:+12155550112;verstat=TN-Validation-Passed@example.com;user=phone"), Some(Attest::A));
-        assert_eq!(u("sip:+12155550112@example.com;user=phone;VerStat=TN-Validation-Failed"), Some(Attest::Failed));
-        assert_eq!(u("tel:+12155550112;verstat=TN-Validation-Passed-C"), Some(Attest::C));
-        assert_eq!(u("sip:+12155550112@example.com;verstat=TN-Validation-Passed-B;user=phone"), Some(Attest::B));
+        assert_eq!(
+            u("sip:+12155550112;verstat=TN-Validation-Passed@example.com;user=phone"),
+            Some(Attest::A)
+        );
+        assert_eq!(
+            u("sip:+12155550112@example.com;user=phone;VerStat=TN-Validation-Failed"),
+            Some(Attest::Failed)
+        );
+        assert_eq!(
+            u("tel:+12155550112;verstat=TN-Validation-Passed-C"),
+            Some(Attest::C)
+        );
+        assert_eq!(
+            u("sip:+12155550112@example.com;verstat=TN-Validation-Passed-B;user=phone"),
+            Some(Attest::B)
+        );
         assert_eq!(u("sip:+12155550112@example.com;user=phone"), None);
-        assert_eq!(u("sip:+12155550112@example.com;xverstat=TN-Validation-Failed"), None);
-        assert_eq!(u("sip:+12155550112@example.com;verstat="), Some(Attest::None));
-        assert_eq!(u("sip:+12155550112@example.com;verstat=garbage"), Some(Attest::None));
+        assert_eq!(
+            u("sip:+12155550112@example.com;xverstat=TN-Validation-Failed"),
+            None
+        );
+        assert_eq!(
+            u("sip:+12155550112@example.com;verstat="),
+            Some(Attest::None)
+        );
+        assert_eq!(
+            u("sip:+12155550112@example.com;verstat=garbage"),
+            Some(Attest::None)
+        );
     }
 }

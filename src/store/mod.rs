@@ -202,10 +202,7 @@ pub enum StoreError {
 /// The durable exception list.
 pub trait ExceptionStore: Send + Sync + 'static {
     /// Every entry not expired at `now`, as the in-memory set holds it.
-    fn load_active(
-        &self,
-        now: i64,
-    ) -> Result<Vec<crate::screening::exceptions::Item>, StoreError>;
+    fn load_active(&self, now: i64) -> Result<Vec<crate::screening::exceptions::Item>, StoreError>;
 
     /// Adds or updates `entries` in one durable transaction, by `actor`.
     fn upsert(&self, entries: &[NewEntry], actor: &str, now: i64) -> Result<Upserted, StoreError>;

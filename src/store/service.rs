@@ -101,7 +101,6 @@ pub enum FileImportError {
     Store(#[from] StoreError),
 }
 
-
 impl Exceptions {
     pub fn new(
         store: Arc<dyn ExceptionStore>,

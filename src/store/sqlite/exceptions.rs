@@ -258,7 +258,11 @@ impl ExceptionStore for SqliteStore {
             arg(&mut sql, " AND pattern = ?", p.as_str().to_string().into());
         }
         if let Some(a) = f.allow {
-            arg(&mut sql, " AND action = ?", action_str(a).to_string().into());
+            arg(
+                &mut sql,
+                " AND action = ?",
+                action_str(a).to_string().into(),
+            );
         }
         if let Some(p) = &f.prefix {
             // A range on the unique index: every string starting with `p`
@@ -463,12 +467,26 @@ mod tests {
         e.allow = true;
         let r = s.upsert(std::slice::from_ref(&e), "t", 2).unwrap();
         assert_eq!((r.added, r.updated), (0, 1));
-        let got = s.list(&ListFilter { limit: 5, ..Default::default() }).unwrap();
+        let got = s
+            .list(&ListFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!((got[0].pattern, got[0].allow), (Pattern::Prefix, true));
         let audit = s.audit(Some("+4930901*"), None, 5).unwrap();
-        let acts: Vec<(&str, &str)> = audit.iter().map(|a| (a.action.as_str(), a.entry_action.as_str())).collect();
+        let acts: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|a| (a.action.as_str(), a.entry_action.as_str()))
+            .collect();
         assert_eq!(acts, [("update", "allow"), ("add", "block")]);
-        let allow_only = s.list(&ListFilter { allow: Some(false), limit: 5, ..Default::default() }).unwrap();
+        let allow_only = s
+            .list(&ListFilter {
+                allow: Some(false),
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
         assert!(allow_only.is_empty());
     }
 }

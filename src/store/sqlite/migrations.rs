@@ -157,8 +157,8 @@ pub(super) fn migrate(c: &mut Connection, shown: &str) -> Result<i64, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
     use crate::screening::exceptions::{Item, Rule};
+    use crate::store::sqlite::SqliteStore;
     use crate::store::{
         CallStore, ContactStore, ExceptionStore, Kind, ListFilter, NewEntry, OutboxStore, Pattern,
     };
@@ -216,7 +216,8 @@ mod tests {
             for (i, sql) in [V1, V2].iter().enumerate() {
                 let tx = c.transaction().unwrap();
                 tx.execute_batch(sql).unwrap();
-                tx.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+                tx.pragma_update(None, "user_version", i as i64 + 1)
+                    .unwrap();
                 tx.commit().unwrap();
             }
             c.execute_batch(
@@ -234,10 +235,22 @@ mod tests {
         items.sort_by_key(|i| format!("{i:?}"));
         assert_eq!(
             items,
-            [Item::email("boss@example.com", false), Item::Phone(4930901820)]
+            [
+                Item::email("boss@example.com", false),
+                Item::Phone(4930901820)
+            ]
         );
-        let listed = s.list(&ListFilter { limit: 10, ..Default::default() }).unwrap();
-        assert!(listed.iter().all(|e| e.pattern == Pattern::Exact && !e.allow));
+        let listed = s
+            .list(&ListFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|e| e.pattern == Pattern::Exact && !e.allow)
+        );
         assert_eq!(s.audit(None, None, 10).unwrap()[0].entry_action, "block");
         let allow = NewEntry {
             kind: Kind::Phone,
@@ -249,9 +262,19 @@ mod tests {
             allow: true,
         };
         s.upsert(&[allow], "bob", 3).unwrap();
-        let got = s.list(&ListFilter { pattern: Some(Pattern::Prefix), limit: 10, ..Default::default() }).unwrap();
+        let got = s
+            .list(&ListFilter {
+                pattern: Some(Pattern::Prefix),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!((got.len(), got[0].allow), (1, true));
-        assert!(s.load_active(4).unwrap().contains(&Item::Rule(Rule::parse_value("+49309018*", true).unwrap())));
+        assert!(
+            s.load_active(4)
+                .unwrap()
+                .contains(&Item::Rule(Rule::parse_value("+49309018*", true).unwrap()))
+        );
         drop(s);
         assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), 3);
     }
