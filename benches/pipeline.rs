@@ -105,6 +105,16 @@ fn with_prefixes(rt: &Runtime, phones: &[u64], n: usize) -> u64 {
     first
 }
 
+/// Scans, classifies and routes one INVITE: what it is forwarded as.
+fn route_once(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> Bytes {
+    let m = Message::scan(msg.clone()).expect("scans");
+    let side = rt.routing.classify(remote.ip());
+    match request::route(rt, local, &m, remote, TransportKind::Udp, side) {
+        Outcome::Forward { data, .. } => data,
+        _ => panic!("not forwarded"),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
     let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
@@ -119,16 +129,7 @@ fn bench(c: &mut Criterion) {
             ("unlisted", &unlisted),
             ("national", &national),
         ] {
-            g.bench_function(name, |b| {
-                b.iter(|| {
-                    let m = Message::scan(msg.clone()).expect("scans");
-                    let side = rt.routing.classify(remote.ip());
-                    match request::route(&rt, &local, &m, remote, TransportKind::Udp, side) {
-                        Outcome::Forward { data, .. } => data,
-                        _ => panic!("not forwarded"),
-                    }
-                })
-            });
+            g.bench_function(name, |b| b.iter(|| route_once(&rt, &local, remote, msg)));
         }
         g.finish();
     }
@@ -138,16 +139,7 @@ fn bench(c: &mut Criterion) {
     let unlisted = invite("+4917099988877");
     let mut g = c.benchmark_group("pipeline/1M+1M-prefixes");
     for (name, msg) in [("prefix", &in_prefix), ("unlisted", &unlisted)] {
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let m = Message::scan(msg.clone()).expect("scans");
-                let side = rt.routing.classify(remote.ip());
-                match request::route(&rt, &local, &m, remote, TransportKind::Udp, side) {
-                    Outcome::Forward { data, .. } => data,
-                    _ => panic!("not forwarded"),
-                }
-            })
-        });
+        g.bench_function(name, |b| b.iter(|| route_once(&rt, &local, remote, msg)));
     }
     g.finish();
 }
@@ -160,12 +152,7 @@ const CALLGRIND_INVITES: usize = 10_000;
 fn callgrind_loop(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> usize {
     let mut bytes = 0;
     for _ in 0..CALLGRIND_INVITES {
-        let m = Message::scan(msg.clone()).expect("scans");
-        let side = rt.routing.classify(remote.ip());
-        match request::route(rt, local, &m, remote, TransportKind::Udp, side) {
-            Outcome::Forward { data, .. } => bytes += std::hint::black_box(data).len(),
-            _ => panic!("not forwarded"),
-        }
+        bytes += std::hint::black_box(route_once(rt, local, remote, msg)).len();
     }
     bytes
 }

@@ -8,13 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::api::{Api, EDIT, VIEW};
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::UdpSocket;
-
-const EDIT: &str = "edit-token";
-const VIEW: &str = "view-token";
 
 /// Lines with `on_verstat_failed`, and a trunk whose identity (and so its
 /// verstat) is not believed.
@@ -33,69 +31,21 @@ target = "127.0.0.4:5999"
 sources = ["127.0.0.4/32"]
 "#;
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(h: &Harness) -> Api {
-        Api {
-            base: format!("http://{}/api/v1", h.server.admin.expect("admin listener")),
-            http: reqwest::Client::new(),
-        }
+/// (verdict, reason, attest) the API gives an inbound call.
+async fn screen(
+    api: &Api,
+    number: &str,
+    line: &str,
+    verstat: Option<&str>,
+) -> (String, String, String) {
+    let mut q = json!({"number": number, "line": line, "direction": "inbound"});
+    if let Some(v) = verstat {
+        q["verstat"] = json!(v);
     }
-
-    async fn call(&self, r: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let resp = r.send().await.expect("HTTP answer");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let url = format!("{}{path}", self.base);
-        self.call(self.http.get(url).bearer_auth(VIEW)).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let url = format!("{}{path}", self.base);
-        self.call(self.http.post(url).bearer_auth(EDIT).json(&body))
-            .await
-    }
-
-    async fn import(&self, text: &str) -> (StatusCode, Value) {
-        let url = format!("{}/exceptions/import", self.base);
-        let r = self.http.post(url).bearer_auth(EDIT);
-        self.call(
-            r.header("content-type", "text/plain")
-                .body(text.to_string()),
-        )
-        .await
-    }
-
-    async fn delete(&self, value: &str) -> (StatusCode, Value) {
-        let url = format!("{}/exceptions/{value}", self.base);
-        self.call(self.http.delete(url).bearer_auth(EDIT)).await
-    }
-
-    /// (verdict, reason, attest) the API gives an inbound call.
-    async fn screen(
-        &self,
-        number: &str,
-        line: &str,
-        verstat: Option<&str>,
-    ) -> (String, String, String) {
-        let mut q = json!({"number": number, "line": line, "direction": "inbound"});
-        if let Some(v) = verstat {
-            q["verstat"] = json!(v);
-        }
-        let (s, v) = self.post("/screen", q).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        let str_of = |k: &str| v[k].as_str().unwrap_or("").to_string();
-        (str_of("verdict"), str_of("reason"), str_of("attest"))
-    }
+    let (s, v) = api.post(VIEW, "/screen", q).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let str_of = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    (str_of("verdict"), str_of("reason"), str_of("attest"))
 }
 
 const IMPORT: &str = "\
@@ -115,7 +65,7 @@ const IMPORT: &str = "\
 async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     let h = Harness::start_with("udp", EXTRA).await;
     let api = Api::new(&h);
-    let (s, r) = api.import(IMPORT).await;
+    let (s, r) = api.import(EDIT, IMPORT).await;
     assert_eq!(s, StatusCode::OK, "{r}");
     // Eight entries: each range is one prefix.
     assert_eq!(r["added"], 8, "{r}");
@@ -142,7 +92,7 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
         ("+4931000000", "log", ""),
     ];
     for (number, verdict, reason) in cases {
-        let got = api.screen(number, line, None).await;
+        let got = screen(&api, number, line, None).await;
         assert_eq!(
             (got.0.as_str(), got.1.as_str()),
             (verdict, reason),
@@ -151,7 +101,7 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     }
     // The range is stored as its one prefix, +493090189*.
     let (_, v) = api
-        .get("/exceptions?match=prefix&action=block&limit=50")
+        .get(VIEW, "/exceptions?match=prefix&action=block&limit=50")
         .await;
     let prefixes: Vec<&str> = v["items"]
         .as_array()
@@ -162,7 +112,7 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     for p in ["+4930901*", "+493090189*", "+4940*"] {
         assert!(prefixes.contains(&p), "{p} in {prefixes:?}");
     }
-    let (_, v) = api.get("/exceptions?action=allow").await;
+    let (_, v) = api.get(VIEW, "/exceptions?action=allow").await;
     let allows: Vec<(&str, &str)> = v["items"]
         .as_array()
         .unwrap()
@@ -182,7 +132,7 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     let email = |from: &'static str| {
         let api = &api;
         async move {
-            let (_, v) = api.post("/screen/email", json!({"from": from})).await;
+            let (_, v) = api.post(VIEW, "/screen/email", json!({"from": from})).await;
             (
                 v["verdict"].as_str().unwrap().to_string(),
                 v["reason"].as_str().unwrap_or("").to_string(),
@@ -228,23 +178,23 @@ async fn import_ranges_allows_and_domains_then_screen_by_the_longest_entry() {
     assert_eq!(header(&got, "X-CRM-Create").as_deref(), Some("offer"));
 
     // Removing the allow prefix: the shorter block decides again.
-    let (s, v) = api.delete("%2B49309018*").await;
+    let (s, v) = api.delete(EDIT, "%2B49309018*").await;
     assert_eq!(
         (s, v["match"].as_str()),
         (StatusCode::OK, Some("prefix")),
         "{v}"
     );
     assert_eq!(
-        api.screen("+4930901812", line, None).await.1,
+        screen(&api, "+4930901812", line, None).await.1,
         "prefix:+4930901"
     );
     // A range is removed as its prefixes.
-    let (s, v) = api.delete("%2B493090189000..%2B493090189999").await;
+    let (s, v) = api.delete(EDIT, "%2B493090189000..%2B493090189999").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["removed"][0]["value"], "+493090189*");
     assert_eq!(v["removed"][0]["given"], "+493090189000..+493090189999");
     assert_eq!(
-        api.screen("+493090189123", line, None).await.1,
+        screen(&api, "+493090189123", line, None).await.1,
         "prefix:+4930901"
     );
     h.stop().await;
@@ -256,6 +206,7 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     let api = Api::new(&h);
     let (s, v) = api
         .post(
+            EDIT,
             "/exceptions",
             json!({"value": "+4917*", "comment": "mobiles"}),
         )
@@ -267,6 +218,7 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     );
     let (s, v) = api
         .post(
+            EDIT,
             "/exceptions",
             json!({"value": "0170 1112223", "action": "allow"}),
         )
@@ -274,29 +226,29 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let line = "+4930901820";
     assert_eq!(
-        api.screen("+491701112223", line, None).await.1,
+        screen(&api, "+491701112223", line, None).await.1,
         "allow:+491701112223"
     );
     assert_eq!(
-        api.screen("+491701112224", line, None).await.1,
+        screen(&api, "+491701112224", line, None).await.1,
         "prefix:+4917"
     );
     // The same value as a block: an update that flips the action.
     let (s, v) = api
-        .post("/exceptions", json!({"value": "+491701112223"}))
+        .post(EDIT, "/exceptions", json!({"value": "+491701112223"}))
         .await;
     assert_eq!((s, &v["updated"]), (StatusCode::OK, &json!(1)), "{v}");
-    assert_eq!(api.screen("+491701112223", line, None).await.1, "listed");
-    let (_, audit) = api.get("/audit?value=%2B491701112223").await;
+    assert_eq!(screen(&api, "+491701112223", line, None).await.1, "listed");
+    let (_, audit) = api.get(VIEW, "/audit?value=%2B491701112223").await;
     assert_eq!(audit["items"][0]["entry_action"], "block");
     assert_eq!(audit["items"][1]["entry_action"], "allow");
 
     let big = "+493000000000..+493999999999";
-    let (s, v) = api.post("/exceptions", json!({"value": big})).await;
+    let (s, v) = api.post(EDIT, "/exceptions", json!({"value": big})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("large"), "{v}");
     let (s, v) = api
-        .post("/exceptions", json!({"value": big, "large": true}))
+        .post(EDIT, "/exceptions", json!({"value": big, "large": true}))
         .await;
     assert_eq!(
         (s, &v["values"]),
@@ -305,6 +257,7 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     );
     let (s, v) = api
         .post(
+            EDIT,
             "/exceptions",
             json!({"value": "+4930..+49", "action": "allow"}),
         )
@@ -312,6 +265,7 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = api
         .post(
+            EDIT,
             "/exceptions",
             json!({"value": "+4930*", "action": "permit"}),
         )
@@ -321,7 +275,9 @@ async fn api_entries_take_an_action_and_large_ranges_need_the_flag() {
         v["error"].as_str().unwrap().contains("block or allow"),
         "{v}"
     );
-    let (s, v) = api.post("/exceptions", json!({"value": "!+4930*"})).await;
+    let (s, v) = api
+        .post(EDIT, "/exceptions", json!({"value": "!+4930*"}))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(
         v["error"]
@@ -476,7 +432,7 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
     let api = Api::new(&h);
     let deadline = Instant::now() + Duration::from_secs(5);
     let record = loop {
-        let (_, v) = api.get("/calls?verdict=exception").await;
+        let (_, v) = api.get(VIEW, "/calls?verdict=exception").await;
         let found = v["items"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["sip_call_id"] == "vs-6").cloned());

@@ -275,6 +275,10 @@ impl Verdict {
     }
 }
 
+/// Default of `[screening] max_range_numbers`: a range covering more
+/// numbers needs the explicit "large" mark.
+pub const DEFAULT_MAX_RANGE_NUMBERS: u64 = 100_000;
+
 /// `[screening]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -300,7 +304,7 @@ impl Default for ScreeningConfig {
             anonymous: Verdict::Log,
             exceptions_file: None,
             bare_country_codes: Vec::new(),
-            max_range_numbers: crate::screening::source::DEFAULT_MAX_RANGE_NUMBERS,
+            max_range_numbers: DEFAULT_MAX_RANGE_NUMBERS,
         }
     }
 }

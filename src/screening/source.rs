@@ -216,9 +216,7 @@ pub enum Value {
     Email(String),
 }
 
-/// Default of `[screening] max_range_numbers`: a range covering more
-/// numbers needs the explicit "large" mark.
-pub const DEFAULT_MAX_RANGE_NUMBERS: u64 = 100_000;
+pub use crate::config::DEFAULT_MAX_RANGE_NUMBERS;
 
 /// One stored entry a value becomes: (kind, canonical value).
 pub type Stored = (Kind, String);

@@ -61,6 +61,19 @@ struct Subject<'a> {
     allow: bool,
 }
 
+impl<'a> Subject<'a> {
+    /// A written entry, with the origin it has in the store.
+    fn of(e: &'a NewEntry, origin: &'a str) -> Subject<'a> {
+        Subject {
+            kind: e.kind,
+            value: &e.value,
+            comment: &e.comment,
+            origin,
+            allow: e.allow,
+        }
+    }
+}
+
 fn audit_row(tx: &Connection, act: &Act<'_>, e: Subject<'_>) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO audit (at, actor, action, kind, value, comment, origin, entry_action)
@@ -169,13 +182,7 @@ impl ExceptionStore for SqliteStore {
                             actor,
                             action: "add",
                         },
-                        Subject {
-                            kind: e.kind,
-                            value: &e.value,
-                            comment: &e.comment,
-                            origin: &e.origin,
-                            allow: e.allow,
-                        },
+                        Subject::of(e, &e.origin),
                     )?;
                     continue;
                 }
@@ -195,13 +202,7 @@ impl ExceptionStore for SqliteStore {
                                 actor,
                                 action: "update",
                             },
-                            Subject {
-                                kind: e.kind,
-                                value: &e.value,
-                                comment: &e.comment,
-                                origin: &origin,
-                                allow: e.allow,
-                            },
+                            Subject::of(e, &origin),
                         )?;
                     }
                     None => out.unchanged += 1,
