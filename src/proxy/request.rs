@@ -320,32 +320,28 @@ fn decide<'r>(
     fn user<'a>(na: &NameAddr<'a>) -> Option<&'a [u8]> {
         Uri::parse(na.uri).ok().and_then(|u| u.user_number())
     }
-    let identity = |trust_pai: bool| {
-        let pai = if trust_pai && msg.count(HeaderName::PAssertedIdentity) > 0 {
-            msg.name_addr(HeaderName::PAssertedIdentity)
-                .and_then(|na| user(&na))
-        } else {
-            None
-        };
-        pai.or_else(|| user(&p.from))
-    };
-    let verstat = || {
+    // The identity (caller user, verstat) a trusted side asserts: the
+    // P-Asserted-Identity's, else From's; each header parsed once.
+    let asserted = || {
         let pai = (msg.count(HeaderName::PAssertedIdentity) > 0)
             .then(|| msg.name_addr(HeaderName::PAssertedIdentity))
-            .flatten()
-            .and_then(|na| Attest::of_uri(na.uri));
-        pai.or_else(|| Attest::of_uri(p.from.uri))
-            .unwrap_or(Attest::None)
+            .flatten();
+        let who = pai.as_ref().and_then(user).or_else(|| user(&p.from));
+        let attest = pai
+            .and_then(|na| Attest::of_uri(na.uri))
+            .or_else(|| Attest::of_uri(p.from.uri))
+            .unwrap_or(Attest::None);
+        (who, attest)
     };
     let ruri_user = ruri.user_number().unwrap_or(b"");
     match side {
-        Side::Trunk(i) => {
-            let trust = rt.routing.trunks[i].trust_pai;
-            let attest = if trust { verstat() } else { Attest::None };
-            rt.decide_verified(Direction::Inbound, ruri_user, identity(trust), attest)
+        Side::Trunk(i) if rt.routing.trunks[i].trust_pai => {
+            let (who, attest) = asserted();
+            rt.decide_verified(Direction::Inbound, ruri_user, who, attest)
         }
+        Side::Trunk(_) => rt.decide(Direction::Inbound, ruri_user, user(&p.from)),
         _ => {
-            let line = identity(true).unwrap_or(b"");
+            let line = asserted().0.unwrap_or(b"");
             rt.decide(Direction::Outbound, line, Some(ruri_user))
         }
     }
