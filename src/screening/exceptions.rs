@@ -21,7 +21,15 @@
 //!   On top of the base sits a small delta: `added` (not in the base) and
 //!   `removed` (in the base); a lookup checks the delta only when it is not
 //!   empty. A single insert or remove copies only the delta, never the base.
-//! - **E-mails** use the same layering with a hash set of `Box<str>` base.
+//! - **Prefix rules** (block and allow prefixes, exact allow entries) are a
+//!   third layer over a static longest-rule table ([`PrefixTable`], see
+//!   `prefixes`), with the same delta and merges. A phone lookup probes the
+//!   exact table first (an exact entry is the longest), then, only when any
+//!   rule is loaded, the rule table; with a delta present it walks the
+//!   delta's places longest first (`Layer::longest_with_delta`).
+//! - **E-mails** use the same layering with a hash set of `Box<str>` base:
+//!   addresses, `@domain` and `@*.domain` entries, an allow entry with `!`
+//!   before it.
 //! - **Writers serialise** on a `Mutex` (readers never touch it), copy the
 //!   small delta of the kind they change, and swap.
 //! - **Merging.** When a delta reaches the threshold (default 4096 entries)
