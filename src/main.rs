@@ -247,8 +247,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     r.text
                 );
             }
+            let other = if report.other > 0 {
+                format!(
+                    " (and {} prefix, range, allow or domain entries)",
+                    report.other
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s), {} CRM sink(s)",
+                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s){other}, {} CRM sink(s)",
                 path.display(),
                 rt.loaded.config.lines.len(),
                 rt.loaded.config.trunks.len(),
