@@ -4,6 +4,13 @@
 //!
 //! Run: `cargo bench --bench lookup`. Prints the phone table's heap bytes
 //! per entry at each size.
+//!
+//! `prefix/*`: with 1M prefix rules loaded, one `match_phone` against one
+//! step of a pointer chase (a random cyclic permutation of cache lines)
+//! over a buffer of the prefix table's size: the machine's random-access
+//! latency at that size. Both are latency-bound chains (the next query
+//! depends on the previous answer), so the ratio of the two times is what
+//! the target (≤ 2) is about: `cargo bench --bench lookup -- prefix/`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -11,7 +18,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use phonenumber::country::Id;
-use sipscreen::screening::exceptions::ExceptionSet;
+use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
 use sipscreen::screening::normalize::Normalizer;
 use sipscreen::screening::{Direction, Screener};
 
@@ -124,5 +131,88 @@ queue = ["101"]
     });
 }
 
-criterion_group!(benches, lookups, normalisation, screen);
+/// 1M prefix rules of German numbers (8 to 11 digits, one in ten an
+/// allow) and queries of which about half fall inside one.
+pub fn prefix_rules(n: usize, seed: u64) -> (Vec<Item>, Vec<u64>) {
+    let mut rng = Rng(seed);
+    let mut rules = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = 8 + (rng.next() % 4) as u32;
+        let d = 49 * 10u64.pow(len - 2) + rng.next() % 10u64.pow(len - 2);
+        let allow = rng.next().is_multiple_of(10);
+        rules.push(Item::Rule(Rule::prefix(d, len, allow).expect("a prefix")));
+    }
+    let queries = (0..QUERIES)
+        .map(|i| match &rules[(rng.next() % n as u64) as usize] {
+            Item::Rule(r) if i % 2 == 0 => {
+                let rest = 13 - r.len();
+                r.digits() * 10u64.pow(rest) + rng.next() % 10u64.pow(rest)
+            }
+            _ => 4_900_000_000_000 + rng.next() % 100_000_000_000,
+        })
+        .collect();
+    (rules, queries)
+}
+
+/// A random single cycle over `bytes / 64` cache lines (Sattolo), each
+/// line holding the index of the next; backed by huge pages as the tables.
+fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
+    let n = (bytes / 64).max(2);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng(seed);
+    for i in (1..n).rev() {
+        let j = (rng.next() % i as u64) as usize;
+        order.swap(i, j);
+    }
+    let mut buf: Vec<[usize; 8]> = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice on the fresh allocation's own pages; no contents change.
+    unsafe {
+        let start = buf.as_mut_ptr() as usize;
+        let aligned = (start + 4095) & !4095;
+        let len = (start + n * 64).saturating_sub(aligned) & !4095;
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    buf.resize(n, [0; 8]);
+    for w in 0..n {
+        buf[order[w]][0] = order[(w + 1) % n];
+    }
+    buf
+}
+
+fn prefixes(c: &mut Criterion) {
+    let n = 1_000_000;
+    let (rules, queries) = prefix_rules(n, 11);
+    let set = ExceptionSet::new();
+    set.replace_items(rules);
+    let bytes = set.prefix_table_bytes();
+    let hits = queries
+        .iter()
+        .filter(|&&q| set.match_phone(q).is_some())
+        .count();
+    eprintln!(
+        "prefixes 1M: {} rules, search structure {bytes} bytes ({:.1} per rule), {:.0} % of queries inside a rule",
+        set.rule_count(),
+        bytes as f64 / set.rule_count() as f64,
+        100.0 * hits as f64 / queries.len() as f64
+    );
+    let buf = chase_buffer(bytes, 5);
+    let mut at = 0usize;
+    c.bench_function("prefix/chase/1M", |b| {
+        b.iter(|| {
+            at = buf[at][0];
+            black_box(at)
+        })
+    });
+    let mut i = 0usize;
+    c.bench_function("prefix/lookup/1M", |b| {
+        b.iter(|| {
+            let m = set.match_phone(queries[i & (QUERIES - 1)]);
+            // The next query depends on this answer: a latency chain too.
+            i = i.wrapping_add(1 + usize::from(black_box(m).is_some()));
+        })
+    });
+}
+
+criterion_group!(benches, lookups, normalisation, screen, prefixes);
 criterion_main!(benches);

@@ -3,18 +3,31 @@
 //! apply the edit list. With 1M and 10M listed phones.
 //!
 //! cargo bench --bench pipeline
+//!
+//! Instructions per INVITE (valgrind): `SIPSCREEN_CALLGRIND=listed` (or
+//! `unlisted`, `national`; `prefix`: 1M prefix rules added, the caller
+//! inside one) makes the bench binary build the 1M-entry runtime, then
+//! route 10,000 INVITEs inside `callgrind_loop` and exit:
+//!
+//! ```text
+//! cargo bench --bench pipeline --no-run
+//! SIPSCREEN_CALLGRIND=listed valgrind --tool=callgrind --collect-atstart=no \
+//!   --toggle-collect='*callgrind_loop*' target/release/deps/pipeline-HASH
+//! ```
+//!
+//! and divide the `summary` Ir by 10,000.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use sipscreen::config::{self, TransportKind};
 use sipscreen::proxy::Local;
 use sipscreen::proxy::request::{self, Outcome};
 use sipscreen::runtime::Runtime;
-use sipscreen::screening::exceptions::ExceptionSet;
+use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
 use sipscreen::sip::Message;
 
 const CONFIG: &str = r#"
@@ -72,6 +85,36 @@ fn runtime(entries: usize) -> (Runtime, Vec<u64>) {
     (Runtime::build(loaded, set).expect("runtime"), phones)
 }
 
+/// 1M prefix rules (9 digits, +49 15x..17x) beside the exact entries, in
+/// one snapshot; the first rule's digits, for a caller inside it.
+fn with_prefixes(rt: &Runtime, phones: &[u64], n: usize) -> u64 {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut items: Vec<Item> = phones.iter().map(|&p| Item::Phone(p)).collect();
+    let mut first = 0;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let d = 491_500_000 + x % 30_000_000;
+        if i == 0 {
+            first = d;
+        }
+        items.push(Item::Rule(Rule::prefix(d, 9, false).expect("a prefix")));
+    }
+    rt.screener.exceptions().replace_items(items);
+    first
+}
+
+/// Scans, classifies and routes one INVITE: what it is forwarded as.
+fn route_once(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> Bytes {
+    let m = Message::scan(msg.clone()).expect("scans");
+    let side = rt.routing.classify(remote.ip());
+    match request::route(rt, local, &m, remote, TransportKind::Udp, side) {
+        Outcome::Forward { data, .. } => data,
+        _ => panic!("not forwarded"),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
     let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
@@ -86,19 +129,48 @@ fn bench(c: &mut Criterion) {
             ("unlisted", &unlisted),
             ("national", &national),
         ] {
-            g.bench_function(name, |b| {
-                b.iter(|| {
-                    let m = Message::scan(msg.clone()).expect("scans");
-                    let side = rt.routing.classify(remote.ip());
-                    match request::route(&rt, &local, &m, remote, TransportKind::Udp, side) {
-                        Outcome::Forward { data, .. } => data,
-                        _ => panic!("not forwarded"),
-                    }
-                })
-            });
+            g.bench_function(name, |b| b.iter(|| route_once(&rt, &local, remote, msg)));
         }
         g.finish();
     }
+    let (rt, phones) = runtime(1_000_000);
+    let first = with_prefixes(&rt, &phones, 1_000_000);
+    let in_prefix = invite(&format!("+{first}4242"));
+    let unlisted = invite("+4917099988877");
+    let mut g = c.benchmark_group("pipeline/1M+1M-prefixes");
+    for (name, msg) in [("prefix", &in_prefix), ("unlisted", &unlisted)] {
+        g.bench_function(name, |b| b.iter(|| route_once(&rt, &local, remote, msg)));
+    }
+    g.finish();
+}
+
+/// INVITEs routed under callgrind.
+const CALLGRIND_INVITES: usize = 10_000;
+
+/// Routes `CALLGRIND_INVITES` copies of `msg`; what callgrind counts.
+#[inline(never)]
+fn callgrind_loop(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> usize {
+    let mut bytes = 0;
+    for _ in 0..CALLGRIND_INVITES {
+        bytes += std::hint::black_box(route_once(rt, local, remote, msg)).len();
+    }
+    bytes
+}
+
+fn callgrind(kind: &str) {
+    let local = Local::new(None, Some("127.0.0.1:5060".parse().unwrap()), None);
+    let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
+    let entries = 1_000_000;
+    let (rt, phones) = runtime(entries);
+    let msg = match kind {
+        "listed" => invite(&format!("+{}", phones[entries / 2])),
+        "unlisted" => invite("+4917099988877"),
+        "national" => invite("01709998887"),
+        "prefix" => invite(&format!("+{}4242", with_prefixes(&rt, &phones, entries))),
+        other => panic!("SIPSCREEN_CALLGRIND={other:?}: use listed, unlisted, national or prefix"),
+    };
+    let bytes = callgrind_loop(&rt, &local, remote, &msg);
+    eprintln!("callgrind {kind}: {CALLGRIND_INVITES} INVITEs, {bytes} bytes forwarded");
 }
 
 criterion_group! {
@@ -106,4 +178,12 @@ criterion_group! {
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(4));
     targets = bench
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(kind) = std::env::var("SIPSCREEN_CALLGRIND") {
+        callgrind(&kind);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -33,8 +33,9 @@ pub fn prepare(
     let runtime = Runtime::build(loaded, exceptions)?;
     let report = match &runtime.loaded.config.screening.exceptions_file {
         Some(path) => {
-            let report =
-                FileSource::new(path.get_ref().clone()).load(runtime.screener.normalizer())?;
+            let report = FileSource::new(path.get_ref().clone())
+                .with_max_range(runtime.screener.max_range_numbers())
+                .load(runtime.screener.normalizer())?;
             for r in &report.rejected {
                 tracing::warn!(file = %path.get_ref().display(), line = r.line, text = %r.text, reason = %r.reason, "exception entry refused");
             }
@@ -43,6 +44,7 @@ pub fn prepare(
         None => LoadReport {
             phones: Vec::new(),
             emails: Vec::new(),
+            other: 0,
             rejected: Vec::new(),
         },
     };

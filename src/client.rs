@@ -96,6 +96,8 @@ impl Api {
         }
         let cols = [
             "type",
+            "match",
+            "action",
             "value",
             "comment",
             "origin",
@@ -136,14 +138,37 @@ impl Api {
         Ok(())
     }
 
-    /// `exceptions add`
-    pub fn add(&self, value: &str, comment: &str) -> Result<(), CliError> {
-        let body = serde_json::json!({ "value": value, "comment": comment });
+    /// `exceptions add` (`allow`: an allow entry; `large`: a range over
+    /// `[screening] max_range_numbers` is meant).
+    pub fn add(
+        &self,
+        value: &str,
+        comment: &str,
+        allow: bool,
+        large: bool,
+    ) -> Result<(), CliError> {
+        let action = if allow { "allow" } else { "block" };
+        let body = serde_json::json!({
+            "value": value, "comment": comment, "action": action, "large": large,
+        });
         let v = self.send(
             self.http
                 .post(format!("{}/exceptions", self.base))
                 .json(&body),
         )?;
+        let values: Vec<&str> = v["values"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if values.len() > 1 {
+            println!(
+                "{value}: {} prefixes ({} added, {} updated)",
+                values.len(),
+                v["added"].as_u64().unwrap_or(0),
+                v["updated"].as_u64().unwrap_or(0)
+            );
+            return Ok(());
+        }
         let what = if v["added"].as_u64() == Some(1) {
             "added"
         } else if v["updated"].as_u64() == Some(1) {
@@ -151,7 +176,7 @@ impl Api {
         } else {
             "already listed"
         };
-        println!("{}: {what}", v["values"][0].as_str().unwrap_or(value));
+        println!("{}: {what}", values.first().copied().unwrap_or(value));
         Ok(())
     }
 
@@ -161,6 +186,10 @@ impl Api {
             .and_then(|u| u.join(&urlencode(value)))
             .map_err(|e| CliError::new(2, format!("bad --api URL: {e}")))?;
         let v = self.send(self.http.delete(url))?;
+        if let Some(all) = v["removed"].as_array() {
+            println!("removed {value}: {} prefixes", all.len());
+            return Ok(());
+        }
         println!(
             "removed {} ({})",
             v["value"].as_str().unwrap_or(value),

@@ -121,6 +121,12 @@ enum ExceptionsCommand {
         /// Prefix of the stored value (+4930, sales@).
         #[arg(long)]
         prefix: Option<String>,
+        /// Only entries that match so: exact, prefix or domain.
+        #[arg(long = "match")]
+        pattern: Option<String>,
+        /// Only block or allow entries.
+        #[arg(long)]
+        action: Option<String>,
         /// Entries per page.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -131,13 +137,21 @@ enum ExceptionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add one value.
+    /// Add one value: a number, a prefix (+4930901*), a range (A..B), an
+    /// e-mail, @domain or @*.domain.
     Add {
         value: String,
         #[arg(long, default_value = "")]
         comment: String,
+        /// An allow entry: wins over shorter blocking prefixes (or the
+        /// domain, for an e-mail).
+        #[arg(long)]
+        allow: bool,
+        /// Write a range covering more than [screening] max_range_numbers.
+        #[arg(long)]
+        allow_large_range: bool,
     },
-    /// Remove one value.
+    /// Remove one value (a range removes its prefixes).
     Remove { value: String },
 }
 
@@ -153,6 +167,8 @@ fn main() -> ExitCode {
                 q,
                 value,
                 prefix,
+                pattern,
+                action,
                 limit,
                 all,
                 json,
@@ -163,6 +179,8 @@ fn main() -> ExitCode {
                     ("q", q),
                     ("value", value),
                     ("prefix", prefix),
+                    ("match", pattern),
+                    ("action", action),
                 ] {
                     if let Some(v) = v {
                         query.push((k, v));
@@ -170,7 +188,12 @@ fn main() -> ExitCode {
                 }
                 c.list(&query, all, json)
             }
-            ExceptionsCommand::Add { value, comment } => c.add(&value, &comment),
+            ExceptionsCommand::Add {
+                value,
+                comment,
+                allow,
+                allow_large_range,
+            } => c.add(&value, &comment, allow, allow_large_range),
             ExceptionsCommand::Remove { value } => c.remove(&value),
         }),
         Command::Contacts { api, command } => client(&api, |c| match command {
@@ -224,8 +247,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     r.text
                 );
             }
+            let other = if report.other > 0 {
+                format!(
+                    " (and {} prefix, range, allow or domain entries)",
+                    report.other
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s), {} CRM sink(s)",
+                "{}: ok: {} line(s), {} trunk(s), {} phone and {} e-mail exception(s){other}, {} CRM sink(s)",
                 path.display(),
                 rt.loaded.config.lines.len(),
                 rt.loaded.config.trunks.len(),

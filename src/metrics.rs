@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::{TransportKind, Verdict};
 use crate::screening::Direction;
+use crate::screening::verstat::Attest;
 use crate::sip::Method;
 
 type L1 = [(&'static str, &'static str); 1];
@@ -75,6 +76,7 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "loop",
     "route",
     "no_trunk",
+    "verstat_failed",
     // proxy: responses
     "response_unknown_source",
     "response_via",
@@ -134,6 +136,10 @@ pub struct Metrics {
     /// INVITEs screened (by direction and verdict): the family's four
     /// series, indexed by `screened_slot`.
     screened_counters: [Counter; 4],
+    /// Inbound calls by STIR/SHAKEN attestation (`A`, `B`, `C`, `failed`,
+    /// `none`) and verdict (`log`, `exception`, `rejected`: answered 608):
+    /// all fifteen series, indexed by `attested_slot`.
+    attested_counters: [Counter; 15],
     /// Time from receiving an INVITE to handing it to the transport.
     screening_seconds: Histogram,
     /// Entries in the exception set, by type. Steady: the list size; a
@@ -202,6 +208,20 @@ impl Metrics {
             "Dialog-creating INVITEs screened, by direction and verdict",
             calls_screened.clone(),
         );
+        let calls_attested = Family::<L2, Counter>::default();
+        registry.register(
+            "calls_attested",
+            "Inbound calls by the trusted trunk's STIR/SHAKEN attestation (A/B/C/failed/none) and verdict (log/exception/rejected)",
+            calls_attested.clone(),
+        );
+        let mut attested_counters: [Counter; 15] = Default::default();
+        for a in Attest::ALL {
+            for v in ATTESTED_VERDICTS {
+                attested_counters[attested_slot(a, v)] = calls_attested
+                    .get_or_create(&[("attest", a.as_str()), ("verdict", v)])
+                    .clone();
+            }
+        }
         let screening_seconds = Histogram::new(exponential_buckets(250e-9, 2.0, 20));
         registry.register(
             "screening_duration_seconds",
@@ -383,6 +403,7 @@ impl Metrics {
             registry,
             message_counters: message_counters.into_boxed_slice(),
             screened_counters,
+            attested_counters,
             screening_seconds,
             exception_entries,
             config_reloads,
@@ -404,6 +425,12 @@ impl Metrics {
     /// Counts one screened call.
     pub fn screened(&self, direction: Direction, verdict: Verdict) {
         self.screened_counters[screened_slot(direction, verdict)].inc();
+    }
+
+    /// Counts one inbound call by attestation; `verdict` is `log`,
+    /// `exception` or `rejected`.
+    pub fn attested(&self, attest: Attest, verdict: &'static str) {
+        self.attested_counters[attested_slot(attest, verdict)].inc();
     }
 
     /// Records how long one INVITE took, in seconds.
@@ -566,6 +593,19 @@ fn message_slot(transport: TransportKind, method: Option<Method>, side: Origin) 
     (t * METHOD_SLOTS + m) * Origin::ALL.len() + side as usize
 }
 
+/// The verdict labels of `calls_attested`.
+pub const ATTESTED_VERDICTS: [&str; 3] = ["log", "exception", "rejected"];
+
+/// Index of an (attestation, verdict) pair in `attested_counters`.
+fn attested_slot(a: Attest, verdict: &str) -> usize {
+    let a = Attest::ALL.iter().position(|&x| x == a).unwrap_or(4);
+    let v = ATTESTED_VERDICTS
+        .iter()
+        .position(|&x| x == verdict)
+        .unwrap_or(2);
+    a * ATTESTED_VERDICTS.len() + v
+}
+
 /// Index of a (direction, verdict) pair in `screened_counters`.
 fn screened_slot(d: Direction, v: Verdict) -> usize {
     let d = match d {
@@ -699,6 +739,13 @@ mod tests {
             }
         }
         has("sipscreen_tls_connections 0".to_string());
+        for a in ["A", "B", "C", "failed", "none"] {
+            for v in ["log", "exception", "rejected"] {
+                has(format!(
+                    "sipscreen_calls_attested_total{{attest=\"{a}\",verdict=\"{v}\"}} 0"
+                ));
+            }
+        }
         for d in ["inbound", "outbound"] {
             for v in ["log", "exception"] {
                 has(format!(

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind};
 use crate::contacts::Contact;
 use crate::screening::exceptions::ExceptionSet;
+use crate::screening::verstat::Attest;
 use crate::screening::{Client, Direction, Screener, Screening};
 
 /// Which side of the sidecar a packet came from.
@@ -267,7 +268,21 @@ impl Runtime {
         line_user: &[u8],
         client_user: Option<&[u8]>,
     ) -> Decision<'_> {
-        let screening = self.screener.screen(direction, line_user, client_user);
+        self.decide_verified(direction, line_user, client_user, Attest::None)
+    }
+
+    /// [`decide`](Self::decide) with the STIR/SHAKEN result a trusted
+    /// trunk passed on (`Attest::None` from any other source).
+    pub fn decide_verified(
+        &self,
+        direction: Direction,
+        line_user: &[u8],
+        client_user: Option<&[u8]>,
+        attest: Attest,
+    ) -> Decision<'_> {
+        let screening = self
+            .screener
+            .screen_verified(direction, line_user, client_user, attest);
         let contact = match screening.client {
             Client::Number(n)
                 if direction == Direction::Inbound && screening.settings.forward_to_responsible =>

@@ -104,7 +104,7 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
         return Ok(());
     };
     let path = path.get_ref();
-    let report = list.import_file_if_changed(path, runtime.screener.normalizer())?;
+    let report = list.import_file_if_changed(path, &runtime.screener)?;
     if let Some(r) = report {
         for x in &r.refused_lines {
             tracing::warn!(file = %path.display(), line = x.line, text = %x.text, reason = %x.reason, "exception entry refused");

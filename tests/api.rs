@@ -6,85 +6,10 @@
 
 mod common;
 
+use common::api::{Api, EDIT, VIEW};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const EDIT: &str = "edit-token";
-const VIEW: &str = "view-token";
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(h: &Harness) -> Api {
-        Api {
-            base: format!("http://{}/api/v1", h.server.admin.expect("admin listener")),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, r: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let resp = r.send().await.expect("HTTP answer");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-        (status, v)
-    }
-
-    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        self.call(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(token),
-        )
-        .await
-    }
-
-    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(token)
-                .json(&body),
-        )
-        .await
-    }
-
-    async fn import(&self, token: &str, text: &str) -> (StatusCode, Value) {
-        self.call(
-            self.http
-                .post(format!("{}/exceptions/import", self.base))
-                .bearer_auth(token)
-                .header("content-type", "text/plain")
-                .body(text.to_string()),
-        )
-        .await
-    }
-
-    async fn delete(&self, token: &str, value: &str) -> (StatusCode, Value) {
-        self.call(
-            self.http
-                .delete(format!("{}/exceptions/{value}", self.base))
-                .bearer_auth(token),
-        )
-        .await
-    }
-
-    async fn verdict(&self, number: &str) -> String {
-        let (s, v) = self
-            .post(
-                VIEW,
-                "/screen",
-                json!({"number": number, "line": "+4930901820", "direction": "inbound"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["verdict"].as_str().unwrap().to_string()
-    }
-}
 
 fn values(v: &Value) -> Vec<String> {
     v["items"]

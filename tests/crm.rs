@@ -720,6 +720,8 @@ fn the_json_of_each_event_kind_is_pinned() {
         line,
         create,
         source: "ADVERTISING".into(),
+        reason: None,
+        attest: sipscreen::screening::verstat::Attest::None,
         responsible: responsible.map(Into::into),
         change_responsible_on_transfer: true,
         update_directory_on_transfer: false,

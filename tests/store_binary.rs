@@ -292,3 +292,55 @@ fn cli_manages_the_list() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the sipscreen API"));
 }
+
+#[test]
+fn cli_adds_prefixes_allow_entries_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let run = Serving::start(&config);
+    let admin = run.admin();
+    let ok = |args: &[&str]| {
+        let out = cli(admin, Some(EDIT), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = ok(&["exceptions", "add", "+4918*", "--comment", "block"]);
+    assert!(said.contains("+4918*: added"), "{said}");
+    let said = ok(&["exceptions", "add", "0181*", "--allow"]);
+    assert!(said.contains("+49181*: added"), "national prefix: {said}");
+    assert_eq!(verdict(admin, "+491801234567"), "exception");
+    assert_eq!(verdict(admin, "+491811234567"), "log");
+
+    let big = "+491900000000..+491999999999";
+    let out = cli(admin, Some(EDIT), &["exceptions", "add", big]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("large"), "{stderr}");
+    let said = ok(&["exceptions", "add", big, "--allow-large-range"]);
+    assert!(said.contains("+4919*: added"), "{said}");
+    let ragged = "+4917500000005..+4917500000014";
+    let said = ok(&["exceptions", "add", ragged]);
+    assert!(said.contains("10 prefixes (10 added, 0 updated)"), "{said}");
+    assert_eq!(verdict(admin, "+4917500000009"), "exception");
+
+    let table = ok(&[
+        "exceptions",
+        "list",
+        "--match",
+        "prefix",
+        "--action",
+        "allow",
+    ]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(rows[0].starts_with("TYPE   MATCH   ACTION"), "{table}");
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[1].contains("prefix") && rows[1].contains("+49181*"),
+        "{table}"
+    );
+
+    let said = ok(&["exceptions", "remove", ragged]);
+    assert!(said.contains("10 prefixes"), "{said}");
+    assert_eq!(verdict(admin, "+4917500000009"), "log");
+}

@@ -17,11 +17,13 @@ use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms};
 use crate::clock::rfc3339;
 use crate::config::Role;
 use crate::screening::source::Value;
-use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Upserted};
+use crate::store::{AuditRow, Entry, Kind, ListFilter, NewEntry, Pattern, Upserted, action_str};
 
 /// Default and largest page size.
 /// Values accepted in one `POST /exceptions`.
 const MAX_VALUES: usize = 1000;
+/// Entries (a range is several prefixes) written by one `POST /exceptions`.
+const MAX_STORED: usize = 10_000;
 
 /// An entry as the API shows it.
 #[derive(Serialize)]
@@ -37,11 +39,18 @@ pub struct EntryView {
     pub created_by: String,
     pub updated_at: Option<String>,
     pub expires_at: Option<String>,
+    /// `exact`, `prefix` or `domain`.
+    #[serde(rename = "match")]
+    pub pattern: Pattern,
+    /// `block` or `allow`.
+    pub action: &'static str,
 }
 
 impl From<Entry> for EntryView {
     fn from(e: Entry) -> Self {
         EntryView {
+            pattern: e.pattern,
+            action: action_str(e.allow),
             id: e.id,
             kind: e.kind,
             value: e.value,
@@ -64,13 +73,34 @@ pub struct ListQuery {
     pub q: Option<String>,
     pub value: Option<String>,
     pub prefix: Option<String>,
+    /// `exact`, `prefix` or `domain`.
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    /// `block` or `allow`.
+    pub action: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<usize>,
 }
 
-/// A value as given (any number format, or an e-mail), read with the
-/// running config's normaliser.
+/// `"block"` / `"allow"` (absent: block).
+fn parse_action(a: Option<&str>) -> Result<bool, ApiError> {
+    match a {
+        None | Some("block") => Ok(false),
+        Some("allow") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "action {other:?}: use block or allow"
+        ))),
+    }
+}
+
+/// A value as given (any number format, a prefix, a range, an e-mail or
+/// a domain), read with the running config's normaliser.
 pub fn parse_value(s: &ApiState, text: &str) -> Result<Value, ApiError> {
+    if text.trim_start().starts_with('!') {
+        return Err(ApiError::bad_request(format!(
+            "{text:?}: the API marks an allow entry with \"action\": \"allow\", not a leading '!'"
+        )));
+    }
     let rt = s.proxy.runtime();
     Value::parse(text, rt.screener.normalizer())
         .map_err(|why| ApiError::bad_request(format!("{text:?}: {why}")))
@@ -118,11 +148,26 @@ pub async fn list_page(s: &ApiState, q: ListQuery) -> Result<Page<Entry>, ApiErr
         }
     });
     let limit = page::limit(q.limit)?;
+    let pattern = q
+        .pattern
+        .as_deref()
+        .map(|p| {
+            Pattern::parse(p).ok_or_else(|| {
+                ApiError::bad_request(format!("match {p:?}: use exact, prefix or domain"))
+            })
+        })
+        .transpose()?;
+    let allow = match q.action.as_deref() {
+        None => None,
+        a => Some(parse_action(a)?),
+    };
     let filter = ListFilter {
         kind,
         comment: q.q.filter(|c| !c.is_empty()),
         value,
         prefix,
+        pattern,
+        allow,
         before: page::id_cursor(q.cursor.as_deref().filter(|c| !c.is_empty()))?,
         limit,
     };
@@ -150,6 +195,13 @@ pub struct AddBody {
     pub expires_at: Option<String>,
     /// Or: seconds from now.
     pub ttl_seconds: Option<u64>,
+    /// `block` (default) or `allow` (wins over shorter blocking prefixes,
+    /// or over the domain for an e-mail).
+    pub action: Option<String>,
+    /// A range covering more than `[screening] max_range_numbers` numbers
+    /// is written only with `"large": true`.
+    #[serde(default)]
+    pub large: bool,
 }
 
 #[derive(Serialize)]
@@ -250,20 +302,38 @@ pub async fn add_values(
             "at most {MAX_VALUES} values per request; use /exceptions/import"
         )));
     }
+    let allow = parse_action(body.action.as_deref())?;
+    let max_range = s.proxy.runtime().screener.max_range_numbers();
     let mut entries = Vec::with_capacity(texts.len());
     let mut bad = Vec::new();
     for t in texts {
-        match parse_value(s, t) {
-            Ok(v) => entries.push(NewEntry {
-                kind: v.kind(),
-                value: v.canonical(),
-                given: t.trim().to_string(),
-                comment: body.comment.trim().to_string(),
-                origin: origin.clone(),
-                expires_at,
-            }),
+        let checked = parse_value(s, t).and_then(|v| {
+            v.check_size(max_range, body.large)
+                .map_err(|why| ApiError::bad_request(format!("{t:?}: {why}")))?;
+            Ok(v)
+        });
+        match checked {
+            Ok(v) => {
+                for (kind, value) in v.stored() {
+                    entries.push(NewEntry {
+                        kind,
+                        value,
+                        given: t.trim().to_string(),
+                        comment: body.comment.trim().to_string(),
+                        origin: origin.clone(),
+                        expires_at,
+                        allow,
+                    });
+                }
+            }
             Err(e) => bad.push(e.message),
         }
+    }
+    if entries.len() > MAX_STORED {
+        return Err(ApiError::bad_request(format!(
+            "the values make {} entries, at most {MAX_STORED} per request; use /exceptions/import",
+            entries.len()
+        )));
     }
     if !bad.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -283,26 +353,64 @@ pub async fn add_values(
     Ok((status, AddAnswer { counts, values }))
 }
 
-/// `DELETE /exceptions/{value}`
+#[derive(Serialize)]
+pub struct Removed {
+    removed: Vec<EntryView>,
+}
+
+/// `DELETE /exceptions/{value}`: one entry (a number, `+4930901*`, an
+/// e-mail or `@domain`), answered with it; or a range `A..B`, whose
+/// stored prefixes are removed, answered as `{"removed": [...]}`.
 pub async fn remove(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(value): Path<String>,
-) -> Result<Json<EntryView>, ApiError> {
+) -> Result<Response, ApiError> {
     let actor = s.authorize(&headers, Role::Edit)?;
-    remove_value(&s, &actor, &value)
-        .await
-        .map(|e| Json(EntryView::from(e)))
+    let v = parse_value(&s, &value)?;
+    let range = matches!(v, Value::Range(..));
+    let gone = remove_value(&s, &actor, &value).await?;
+    let views: Vec<EntryView> = gone.into_iter().map(EntryView::from).collect();
+    Ok(if range {
+        Json(Removed { removed: views }).into_response()
+    } else {
+        Json(views.into_iter().next().expect("one")).into_response()
+    })
 }
 
-/// Removes one value given in any format; 404 when it is not listed.
-pub async fn remove_value(s: &ApiState, actor: &Actor, value: &str) -> Result<Entry, ApiError> {
-    let v = parse_value(s, value)?.canonical();
+/// Removes one value given in any format (a range: every stored prefix of
+/// it); 404 when nothing of it is listed. Never empty on success.
+pub async fn remove_value(
+    s: &ApiState,
+    actor: &Actor,
+    value: &str,
+) -> Result<Vec<Entry>, ApiError> {
+    let v = parse_value(s, value)?;
+    let values: Vec<String> = v.stored().into_iter().map(|(_, v)| v).collect();
+    if values.len() > MAX_STORED {
+        return Err(ApiError::bad_request(format!(
+            "{value:?} makes {} entries, at most {MAX_STORED} per request",
+            values.len()
+        )));
+    }
     let ex = s.exceptions.clone();
-    let shown = v.clone();
+    let shown = value.trim().to_string();
     let name = actor.name.clone();
-    let gone = blocking(move || ex.remove(&v, &name).map_err(ApiError::internal)).await?;
-    gone.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{shown} is not on the list")))
+    let gone = blocking(move || {
+        let mut gone = Vec::new();
+        for v in &values {
+            gone.extend(ex.remove(v, &name).map_err(ApiError::internal)?);
+        }
+        Ok(gone)
+    })
+    .await?;
+    if gone.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{shown} is not on the list"),
+        ));
+    }
+    Ok(gone)
 }
 
 #[derive(Deserialize)]
@@ -324,11 +432,14 @@ pub struct AuditView {
     value: String,
     comment: String,
     origin: String,
+    /// The entry's action then: `block` or `allow`.
+    entry_action: String,
 }
 
 impl From<AuditRow> for AuditView {
     fn from(a: AuditRow) -> Self {
         AuditView {
+            entry_action: a.entry_action,
             id: a.id,
             at: rfc3339(a.at),
             actor: a.actor,
@@ -438,13 +549,7 @@ pub async fn import(
                 chunk: Bytes::new(),
             },
         );
-        ex.import(
-            reader,
-            rt.screener.normalizer(),
-            &actor.name,
-            "import",
-            |_| {},
-        )
+        ex.import(reader, &rt.screener, &actor.name, "import", |_| {})
     });
     let mut stream = body.into_data_stream();
     let mut seen = 0u64;

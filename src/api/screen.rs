@@ -14,6 +14,7 @@ use super::{ApiError, ApiJson, ApiState};
 use crate::config::Role;
 use crate::screening::Direction;
 use crate::screening::source::check_email;
+use crate::screening::verstat::Attest;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,9 @@ pub struct NumberQuery {
     /// The line: the number dialled (inbound) or the PBX caller (outbound).
     pub line: String,
     pub direction: String,
+    /// The `verstat` a trusted trunk would pass on (inbound calls), e.g.
+    /// `TN-Validation-Failed`.
+    pub verstat: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +38,14 @@ pub struct NumberAnswer {
     pub line: Option<String>,
     pub create: &'static str,
     pub source: String,
+    /// Why the verdict: `listed`, `prefix:+4930901`, `allow:+49309018`,
+    /// `verstat`, `anonymous`; absent when no entry decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `A`, `B`, `C`, `failed` or `none` (inbound calls).
+    pub attest: &'static str,
+    /// A call the line answers 608 Rejected (`on_verstat_failed = "reject"`).
+    pub rejected: bool,
     pub responsible: Option<String>,
     /// The `X-CRM-*` headers an inbound INVITE would carry (without
     /// `X-CRM-Call-Id`: this is not a call).
@@ -70,7 +82,11 @@ pub fn screen_number(s: &ApiState, q: &NumberQuery) -> Result<NumberAnswer, ApiE
     let rt = s.proxy.runtime();
     let number = q.number.trim();
     let client = (!number.is_empty()).then_some(number.as_bytes());
-    let d = rt.decide(direction, q.line.trim().as_bytes(), client);
+    let attest = q
+        .verstat
+        .as_deref()
+        .map_or(Attest::None, |v| Attest::from_verstat(v.trim().as_bytes()));
+    let d = rt.decide_verified(direction, q.line.trim().as_bytes(), client, attest);
     let sc = &d.screening;
     let mut raw = Vec::new();
     d.write_tags(None, &mut raw);
@@ -86,6 +102,9 @@ pub fn screen_number(s: &ApiState, q: &NumberQuery) -> Result<NumberAnswer, ApiE
         line: tags.get("X-CRM-Line").cloned(),
         create: sc.create().as_str(),
         source: sc.settings.source.clone(),
+        reason: sc.reason.map(|r| r.to_string()),
+        attest: sc.attest.as_str(),
+        rejected: sc.reject,
         responsible: d.responsible().map(str::to_string),
         tags,
         forward_to: d.forward_to().map(str::to_string),
@@ -106,6 +125,11 @@ pub struct EmailAnswer {
     verdict: &'static str,
     from: String,
     reply: bool,
+    /// Why: `listed` (the address), `domain:@example.com` (its domain or a
+    /// parent's `@*.` entry), `allow:ENTRY` (an allow entry), `reply`;
+    /// absent when nothing matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// `POST /screen/email {"from", "reply"}`
@@ -117,10 +141,18 @@ pub async fn email(
     s.authorize(&headers, Role::View)?;
     let from = check_email(q.from.trim())
         .map_err(|why| ApiError::bad_request(format!("from {:?}: {why}", q.from)))?;
-    let verdict = s.proxy.runtime().screener.screen_email(&from, q.reply);
+    let (verdict, found) = s.proxy.runtime().screener.screen_email_why(&from, q.reply);
+    let reason = match found {
+        _ if q.reply => Some("reply".to_string()),
+        Some(m) if m.allow => Some(format!("allow:{}", m.entry)),
+        Some(m) if m.entry.starts_with('@') => Some(format!("domain:{}", m.entry)),
+        Some(_) => Some("listed".to_string()),
+        None => None,
+    };
     Ok(Json(EmailAnswer {
         verdict: verdict.as_str(),
         from,
         reply: q.reply,
+        reason,
     }))
 }

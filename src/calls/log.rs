@@ -21,6 +21,14 @@ pub struct CallRecord {
     pub verdict: String,
     pub create: String,
     pub source: String,
+    /// `X-CRM-Reason`: `listed`, `prefix:+4930901`, `allow:+49309018`,
+    /// `verstat`, `anonymous`; absent when no entry decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `X-CRM-Attest` of an inbound call (`none` for outbound ones and
+    /// in records of earlier releases).
+    #[serde(default = "attest_none")]
+    pub attest: String,
     pub responsible: Option<String>,
     /// RFC 3339 times; `start_ms` for filtering.
     pub start: String,
@@ -40,6 +48,10 @@ pub struct CallRecord {
 pub struct Transfer {
     pub at: String,
     pub to: String,
+}
+
+fn attest_none() -> String {
+    "none".to_string()
 }
 
 /// Appends records, rotating by size. Writes are buffered; the tracker
@@ -238,6 +250,8 @@ mod tests {
             verdict: verdict.into(),
             create: "lead".into(),
             source: "CALL".into(),
+            reason: (verdict == "exception").then(|| "prefix:+49170".into()),
+            attest: "none".into(),
             responsible: None,
             start: String::new(),
             start_ms: i,

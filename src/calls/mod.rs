@@ -25,7 +25,8 @@ use bytes::Bytes;
 
 use crate::config::Verdict;
 use crate::metrics::Metrics;
-use crate::screening::{Client, CreateTag, Direction};
+use crate::screening::verstat::Attest;
+use crate::screening::{Client, CreateTag, Direction, Reason};
 
 /// Events the channel holds before the SIP path starts dropping them.
 pub const CHANNEL: usize = 65_536;
@@ -41,6 +42,10 @@ pub struct NewCall {
     pub line: Option<u64>,
     pub create: CreateTag,
     pub source: String,
+    /// Why the verdict (`X-CRM-Reason`).
+    pub reason: Option<Reason>,
+    /// The trusted trunk's STIR/SHAKEN result.
+    pub attest: Attest,
     pub responsible: Option<String>,
     /// The line's `change_responsible_on_transfer`.
     pub change_responsible_on_transfer: bool,

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::NewCall;
 use super::log::Transfer;
 use crate::config::Verdict;
-use crate::screening::{Client, CreateTag, Direction};
+use crate::screening::verstat::Attest;
+use crate::screening::{Client, CreateTag, Direction, Reason};
 
 /// The format's version, written in every row (a later release that
 /// changes the format reads both or migrates).
@@ -41,6 +42,12 @@ struct Saved {
     line: Option<u64>,
     create: String,
     source: String,
+    /// `X-CRM-Reason` (absent in rows of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// `X-CRM-Attest` (absent in rows of earlier releases: `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attest: Option<String>,
     /// The responsible person the call started with.
     responsible_at_start: Option<String>,
     change_responsible_on_transfer: bool,
@@ -78,6 +85,8 @@ pub fn to_json(s: &State) -> String {
         line: n.line,
         create: n.create.as_str().to_string(),
         source: n.source.clone(),
+        reason: n.reason.map(|r| r.to_string()),
+        attest: (n.attest != Attest::None).then(|| n.attest.as_str().to_string()),
         responsible_at_start: n.responsible.clone(),
         change_responsible_on_transfer: n.change_responsible_on_transfer,
         update_directory_on_transfer: n.update_directory_on_transfer,
@@ -115,8 +124,18 @@ pub fn from_json(text: &str) -> Result<State, String> {
         "none" => CreateTag::None,
         c => return Err(format!("unknown create {c:?}")),
     };
+    let reason = match s.reason.as_deref() {
+        None => None,
+        Some(r) => Some(Reason::parse(r).ok_or_else(|| format!("unknown reason {r:?}"))?),
+    };
+    let attest = match s.attest.as_deref() {
+        None => Attest::None,
+        Some(a) => Attest::parse(a).ok_or_else(|| format!("unknown attest {a:?}"))?,
+    };
     Ok(State {
         new: NewCall {
+            reason,
+            attest,
             call_id: s.call_id,
             direction,
             verdict,
@@ -153,6 +172,10 @@ mod tests {
                 line: Some(4930901820),
                 create: CreateTag::Deal,
                 source: "WEB".into(),
+                reason: Some(Reason::Allow(
+                    crate::screening::exceptions::Rule::parse_value("+49170*", true).unwrap(),
+                )),
+                attest: Attest::B,
                 responsible: Some("101".into()),
                 change_responsible_on_transfer: true,
                 update_directory_on_transfer: false,
@@ -188,6 +211,8 @@ mod tests {
                 line: None,
                 create: CreateTag::None,
                 source: String::new(),
+                reason: None,
+                attest: Attest::None,
                 responsible: None,
                 change_responsible_on_transfer: false,
                 update_directory_on_transfer: false,

@@ -377,6 +377,10 @@ impl Verdict {
     }
 }
 
+/// Default of `[screening] max_range_numbers`: a range covering more
+/// numbers needs the explicit "large" mark.
+pub const DEFAULT_MAX_RANGE_NUMBERS: u64 = 100_000;
+
 /// `[screening]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -390,6 +394,9 @@ pub struct ScreeningConfig {
     /// Country codes that mark a bare digit string (no `+`, no `00`) as
     /// international, e.g. `["49"]` reads `4930901820` as `+4930901820`.
     pub bare_country_codes: Vec<String>,
+    /// A range entry covering more numbers needs the "large" mark
+    /// (`large` in import lines, `"large": true` in the API).
+    pub max_range_numbers: u64,
 }
 
 impl Default for ScreeningConfig {
@@ -399,6 +406,7 @@ impl Default for ScreeningConfig {
             anonymous: Verdict::Log,
             exceptions_file: None,
             bare_country_codes: Vec::new(),
+            max_range_numbers: DEFAULT_MAX_RANGE_NUMBERS,
         }
     }
 }
@@ -535,6 +543,23 @@ pub struct LineDefaults {
     pub trunk: Option<Spanned<String>>,
     /// Region for national-format numbers on this line.
     pub region: Option<Spanned<String>>,
+    /// What a failed STIR/SHAKEN verification (trusted trunks) does.
+    pub on_verstat_failed: OnVerstatFailed,
+}
+
+/// `on_verstat_failed`: what a call whose caller failed STIR/SHAKEN
+/// verification (`verstat=TN-Validation-Failed` from a `trust_pai` trunk)
+/// gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnVerstatFailed {
+    /// Screened as any other call (the tag still says `failed`).
+    #[default]
+    Ignore,
+    /// Forwarded with verdict `exception`: never reaches the CRM.
+    Exception,
+    /// Answered 608 Rejected (RFC 8688), not forwarded.
+    Reject,
 }
 
 impl Default for LineDefaults {
@@ -552,6 +577,7 @@ impl Default for LineDefaults {
             update_directory_on_transfer: false,
             trunk: None,
             region: None,
+            on_verstat_failed: OnVerstatFailed::Ignore,
         }
     }
 }
@@ -574,6 +600,7 @@ pub struct LineConfig {
     pub update_directory_on_transfer: Option<bool>,
     pub trunk: Option<Spanned<String>>,
     pub region: Option<Spanned<String>>,
+    pub on_verstat_failed: Option<OnVerstatFailed>,
 }
 
 /// Log output format.

@@ -21,7 +21,7 @@ use super::{
 use crate::api::exceptions::{AddBody, ListQuery, add_values, expiry, list_page, remove_value};
 use crate::api::{ApiError, blocking};
 use crate::store::service::ImportReport;
-use crate::store::{Entry, Kind, Upserted};
+use crate::store::{Entry, Kind, Pattern, Upserted};
 
 /// Entries per page.
 const PAGE: usize = 50;
@@ -44,7 +44,7 @@ fn kind_name(k: Kind, lang: Lang) -> &'static str {
 /// Renders one cell of an entry.
 type Cell = fn(&Entry, Lang) -> Markup;
 
-fn columns() -> [(M, Cell); 7] {
+fn columns() -> [(M, Cell); 8] {
     [
         (M::ColValue, |e, _| {
             html! {
@@ -55,6 +55,19 @@ fn columns() -> [(M, Cell); 7] {
             }
         }),
         (M::ColType, |e, l| html! { (kind_name(e.kind, l)) }),
+        (M::ColMatch, |e, l| {
+            let pattern = match e.pattern {
+                Pattern::Exact => M::MatchExact,
+                Pattern::Prefix => M::MatchPrefix,
+                Pattern::Domain => M::MatchDomain,
+            };
+            let action = if e.allow {
+                M::ActionAllow
+            } else {
+                M::ActionBlock
+            };
+            html! { (pattern.text(l)) ", " (action.text(l)) }
+        }),
         (M::ColComment, |e, _| html! { (e.comment) }),
         (M::ColOrigin, |e, _| html! { (e.origin) }),
         (M::ColAddedBy, |e, _| html! { (e.created_by) }),
@@ -96,7 +109,7 @@ impl ExQuery {
 enum Outcome {
     Imported(ImportReport, Option<String>),
     Record(Upserted, Vec<String>),
-    Removed(Entry),
+    Removed(Vec<Entry>),
 }
 
 /// What the add forms show again (after a refusal or an error).
@@ -141,6 +154,8 @@ async fn render(
             q: Some(q.q.clone()),
             value: Some(q.value.clone()),
             prefix: None,
+            pattern: None,
+            action: None,
             cursor: Some(q.cursor.clone()),
             limit: Some(PAGE),
         },
@@ -341,8 +356,8 @@ fn outcome_panel(o: &Outcome, lang: Lang) -> Markup {
                     (counts(lang, *u, None))
                     ul.values { @for val in values { li { code { (val) } } } }
                 }
-                Outcome::Removed(e) => {
-                    p #removed { (t(M::Removed)) " " code { (e.value) } @if !e.comment.is_empty() { " (" (e.comment) ")" } }
+                Outcome::Removed(gone) => {
+                    p #removed { (t(M::Removed)) @for e in gone { " " code { (e.value) } @if !e.comment.is_empty() { " (" (e.comment) ")" } } }
                 }
             }
         }
@@ -397,7 +412,7 @@ pub async fn import(State(s): State<ConsoleState>, headers: HeaderMap, body: Byt
     let done = blocking(move || {
         Ok(ex.import_until(
             Cursor::new(text.into_bytes()),
-            rt.screener.normalizer(),
+            &rt.screener,
             &actor,
             "console",
             expires_at,
@@ -533,6 +548,8 @@ pub async fn confirm(
             q: None,
             value: Some(value.clone()),
             prefix: None,
+            pattern: None,
+            action: None,
             cursor: None,
             limit: Some(1),
         },
@@ -589,7 +606,7 @@ pub async fn remove(State(s): State<ConsoleState>, headers: HeaderMap, body: Byt
     };
     match remove_value(&s.api, &v.actor(), form.text("value")).await {
         Ok(e) => {
-            tracing::info!(actor = %v.session.actor, value = %e.value, "exception removed in the console");
+            tracing::info!(actor = %v.session.actor, value = %form.text("value"), entries = e.len(), "exception removed in the console");
             render(
                 &s,
                 &v,

@@ -143,6 +143,12 @@ messages! {
     ResetFilter => "Reset", "Zurücksetzen";
     ColValue => "Value", "Wert";
     ColType => "Type", "Typ";
+    ColMatch => "Match", "Abgleich";
+    MatchExact => "exact", "genau";
+    MatchPrefix => "prefix", "Präfix";
+    MatchDomain => "domain", "Domain";
+    ActionBlock => "block", "ausschließen";
+    ActionAllow => "allow", "zulassen";
     ColComment => "Comment", "Kommentar";
     ColOrigin => "Origin", "Herkunft";
     ColAddedBy => "Added by", "Hinzugefügt von";

@@ -86,6 +86,7 @@ pub async fn page(
                 number: number.clone(),
                 line: form.line.clone(),
                 direction: direction.clone(),
+                verstat: None,
             },
         )
     });

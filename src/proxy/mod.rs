@@ -135,6 +135,8 @@ fn report(
             line: sc.line,
             create: sc.create(),
             source: sc.settings.source.clone(),
+            reason: sc.reason,
+            attest: sc.attest,
             responsible: s.decision.responsible().map(str::to_string),
             change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
             update_directory_on_transfer: sc.settings.update_directory_on_transfer,
@@ -277,6 +279,9 @@ impl Handler for Proxy {
                     if let Some(s) = &call {
                         let sc = &s.decision.screening;
                         self.metrics.screened(sc.direction, sc.verdict);
+                        if sc.direction == crate::screening::Direction::Inbound {
+                            self.metrics.attested(sc.attest, sc.verdict.as_str());
+                        }
                         self.metrics.screening_time(t0.elapsed().as_secs_f64());
                     }
                     if let Some(calls) = self.calls.get() {
@@ -290,6 +295,10 @@ impl Handler for Proxy {
                 extra,
             } => {
                 self.metrics.sip_error(reason);
+                if reason == "verstat_failed" {
+                    let failed = crate::screening::verstat::Attest::Failed;
+                    self.metrics.attested(failed, "rejected");
+                }
                 let refuse = method == Some(Method::Ack)
                     || (side == Side::Unknown && !self.forbidden_allowed());
                 if refuse {

@@ -27,6 +27,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         503 => "Service Unavailable",
         505 => "Version Not Supported",
         513 => "Message Too Large",
+        608 => "Rejected",
         _ => "Error",
     }
 }

@@ -19,6 +19,7 @@ use super::ident::{BRANCH_PREFIX, Local};
 use crate::config::TransportKind;
 use crate::runtime::{Decision, Peer, Runtime, Side};
 use crate::screening::Direction;
+use crate::screening::verstat::Attest;
 use crate::sip::values::{NameAddr, Uri, Via, split_commas};
 use crate::sip::{Edits, HeaderName, Message, Method, Parsed};
 
@@ -106,6 +107,11 @@ fn forward<'r>(
     // requests; only dialog-creating INVITEs are counted and tagged.
     let decision =
         (routes.popped.is_empty() || dialog_creating).then(|| decide(rt, msg, &p, ruri, side));
+    if dialog_creating && decision.as_ref().is_some_and(|d| d.screening.reject) {
+        // A trusted trunk's verification failed and the line rejects such
+        // calls: 608 Rejected (RFC 8688), the call is not forwarded.
+        return Err(reply(608, "verstat_failed"));
+    }
     let (dest, transport) = next_hop(rt, &routes, ruri, side, decision.as_ref())?;
     let mut e = Edits::new();
     let hop = Hop {
@@ -301,7 +307,9 @@ fn tag<'r>(
 }
 
 /// Screens the call: line and client by direction (RFC 3325 identity
-/// from trusted trunks, and always from the PBX).
+/// from trusted trunks, and always from the PBX). From a trusted trunk the
+/// STIR/SHAKEN `verstat` is read too: on the P-Asserted-Identity, else on
+/// From; from any other source never.
 fn decide<'r>(
     rt: &'r Runtime,
     msg: &Message,
@@ -312,23 +320,28 @@ fn decide<'r>(
     fn user<'a>(na: &NameAddr<'a>) -> Option<&'a [u8]> {
         Uri::parse(na.uri).ok().and_then(|u| u.user_number())
     }
-    let identity = |trust_pai: bool| {
-        let pai = if trust_pai && msg.count(HeaderName::PAssertedIdentity) > 0 {
-            msg.name_addr(HeaderName::PAssertedIdentity)
-                .and_then(|na| user(&na))
-        } else {
-            None
-        };
-        pai.or_else(|| user(&p.from))
+    // The identity (caller user, verstat) a trusted side asserts: the
+    // P-Asserted-Identity's, else From's; each header parsed once.
+    let asserted = || {
+        let pai = (msg.count(HeaderName::PAssertedIdentity) > 0)
+            .then(|| msg.name_addr(HeaderName::PAssertedIdentity))
+            .flatten();
+        let who = pai.as_ref().and_then(user).or_else(|| user(&p.from));
+        let attest = pai
+            .and_then(|na| Attest::of_uri(na.uri))
+            .or_else(|| Attest::of_uri(p.from.uri))
+            .unwrap_or(Attest::None);
+        (who, attest)
     };
     let ruri_user = ruri.user_number().unwrap_or(b"");
     match side {
-        Side::Trunk(i) => {
-            let trust = rt.routing.trunks[i].trust_pai;
-            rt.decide(Direction::Inbound, ruri_user, identity(trust))
+        Side::Trunk(i) if rt.routing.trunks[i].trust_pai => {
+            let (who, attest) = asserted();
+            rt.decide_verified(Direction::Inbound, ruri_user, who, attest)
         }
+        Side::Trunk(_) => rt.decide(Direction::Inbound, ruri_user, user(&p.from)),
         _ => {
-            let line = identity(true).unwrap_or(b"");
+            let line = asserted().0.unwrap_or(b"");
             rt.decide(Direction::Outbound, line, Some(ruri_user))
         }
     }

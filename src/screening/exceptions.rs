@@ -21,7 +21,15 @@
 //!   On top of the base sits a small delta: `added` (not in the base) and
 //!   `removed` (in the base); a lookup checks the delta only when it is not
 //!   empty. A single insert or remove copies only the delta, never the base.
-//! - **E-mails** use the same layering with a hash set of `Box<str>` base.
+//! - **Prefix rules** (block and allow prefixes, exact allow entries) are a
+//!   third layer over a static longest-rule table ([`PrefixTable`], see
+//!   `prefixes`), with the same delta and merges. A phone lookup probes the
+//!   exact table first (an exact entry is the longest), then, only when any
+//!   rule is loaded, the rule table; with a delta present it walks the
+//!   delta's places longest first (`Layer::longest_with_delta`).
+//! - **E-mails** use the same layering with a hash set of `Box<str>` base:
+//!   addresses, `@domain` and `@*.domain` entries, an allow entry with `!`
+//!   before it.
 //! - **Writers serialise** on a `Mutex` (readers never touch it), copy the
 //!   small delta of the kind they change, and swap.
 //! - **Merging.** When a delta reaches the threshold (default 4096 entries)
@@ -41,6 +49,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+
+use crate::screening::prefixes::PrefixTable;
+pub use crate::screening::prefixes::Rule;
 use rustc_hash::FxHashSet;
 
 /// Delta size (per kind) that triggers a merge into a new base.
@@ -63,10 +74,78 @@ struct Inner {
     threshold: usize,
 }
 
-/// One consistent state of both kinds.
+/// One consistent state of every kind.
 struct Snapshot {
+    /// Exact block entries.
     phones: Arc<Layer<PhoneTable>>,
+    /// Prefix rules (block and allow) and exact allow entries.
+    prefixes: Arc<Layer<PrefixTable>>,
+    /// E-mail entries: addresses, `@domain`, `@*.domain`; `!` before an
+    /// allow entry.
     emails: Arc<Layer<EmailTable>>,
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot {
+            phones: Arc::new(Layer::new(PhoneTable::build(Vec::new()))),
+            prefixes: Arc::new(Layer::new(PrefixTable::build(Vec::new()))),
+            emails: Arc::new(Layer::new(EmailTable::build(Vec::new()))),
+        }
+    }
+
+    fn over_threshold(&self, threshold: usize) -> bool {
+        self.phones.delta_len() >= threshold
+            || self.prefixes.delta_len() >= threshold
+            || self.emails.delta_len() >= threshold
+    }
+}
+
+/// One entry as the set holds it (see [`Item::of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// An exact block entry.
+    Phone(u64),
+    /// A prefix (block or allow) or an exact allow entry.
+    Rule(Rule),
+    /// An e-mail entry's key: the lowercased address, `@domain` or
+    /// `@*.domain`, with `!` before it for an allow entry.
+    Email(String),
+}
+
+impl Item {
+    /// An exact number: a block goes to the phone table, an allow is a
+    /// one-number rule.
+    pub fn number(n: u64, allow: bool) -> Option<Item> {
+        if allow {
+            Rule::exact(n, true).map(Item::Rule)
+        } else {
+            (n != 0).then_some(Item::Phone(n))
+        }
+    }
+
+    /// An e-mail entry (address or domain pattern).
+    pub fn email(value: &str, allow: bool) -> Item {
+        let key = email_key(value);
+        Item::Email(if allow { format!("!{key}") } else { key.into() })
+    }
+}
+
+/// What a phone lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneMatch {
+    /// An exact block entry.
+    Listed,
+    /// The longest rule covering the number (a prefix, or an exact allow).
+    Rule(Rule),
+}
+
+/// What an e-mail lookup found: the entry (`boss@example.com`,
+/// `@example.com`, `@*.example.com`) and whether it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailMatch {
+    pub entry: String,
+    pub allow: bool,
 }
 
 /// An immutable base plus the small delta written since it was built.
@@ -115,50 +194,33 @@ impl<B: Base> Layer<B> {
         self.base.len() + self.added.len() - self.removed.len()
     }
 
-    /// A copy with `k` present; `None` if it already was.
-    fn with_inserted(&self, k: B::Key) -> Option<Self> {
-        if self.contains(&k) {
-            return None;
+    /// Removes `k` from the draft `next` (a copy of `self` made on the
+    /// first change); whether it was present.
+    fn draft_remove(&self, next: &mut Option<Self>, k: &B::Key) -> bool {
+        if !next.as_ref().unwrap_or(self).contains(k) {
+            return false;
         }
-        let mut next = self.clone_delta();
-        if next.base.has(&k) {
-            next.removed.remove(&k);
+        let n = next.get_or_insert_with(|| self.clone_delta());
+        if n.base.has(k) {
+            n.removed.insert(k.clone());
         } else {
-            next.added.insert(k);
+            n.added.remove(k);
         }
-        Some(next)
+        true
     }
 
-    /// A copy with every key of `keys` present; `None` if all already were.
-    fn with_all_inserted(&self, keys: impl Iterator<Item = B::Key>) -> Option<Self> {
-        let mut next: Option<Self> = None;
-        for k in keys {
-            let cur = next.as_ref().unwrap_or(self);
-            if cur.contains(&k) {
-                continue;
-            }
-            let n = next.get_or_insert_with(|| self.clone_delta());
-            if n.base.has(&k) {
-                n.removed.remove(&k);
-            } else {
-                n.added.insert(k);
-            }
+    /// Adds `k` to the draft `next`; whether it was absent.
+    fn draft_insert(&self, next: &mut Option<Self>, k: B::Key) -> bool {
+        if next.as_ref().unwrap_or(self).contains(&k) {
+            return false;
         }
-        next
-    }
-
-    /// A copy without `k`; `None` if it was not present.
-    fn with_removed(&self, k: &B::Key) -> Option<Self> {
-        if !self.contains(k) {
-            return None;
-        }
-        let mut next = self.clone_delta();
-        if next.base.has(k) {
-            next.removed.insert(k.clone());
+        let n = next.get_or_insert_with(|| self.clone_delta());
+        if n.base.has(&k) {
+            n.removed.remove(&k);
         } else {
-            next.added.remove(k);
+            n.added.insert(k);
         }
-        Some(next)
+        true
     }
 
     fn clone_delta(&self) -> Self {
@@ -210,13 +272,9 @@ impl ExceptionSet {
 
     /// An empty set whose deltas are merged at `threshold` entries.
     pub fn with_merge_threshold(threshold: usize) -> Self {
-        let snap = Snapshot {
-            phones: Arc::new(Layer::new(PhoneTable::build(Vec::new()))),
-            emails: Arc::new(Layer::new(EmailTable::build(Vec::new()))),
-        };
         ExceptionSet {
             inner: Arc::new(Inner {
-                current: ArcSwap::from_pointee(snap),
+                current: ArcSwap::from_pointee(Snapshot::empty()),
                 write: Mutex::new(()),
                 merging: AtomicBool::new(false),
                 threshold: threshold.max(1),
@@ -224,69 +282,206 @@ impl ExceptionSet {
         }
     }
 
-    /// Hot path: is this E.164 number listed? Lock-free, no allocation.
+    /// Hot path: is this E.164 number an exact block entry? Lock-free, no
+    /// allocation.
     #[inline]
     pub fn contains_phone(&self, e164: u64) -> bool {
         self.inner.current.load().phones.contains(&e164)
     }
 
-    /// Is this e-mail listed (case-insensitive)?
+    /// Hot path: the entry deciding this number: an exact block entry,
+    /// else the longest rule covering it (an exact allow is the longest).
+    /// Lock-free, no allocation; with no rules loaded, one probe as
+    /// [`contains_phone`](Self::contains_phone).
+    #[inline]
+    pub fn match_phone(&self, e164: u64) -> Option<PhoneMatch> {
+        let s = self.inner.current.load();
+        if s.phones.contains(&e164) {
+            return Some(PhoneMatch::Listed);
+        }
+        let p = &s.prefixes;
+        if p.base.is_empty() && p.added.is_empty() {
+            return None;
+        }
+        p.longest(e164).map(PhoneMatch::Rule)
+    }
+
+    /// Is this e-mail address listed as an exact entry (case-insensitive)?
     pub fn contains_email(&self, email: &str) -> bool {
         self.inner.current.load().emails.contains(&email_key(email))
     }
 
-    /// Replaces everything (start, reload).
+    /// The entry deciding the address `email`: the address itself, else its
+    /// domain (`@d`), else the nearest parent with a subdomain entry
+    /// (`@*.parent`). Only `@*.` entries match subdomains.
+    pub fn match_email(&self, email: &str) -> Option<EmailMatch> {
+        let s = self.inner.current.load();
+        let key = email_key(email);
+        let (_, domain) = key.rsplit_once('@')?;
+        let mut probe = String::with_capacity(key.len() + 3);
+        let mut find = |entry: &str| -> Option<EmailMatch> {
+            for allow in [false, true] {
+                probe.clear();
+                if allow {
+                    probe.push('!');
+                }
+                probe.push_str(entry);
+                if s.emails.contains(&Box::from(probe.as_str())) {
+                    return Some(EmailMatch {
+                        entry: entry.to_string(),
+                        allow,
+                    });
+                }
+            }
+            None
+        };
+        if let Some(m) = find(&key) {
+            return Some(m);
+        }
+        if let Some(m) = find(&format!("@{domain}")) {
+            return Some(m);
+        }
+        let mut rest = domain;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(m) = find(&format!("@*.{parent}")) {
+                return Some(m);
+            }
+            rest = parent;
+        }
+        None
+    }
+
+    /// Replaces everything with exact block phones and e-mails.
     pub fn replace_all(&self, phones: Vec<u64>, emails: Vec<String>) {
+        self.replace_parts(
+            phones,
+            Vec::new(),
+            emails.iter().map(|e| email_key(e)).collect(),
+        );
+    }
+
+    /// Replaces everything (start, reload).
+    pub fn replace_items(&self, items: Vec<Item>) {
+        let (mut phones, mut rules, mut emails) = (Vec::new(), Vec::new(), Vec::new());
+        for i in items {
+            match i {
+                Item::Phone(n) => phones.push(n),
+                Item::Rule(r) => rules.push(r),
+                Item::Email(e) => emails.push(e.into_boxed_str()),
+            }
+        }
+        self.replace_parts(phones, rules, emails);
+    }
+
+    fn replace_parts(&self, phones: Vec<u64>, rules: Vec<Rule>, emails: Vec<Box<str>>) {
         let _w = self.inner.lock();
-        let phones = PhoneTable::build(phones);
-        let emails = EmailTable::build(emails.iter().map(|e| email_key(e)).collect());
         self.inner.current.store(Arc::new(Snapshot {
-            phones: Arc::new(Layer::new(phones)),
-            emails: Arc::new(Layer::new(emails)),
+            phones: Arc::new(Layer::new(PhoneTable::build(phones))),
+            prefixes: Arc::new(Layer::new(PrefixTable::build(rules))),
+            emails: Arc::new(Layer::new(EmailTable::build(emails))),
         }));
     }
 
     pub fn insert_phone(&self, e164: u64) {
         if e164 != 0 {
-            self.write_phones(|l| l.with_inserted(e164));
+            self.insert_items(&[Item::Phone(e164)]);
         }
     }
 
     /// Publishes a batch (an import, a CRM record's numbers) with one
     /// delta copy per kind instead of one per entry.
     pub fn insert_many(&self, phones: &[u64], emails: &[String]) {
-        if !phones.is_empty() {
-            self.write_phones(|l| l.with_all_inserted(phones.iter().copied().filter(|&k| k != 0)));
+        let items: Vec<Item> = phones
+            .iter()
+            .filter(|&&k| k != 0)
+            .map(|&k| Item::Phone(k))
+            .chain(emails.iter().map(|e| Item::email(e, false)))
+            .collect();
+        self.insert_items(&items);
+    }
+
+    /// Publishes a batch in order; an entry replaces one of the other
+    /// action at its place (a later entry for the same value wins).
+    pub fn insert_items(&self, items: &[Item]) {
+        if items.is_empty() {
+            return;
         }
-        if !emails.is_empty() {
-            self.write_emails(|l| l.with_all_inserted(emails.iter().map(|e| email_key(e))));
-        }
+        self.write(|cur, d| {
+            for i in items {
+                match i {
+                    Item::Phone(n) => {
+                        if let Some(r) = Rule::exact(*n, true) {
+                            cur.prefixes.draft_remove(&mut d.prefixes, &r);
+                        }
+                        cur.phones.draft_insert(&mut d.phones, *n);
+                    }
+                    Item::Rule(r) => {
+                        cur.prefixes.draft_remove(&mut d.prefixes, &r.flipped());
+                        if r.is_exact() && r.allow() {
+                            cur.phones.draft_remove(&mut d.phones, &r.digits());
+                        }
+                        cur.prefixes.draft_insert(&mut d.prefixes, *r);
+                    }
+                    Item::Email(k) => {
+                        let flipped = match k.strip_prefix('!') {
+                            Some(plain) => plain.to_string(),
+                            None => format!("!{k}"),
+                        };
+                        cur.emails
+                            .draft_remove(&mut d.emails, &flipped.into_boxed_str());
+                        cur.emails
+                            .draft_insert(&mut d.emails, k.clone().into_boxed_str());
+                    }
+                }
+            }
+        });
+    }
+
+    /// Removes one entry; whether it was present.
+    pub fn remove_item(&self, item: &Item) -> bool {
+        let mut gone = false;
+        self.write(|cur, d| {
+            gone = match item {
+                Item::Phone(n) => cur.phones.draft_remove(&mut d.phones, n),
+                Item::Rule(r) => cur.prefixes.draft_remove(&mut d.prefixes, r),
+                Item::Email(k) => cur
+                    .emails
+                    .draft_remove(&mut d.emails, &k.clone().into_boxed_str()),
+            }
+        });
+        gone
     }
 
     /// Removes a phone; whether it was listed.
     pub fn remove_phone(&self, e164: u64) -> bool {
-        self.write_phones(|l| l.with_removed(&e164))
+        self.remove_item(&Item::Phone(e164))
     }
 
     pub fn insert_email(&self, email: &str) {
-        self.write_emails(|l| l.with_inserted(email_key(email)));
+        self.insert_items(&[Item::email(email, false)]);
     }
 
     /// Removes an e-mail (case-insensitive); whether it was listed.
     pub fn remove_email(&self, email: &str) -> bool {
-        self.write_emails(|l| l.with_removed(&email_key(email)))
+        self.remove_item(&Item::email(email, false))
     }
 
-    /// Number of listed (phones, e-mails).
+    /// Number of listed (phones, e-mails): exact phones and phone rules
+    /// together.
     pub fn counts(&self) -> (usize, usize) {
         let s = self.inner.current.load();
-        (s.phones.len(), s.emails.len())
+        (s.phones.len() + s.prefixes.len(), s.emails.len())
+    }
+
+    /// Number of phone rules (prefixes and exact allow entries).
+    pub fn rule_count(&self) -> usize {
+        self.inner.current.load().prefixes.len()
     }
 
     /// Approximate heap bytes held by the current snapshot.
     pub fn heap_bytes(&self) -> usize {
         let s = self.inner.current.load();
-        s.phones.heap_bytes() + s.emails.heap_bytes()
+        s.phones.heap_bytes() + s.prefixes.heap_bytes() + s.emails.heap_bytes()
     }
 
     /// Heap bytes of the phone base table alone (the 10M-entry figure).
@@ -294,57 +489,53 @@ impl ExceptionSet {
         self.inner.current.load().phones.base.heap_bytes()
     }
 
-    /// Merges both deltas now, in this thread (tests, benches).
+    /// Bytes of the prefix base table a lookup searches (its leaves and
+    /// levels; the benches' pointer chase runs over a buffer this size).
+    pub fn prefix_table_bytes(&self) -> usize {
+        self.inner.current.load().prefixes.base.search_bytes()
+    }
+
+    /// Merges every delta now, in this thread (tests, benches).
     pub fn flush(&self) {
         let _w = self.inner.lock();
         let cur = self.inner.current.load_full();
         self.inner.current.store(Arc::new(Snapshot {
             phones: Arc::new(Layer::new(cur.phones.merged())),
+            prefixes: Arc::new(Layer::new(cur.prefixes.merged())),
             emails: Arc::new(Layer::new(cur.emails.merged())),
         }));
     }
 
-    /// Entries in the deltas not yet merged (phones, e-mails).
+    /// Entries in the deltas not yet merged (phones and rules, e-mails).
     pub fn delta_lens(&self) -> (usize, usize) {
         let s = self.inner.current.load();
-        (s.phones.delta_len(), s.emails.delta_len())
+        (
+            s.phones.delta_len() + s.prefixes.delta_len(),
+            s.emails.delta_len(),
+        )
     }
 
-    fn write_phones(
-        &self,
-        f: impl FnOnce(&Layer<PhoneTable>) -> Option<Layer<PhoneTable>>,
-    ) -> bool {
+    /// Runs `f` on the current snapshot and a draft of changed layers
+    /// under the writer lock, publishes the draft if anything changed,
+    /// and starts a merge when a delta has grown past the threshold.
+    fn write(&self, f: impl FnOnce(&Snapshot, &mut Draft)) -> bool {
         let w = self.inner.lock();
         let cur = self.inner.current.load_full();
-        let Some(next) = f(&cur.phones) else {
+        let mut d = Draft::default();
+        f(&cur, &mut d);
+        if d.phones.is_none() && d.prefixes.is_none() && d.emails.is_none() {
             return false;
-        };
-        let big = next.delta_len() >= self.inner.threshold;
-        self.inner.current.store(Arc::new(Snapshot {
-            phones: Arc::new(next),
-            emails: Arc::clone(&cur.emails),
-        }));
-        drop(w);
-        if big {
-            self.start_merge();
         }
-        true
-    }
-
-    fn write_emails(
-        &self,
-        f: impl FnOnce(&Layer<EmailTable>) -> Option<Layer<EmailTable>>,
-    ) -> bool {
-        let w = self.inner.lock();
-        let cur = self.inner.current.load_full();
-        let Some(next) = f(&cur.emails) else {
-            return false;
+        fn pick<B: Base>(n: Option<Layer<B>>, old: &Arc<Layer<B>>) -> Arc<Layer<B>> {
+            n.map_or_else(|| Arc::clone(old), Arc::new)
+        }
+        let next = Snapshot {
+            phones: pick(d.phones, &cur.phones),
+            prefixes: pick(d.prefixes, &cur.prefixes),
+            emails: pick(d.emails, &cur.emails),
         };
-        let big = next.delta_len() >= self.inner.threshold;
-        self.inner.current.store(Arc::new(Snapshot {
-            phones: Arc::clone(&cur.phones),
-            emails: Arc::new(next),
-        }));
+        let big = next.over_threshold(self.inner.threshold);
+        self.inner.current.store(Arc::new(next));
         drop(w);
         if big {
             self.start_merge();
@@ -367,6 +558,14 @@ impl ExceptionSet {
     }
 }
 
+/// The layers a write changed (each a copy of the current one's delta).
+#[derive(Default)]
+struct Draft {
+    phones: Option<Layer<PhoneTable>>,
+    prefixes: Option<Layer<PrefixTable>>,
+    emails: Option<Layer<EmailTable>>,
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a panicked writer left nothing half-done.
@@ -375,40 +574,40 @@ impl Inner {
 
     /// Merges whichever delta is over the threshold until none is.
     fn merge_loop(&self) {
+        fn over<B: Base>(l: &Layer<B>, t: usize) -> Option<Arc<B>> {
+            (l.delta_len() >= t).then(|| Arc::new(l.merged()))
+        }
+        fn rebase<B: Base>(
+            cur: &Arc<Layer<B>>,
+            from: &Layer<B>,
+            m: Option<Arc<B>>,
+        ) -> Arc<Layer<B>> {
+            match m {
+                Some(m) if Arc::ptr_eq(&cur.base, &from.base) => Arc::new(cur.rebased(from, m)),
+                _ => Arc::clone(cur),
+            }
+        }
         loop {
             let from = self.current.load_full();
-            let phones =
-                (from.phones.delta_len() >= self.threshold).then(|| Arc::new(from.phones.merged()));
-            let emails =
-                (from.emails.delta_len() >= self.threshold).then(|| Arc::new(from.emails.merged()));
-            if phones.is_none() && emails.is_none() {
+            let phones = over(&from.phones, self.threshold);
+            let prefixes = over(&from.prefixes, self.threshold);
+            let emails = over(&from.emails, self.threshold);
+            if phones.is_none() && prefixes.is_none() && emails.is_none() {
                 break;
             }
             let _w = self.lock();
             let cur = self.current.load_full();
-            let mut next = Snapshot {
-                phones: Arc::clone(&cur.phones),
-                emails: Arc::clone(&cur.emails),
-            };
-            if let Some(m) = phones
-                && Arc::ptr_eq(&cur.phones.base, &from.phones.base)
-            {
-                next.phones = Arc::new(cur.phones.rebased(&from.phones, m));
-            }
-            if let Some(m) = emails
-                && Arc::ptr_eq(&cur.emails.base, &from.emails.base)
-            {
-                next.emails = Arc::new(cur.emails.rebased(&from.emails, m));
-            }
-            self.current.store(Arc::new(next));
+            self.current.store(Arc::new(Snapshot {
+                phones: rebase(&cur.phones, &from.phones, phones),
+                prefixes: rebase(&cur.prefixes, &from.prefixes, prefixes),
+                emails: rebase(&cur.emails, &from.emails, emails),
+            }));
         }
         self.merging.store(false, Ordering::Release);
         // A write between the last check and the flag reset may have found
         // the flag set and not started a merge: check once more.
         let s = self.current.load();
-        if (s.phones.delta_len() >= self.threshold || s.emails.delta_len() >= self.threshold)
-            && !self.merging.swap(true, Ordering::AcqRel)
-        {
+        if s.over_threshold(self.threshold) && !self.merging.swap(true, Ordering::AcqRel) {
             drop(s);
             self.merge_loop();
         }
@@ -459,20 +658,27 @@ impl PhoneTable {
     /// in a 100 MB table costs one cache miss and no page walk.
     fn zeroed(n: usize) -> Box<[Bucket]> {
         let mut v: Vec<Bucket> = Vec::with_capacity(n);
-        #[cfg(target_os = "linux")]
-        if n * 64 >= 4 << 20 {
-            let start = v.as_mut_ptr() as usize;
-            let aligned = (start + 4095) & !4095;
-            let len = (start + n * 64).saturating_sub(aligned) & !4095;
-            // SAFETY: the range lies inside `v`'s allocation, page aligned;
-            // MADV_HUGEPAGE is advice only and changes no contents.
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-            }
-        }
+        advise_huge_pages(v.as_mut_ptr() as usize, n * 64);
         v.resize(n, Bucket::default());
         v.into_boxed_slice()
     }
+}
+
+/// Asks (Linux) for transparent huge pages for the `bytes` at `start`, an
+/// allocation not yet touched; a no-op for allocations under 4 MB.
+pub(crate) fn advise_huge_pages(start: usize, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    if bytes >= 4 << 20 {
+        let aligned = (start + 4095) & !4095;
+        let len = (start + bytes).saturating_sub(aligned) & !4095;
+        // SAFETY: the range lies inside the caller's allocation, page
+        // aligned; MADV_HUGEPAGE is advice only and changes no contents.
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (start, bytes);
 }
 
 impl Base for PhoneTable {
@@ -551,6 +757,83 @@ impl Base for PhoneTable {
 
     fn heap_bytes(&self) -> usize {
         self.buckets.len() * std::mem::size_of::<Bucket>()
+    }
+}
+
+impl Base for PrefixTable {
+    type Key = Rule;
+
+    fn has(&self, r: &Rule) -> bool {
+        self.contains(*r)
+    }
+
+    fn build(keys: Vec<Rule>) -> Self {
+        PrefixTable::build(keys)
+    }
+
+    fn keys(&self) -> Vec<Rule> {
+        self.rules().to_vec()
+    }
+
+    fn len(&self) -> usize {
+        PrefixTable::len(self)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        PrefixTable::heap_bytes(self)
+    }
+}
+
+impl Layer<PrefixTable> {
+    /// The longest rule covering `n`, the delta included.
+    #[inline]
+    fn longest(&self, n: u64) -> Option<Rule> {
+        let found = self.base.longest(n);
+        if self.added.is_empty() && self.removed.is_empty() {
+            return found;
+        }
+        self.longest_with_delta(n, found)
+    }
+
+    /// Walks the places a rule for `n` can be, longest first (the exact
+    /// one, then prefixes of `len..=1` digits): an added rule there wins;
+    /// the base's innermost rule `found` wins where it stands unless it
+    /// was removed, and then the base's next outer ones are looked up.
+    #[cold]
+    fn longest_with_delta(&self, n: u64, found: Option<Rule>) -> Option<Rule> {
+        let len = crate::screening::prefixes::digit_count(n);
+        if len > crate::screening::prefixes::MAX_DIGITS {
+            return None;
+        }
+        let mut base_hit = found;
+        let mut below_removed = false;
+        let places = std::iter::once((n, len, true))
+            .chain((1..=len).rev().map(|l| (n / 10u64.pow(len - l), l, false)));
+        for (digits, l, exact) in places {
+            for allow in [false, true] {
+                let r = if exact {
+                    Rule::exact(digits, allow)
+                } else {
+                    Rule::prefix(digits, l, allow)
+                };
+                let Some(r) = r else { continue };
+                if self.added.contains(&r) {
+                    return Some(r);
+                }
+                if let Some(b) = base_hit
+                    && b == r
+                {
+                    if !self.removed.contains(&b) {
+                        return Some(b);
+                    }
+                    base_hit = None;
+                    below_removed = true;
+                } else if below_removed && self.base.has(&r) && !self.removed.contains(&r) {
+                    return Some(r);
+                }
+            }
+        }
+        None
     }
 }
 

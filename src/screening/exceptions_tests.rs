@@ -134,3 +134,144 @@ proptest! {
         prop_assert_eq!(set.counts().0, model.len());
     }
 }
+
+/// Rules with both actions at few places, exact allows among them, so
+/// that the delta's walk (added rules, removed base rules) is crossed
+/// with merges; the model is the brute-force longest match.
+#[derive(Debug, Clone)]
+enum RuleOp {
+    Insert(Item),
+    Remove(Item),
+    Replace(Vec<Item>),
+    Flush,
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    // Prefixes of 4930901820 and its neighbours, exact numbers among them.
+    (1u32..=10, 0u64..3, any::<bool>(), 0u8..4).prop_map(|(len, off, allow, kind)| {
+        let n = 4930901820 + off;
+        let d = n / 10u64.pow(10 - len);
+        match kind {
+            0 => Item::number(n, allow).unwrap(),
+            _ => Item::Rule(Rule::prefix(d, len, allow).unwrap()),
+        }
+    })
+}
+
+fn rule_op() -> impl Strategy<Value = RuleOp> {
+    prop_oneof![
+        20 => item().prop_map(RuleOp::Insert),
+        10 => item().prop_map(RuleOp::Remove),
+        1 => proptest::collection::vec(item(), 0..30).prop_map(RuleOp::Replace),
+        1 => Just(RuleOp::Flush),
+    ]
+}
+
+/// The model: the entry at each place (exact block, or a rule position).
+fn model_match(model: &[Item], n: u64) -> Option<PhoneMatch> {
+    if model.contains(&Item::Phone(n)) {
+        return Some(PhoneMatch::Listed);
+    }
+    let rules: Vec<Rule> = model
+        .iter()
+        .filter_map(|i| match i {
+            Item::Rule(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    crate::screening::prefixes::longest_naive(&rules, n).map(PhoneMatch::Rule)
+}
+
+/// Applies an insert to the model as the set does: the other action at
+/// the same place goes (an exact allow and an exact block are one place).
+fn model_insert(model: &mut Vec<Item>, i: Item) {
+    let clash = |x: &Item| match (&i, x) {
+        (Item::Rule(a), Item::Rule(b)) => *b == a.flipped() || a == b,
+        (Item::Rule(a), Item::Phone(n)) | (Item::Phone(n), Item::Rule(a)) => {
+            a.is_exact() && a.digits() == *n
+        }
+        (a, b) => a == b,
+    };
+    model.retain(|x| !clash(x));
+    model.push(i);
+}
+
+proptest! {
+    #[test]
+    fn rules_behave_like_the_longest_match_model(ops in proptest::collection::vec(rule_op(), 1..200)) {
+        let set = ExceptionSet::with_merge_threshold(4);
+        let mut model: Vec<Item> = Vec::new();
+        for op in ops {
+            match op {
+                RuleOp::Insert(i) => { set.insert_items(std::slice::from_ref(&i)); model_insert(&mut model, i); }
+                RuleOp::Remove(i) => {
+                    let had = model.contains(&i);
+                    model.retain(|x| x != &i);
+                    prop_assert_eq!(set.remove_item(&i), had);
+                }
+                RuleOp::Replace(is) => {
+                    model.clear();
+                    for i in is.iter().cloned() { model_insert(&mut model, i); }
+                    set.replace_items(model.clone());
+                }
+                RuleOp::Flush => set.flush(),
+            }
+            for n in [4930901820u64, 4930901821, 4930901822, 49309018205, 4930900000, 4930901800] {
+                prop_assert_eq!(set.match_phone(n), model_match(&model, n), "{} in {:?}", n, model);
+            }
+        }
+        wait_for_merges(&set);
+        prop_assert_eq!(set.counts().0, model.len());
+    }
+}
+
+#[test]
+fn email_matches_address_then_domain_then_parents() {
+    let set = ExceptionSet::new();
+    set.insert_items(&[
+        Item::email("@newsletter.example", false),
+        Item::email("@*.example", false),
+        Item::email("Boss@Newsletter.Example", true),
+        Item::email("@*.shop.example", true),
+        Item::email("spam@other.test", false),
+    ]);
+    let m = |a: &str| set.match_email(a).map(|m| (m.entry, m.allow));
+    assert_eq!(
+        m("boss@newsletter.example"),
+        Some(("boss@newsletter.example".into(), true))
+    );
+    assert_eq!(
+        m("news@newsletter.example"),
+        Some(("@newsletter.example".into(), false))
+    );
+    assert_eq!(
+        m("a@eu.newsletter.example"),
+        Some(("@*.example".into(), false))
+    );
+    assert_eq!(
+        m("a@x.shop.example"),
+        Some(("@*.shop.example".into(), true))
+    );
+    assert_eq!(
+        m("a@shop.example"),
+        Some(("@*.example".into(), false)),
+        "@*.shop.example is only its subdomains"
+    );
+    assert_eq!(
+        m("a@example"),
+        None,
+        "@*.example does not match example itself"
+    );
+    assert_eq!(
+        m("SPAM@other.test"),
+        Some(("spam@other.test".into(), false))
+    );
+    assert_eq!(m("ham@other.test"), None);
+    // Changing the action replaces the entry.
+    set.insert_items(&[Item::email("@newsletter.example", true)]);
+    assert_eq!(
+        m("news@newsletter.example"),
+        Some(("@newsletter.example".into(), true))
+    );
+    assert_eq!(set.counts().1, 5);
+}

@@ -18,7 +18,9 @@ use std::str::FromStr;
 use phonenumber::country::Id;
 use rustc_hash::FxHashMap;
 
-use crate::config::{Config, CreateFor, CreateMode, CrmMode, Diagnostic, ForwardMode, LineConfig};
+use crate::config::{
+    Config, CreateFor, CreateMode, CrmMode, Diagnostic, ForwardMode, LineConfig, OnVerstatFailed,
+};
 use crate::screening::normalize::{Normalizer, write_e164};
 
 /// The CRM integration of one line, fully resolved.
@@ -48,6 +50,8 @@ pub struct LineSettings {
     pub trunk: Option<String>,
     /// Region for national-format client numbers on this line.
     pub region: Id,
+    /// What a failed STIR/SHAKEN verification does on this line.
+    pub on_verstat_failed: OnVerstatFailed,
 }
 
 /// Line settings by E.164 number, with the defaults for all others.
@@ -86,6 +90,7 @@ impl LineTable {
             change_responsible_on_transfer: d.change_responsible_on_transfer,
             trunk: d.trunk.as_ref().map(|t| t.get_ref().clone()),
             region,
+            on_verstat_failed: d.on_verstat_failed,
         };
         check_strings(&defaults, "[defaults]", defaults_span, &mut diags);
 
@@ -181,6 +186,7 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
             Some(r) => parse_region(r.get_ref(), r.span(), diags),
             None => d.region,
         },
+        on_verstat_failed: l.on_verstat_failed.unwrap_or(d.on_verstat_failed),
     }
 }
 

@@ -9,10 +9,13 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::config::{ConfigError, CreateFor, CreateMode, CrmMode, Diagnostic, Loaded, Verdict};
-use crate::screening::exceptions::ExceptionSet;
+use crate::config::{
+    ConfigError, CreateFor, CreateMode, CrmMode, Diagnostic, Loaded, OnVerstatFailed, Verdict,
+};
+use crate::screening::exceptions::{EmailMatch, ExceptionSet, PhoneMatch, Rule};
 use crate::screening::lines::{LineSettings, LineTable};
 use crate::screening::normalize::{Normalizer, write_e164};
+use crate::screening::verstat::Attest;
 
 /// Which way the call goes, seen from the PBX's users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +74,73 @@ pub struct Screener {
     exceptions: Arc<ExceptionSet>,
     /// Verdict for anonymous clients.
     anonymous: Verdict,
+    /// `[screening] max_range_numbers`.
+    max_range_numbers: u64,
+}
+
+/// Why a call got its verdict (`X-CRM-Reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// An exact block entry.
+    Listed,
+    /// A blocking prefix (the longest rule covering the client).
+    Prefix(Rule),
+    /// An allow entry (prefix or exact) overriding shorter blocks.
+    Allow(Rule),
+    /// A failed STIR/SHAKEN verification (`on_verstat_failed`).
+    Verstat,
+    /// A withheld caller (`[screening] anonymous`).
+    Anonymous,
+}
+
+impl Reason {
+    /// `listed`, `prefix:+4930901`, `allow:+49309018`, `verstat`,
+    /// `anonymous` (no allocation).
+    pub fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Reason::Listed => out.extend_from_slice(b"listed"),
+            Reason::Prefix(r) => {
+                out.extend_from_slice(b"prefix:");
+                r.write_digits(out);
+            }
+            Reason::Allow(r) => {
+                out.extend_from_slice(b"allow:");
+                r.write_digits(out);
+            }
+            Reason::Verstat => out.extend_from_slice(b"verstat"),
+            Reason::Anonymous => out.extend_from_slice(b"anonymous"),
+        }
+    }
+}
+
+impl Reason {
+    /// Reads the written form back (an allow is read as a prefix: both
+    /// are written alike).
+    pub fn parse(s: &str) -> Option<Reason> {
+        let rule = |d: &str, allow: bool| {
+            let digits = d.strip_prefix('+')?;
+            let n: u64 = digits.parse().ok()?;
+            Rule::prefix(n, digits.len() as u32, allow)
+        };
+        match s {
+            "listed" => Some(Reason::Listed),
+            "verstat" => Some(Reason::Verstat),
+            "anonymous" => Some(Reason::Anonymous),
+            _ => match s.split_once(':')? {
+                ("prefix", d) => rule(d, false).map(Reason::Prefix),
+                ("allow", d) => rule(d, true).map(Reason::Allow),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = Vec::with_capacity(24);
+        self.write(&mut v);
+        f.write_str(&String::from_utf8_lossy(&v))
+    }
 }
 
 /// The outcome of screening one call.
@@ -83,6 +153,12 @@ pub struct Screening<'a> {
     pub line: Option<u64>,
     /// The line's settings (the defaults for unknown lines).
     pub settings: &'a LineSettings,
+    /// Why the verdict (none for a `log` call no entry decided).
+    pub reason: Option<Reason>,
+    /// The trusted trunk's STIR/SHAKEN result (inbound calls).
+    pub attest: Attest,
+    /// `on_verstat_failed = "reject"` applies: answer 608, do not forward.
+    pub reject: bool,
 }
 
 /// Client user parts that mean "withheld" (compared case-insensitively).
@@ -115,15 +191,31 @@ impl Screener {
             lines,
             exceptions,
             anonymous: cfg.screening.anonymous,
+            max_range_numbers: cfg.screening.max_range_numbers,
         })
     }
 
-    /// Hot path: no allocation for the common cases, never blocks.
+    /// Hot path: no allocation for the common cases, never blocks. A call
+    /// with no verification result.
     pub fn screen(
         &self,
         direction: Direction,
         line_user: &[u8],
         client_user: Option<&[u8]>,
+    ) -> Screening<'_> {
+        self.screen_verified(direction, line_user, client_user, Attest::None)
+    }
+
+    /// [`screen`](Self::screen) with the trusted trunk's STIR/SHAKEN
+    /// result: the exact entry, else the longest rule decides; then a
+    /// failed verification on an inbound call does what the line's
+    /// `on_verstat_failed` says.
+    pub fn screen_verified(
+        &self,
+        direction: Direction,
+        line_user: &[u8],
+        client_user: Option<&[u8]>,
+        attest: Attest,
     ) -> Screening<'_> {
         let line = self.normalizer.normalize(line_user, None);
         let settings = self.lines.get(line);
@@ -131,27 +223,64 @@ impl Screener {
             .filter(|u| !ANONYMOUS.iter().any(|a| u.eq_ignore_ascii_case(a)))
             .and_then(|u| self.normalizer.normalize(u, Some(settings.region)))
             .map_or(Client::Anonymous, Client::Number);
-        let verdict = match client {
-            Client::Number(n) if self.exceptions.contains_phone(n) => Verdict::Exception,
-            Client::Number(_) => Verdict::Log,
-            Client::Anonymous => self.anonymous,
+        let (mut verdict, mut reason) = match client {
+            Client::Number(n) => match self.exceptions.match_phone(n) {
+                Some(PhoneMatch::Listed) => (Verdict::Exception, Some(Reason::Listed)),
+                Some(PhoneMatch::Rule(r)) if r.allow() => (Verdict::Log, Some(Reason::Allow(r))),
+                Some(PhoneMatch::Rule(r)) => (Verdict::Exception, Some(Reason::Prefix(r))),
+                None => (Verdict::Log, None),
+            },
+            Client::Anonymous => (self.anonymous, Some(Reason::Anonymous)),
         };
+        let attest = if direction == Direction::Inbound {
+            attest
+        } else {
+            Attest::None
+        };
+        let mut reject = false;
+        if attest == Attest::Failed {
+            match settings.on_verstat_failed {
+                OnVerstatFailed::Ignore => {}
+                OnVerstatFailed::Exception if verdict == Verdict::Exception => {}
+                OnVerstatFailed::Exception => {
+                    verdict = Verdict::Exception;
+                    reason = Some(Reason::Verstat);
+                }
+                OnVerstatFailed::Reject => {
+                    reject = true;
+                    verdict = Verdict::Exception;
+                    reason = Some(Reason::Verstat);
+                }
+            }
+        }
         Screening {
             direction,
             verdict,
             client,
             line,
             settings,
+            reason,
+            attest,
+            reject,
         }
     }
 
-    /// A new e-mail from `from`: `exception` if listed. A reply to an
-    /// earlier message always goes to the CRM (`log`), listed or not.
+    /// A new e-mail from `from`: `exception` if the address, its domain or
+    /// a parent's `@*.` entry blocks it (the first of them found decides;
+    /// an allow entry lets it through). A reply to an earlier message
+    /// always goes to the CRM (`log`), listed or not.
     pub fn screen_email(&self, from: &str, reply: bool) -> Verdict {
-        if !reply && self.exceptions.contains_email(from) {
-            Verdict::Exception
-        } else {
-            Verdict::Log
+        self.screen_email_why(from, reply).0
+    }
+
+    /// [`screen_email`](Self::screen_email) and the entry that decided.
+    pub fn screen_email_why(&self, from: &str, reply: bool) -> (Verdict, Option<EmailMatch>) {
+        if reply {
+            return (Verdict::Log, None);
+        }
+        match self.exceptions.match_email(from) {
+            Some(m) if !m.allow => (Verdict::Exception, Some(m)),
+            other => (Verdict::Log, other),
         }
     }
 
@@ -161,6 +290,11 @@ impl Screener {
 
     pub fn normalizer(&self) -> &Normalizer {
         &self.normalizer
+    }
+
+    /// A range entry covering more numbers needs the "large" mark.
+    pub fn max_range_numbers(&self) -> u64 {
+        self.max_range_numbers
     }
 
     pub fn lines(&self) -> &LineTable {
@@ -235,6 +369,14 @@ impl Screening<'_> {
             out.extend_from_slice(b"X-CRM-Call-Id: ");
             out.extend(id.bytes().filter(|b| !b.is_ascii_control()));
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(r) = self.reason {
+            out.extend_from_slice(b"X-CRM-Reason: ");
+            r.write(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.direction == Direction::Inbound {
+            header(out, b"X-CRM-Attest", self.attest.as_str().as_bytes());
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::from_toml;
+use crate::screening::exceptions::Item;
 
 const CONFIG: &str = r#"
 [pbx]
@@ -44,6 +45,14 @@ crm_mode = "simple"
 number = "+33142685300"
 region = "FR"
 create = "off"
+
+[[line]]
+number = "+4969000001"
+on_verstat_failed = "exception"
+
+[[line]]
+number = "+4969000002"
+on_verstat_failed = "reject"
 "#;
 
 fn screener() -> Screener {
@@ -69,7 +78,8 @@ fn listed_caller_is_an_exception() {
     assert_eq!(
         tags(&s),
         "X-CRM-Verdict: exception\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: +4915112345678\r\n\
-         X-CRM-Line: +4930901820\r\nX-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\n"
+         X-CRM-Line: +4930901820\r\nX-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\n\
+         X-CRM-Reason: listed\r\nX-CRM-Attest: none\r\n"
     );
 }
 
@@ -82,7 +92,7 @@ fn unlisted_caller_is_logged_with_the_line_settings() {
         tags(&s),
         "X-CRM-Verdict: log\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: +4915199999999\r\n\
          X-CRM-Line: +4930901820\r\nX-CRM-Create: offer\r\nX-CRM-Source: ADVERTISING\r\n\
-         X-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\n"
+         X-CRM-Responsible: 101\r\nX-CRM-Call-Id: c1\r\nX-CRM-Attest: none\r\n"
     );
 }
 
@@ -103,7 +113,8 @@ fn anonymous_callers_get_the_configured_verdict() {
         assert_eq!(
             tags(&s),
             "X-CRM-Verdict: exception\r\nX-CRM-Direction: inbound\r\nX-CRM-Client: anonymous\r\n\
-             X-CRM-Line: +4999999999\r\nX-CRM-Call-Id: c1\r\n"
+             X-CRM-Line: +4999999999\r\nX-CRM-Call-Id: c1\r\n\
+             X-CRM-Reason: anonymous\r\nX-CRM-Attest: none\r\n"
         );
     }
 }
@@ -168,7 +179,8 @@ fn call_id_cannot_inject_headers() {
     let s = sc.screen(Direction::Inbound, b"+4930901820", None);
     let mut out = Vec::new();
     s.write_tags(Some("a\r\nX-Evil: 1"), None, &mut out);
-    assert!(out.ends_with(b"X-CRM-Call-Id: aX-Evil: 1\r\n"));
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("X-CRM-Call-Id: aX-Evil: 1\r\n"), "{text}");
 }
 
 #[test]
@@ -178,7 +190,7 @@ fn bad_line_is_a_located_config_error() {
     let err = Screener::build(&loaded, Arc::new(ExceptionSet::new()))
         .err()
         .unwrap();
-    assert_eq!(err.errors()[0].line, 42, "{err}");
+    assert_eq!(err.errors()[0].line, 50, "{err}");
     assert!(err.to_string().contains("configured twice"), "{err}");
 }
 
@@ -188,4 +200,141 @@ fn listed_after_build_is_seen_without_rebuild() {
     sc.exceptions().insert_phone(4915199999999);
     let s = sc.screen(Direction::Inbound, b"+4930901820", Some(b"+4915199999999"));
     assert_eq!(s.verdict, Verdict::Exception);
+}
+
+fn reason(s: &Screening<'_>) -> Option<String> {
+    s.reason.map(|r| r.to_string())
+}
+
+#[test]
+fn the_longest_entry_decides_and_says_so() {
+    let sc = screener();
+    let rule = |v: &str, allow| Item::Rule(Rule::parse_value(v, allow).unwrap());
+    sc.exceptions().insert_items(&[
+        rule("+4930901*", false),
+        rule("+49309018*", true),
+        Item::number(4930901811, false).unwrap(),
+        Item::number(4930901700, true).unwrap(),
+    ]);
+    let at = |caller: &[u8]| sc.screen(Direction::Inbound, b"+4930901820", Some(caller));
+    let s = at(b"+4930901799");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Exception, Some("prefix:+4930901"))
+    );
+    assert!(
+        tags(&s).contains("X-CRM-Reason: prefix:+4930901\r\n"),
+        "{}",
+        tags(&s)
+    );
+    let s = at(b"+4930901812");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Log, Some("allow:+49309018"))
+    );
+    assert_eq!(
+        s.create(),
+        CreateTag::Offer,
+        "an allowed caller is an ordinary log call"
+    );
+    let s = at(b"+4930901811");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Exception, Some("listed")),
+        "an exact entry is the longest"
+    );
+    let s = at(b"+4930901700");
+    assert_eq!(
+        (s.verdict, reason(&s).as_deref()),
+        (Verdict::Log, Some("allow:+4930901700"))
+    );
+    let s = at(b"+4930801700");
+    assert_eq!((s.verdict, reason(&s)), (Verdict::Log, None));
+    assert!(!tags(&s).contains("X-CRM-Reason"));
+}
+
+#[test]
+fn a_failed_verification_does_what_the_line_says() {
+    let sc = screener();
+    let caller = Some(&b"+12155550112"[..]);
+    let v = |line: &[u8], a| sc.screen_verified(Direction::Inbound, line, caller, a);
+    // The defaults ignore it; the tag still tells.
+    let s = v(b"+4930901820", Attest::Failed);
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s)),
+        (Verdict::Log, false, None)
+    );
+    assert!(
+        tags(&s).ends_with("X-CRM-Attest: failed\r\n"),
+        "{}",
+        tags(&s)
+    );
+    let s = v(b"+4969000001", Attest::Failed);
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s).as_deref()),
+        (Verdict::Exception, false, Some("verstat"))
+    );
+    let s = v(b"+4969000002", Attest::Failed);
+    assert_eq!(
+        (s.verdict, s.reject, reason(&s).as_deref()),
+        (Verdict::Exception, true, Some("verstat"))
+    );
+    // A passed call on a rejecting line is an ordinary call.
+    for a in [Attest::A, Attest::B, Attest::C, Attest::None] {
+        let s = v(b"+4969000002", a);
+        assert_eq!((s.verdict, s.reject), (Verdict::Log, false), "{a:?}");
+        assert!(tags(&s).ends_with(&format!("X-CRM-Attest: {}\r\n", a.as_str())));
+    }
+    // A listed caller stays `listed` on an exception line.
+    sc.exceptions().insert_phone(12155550112);
+    let s = v(b"+4969000001", Attest::Failed);
+    assert_eq!(reason(&s).as_deref(), Some("listed"));
+    // Outbound calls carry no verification.
+    let s = sc.screen_verified(Direction::Outbound, b"+4969000002", caller, Attest::Failed);
+    assert_eq!((s.attest, s.reject), (Attest::None, false));
+    assert!(!tags(&s).contains("X-CRM-Attest"));
+}
+
+#[test]
+fn reasons_read_back() {
+    for r in [
+        "listed",
+        "prefix:+4930901",
+        "allow:+49309018",
+        "verstat",
+        "anonymous",
+    ] {
+        assert_eq!(Reason::parse(r).unwrap().to_string(), r);
+    }
+    for bad in ["", "prefix:", "prefix:4930", "allow:+", "other:+49"] {
+        assert_eq!(Reason::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn e_mails_match_address_domain_and_parents_replies_pass() {
+    let sc = screener();
+    sc.exceptions().insert_items(&[
+        Item::email("@newsletter.example", false),
+        Item::email("@*.ads.example", false),
+        Item::email("ceo@newsletter.example", true),
+    ]);
+    assert_eq!(
+        sc.screen_email("promo@newsletter.example", false),
+        Verdict::Exception
+    );
+    assert_eq!(
+        sc.screen_email("promo@newsletter.example", true),
+        Verdict::Log,
+        "a reply always passes"
+    );
+    assert_eq!(
+        sc.screen_email("CEO@newsletter.example", false),
+        Verdict::Log
+    );
+    assert_eq!(
+        sc.screen_email("x@eu.ads.example", false),
+        Verdict::Exception
+    );
+    assert_eq!(sc.screen_email("x@ads.example", false), Verdict::Log);
 }

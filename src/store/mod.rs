@@ -37,6 +37,52 @@ pub struct NewEntry {
     pub origin: String,
     /// Unix milliseconds after which the entry no longer applies.
     pub expires_at: Option<i64>,
+    /// An allow entry (wins over shorter blocking prefixes / the domain).
+    pub allow: bool,
+}
+
+/// How an entry's value matches (derived from the value: a phone prefix
+/// ends in `*`, an e-mail domain entry starts with `@`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    Exact,
+    Prefix,
+    Domain,
+}
+
+impl Pattern {
+    pub fn of(value: &str) -> Pattern {
+        if value.ends_with('*') {
+            Pattern::Prefix
+        } else if value.starts_with('@') {
+            Pattern::Domain
+        } else {
+            Pattern::Exact
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::Exact => "exact",
+            Pattern::Prefix => "prefix",
+            Pattern::Domain => "domain",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Pattern> {
+        match s {
+            "exact" => Some(Pattern::Exact),
+            "prefix" => Some(Pattern::Prefix),
+            "domain" => Some(Pattern::Domain),
+            _ => None,
+        }
+    }
+}
+
+/// `block` (the default) or `allow`.
+pub fn action_str(allow: bool) -> &'static str {
+    if allow { "allow" } else { "block" }
 }
 
 /// A stored entry.
@@ -55,6 +101,28 @@ pub struct Entry {
     pub created_by: String,
     pub updated_at: Option<i64>,
     pub expires_at: Option<i64>,
+    /// `exact`, `prefix` or `domain`.
+    #[serde(rename = "match")]
+    pub pattern: Pattern,
+    pub allow: bool,
+}
+
+impl Entry {
+    /// The entry as the in-memory set holds it (`None`: a value the set
+    /// cannot read, never written by this store).
+    pub fn item(&self) -> Option<crate::screening::exceptions::Item> {
+        item_of(self.kind, &self.value, self.allow)
+    }
+}
+
+/// A stored value as the in-memory set holds it.
+pub fn item_of(kind: Kind, value: &str, allow: bool) -> Option<crate::screening::exceptions::Item> {
+    use crate::screening::exceptions::{Item, Rule};
+    match kind {
+        Kind::Email => Some(Item::email(value, allow)),
+        Kind::Phone if value.ends_with('*') => Rule::parse_value(value, allow).map(Item::Rule),
+        Kind::Phone => Item::number(crate::screening::normalize::parse_e164(value)?, allow),
+    }
 }
 
 /// What one batched write did.
@@ -78,6 +146,10 @@ pub struct ListFilter {
     pub value: Option<String>,
     /// Prefix of the normalised value (`+4930`, `sales@`).
     pub prefix: Option<String>,
+    /// Only entries of this match kind.
+    pub pattern: Option<Pattern>,
+    /// Only allow (`Some(true)`) or block entries.
+    pub allow: Option<bool>,
     /// Only entries with an id below this (the previous page's cursor).
     pub before: Option<i64>,
     pub limit: usize,
@@ -97,6 +169,8 @@ pub struct AuditRow {
     pub value: String,
     pub comment: String,
     pub origin: String,
+    /// The entry's action at that time: `block` or `allow`.
+    pub entry_action: String,
 }
 
 /// Store failures; the message says what went wrong, never a secret.
@@ -127,8 +201,8 @@ pub enum StoreError {
 
 /// The durable exception list.
 pub trait ExceptionStore: Send + Sync + 'static {
-    /// Every entry not expired at `now`: E.164 numbers and e-mails.
-    fn load_active(&self, now: i64) -> Result<(Vec<u64>, Vec<String>), StoreError>;
+    /// Every entry not expired at `now`, as the in-memory set holds it.
+    fn load_active(&self, now: i64) -> Result<Vec<crate::screening::exceptions::Item>, StoreError>;
 
     /// Adds or updates `entries` in one durable transaction, by `actor`.
     fn upsert(&self, entries: &[NewEntry], actor: &str, now: i64) -> Result<Upserted, StoreError>;

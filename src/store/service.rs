@@ -17,13 +17,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Entry, ExceptionStore, Kind, NewEntry, StoreError, Upserted};
+use super::{Entry, ExceptionStore, NewEntry, StoreError, Upserted, item_of};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::screening::Screener;
 use crate::screening::exceptions::ExceptionSet;
-use crate::screening::normalize::Normalizer;
-use crate::screening::normalize::parse_e164;
-use crate::screening::source::{ParsedEntry, Rejected, Value, parse_entry, without_line_end};
+use crate::screening::source::{ParsedEntry, Rejected, parse_entry, without_line_end};
 
 /// Lines per import transaction.
 pub const IMPORT_BATCH: usize = 20_000;
@@ -102,14 +101,6 @@ pub enum FileImportError {
     Store(#[from] StoreError),
 }
 
-/// How an entry's value is published to the set.
-fn parse_canonical(kind: Kind, value: &str) -> Option<Value> {
-    match kind {
-        Kind::Phone => parse_e164(value).map(Value::Phone),
-        Kind::Email => Some(Value::Email(value.to_string())),
-    }
-}
-
 impl Exceptions {
     pub fn new(
         store: Arc<dyn ExceptionStore>,
@@ -146,8 +137,8 @@ impl Exceptions {
 
     /// Replaces the set with the store's active entries (start).
     pub fn load(&self) -> Result<(usize, usize), StoreError> {
-        let (phones, emails) = self.store.load_active(self.clock.now_ms())?;
-        self.set.replace_all(phones, emails);
+        let items = self.store.load_active(self.clock.now_ms())?;
+        self.set.replace_items(items);
         Ok(self.counted())
     }
 
@@ -166,21 +157,16 @@ impl Exceptions {
     }
 
     fn publish(&self, entries: &[NewEntry], now: i64) {
-        let mut phones = Vec::new();
-        let mut emails = Vec::new();
+        let mut items = Vec::with_capacity(entries.len());
         let mut expiring = false;
         for e in entries {
             expiring |= e.expires_at.is_some();
             if e.expires_at.is_some_and(|t| t <= now) {
                 continue;
             }
-            match parse_canonical(e.kind, &e.value) {
-                Some(Value::Phone(n)) => phones.push(n),
-                Some(Value::Email(m)) => emails.push(m),
-                None => {}
-            }
+            items.extend(item_of(e.kind, &e.value, e.allow));
         }
-        self.set.insert_many(&phones, &emails);
+        self.set.insert_items(&items);
         self.counted();
         if expiring {
             self.expiry_changed.notify_one();
@@ -197,14 +183,8 @@ impl Exceptions {
     }
 
     fn unpublish(&self, e: &Entry) {
-        match parse_canonical(e.kind, &e.value) {
-            Some(Value::Phone(n)) => {
-                self.set.remove_phone(n);
-            }
-            Some(Value::Email(m)) => {
-                self.set.remove_email(&m);
-            }
-            None => {}
+        if let Some(item) = e.item() {
+            self.set.remove_item(&item);
         }
         self.counted();
     }
@@ -246,18 +226,19 @@ impl Exceptions {
         }
     }
 
-    /// Imports `VALUE; comment` lines, committing every [`IMPORT_BATCH`]
-    /// lines; `progress` gets the bytes read so far after each batch.
-    /// On error the report says what was committed before it.
+    /// Imports `VALUE; comment` lines (`!VALUE` allows; prefixes, ranges,
+    /// domains), read as `screener`'s config says, committing every
+    /// [`IMPORT_BATCH`] lines; `progress` gets the bytes read so far after
+    /// each batch. On error the report says what was committed before it.
     pub fn import(
         &self,
         r: impl BufRead,
-        normalizer: &Normalizer,
+        screener: &Screener,
         actor: &str,
         origin: &str,
         progress: impl FnMut(u64),
     ) -> (ImportReport, Result<(), ImportError>) {
-        self.import_until(r, normalizer, actor, origin, None, progress)
+        self.import_until(r, screener, actor, origin, None, progress)
     }
 
     /// As [`import`](Self::import), every entry written with `expires_at`
@@ -265,7 +246,7 @@ impl Exceptions {
     pub fn import_until(
         &self,
         mut r: impl BufRead,
-        normalizer: &Normalizer,
+        screener: &Screener,
         actor: &str,
         origin: &str,
         expires_at: Option<i64>,
@@ -290,26 +271,32 @@ impl Exceptions {
             read += n as u64;
             report.lines += 1;
             let text = without_line_end(&buf);
-            match parse_entry(text, normalizer) {
+            match parse_entry(text, screener.normalizer(), screener.max_range_numbers()) {
                 Ok(Some(ParsedEntry {
                     value,
                     given,
                     comment,
-                })) => batch.push(NewEntry {
-                    kind: value.kind(),
-                    value: value.canonical(),
-                    given,
-                    comment,
-                    origin: origin.to_string(),
-                    expires_at,
-                }),
+                    allow,
+                })) => {
+                    for (kind, stored) in value.stored() {
+                        batch.push(NewEntry {
+                            kind,
+                            value: stored,
+                            given: given.clone(),
+                            comment: comment.clone(),
+                            origin: origin.to_string(),
+                            expires_at,
+                            allow,
+                        });
+                    }
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     report.refused += 1;
                     if report.refused_lines.len() < MAX_REFUSED_LISTED {
                         report
                             .refused_lines
-                            .push(Rejected::new(report.lines, text, reason));
+                            .push(Rejected::new(report.lines, text, &reason));
                     }
                 }
             }
@@ -339,7 +326,7 @@ impl Exceptions {
     pub fn import_file_if_changed(
         &self,
         path: &Path,
-        normalizer: &Normalizer,
+        screener: &Screener,
     ) -> Result<Option<ImportReport>, FileImportError> {
         let shown = path.display();
         let open = || {
@@ -368,7 +355,7 @@ impl Exceptions {
             return Ok(None);
         }
         let reader = std::io::BufReader::with_capacity(1 << 16, open()?);
-        let (report, result) = self.import(reader, normalizer, "config", "file", |_| {});
+        let (report, result) = self.import(reader, screener, "config", "file", |_| {});
         result.map_err(|source| FileImportError::Import {
             path: shown.to_string(),
             source,
@@ -383,6 +370,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Kind;
     use crate::store::sqlite::SqliteStore;
 
     fn entry(value: &str, expires_at: i64) -> NewEntry {
@@ -393,6 +381,7 @@ mod tests {
             comment: "trial".to_string(),
             origin: "api".to_string(),
             expires_at: Some(expires_at),
+            allow: false,
         }
     }
 

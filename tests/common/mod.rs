@@ -4,6 +4,7 @@
 //! loopback, so the three have distinct source addresses.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod binary;
 pub mod crm;
 pub mod tls;

@@ -3,12 +3,14 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::SqliteStore;
+use crate::screening::exceptions::Item;
 use crate::store::{
-    AuditRow, Entry, ExceptionStore, Kind, ListFilter, NewEntry, StoreError, Upserted,
+    AuditRow, Entry, ExceptionStore, Kind, ListFilter, NewEntry, Pattern, StoreError, Upserted,
+    action_str, item_of,
 };
 
-const ENTRY_COLUMNS: &str =
-    "id, kind, value, given, comment, origin, created_at, created_by, updated_at, expires_at";
+const ENTRY_COLUMNS: &str = "id, kind, value, given, comment, origin, created_at, created_by, \
+                             updated_at, expires_at, pattern, action";
 
 fn kind_of(s: &str) -> Result<Kind, rusqlite::Error> {
     Kind::parse(s).ok_or_else(|| {
@@ -32,6 +34,14 @@ fn entry(r: &Row<'_>) -> Result<Entry, rusqlite::Error> {
         created_by: r.get(7)?,
         updated_at: r.get(8)?,
         expires_at: r.get(9)?,
+        pattern: Pattern::parse(&r.get::<_, String>(10)?).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                10,
+                rusqlite::types::Type::Text,
+                "unknown match kind".into(),
+            )
+        })?,
+        allow: r.get::<_, String>(11)? == "allow",
     })
 }
 
@@ -42,26 +52,42 @@ struct Act<'a> {
     action: &'a str,
 }
 
-fn audit_row(
-    tx: &Connection,
-    act: &Act<'_>,
+/// What an audit row says about the entry.
+struct Subject<'a> {
     kind: Kind,
-    value: &str,
-    comment: &str,
-    origin: &str,
-) -> Result<(), rusqlite::Error> {
+    value: &'a str,
+    comment: &'a str,
+    origin: &'a str,
+    allow: bool,
+}
+
+impl<'a> Subject<'a> {
+    /// A written entry, with the origin it has in the store.
+    fn of(e: &'a NewEntry, origin: &'a str) -> Subject<'a> {
+        Subject {
+            kind: e.kind,
+            value: &e.value,
+            comment: &e.comment,
+            origin,
+            allow: e.allow,
+        }
+    }
+}
+
+fn audit_row(tx: &Connection, act: &Act<'_>, e: Subject<'_>) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
-        "INSERT INTO audit (at, actor, action, kind, value, comment, origin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit (at, actor, action, kind, value, comment, origin, entry_action)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         act.at,
         act.actor,
         act.action,
-        kind.as_str(),
-        value,
-        comment,
-        origin
+        e.kind.as_str(),
+        e.value,
+        e.comment,
+        e.origin,
+        action_str(e.allow)
     ])?;
     Ok(())
 }
@@ -88,37 +114,35 @@ fn delete_returning(
                 actor,
                 action,
             },
-            e.kind,
-            &e.value,
-            &e.comment,
-            &e.origin,
+            Subject {
+                kind: e.kind,
+                value: &e.value,
+                comment: &e.comment,
+                origin: &e.origin,
+                allow: e.allow,
+            },
         )?;
     }
     Ok(gone)
 }
 
 impl ExceptionStore for SqliteStore {
-    fn load_active(&self, now: i64) -> Result<(Vec<u64>, Vec<String>), StoreError> {
+    fn load_active(&self, now: i64) -> Result<Vec<Item>, StoreError> {
         let c = self.reader();
-        let mut phones = Vec::new();
-        let mut emails = Vec::new();
+        let mut items = Vec::new();
         let mut st = c.prepare(
-            "SELECT kind = 'phone', value FROM entries
+            "SELECT kind = 'phone', value, action = 'allow' FROM entries
              WHERE expires_at IS NULL OR expires_at > ?1",
         )?;
         let mut rows = st.query([now])?;
         while let Some(r) = rows.next()? {
-            let phone: bool = r.get(0)?;
+            let kind = if r.get(0)? { Kind::Phone } else { Kind::Email };
             let v = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            if phone {
-                let n = crate::screening::normalize::parse_e164(v)
-                    .ok_or_else(|| StoreError::Corrupt(format!("phone value {v:?}")))?;
-                phones.push(n);
-            } else {
-                emails.push(v.to_string());
-            }
+            let item = item_of(kind, v, r.get(2)?)
+                .ok_or_else(|| StoreError::Corrupt(format!("{} value {v:?}", kind.as_str())))?;
+            items.push(item);
         }
-        Ok((phones, emails))
+        Ok(items)
     }
 
     fn upsert(&self, entries: &[NewEntry], actor: &str, now: i64) -> Result<Upserted, StoreError> {
@@ -127,12 +151,13 @@ impl ExceptionStore for SqliteStore {
         let mut out = Upserted::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (kind, value, given, comment, origin, created_at, created_by, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (value) DO NOTHING",
+                "INSERT INTO entries (kind, value, given, comment, origin, created_at, created_by,
+                                      expires_at, pattern, action)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (value) DO NOTHING",
             )?;
             let mut update = tx.prepare_cached(
-                "UPDATE entries SET comment = ?2, expires_at = ?3, updated_at = ?4
-                 WHERE value = ?1 AND (comment IS NOT ?2 OR expires_at IS NOT ?3)
+                "UPDATE entries SET comment = ?2, expires_at = ?3, updated_at = ?4, action = ?5
+                 WHERE value = ?1 AND (comment IS NOT ?2 OR expires_at IS NOT ?3 OR action IS NOT ?5)
                  RETURNING origin",
             )?;
             for e in entries {
@@ -144,7 +169,9 @@ impl ExceptionStore for SqliteStore {
                     e.origin,
                     now,
                     actor,
-                    e.expires_at
+                    e.expires_at,
+                    Pattern::of(&e.value).as_str(),
+                    action_str(e.allow)
                 ])?;
                 if n == 1 {
                     out.added += 1;
@@ -155,15 +182,15 @@ impl ExceptionStore for SqliteStore {
                             actor,
                             action: "add",
                         },
-                        e.kind,
-                        &e.value,
-                        &e.comment,
-                        &e.origin,
+                        Subject::of(e, &e.origin),
                     )?;
                     continue;
                 }
                 let origin: Option<String> = update
-                    .query_row(params![e.value, e.comment, e.expires_at, now], |r| r.get(0))
+                    .query_row(
+                        params![e.value, e.comment, e.expires_at, now, action_str(e.allow)],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 match origin {
                     Some(origin) => {
@@ -175,10 +202,7 @@ impl ExceptionStore for SqliteStore {
                                 actor,
                                 action: "update",
                             },
-                            e.kind,
-                            &e.value,
-                            &e.comment,
-                            &origin,
+                            Subject::of(e, &origin),
                         )?;
                     }
                     None => out.unchanged += 1,
@@ -231,6 +255,16 @@ impl ExceptionStore for SqliteStore {
         if let Some(v) = &f.value {
             arg(&mut sql, " AND value = ?", v.clone().into());
         }
+        if let Some(p) = f.pattern {
+            arg(&mut sql, " AND pattern = ?", p.as_str().to_string().into());
+        }
+        if let Some(a) = f.allow {
+            arg(
+                &mut sql,
+                " AND action = ?",
+                action_str(a).to_string().into(),
+            );
+        }
         if let Some(p) = &f.prefix {
             // A range on the unique index: every string starting with `p`
             // sorts in [p, p + U+10FFFF).
@@ -266,7 +300,7 @@ impl ExceptionStore for SqliteStore {
     ) -> Result<Vec<AuditRow>, StoreError> {
         let c = self.reader();
         let mut st = c.prepare_cached(
-            "SELECT id, at, actor, action, kind, value, comment, origin FROM audit
+            "SELECT id, at, actor, action, kind, value, comment, origin, entry_action FROM audit
              WHERE (?1 IS NULL OR value = ?1) AND (?2 IS NULL OR id < ?2)
              ORDER BY id DESC LIMIT ?3",
         )?;
@@ -280,6 +314,7 @@ impl ExceptionStore for SqliteStore {
                 value: r.get(5)?,
                 comment: r.get(6)?,
                 origin: r.get(7)?,
+                entry_action: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -313,6 +348,7 @@ mod tests {
             comment: comment.to_string(),
             origin: "api".to_string(),
             expires_at: None,
+            allow: false,
         }
     }
 
@@ -342,9 +378,9 @@ mod tests {
             .map(|a| (a.action.as_str(), a.actor.as_str(), a.comment.as_str()))
             .collect();
         assert_eq!(got, [("update", "bob", "c"), ("add", "alice", "b")]);
-        let (phones, emails) = s.load_active(3).unwrap();
-        assert_eq!(phones.len(), 2);
-        assert!(emails.is_empty());
+        let items = s.load_active(3).unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| matches!(i, Item::Phone(_))));
     }
 
     #[test]
@@ -393,7 +429,7 @@ mod tests {
         s.upsert(&[phone("+4930901820", "x"), temp], "t", 1)
             .unwrap();
         assert_eq!(s.next_expiry().unwrap(), Some(100));
-        assert_eq!(s.load_active(150).unwrap().0, [4930901820]);
+        assert_eq!(s.load_active(150).unwrap(), [Item::Phone(4930901820)]);
         assert!(s.expire(99).unwrap().is_empty());
         assert_eq!(s.expire(100).unwrap()[0].value, "+4930901899");
         assert_eq!(
@@ -419,7 +455,39 @@ mod tests {
             s.set_meta("file", "abc").unwrap();
         }
         let s = SqliteStore::open_dir(dir.path()).unwrap();
-        assert_eq!(s.load_active(2).unwrap().0, [4930901820]);
+        assert_eq!(s.load_active(2).unwrap(), [Item::Phone(4930901820)]);
         assert_eq!(s.meta("file").unwrap().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn changing_the_action_is_an_update_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        let mut e = phone("+4930901*", "area");
+        s.upsert(std::slice::from_ref(&e), "t", 1).unwrap();
+        e.allow = true;
+        let r = s.upsert(std::slice::from_ref(&e), "t", 2).unwrap();
+        assert_eq!((r.added, r.updated), (0, 1));
+        let got = s
+            .list(&ListFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((got[0].pattern, got[0].allow), (Pattern::Prefix, true));
+        let audit = s.audit(Some("+4930901*"), None, 5).unwrap();
+        let acts: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|a| (a.action.as_str(), a.entry_action.as_str()))
+            .collect();
+        assert_eq!(acts, [("update", "allow"), ("add", "block")]);
+        let allow_only = s
+            .list(&ListFilter {
+                allow: Some(false),
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(allow_only.is_empty());
     }
 }

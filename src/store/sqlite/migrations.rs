@@ -93,8 +93,20 @@ ALTER TABLE crm_calls ADD COLUMN finished_at INTEGER;
 CREATE INDEX outbox_retrying ON outbox (id) WHERE attempts > 0;
 ";
 
+/// Version 3: an entry's match kind (`exact`, `prefix` for phone values
+/// ending in `*`, `domain` for e-mail values starting with `@`) and action
+/// (`block`, or `allow`: wins over shorter blocks); the audit keeps the
+/// action an entry had. Existing entries are exact blocks.
+const V3_SCREENING: &str = "
+ALTER TABLE entries ADD COLUMN pattern TEXT NOT NULL DEFAULT 'exact'
+    CHECK (pattern IN ('exact', 'prefix', 'domain'));
+ALTER TABLE entries ADD COLUMN action TEXT NOT NULL DEFAULT 'block'
+    CHECK (action IN ('block', 'allow'));
+ALTER TABLE audit ADD COLUMN entry_action TEXT NOT NULL DEFAULT 'block';
+";
+
 /// Every migration in order; the schema version is its position + 1.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3_SCREENING];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -145,8 +157,11 @@ pub(super) fn migrate(c: &mut Connection, shown: &str) -> Result<i64, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::screening::exceptions::{Item, Rule};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{CallStore, ContactStore, ExceptionStore, OutboxStore};
+    use crate::store::{
+        CallStore, ContactStore, ExceptionStore, Kind, ListFilter, NewEntry, OutboxStore, Pattern,
+    };
 
     #[test]
     fn a_database_of_the_release_before_versioning_is_upgraded_in_place() {
@@ -170,7 +185,7 @@ mod tests {
             assert_eq!(version(&c).unwrap(), 0);
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.load_active(2).unwrap().0, [4930901820]);
+        assert_eq!(s.load_active(2).unwrap(), [Item::Phone(4930901820)]);
         assert_eq!(s.outbox_stats().unwrap().0, 1);
         assert_eq!(
             s.crm_call("portal", "c1").unwrap().as_deref(),
@@ -186,7 +201,82 @@ mod tests {
         drop(s);
         let c = Connection::open(&path).unwrap();
         assert_eq!(version(&c).unwrap(), VERSION);
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
+    }
+
+    /// A database of the release before match kinds and actions (v2):
+    /// its entries become exact blocks, and prefix and allow entries can
+    /// be written beside them.
+    #[test]
+    fn a_v2_database_gets_match_kinds_and_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sipscreen.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            for (i, sql) in [V1, V2].iter().enumerate() {
+                let tx = c.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", i as i64 + 1)
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO entries (kind, value, given, origin, created_at, created_by)
+                   VALUES ('phone', '+4930901820', '030 901820', 'api', 1, 'alice'),
+                          ('email', 'boss@example.com', 'Boss@example.com', 'api', 1, 'alice');
+                 INSERT INTO audit (at, actor, action, kind, value, comment, origin)
+                   VALUES (1, 'alice', 'add', 'phone', '+4930901820', '', 'api');",
+            )
+            .unwrap();
+            assert_eq!(version(&c).unwrap(), 2);
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let mut items = s.load_active(2).unwrap();
+        items.sort_by_key(|i| format!("{i:?}"));
+        assert_eq!(
+            items,
+            [
+                Item::email("boss@example.com", false),
+                Item::Phone(4930901820)
+            ]
+        );
+        let listed = s
+            .list(&ListFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|e| e.pattern == Pattern::Exact && !e.allow)
+        );
+        assert_eq!(s.audit(None, None, 10).unwrap()[0].entry_action, "block");
+        let allow = NewEntry {
+            kind: Kind::Phone,
+            value: "+49309018*".into(),
+            given: "+49309018*".into(),
+            comment: String::new(),
+            origin: "api".into(),
+            expires_at: None,
+            allow: true,
+        };
+        s.upsert(&[allow], "bob", 3).unwrap();
+        let got = s
+            .list(&ListFilter {
+                pattern: Some(Pattern::Prefix),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((got.len(), got[0].allow), (1, true));
+        assert!(
+            s.load_active(4)
+                .unwrap()
+                .contains(&Item::Rule(Rule::parse_value("+49309018*", true).unwrap()))
+        );
+        drop(s);
+        assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), 3);
     }
 
     #[test]
@@ -221,7 +311,7 @@ mod tests {
         let e = SqliteStore::open(&path).err().expect("refused");
         let msg = e.to_string();
         assert!(
-            msg.contains("schema version 99 is newer than this sipscreen knows (2)")
+            msg.contains("schema version 99 is newer than this sipscreen knows (3)")
                 && msg.contains(&path.display().to_string()),
             "{msg}"
         );
