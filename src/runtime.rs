@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind};
+use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind, target_entries};
 use crate::contacts::Contact;
+use crate::dns::PeerTargets;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::{Client, Direction, Screener, Screening};
 
@@ -42,9 +43,10 @@ impl Side {
 pub struct Peer {
     /// Trunk name, or `pbx`.
     pub name: String,
-    /// Where requests for this peer go.
-    pub target: SocketAddr,
-    /// Transport towards it.
+    /// Where requests for this peer go: its targets, resolved (by the
+    /// `dns` task for names), with their failover state.
+    pub targets: Arc<PeerTargets>,
+    /// Transport towards it where neither its target URI nor DNS name one.
     pub transport: TransportKind,
     /// Networks its requests come from.
     pub sources: Vec<IpNet>,
@@ -53,9 +55,16 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Whether `ip` belongs to this peer (a source network or its target).
+    /// Whether `ip` belongs to this peer (a source network or one of its
+    /// resolved targets).
     pub fn owns(&self, ip: IpAddr) -> bool {
-        self.target.ip() == ip || self.sources.iter().any(|n| n.contains(&ip))
+        self.sources.iter().any(|n| n.contains(&ip)) || self.targets.has_ip(ip)
+    }
+
+    /// Where a new request of call `call_id` goes (lock-free; `None`:
+    /// no target resolved).
+    pub fn next_hop(&self, call_id: &[u8]) -> Option<(SocketAddr, TransportKind)> {
+        self.targets.pick(call_id)
     }
 }
 
@@ -70,12 +79,36 @@ pub struct Routing {
     pub default_trunk: Option<usize>,
 }
 
+/// What the targets of a generation are built with: the clock their
+/// blocklist reads, and the registry their metrics go to.
+#[derive(Clone, Default)]
+pub struct TargetEnv {
+    pub clock: crate::clock::Clock,
+    pub metrics: crate::metrics::DnsMetrics,
+}
+
 impl Routing {
-    fn build(loaded: &Loaded) -> Result<Routing, ConfigError> {
+    fn build(loaded: &Loaded, env: &TargetEnv) -> Result<Routing, ConfigError> {
         let cfg = &loaded.config;
+        let targets = |name: &str, transport, entries: &[crate::config::TargetEntry]| {
+            PeerTargets::new(
+                name,
+                transport,
+                entries,
+                cfg.dns.blocklist_secs,
+                env.clock.clone(),
+                env.metrics.clone(),
+            )
+            .map(Arc::new)
+            .map_err(|(span, msg)| loaded.error(vec![Diagnostic::new(span, msg)]))
+        };
         let pbx = Peer {
             name: "pbx".to_string(),
-            target: cfg.pbx.target,
+            targets: targets(
+                "pbx",
+                cfg.pbx.transport,
+                &target_entries(&cfg.pbx.target, &cfg.pbx.targets),
+            )?,
             transport: cfg.pbx.transport,
             sources: cfg.pbx.sources.clone(),
             trust_pai: true,
@@ -83,14 +116,20 @@ impl Routing {
         let trunks: Vec<Peer> = cfg
             .trunks
             .iter()
-            .map(|t| Peer {
-                name: t.name.get_ref().clone(),
-                target: t.target,
-                transport: t.transport,
-                sources: t.sources.clone(),
-                trust_pai: t.trust_pai,
+            .map(|t| {
+                Ok(Peer {
+                    name: t.name.get_ref().clone(),
+                    targets: targets(
+                        t.name.get_ref(),
+                        t.transport,
+                        &target_entries(&t.target, &t.targets),
+                    )?,
+                    transport: t.transport,
+                    sources: t.sources.clone(),
+                    trust_pai: t.trust_pai,
+                })
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         let default_trunk = match &cfg.defaults.trunk {
             Some(name) => Some(
                 trunks
@@ -141,6 +180,28 @@ impl Routing {
     pub fn is_known(&self, ip: IpAddr) -> bool {
         self.pbx.owns(ip) || self.trunks.iter().any(|t| t.owns(ip))
     }
+
+    /// Every peer, the PBX first.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        std::iter::once(&self.pbx).chain(&self.trunks)
+    }
+
+    /// Peers none of whose targets resolved (their calls get 503).
+    pub fn unresolved(&self) -> impl Iterator<Item = &str> {
+        self.peers()
+            .filter(|p| p.targets.is_empty())
+            .map(|p| p.name.as_str())
+    }
+
+    /// Blocklists `dest` in whichever peer it belongs to (a failure seen
+    /// on the SIP path); whether one had it.
+    pub fn target_failed(&self, dest: SocketAddr, why: crate::dns::Failure) -> bool {
+        let mut hit = false;
+        for p in self.peers() {
+            hit |= p.targets.block(dest, why);
+        }
+        hit
+    }
 }
 
 /// Everything one config generation builds.
@@ -158,7 +219,16 @@ pub struct Runtime {
 impl Runtime {
     /// Builds a generation; any error leaves nothing half-built.
     pub fn build(loaded: Loaded, exceptions: Arc<ExceptionSet>) -> Result<Runtime, ConfigError> {
-        let routing = Routing::build(&loaded)?;
+        Self::build_with(loaded, exceptions, &TargetEnv::default())
+    }
+
+    /// [`build`](Self::build) with the targets' clock and metrics.
+    pub fn build_with(
+        loaded: Loaded,
+        exceptions: Arc<ExceptionSet>,
+        env: &TargetEnv,
+    ) -> Result<Runtime, ConfigError> {
+        let routing = Routing::build(&loaded, env)?;
         let screener = Screener::build(&loaded, exceptions)?;
         Ok(Runtime {
             loaded,

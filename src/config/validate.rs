@@ -132,6 +132,8 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
 
+    super::target::validate(cfg, &mut d);
+
     for tok in &cfg.admin.tokens {
         match (&tok.sha256, &tok.env) {
             (Some(h), None) => {

@@ -238,6 +238,12 @@ impl Handler for Proxy {
         } else if method.is_some() {
             request::route(&rt, &self.local, &msg, inb.remote, inb.transport, side)
         } else {
+            if msg.status() == Some(503) {
+                // The target is overloaded or out of service: the next
+                // request of the call goes to the next target.
+                rt.routing
+                    .target_failed(inb.remote, crate::dns::Failure::Status503);
+            }
             response::route(&rt, &self.local, &msg, side)
         };
         match outcome {
@@ -284,6 +290,14 @@ impl Handler for Proxy {
                 self.metrics.sip_error(reason);
             }
         }
+    }
+
+    fn on_unreachable(&self, transport: TransportKind, dest: SocketAddr) {
+        let why = match transport {
+            TransportKind::Udp => crate::dns::Failure::Unreachable,
+            TransportKind::Tcp => crate::dns::Failure::TcpRefused,
+        };
+        self.runtime.load().routing.target_failed(dest, why);
     }
 
     fn on_framing_error(

@@ -54,6 +54,10 @@ pub trait Handler: Send + Sync + 'static {
         head: &[u8],
         err: &FramingError,
     ) -> Option<Bytes>;
+
+    /// A destination refused what was sent to it: ICMP unreachable after
+    /// a UDP send, or a TCP connect refused / timed out. Must not block.
+    fn on_unreachable(&self, _transport: TransportKind, _dest: SocketAddr) {}
 }
 
 /// Hands `msg` to the handler, as every receive loop does. A panic in the

@@ -128,15 +128,24 @@ impl TcpSide {
                     tracing::warn!(%dest, error = %e, "tcp connect failed");
                     me.forget(dest, &tx);
                     me.metrics.sip_error("tcp_connect");
+                    me.unreachable(dest);
                 }
                 Err(_) => {
                     tracing::warn!(%dest, "tcp connect timed out");
                     me.forget(dest, &tx);
                     me.metrics.sip_error("tcp_connect");
+                    me.unreachable(dest);
                 }
             }
         });
         Ok(())
+    }
+
+    /// Tells the handler `dest` refused a connection.
+    fn unreachable(&self, dest: SocketAddr) {
+        if let Some(ctx) = self.ctx.get() {
+            ctx.handler.on_unreachable(TransportKind::Tcp, dest);
+        }
     }
 
     /// Removes `dest`'s entry if it is still this connection's.
