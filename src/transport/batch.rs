@@ -142,71 +142,6 @@ fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Socke
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Queued datagrams come out of one receive, in order, with their
-    /// sources and contents, over IPv4 and IPv6.
-    #[test]
-    fn one_receive_takes_what_is_queued() {
-        for (bind, peer) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
-            let Ok(rx) = UdpSocket::bind(bind) else {
-                continue; // no IPv6 on this machine
-            };
-            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
-            let a = UdpSocket::bind(peer).unwrap();
-            let b = UdpSocket::bind(peer).unwrap();
-            let to = rx.local_addr().unwrap();
-            let big = vec![b'x'; 60_000];
-            a.send_to(b"one", to).unwrap();
-            b.send_to(b"two", to).unwrap();
-            a.send_to(&big, to).unwrap();
-            let mut batch = Batch::new();
-            let mut got = Vec::new();
-            while got.len() < 3 {
-                let n = batch.recv(&rx).unwrap();
-                assert!(n >= 1);
-                for i in 0..n {
-                    let (d, from) = batch.get(i);
-                    got.push((d.to_vec(), from.unwrap()));
-                }
-            }
-            assert_eq!(got.len(), 3);
-            assert_eq!(got[0], (b"one".to_vec(), a.local_addr().unwrap()));
-            assert_eq!(got[1], (b"two".to_vec(), b.local_addr().unwrap()));
-            assert_eq!(got[2], (big, a.local_addr().unwrap()));
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_burst_larger_than_a_batch_is_taken_in_full_batches() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        for i in 0..BATCH + 3 {
-            tx.send_to(format!("m{i}").as_bytes(), to).unwrap();
-        }
-        let mut batch = Batch::new();
-        assert_eq!(batch.recv(&rx).unwrap(), BATCH);
-        assert_eq!(batch.get(BATCH - 1).0, format!("m{}", BATCH - 1).as_bytes());
-        assert_eq!(batch.recv(&rx).unwrap(), 3);
-        assert_eq!(batch.get(2).0, format!("m{}", BATCH + 2).as_bytes());
-        rx.set_read_timeout(Some(std::time::Duration::from_millis(50)))
-            .unwrap();
-        let e = batch.recv(&rx).unwrap_err();
-        assert!(
-            matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ),
-            "{e}"
-        );
-    }
-}
-
 /// Asks the kernel to queue ICMP errors of sends from `socket` (Linux
 /// `IP_RECVERR` / `IPV6_RECVERR`): an unconnected UDP socket otherwise
 /// never hears that a destination refused. Read them with [`recv_error`].
@@ -291,3 +226,69 @@ pub fn recv_error(socket: &UdpSocket) -> io::Result<Option<(SocketAddr, i32)>> {
     }
     Ok(socket_addr(&name, h.msg_namelen).map(|a| (a, errno)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queued datagrams come out of one receive, in order, with their
+    /// sources and contents, over IPv4 and IPv6.
+    #[test]
+    fn one_receive_takes_what_is_queued() {
+        for (bind, peer) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let Ok(rx) = UdpSocket::bind(bind) else {
+                continue; // no IPv6 on this machine
+            };
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let a = UdpSocket::bind(peer).unwrap();
+            let b = UdpSocket::bind(peer).unwrap();
+            let to = rx.local_addr().unwrap();
+            let big = vec![b'x'; 60_000];
+            a.send_to(b"one", to).unwrap();
+            b.send_to(b"two", to).unwrap();
+            a.send_to(&big, to).unwrap();
+            let mut batch = Batch::new();
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let n = batch.recv(&rx).unwrap();
+                assert!(n >= 1);
+                for i in 0..n {
+                    let (d, from) = batch.get(i);
+                    got.push((d.to_vec(), from.unwrap()));
+                }
+            }
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[0], (b"one".to_vec(), a.local_addr().unwrap()));
+            assert_eq!(got[1], (b"two".to_vec(), b.local_addr().unwrap()));
+            assert_eq!(got[2], (big, a.local_addr().unwrap()));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_burst_larger_than_a_batch_is_taken_in_full_batches() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        for i in 0..BATCH + 3 {
+            tx.send_to(format!("m{i}").as_bytes(), to).unwrap();
+        }
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(&rx).unwrap(), BATCH);
+        assert_eq!(batch.get(BATCH - 1).0, format!("m{}", BATCH - 1).as_bytes());
+        assert_eq!(batch.recv(&rx).unwrap(), 3);
+        assert_eq!(batch.get(2).0, format!("m{}", BATCH + 2).as_bytes());
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let e = batch.recv(&rx).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
+    }
+}
+
