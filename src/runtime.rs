@@ -186,6 +186,15 @@ impl Routing {
         std::iter::once(&self.pbx).chain(&self.trunks)
     }
 
+    /// An answer to an OPTIONS ping from `addr`; whether a peer had it.
+    pub fn ping_answered(&self, addr: SocketAddr) -> bool {
+        let mut hit = false;
+        for p in self.peers() {
+            hit |= p.targets.ping_answered(addr);
+        }
+        hit
+    }
+
     /// Peers none of whose targets resolved (their calls get 503).
     pub fn unresolved(&self) -> impl Iterator<Item = &str> {
         self.peers()

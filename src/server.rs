@@ -392,6 +392,11 @@ impl Bound {
                 }
             }
         });
+        tasks.spawn(crate::proxy::ping::run(
+            me.proxy.clone(),
+            transports.sender(),
+            shutdown.clone(),
+        ));
         // Returns once shutdown fired: no new SIP work from here.
         transports.run(me.proxy.clone(), shutdown.clone()).await;
         while tasks.join_next().await.is_some() {}

@@ -570,3 +570,81 @@ async fn a_name_that_never_resolved_gets_503_and_readyz_says_degraded() {
     assert_eq!(t["addresses"].as_array().unwrap().len(), 0);
     s.stop().await;
 }
+
+/// One pass over `targets`: OPTIONS pings are answered 200 by the sockets
+/// flagged `true` (and ignored by the others); every other message is
+/// returned with the index of its socket.
+async fn pump(targets: &[(&UdpSocket, bool)]) -> Vec<(usize, String)> {
+    let mut buf = vec![0u8; 70000];
+    let mut out = Vec::new();
+    for (i, (t, answer)) in targets.iter().enumerate() {
+        while let Ok((n, from)) = t.try_recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("OPTIONS ") {
+                if *answer {
+                    let r = response_to(&m, 200, "OK", "pong", "");
+                    t.send_to(r.as_bytes(), from).await.unwrap();
+                }
+            } else {
+                out.push((i, m));
+            }
+        }
+    }
+    out
+}
+
+/// Pumps until the first target's state in /api/v1/peers is `want`.
+async fn until_state(s: &Sidecar, targets: &[(&UdpSocket, bool)], want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = pump(targets).await;
+        assert!(got.is_empty(), "no call was sent: {got:?}");
+        let peers = s.peers().await;
+        let a = &peers["peers"][1]["targets"][0]["addresses"][0];
+        if a["state"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "state {want} not reached: {a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pumps until a call arrives; which target got it.
+async fn call_lands(s: &Sidecar, targets: &[(&UdpSocket, bool)], call_id: &str) -> usize {
+    s.send(&s.invite(call_id)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((i, m)) = pump(targets).await.into_iter().next() {
+            assert_eq!(header(&m, "Call-ID").as_deref(), Some(call_id), "{m}");
+            return i;
+        }
+        assert!(Instant::now() < deadline, "{call_id} arrived nowhere");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn options_pings_mark_a_silent_target_down_and_an_answering_one_up() {
+    let (a, pa) = udp_target().await;
+    let (b, pb) = udp_target().await;
+    let Some(dns) = Dns::start(&[
+        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
+        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 20, 1),
+        host("a.carrier.test", "127.0.0.2"),
+        host("b.carrier.test", "127.0.0.2"),
+    ]) else {
+        return;
+    };
+    let s = Sidecar::start(TRUNK, &dns, "ping_interval_secs = 1\nping_threshold = 1\n").await;
+    // The first target never answers its pings: down, calls go to the second.
+    let silent_a = [(&a, false), (&b, true)];
+    until_state(&s, &silent_a, "down").await;
+    assert_eq!(call_lands(&s, &silent_a, "while-down").await, 1);
+    let up = format!("sipscreen_target_up{{peer=\"carrier\",target=\"udp:127.0.0.2:{pa}\"}} 0");
+    assert!(s.metric(&up).await.is_some(), "{up}");
+    // It answers again: up, and calls go back to it.
+    let answering = [(&a, true), (&b, true)];
+    until_state(&s, &answering, "up").await;
+    assert_eq!(call_lands(&s, &answering, "back-up").await, 0);
+    s.stop().await;
+}

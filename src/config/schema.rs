@@ -75,6 +75,12 @@ pub struct DnsConfig {
     /// A target that refused (ICMP unreachable, TCP refused, a 503) is
     /// skipped for this long.
     pub blocklist_secs: u64,
+    /// Send an OPTIONS to every resolved target this often (0: never),
+    /// as Kamailio's dispatcher does: any answer marks it up…
+    pub ping_interval_secs: u64,
+    /// …and this many pings in a row without one mark it down (skipped
+    /// like a blocklisted one until it answers again).
+    pub ping_threshold: u32,
 }
 
 impl Default for DnsConfig {
@@ -87,6 +93,8 @@ impl Default for DnsConfig {
             timeout_ms: 2000,
             start_wait_ms: 5000,
             blocklist_secs: 60,
+            ping_interval_secs: 0,
+            ping_threshold: 3,
         }
     }
 }

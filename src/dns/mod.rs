@@ -19,7 +19,7 @@ mod task;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -74,6 +74,16 @@ pub struct DestState {
     last_error: AtomicU8,
     last_error_ms: AtomicI64,
     failures: AtomicU64,
+    /// OPTIONS pings sent since the last answer.
+    ping_missed: AtomicU32,
+    /// Down by pings (no answer to `ping_threshold` in a row).
+    down: AtomicBool,
+}
+
+impl DestState {
+    fn usable(&self, now: i64) -> bool {
+        !self.down.load(Ordering::Relaxed) && self.blocked_until_ms.load(Ordering::Relaxed) <= now
+    }
 }
 
 /// One address a peer's requests may go to.
@@ -204,7 +214,7 @@ impl PeerTargets {
     pub fn pick(&self, call_id: &[u8]) -> Option<(SocketAddr, TransportKind)> {
         let snap = self.snapshot.load();
         let now = self.clock.now_ms();
-        let usable = |d: &Dest| d.state.blocked_until_ms.load(Ordering::Relaxed) <= now;
+        let usable = |d: &Dest| d.state.usable(now);
         let (prio, skip_blocked) = match snap.dests.iter().find(|d| usable(d)) {
             Some(d) => (d.priority, true),
             None => (snap.dests.first()?.priority, false),
@@ -274,11 +284,40 @@ impl PeerTargets {
         true
     }
 
+    /// One OPTIONS round: every address to ping; an address with
+    /// `threshold` pings unanswered is marked down first.
+    pub fn ping_round(&self, threshold: u32) -> Vec<(SocketAddr, TransportKind)> {
+        let snap = self.snapshot.load();
+        let mut out = Vec::with_capacity(snap.dests.len());
+        for d in &snap.dests {
+            let missed = d.state.ping_missed.fetch_add(1, Ordering::Relaxed);
+            if missed >= threshold.max(1) && !d.state.down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(peer = %self.peer, target = %d.addr, missed, "target down: OPTIONS pings unanswered");
+            }
+            out.push((d.addr, d.transport));
+        }
+        out
+    }
+
+    /// An answer to a ping from `addr`: it is up again. Whether it is ours.
+    pub fn ping_answered(&self, addr: SocketAddr) -> bool {
+        let snap = self.snapshot.load();
+        let mut hit = false;
+        for d in snap.dests.iter().filter(|d| d.addr == addr) {
+            hit = true;
+            d.state.ping_missed.store(0, Ordering::Relaxed);
+            if d.state.down.swap(false, Ordering::Relaxed) {
+                tracing::info!(peer = %self.peer, target = %addr, "target up: it answers OPTIONS again");
+            }
+        }
+        hit
+    }
+
     /// Sets the `target_up` gauges (before a scrape).
     pub fn export_state(&self) {
         let now = self.clock.now_ms();
         for d in &self.snapshot.load().dests {
-            let up = d.state.blocked_until_ms.load(Ordering::Relaxed) <= now;
+            let up = d.state.usable(now);
             self.metrics
                 .target_up
                 .get_or_create(&vec![
@@ -410,7 +449,13 @@ impl PeerTargets {
                                 transport: d.transport.as_str(),
                                 priority: d.priority.1,
                                 weight: d.weight,
-                                state: if until > now { "blocked" } else { "up" },
+                                state: if d.state.down.load(Ordering::Relaxed) {
+                                    "down"
+                                } else if until > now {
+                                    "blocked"
+                                } else {
+                                    "up"
+                                },
                                 blocked_until: (until > now).then(|| crate::clock::rfc3339(until)),
                                 failures: d.state.failures.load(Ordering::Relaxed),
                                 last_error: err.map(Failure::as_str),
@@ -486,7 +531,8 @@ pub struct AddressView {
     /// SRV priority (0 without SRV).
     pub priority: u16,
     pub weight: u32,
-    /// `up` or `blocked`.
+    /// `up`, `blocked` (a failure, until `blocked_until`) or `down` (OPTIONS
+    /// pings unanswered).
     pub state: &'static str,
     pub blocked_until: Option<String>,
     pub failures: u64,
