@@ -648,3 +648,31 @@ async fn options_pings_mark_a_silent_target_down_and_an_answering_one_up() {
     assert_eq!(call_lands(&s, &answering, "back-up").await, 0);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_keeps_what_names_resolved_to() {
+    let (a, pa) = udp_target().await;
+    let Some(mut dns) = Dns::start(&[
+        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
+        host("a.carrier.test", "127.0.0.2"),
+    ]) else {
+        return;
+    };
+    let s = Sidecar::start(TRUNK, &dns, "").await;
+    s.send(&s.invite("gen-1")).await;
+    arrival(&[&a]).await;
+    // DNS gone, then a reload: the new generation starts with the old
+    // answers (it could not resolve anything itself).
+    dns.stop();
+    let srv = s.server.clone();
+    tokio::task::spawn_blocking(move || srv.reload())
+        .await
+        .unwrap()
+        .expect("reload");
+    s.send(&s.invite("gen-2")).await;
+    let (_, got) = arrival(&[&a]).await;
+    assert_eq!(header(&got, "Call-ID").as_deref(), Some("gen-2"), "{got}");
+    let (code, body) = s.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    s.stop().await;
+}
