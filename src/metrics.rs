@@ -197,7 +197,7 @@ impl DnsMetrics {
         );
         registry.register(
             "target_up",
-            "1 if a peer's resolved address takes calls, 0 while it is blocklisted",
+            "1 if a peer's resolved address takes calls, 0 while it is blocklisted or down by OPTIONS pings",
             m.target_up.clone(),
         );
         m

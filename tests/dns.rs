@@ -118,6 +118,29 @@ fn host(name: &str, ip: &str) -> String {
     format!("--host-record={name},{ip}")
 }
 
+/// SRV records `_sip._PROTO.carrier.test` naming `a.`, `b.`, `c.carrier.test`
+/// (all 127.0.0.2) for `(port, priority, weight)` in turn.
+fn srv_zone(proto: &str, targets: &[(u16, u16, u16)]) -> Vec<String> {
+    let mut records = Vec::new();
+    for (&(port, prio, weight), name) in targets.iter().zip(["a", "b", "c"]) {
+        let target = format!("{name}.carrier.test");
+        records.push(srv(
+            &format!("_sip._{proto}.carrier.test"),
+            &target,
+            port,
+            prio,
+            weight,
+        ));
+        records.push(host(&target, "127.0.0.2"));
+    }
+    records
+}
+
+/// The first address of the trunk's first target in `/api/v1/peers`.
+fn first_address(peers: &Value) -> &Value {
+    &peers["peers"][1]["targets"][0]["addresses"][0]
+}
+
 /// The sidecar with `trunk_target` (TOML lines replacing the trunk's
 /// `target = ...`) and `[dns]` pointing at `dns`.
 struct Sidecar {
@@ -250,14 +273,10 @@ async fn srv_priority_goes_first_and_weights_share_calls() {
     let (a, pa) = udp_target().await;
     let (b, pb) = udp_target().await;
     let (c, pc) = udp_target().await;
-    let Some(dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 30),
-        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 10, 10),
-        srv("_sip._udp.carrier.test", "c.carrier.test", pc, 20, 100),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-        host("c.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone(
+        "udp",
+        &[(pa, 10, 30), (pb, 10, 10), (pc, 20, 100)],
+    )) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;
@@ -368,12 +387,7 @@ async fn retransmit_until(s: &Sidecar, msg: &str, targets: &[&UdpSocket]) -> (us
 async fn icmp_unreachable_fails_over_to_the_next_target() {
     let dead = closed_port();
     let (b, pb) = udp_target().await;
-    let Some(dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", dead, 10, 1),
-        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 20, 1),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone("udp", &[(dead, 10, 1), (pb, 20, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;
@@ -387,7 +401,7 @@ async fn icmp_unreachable_fails_over_to_the_next_target() {
     let (_, got) = arrival(&[&b]).await;
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("icmp-2"));
     let peers = s.peers().await;
-    let a = &peers["peers"][1]["targets"][0]["addresses"][0];
+    let a = first_address(&peers);
     assert_eq!(a["address"], format!("127.0.0.2:{dead}"));
     assert_eq!(a["state"], "blocked", "{a}");
     assert_eq!(a["last_error"], "icmp_unreachable");
@@ -406,12 +420,7 @@ async fn a_refused_tcp_connect_fails_over_to_the_next_target() {
     let dead = closed_port();
     let tcp = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let pt = tcp.local_addr().unwrap().port();
-    let Some(dns) = Dns::start(&[
-        srv("_sip._tcp.carrier.test", "a.carrier.test", dead, 10, 1),
-        srv("_sip._tcp.carrier.test", "b.carrier.test", pt, 20, 1),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone("tcp", &[(dead, 10, 1), (pt, 20, 1)])) else {
         return;
     };
     let s = Sidecar::start("target = \"sip:carrier.test;transport=tcp\"", &dns, "").await;
@@ -431,7 +440,7 @@ async fn a_refused_tcp_connect_fails_over_to_the_next_target() {
     let got = read_sip(&mut stream, &mut Vec::new()).await;
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("tcp-1"), "{got}");
     let peers = s.peers().await;
-    let a = &peers["peers"][1]["targets"][0]["addresses"][0];
+    let a = first_address(&peers);
     assert_eq!(a["state"], "blocked", "{a}");
     assert_eq!(a["last_error"], "tcp_refused");
     s.stop().await;
@@ -441,12 +450,7 @@ async fn a_refused_tcp_connect_fails_over_to_the_next_target() {
 async fn a_503_from_the_first_target_sends_the_next_invite_to_the_second() {
     let (a, pa) = udp_target().await;
     let (b, pb) = udp_target().await;
-    let Some(dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
-        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 20, 1),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1), (pb, 20, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;
@@ -466,7 +470,7 @@ async fn a_503_from_the_first_target_sends_the_next_invite_to_the_second() {
     let (at, got) = arrival(&[&a, &b]).await;
     assert_eq!(at, 1, "after the 503 the second target: {got}");
     let peers = s.peers().await;
-    let first = &peers["peers"][1]["targets"][0]["addresses"][0];
+    let first = first_address(&peers);
     assert_eq!(first["last_error"], "status_503", "{first}");
     s.stop().await;
 }
@@ -475,12 +479,7 @@ async fn a_503_from_the_first_target_sends_the_next_invite_to_the_second() {
 async fn retransmission_and_cancel_go_where_the_invite_went() {
     let (a, pa) = udp_target().await;
     let (b, pb) = udp_target().await;
-    let Some(dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
-        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 10, 1),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1), (pb, 10, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;
@@ -511,10 +510,7 @@ async fn retransmission_and_cancel_go_where_the_invite_went() {
 #[tokio::test]
 async fn a_dns_server_that_stops_answering_leaves_the_last_good_answer() {
     let (a, pa) = udp_target().await;
-    let Some(mut dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
-        host("a.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(mut dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;
@@ -600,7 +596,7 @@ async fn until_state(s: &Sidecar, targets: &[(&UdpSocket, bool)], want: &str) {
         let got = pump(targets).await;
         assert!(got.is_empty(), "no call was sent: {got:?}");
         let peers = s.peers().await;
-        let a = &peers["peers"][1]["targets"][0]["addresses"][0];
+        let a = first_address(&peers);
         if a["state"] == want {
             return;
         }
@@ -627,12 +623,7 @@ async fn call_lands(s: &Sidecar, targets: &[(&UdpSocket, bool)], call_id: &str) 
 async fn options_pings_mark_a_silent_target_down_and_an_answering_one_up() {
     let (a, pa) = udp_target().await;
     let (b, pb) = udp_target().await;
-    let Some(dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
-        srv("_sip._udp.carrier.test", "b.carrier.test", pb, 20, 1),
-        host("a.carrier.test", "127.0.0.2"),
-        host("b.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1), (pb, 20, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "ping_interval_secs = 1\nping_threshold = 1\n").await;
@@ -652,10 +643,7 @@ async fn options_pings_mark_a_silent_target_down_and_an_answering_one_up() {
 #[tokio::test]
 async fn a_reload_keeps_what_names_resolved_to() {
     let (a, pa) = udp_target().await;
-    let Some(mut dns) = Dns::start(&[
-        srv("_sip._udp.carrier.test", "a.carrier.test", pa, 10, 1),
-        host("a.carrier.test", "127.0.0.2"),
-    ]) else {
+    let Some(mut dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1)])) else {
         return;
     };
     let s = Sidecar::start(TRUNK, &dns, "").await;

@@ -435,16 +435,13 @@ scenario_inbound() {
   [ "$got" -ge $((n * 6)) ] || fail "sip_messages_total over $transport is $got, want >= $((n * 6))"
 }
 
-# c: PBX -> sipscreen -> carrier; nothing named X-CRM-* reaches the carrier.
-scenario_outbound() {
-  local sip admin pbx trunk unused n
-  port sip admin pbx trunk unused
-  # the PBX target is not used: nothing is inbound here
-  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
-    "127.0.0.2:$trunk" '"127.0.0.2/32"'
-  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+# outbound_calls SIP PBX TRUNK WHERE: a SIPp PBX on PBX places
+# outbound.csv's calls through sipscreen (on SIP) to a SIPp carrier on
+# 127.0.0.2:TRUNK that refuses any X-CRM-* header; fails unless every call
+# completes there (WHERE says so in the log).
+outbound_calls() {
+  local sip=$1 pbx=$2 trunk=$3 where=$4 n ok
   n=$(($(wc -l <"$SCEN/outbound.csv") - 1))
-
   start carrier timeout 30 sipp -sf "$SCEN/trunk_uas.xml" -i 127.0.0.2 -p "$trunk" -m "$n" "${SIPP_COMMON[@]}"
   local uas=$LAST_PID
   wait_port udp 127.0.0.2 "$trunk" || return 1
@@ -453,11 +450,20 @@ scenario_outbound() {
   local uac=$LAST_PID
   wait_exit "$uac" "PBX (sipp UAC)"
   wait_exit "$uas" "carrier (sipp UAS, refuses X-CRM-*)"
-
-  local ok
   ok=$(cat trunk_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  log "    $ok of $n outbound calls completed without any X-CRM-* header at the carrier"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the carrier"
+  log "    $ok of $n outbound calls completed $where"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed $where"
+}
+
+# c: PBX -> sipscreen -> carrier; nothing named X-CRM-* reaches the carrier.
+scenario_outbound() {
+  local sip admin pbx trunk unused
+  port sip admin pbx trunk unused
+  # the PBX target is not used: nothing is inbound here
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  outbound_calls "$sip" "$pbx" "$trunk" "without any X-CRM-* header at the carrier" || return 1
   local exc lg
   exc=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="exception"}')
   lg=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="log"}')
@@ -469,7 +475,7 @@ scenario_outbound() {
 
 # i: the trunk by name, SRV records in dnsmasq, the first target down.
 scenario_srv() {
-  local sip admin pbx dead trunk dns unused n
+  local sip admin pbx dead trunk dns unused
   port sip admin pbx dead trunk dns unused
   start dnsmasq "$(command -v dnsmasq || echo /usr/sbin/dnsmasq)" --keep-in-foreground \
     --no-resolv --no-hosts --conf-file=/dev/null --listen-address=127.0.0.1 \
@@ -485,22 +491,8 @@ scenario_srv() {
   printf '\n[dns]\nservers = ["127.0.0.1:%s"]\n\n[[admin.tokens]]\nname = "ops"\nrole = "view"\nsha256 = "%s"\n' \
     "$dns" 5e17bb983b1ff3b4acbcaa8451a4173faa5575c682e7cf8615e2ed5e50fad7bd >>"$PWD/sipscreen.toml"
   start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
-  n=$(($(wc -l <"$SCEN/outbound.csv") - 1))
-
   # Only the second carrier runs: the first's port is closed.
-  start carrier timeout 30 sipp -sf "$SCEN/trunk_uas.xml" -i 127.0.0.2 -p "$trunk" -m "$n" "${SIPP_COMMON[@]}"
-  local uas=$LAST_PID
-  wait_port udp 127.0.0.2 "$trunk" || return 1
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uac.xml" -inf "$SCEN/outbound.csv" \
-    -i 127.0.0.1 -p "$pbx" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
-  local uac=$LAST_PID
-  wait_exit "$uac" "PBX (sipp UAC)"
-  wait_exit "$uas" "second carrier (sipp UAS)"
-
-  local ok
-  ok=$(cat trunk_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  log "    $ok of $n outbound calls completed at the second SRV target"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the second target"
+  outbound_calls "$sip" "$pbx" "$trunk" "at the second SRV target" || return 1
   local failures
   failures=$(metric_sum "$admin" "^sipscreen_target_failures_total[{].*127[.]0[.]0[.]2:$dead.*icmp_unreachable")
   log "    /metrics: target_failures{first target, icmp_unreachable} = $failures"
