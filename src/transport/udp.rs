@@ -105,10 +105,14 @@ impl UdpSide {
                 .map(|_| ())
         };
         match send() {
-            // An ICMP error of an earlier send (to anyone) is reported by
-            // the next call on the socket: read who refused, send again.
-            Err(e) if is_refusal(&e) => {
-                drain_errors(b, self.handler.get().map(|h| &**h));
+            // An ICMP error of an earlier send (to anyone: unreachable,
+            // fragmentation needed) is reported by the next call on the
+            // socket. When the error queue says so, read who it was and
+            // send this one again.
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && drain_errors(b, self.handler.get().map(|h| &**h)) > 0 =>
+            {
                 send().map_err(|e| SendError::Udp(dest, e))
             }
             r => r.map_err(|e| SendError::Udp(dest, e)),
@@ -155,22 +159,17 @@ impl UdpSide {
     }
 }
 
-/// An error a socket call reports for an ICMP error of an earlier send.
-fn is_refusal(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
-    )
-}
-
 /// Reads the socket's queued send errors (`IP_RECVERR`) and tells the
 /// handler which destinations refused (port / host / network
-/// unreachable; a "fragmentation needed" is not a refusal).
-fn drain_errors(bound: &Bound, handler: Option<&dyn Handler>) {
+/// unreachable; a "fragmentation needed" is not a refusal). How many it
+/// read.
+fn drain_errors(bound: &Bound, handler: Option<&dyn Handler>) -> usize {
+    let mut read = 0;
     #[cfg(target_os = "linux")]
     for _ in 0..64 {
         match super::batch::recv_error(&bound.socket) {
             Ok(Some((dest, errno))) => {
+                read += 1;
                 tracing::debug!(%dest, errno, "udp send error reported");
                 if matches!(
                     errno,
@@ -180,11 +179,12 @@ fn drain_errors(bound: &Bound, handler: Option<&dyn Handler>) {
                     h.on_unreachable(TransportKind::Udp, dest);
                 }
             }
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(_) => break,
         }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (bound, handler);
+    read
 }
 
 /// One receiver: a blocking batched receive, each datagram copied into
@@ -234,7 +234,9 @@ fn receive(
                         | std::io::ErrorKind::TimedOut
                         | std::io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) if is_refusal(&e) => drain_errors(bound, Some(handler)),
+            // An ICMP error of an earlier send: queued (IP_RECVERR) and
+            // read here.
+            Err(_) if drain_errors(bound, Some(handler)) > 0 => {}
             Err(e) => {
                 tracing::debug!(error = %e, "udp receive error");
                 metrics.sip_error("udp_receive");
