@@ -201,6 +201,11 @@ impl PeerTargets {
             clock,
             metrics,
         };
+        for c in t.configured.iter().filter(|c| c.spec.is_name()) {
+            let labels = vec![("peer", t.peer.clone()), ("target", c.spec.to_string())];
+            let _ = t.metrics.failures.get_or_create(&labels);
+            let _ = t.metrics.stale.get_or_create(&labels);
+        }
         t.publish();
         Ok(t)
     }
@@ -249,6 +254,16 @@ impl PeerTargets {
         self.snapshot.load().dests.iter().any(|d| d.addr.ip() == ip)
     }
 
+    /// The transport `addr` was resolved with (NAPTR may say TCP where the
+    /// peer's `transport` key says UDP), if it is one of ours.
+    pub fn transport_of(&self, addr: SocketAddr) -> Option<TransportKind> {
+        let snap = self.snapshot.load();
+        snap.dests
+            .iter()
+            .find(|d| d.addr == addr)
+            .map(|d| d.transport)
+    }
+
     /// Whether nothing is resolved (calls to it get 503).
     pub fn is_empty(&self) -> bool {
         self.snapshot.load().dests.is_empty()
@@ -272,11 +287,7 @@ impl PeerTargets {
         d.state.failures.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .target_failures
-            .get_or_create(&vec![
-                ("peer", self.peer.clone()),
-                ("target", dest_label(d)),
-                ("reason", why.as_str().to_string()),
-            ])
+            .get_or_create(&self.failure_labels(&dest_label(d), why))
             .inc();
         if was <= now {
             tracing::warn!(peer = %self.peer, target = %addr, reason = why.as_str(), secs = self.blocklist_ms / 1000, "target blocklisted: the next requests go to the next target");
@@ -412,8 +423,51 @@ impl PeerTargets {
         dests.sort_by_key(|d| d.priority);
         let live: std::collections::HashSet<_> =
             dests.iter().map(|d| (d.addr, d.transport)).collect();
-        states.retain(|k, _| live.contains(k));
+        // An address's series exist from its first answer (at 0 / up)
+        // until it leaves the answers.
+        for d in &dests {
+            let target = dest_label(d);
+            for why in [
+                Failure::Unreachable,
+                Failure::TcpRefused,
+                Failure::Status503,
+            ] {
+                let _ = self
+                    .metrics
+                    .target_failures
+                    .get_or_create(&self.failure_labels(&target, why));
+            }
+        }
+        states.retain(|k, _| {
+            let keep = live.contains(k);
+            if !keep {
+                let target = addr_label(k.0, k.1);
+                self.metrics.target_up.remove(&vec![
+                    ("peer", self.peer.clone()),
+                    ("target", target.clone()),
+                ]);
+                for why in [
+                    Failure::Unreachable,
+                    Failure::TcpRefused,
+                    Failure::Status503,
+                ] {
+                    self.metrics
+                        .target_failures
+                        .remove(&self.failure_labels(&target, why));
+                }
+            }
+            keep
+        });
         self.snapshot.store(Arc::new(Snapshot { dests }));
+        self.export_state();
+    }
+
+    fn failure_labels(&self, target: &str, why: Failure) -> Vec<(&'static str, String)> {
+        vec![
+            ("peer", self.peer.clone()),
+            ("target", target.to_string()),
+            ("reason", why.as_str().to_string()),
+        ]
     }
 
     /// The peer as `GET /api/v1/peers` shows it.
@@ -480,7 +534,11 @@ impl PeerTargets {
 
 /// `transport:address`, the `target` label of an address.
 fn dest_label(d: &Dest) -> String {
-    format!("{}:{}", d.transport.as_str(), d.addr)
+    addr_label(d.addr, d.transport)
+}
+
+fn addr_label(addr: SocketAddr, transport: TransportKind) -> String {
+    format!("{}:{}", transport.as_str(), addr)
 }
 
 /// FNV-1a over the Call-ID, then a finaliser (splitmix64) so nearby

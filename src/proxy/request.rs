@@ -349,7 +349,9 @@ fn in_dialog_hop(
 ) -> Option<(SocketAddr, TransportKind)> {
     let addr = ip_literal(hop.host).map(|ip| SocketAddr::new(ip, hop.port.unwrap_or(5060)));
     let pick = |peer: &Peer| match addr {
-        Some(a) if peer.owns(a.ip()) => Some((a, peer.transport)),
+        Some(a) if peer.owns(a.ip()) => {
+            Some((a, peer.targets.transport_of(a).unwrap_or(peer.transport)))
+        }
         _ => peer.next_hop(call_id),
     };
     match side {
