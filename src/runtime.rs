@@ -52,6 +52,11 @@ pub struct Peer {
     pub sources: Vec<IpNet>,
     /// Whether its P-Asserted-Identity is believed.
     pub trust_pai: bool,
+    /// How to open TLS towards it (`transport = "tls"` only).
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Its TLS connections must present a client certificate `[tls] ca`
+    /// verifies.
+    pub verify_client: bool,
 }
 
 impl Peer {
@@ -87,6 +92,46 @@ pub struct TargetEnv {
     pub metrics: crate::metrics::DnsMetrics,
 }
 
+/// A peer's TLS client side, built when its transport is TLS; an error
+/// is located at `span` (the trunk's name).
+fn peer_tls(
+    loaded: &Loaded,
+    transport: TransportKind,
+    tls: &crate::config::PeerTlsConfig,
+    target: &crate::config::target::TargetHost,
+    who: &str,
+    span: std::ops::Range<usize>,
+) -> Result<Option<Arc<crate::tls::ClientTls>>, ConfigError> {
+    if transport != TransportKind::Tls {
+        return Ok(None);
+    }
+    let ca = loaded.config.tls.ca.as_ref().map(|c| c.get_ref().as_path());
+    // A name is the server name the certificate must carry (unless
+    // tls_server_name says otherwise).
+    let (tls, ip) = match target {
+        crate::config::target::TargetHost::Ip(ip) => (tls.clone(), *ip),
+        crate::config::target::TargetHost::Name(n) => {
+            let mut t = tls.clone();
+            t.server_name.get_or_insert_with(|| n.clone());
+            (t, std::net::IpAddr::from([0, 0, 0, 0]))
+        }
+    };
+    crate::tls::client(&tls, ca, ip)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| loaded.error(vec![Diagnostic::new(span, format!("{who}: {e}"))]))
+}
+
+/// The host of a peer's first target: the default TLS server name.
+fn first_host(entries: &[crate::config::TargetEntry]) -> crate::config::target::TargetHost {
+    entries
+        .first()
+        .and_then(|e| crate::config::target::TargetSpec::parse(e.target.get_ref()).ok())
+        .map_or(
+            crate::config::target::TargetHost::Ip([0, 0, 0, 0].into()),
+            |t| t.host,
+        )
+}
+
 impl Routing {
     fn build(loaded: &Loaded, env: &TargetEnv) -> Result<Routing, ConfigError> {
         let cfg = &loaded.config;
@@ -102,34 +147,49 @@ impl Routing {
             .map(Arc::new)
             .map_err(|(span, msg)| loaded.error(vec![Diagnostic::new(span, msg)]))
         };
+        let pbx_tls = cfg.pbx.tls();
+        let pbx_entries = target_entries(&cfg.pbx.target, &cfg.pbx.targets);
         let pbx = Peer {
             name: "pbx".to_string(),
-            targets: targets(
-                "pbx",
-                cfg.pbx.transport,
-                &target_entries(&cfg.pbx.target, &cfg.pbx.targets),
-            )?,
+            targets: targets("pbx", cfg.pbx.transport, &pbx_entries)?,
             transport: cfg.pbx.transport,
             sources: cfg.pbx.sources.clone(),
             trust_pai: true,
+            tls: peer_tls(
+                loaded,
+                crate::config::target::peer_transport(cfg.pbx.transport, &pbx_entries),
+                &pbx_tls,
+                &first_host(&pbx_entries),
+                "[pbx]",
+                0..0,
+            )?,
+            verify_client: pbx_tls.verify_client,
         };
-        let trunks: Vec<Peer> = cfg
+        let trunks = cfg
             .trunks
             .iter()
             .map(|t| {
+                let tls = t.tls();
+                let who = format!("trunk {:?}", t.name.get_ref());
+                let entries = target_entries(&t.target, &t.targets);
                 Ok(Peer {
                     name: t.name.get_ref().clone(),
-                    targets: targets(
-                        t.name.get_ref(),
-                        t.transport,
-                        &target_entries(&t.target, &t.targets),
-                    )?,
+                    targets: targets(t.name.get_ref(), t.transport, &entries)?,
                     transport: t.transport,
                     sources: t.sources.clone(),
                     trust_pai: t.trust_pai,
+                    tls: peer_tls(
+                        loaded,
+                        crate::config::target::peer_transport(t.transport, &entries),
+                        &tls,
+                        &first_host(&entries),
+                        &who,
+                        t.name.span(),
+                    )?,
+                    verify_client: tls.verify_client,
                 })
             })
-            .collect::<Result<_, ConfigError>>()?;
+            .collect::<Result<Vec<Peer>, ConfigError>>()?;
         let default_trunk = match &cfg.defaults.trunk {
             Some(name) => Some(
                 trunks
@@ -223,6 +283,9 @@ pub struct Runtime {
     pub screener: Screener,
     /// Client -> responsible person (shared across reloads).
     pub contacts: Arc<crate::contacts::Directory>,
+    /// What the `[sip] tls` listeners present (read from `[tls]` by this
+    /// generation: a reload re-reads the files, new connections get them).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Runtime {
@@ -239,11 +302,13 @@ impl Runtime {
     ) -> Result<Runtime, ConfigError> {
         let routing = Routing::build(&loaded, env)?;
         let screener = Screener::build(&loaded, exceptions)?;
+        let tls = server_tls(&loaded)?;
         Ok(Runtime {
             loaded,
             routing,
             screener,
             contacts: Arc::new(crate::contacts::Directory::new()),
+            tls,
         })
     }
 
@@ -252,6 +317,32 @@ impl Runtime {
         self.contacts = contacts;
         self
     }
+}
+
+/// The listeners' TLS side from `[tls]`, when `cert` and `key` are set;
+/// the error is located at the setting whose file failed.
+fn server_tls(loaded: &Loaded) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+    let t = &loaded.config.tls;
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Ok(None);
+    };
+    let ca = t.ca.as_ref();
+    crate::tls::server(
+        cert.get_ref(),
+        key.get_ref(),
+        ca.map(|c| c.get_ref().as_path()),
+    )
+    .map(Some)
+    .map_err(|e| {
+        let span = match &e {
+            crate::tls::TlsError::File { what, .. } if what.ends_with("key") => key.span(),
+            crate::tls::TlsError::File { what, .. } if what.ends_with("ca") => {
+                ca.map_or(0..0, |c| c.span())
+            }
+            _ => cert.span(),
+        };
+        loaded.error(vec![Diagnostic::new(span, e.to_string())])
+    })
 }
 
 /// The whole decision for one call: the screening (verdict, line, client,

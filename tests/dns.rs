@@ -154,6 +154,11 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(trunk_target: &str, dns: &Dns, dns_extra: &str) -> Sidecar {
+        Self::start_with(trunk_target, dns, dns_extra, "").await
+    }
+
+    /// [`start`](Self::start) with `sip` TOML lines added to `[sip]`.
+    async fn start_with(trunk_target: &str, dns: &Dns, dns_extra: &str, sip: &str) -> Sidecar {
         let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("exceptions.txt"), EXCEPTIONS).unwrap();
@@ -162,6 +167,10 @@ impl Sidecar {
             .replace("{PBX_TRANSPORT}", "udp")
             .replace("target = \"{TRUNK}\"", trunk_target)
             .replace("{DIR}", dir.path().to_str().unwrap())
+            .replace(
+                "tcp = [\"127.0.0.1:0\"]\n",
+                &format!("tcp = [\"127.0.0.1:0\"]\n{sip}"),
+            )
             + &format!(
                 "\n[dns]\nservers = [\"127.0.0.1:{}\"]\nmin_ttl_secs = 1\nmax_ttl_secs = 1\nretry_secs = 1\ntimeout_ms = 300\n{dns_extra}",
                 dns.port
@@ -662,5 +671,59 @@ async fn a_reload_keeps_what_names_resolved_to() {
     assert_eq!(header(&got, "Call-ID").as_deref(), Some("gen-2"), "{got}");
     let (code, body) = s.get("/readyz").await;
     assert_eq!(code, 200, "{body}");
+    s.stop().await;
+}
+
+/// A `sips:` target by name: `_sips._tcp` SRV, TLS to the address it
+/// gives, the certificate verified against the configured name (not the
+/// SRV target's), and the call arrives over TLS.
+#[tokio::test]
+async fn a_sips_target_resolves_sips_srv_and_verifies_the_name() {
+    let ca = common::tls::Ca::new("test CA");
+    let carrier =
+        common::tls::TlsPeer::bind("127.0.0.2", &ca.issue("carrier", &["carrier.test"], false))
+            .await;
+    let pt = carrier.addr().port();
+    let Some(dns) = Dns::start(&[
+        srv("_sips._tcp.carrier.test", "t.carrier.test", pt, 10, 1),
+        host("t.carrier.test", "127.0.0.2"),
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = ca
+        .issue("sidecar", &["127.0.0.1"], false)
+        .write(dir.path(), "sidecar");
+    let ca_file = ca.write(dir.path(), "ca");
+    let s = Sidecar::start_with(
+        &format!(
+            "target = \"sips:carrier.test\"\ntls_ca = \"{}\"",
+            ca_file.display()
+        ),
+        &dns,
+        &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            crt.display(),
+            key.display()
+        ),
+        "tls = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    s.send(&s.invite("tls-by-name")).await;
+    let mut stream = carrier
+        .accept()
+        .await
+        .expect("handshake: the name verifies");
+    let got = read_sip(&mut stream, &mut Vec::new()).await;
+    assert_eq!(
+        header(&got, "Call-ID").as_deref(),
+        Some("tls-by-name"),
+        "{got}"
+    );
+    assert!(headers(&got, "Via")[0].starts_with("SIP/2.0/TLS "), "{got}");
+    let peers = s.peers().await;
+    let a = first_address(&peers);
+    assert_eq!(a["transport"], "tls", "{a}");
+    assert_eq!(a["address"], format!("127.0.0.2:{pt}"));
     s.stop().await;
 }

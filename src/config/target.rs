@@ -46,6 +46,7 @@ impl From<super::TransportKind> for TargetTransport {
         match t {
             super::TransportKind::Udp => TargetTransport::Udp,
             super::TransportKind::Tcp => TargetTransport::Tcp,
+            super::TransportKind::Tls => TargetTransport::Tls,
         }
     }
 }
@@ -207,9 +208,22 @@ impl fmt::Display for TargetSpec {
     }
 }
 
-/// The refusal for a TLS target while the build has no TLS transport.
-/// One check, in one place: it goes when `[sip] tls` arrives.
-pub const TLS_UNAVAILABLE: &str = "TLS transport not available: add [sip] tls";
+/// A peer's transport as TLS checks see it: TLS when its `transport` key
+/// says so or one of its targets does (`sips:`, `;transport=tls`).
+pub fn peer_transport(
+    peer: super::TransportKind,
+    entries: &[super::TargetEntry],
+) -> super::TransportKind {
+    let named_tls = entries.iter().any(|e| {
+        TargetSpec::parse(e.target.get_ref())
+            .is_ok_and(|t| t.transport == Some(TargetTransport::Tls))
+    });
+    if named_tls {
+        super::TransportKind::Tls
+    } else {
+        peer
+    }
+}
 
 /// A `[dns] servers` entry: `IP` (port 53) or `IP:port`.
 pub fn parse_server(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -249,15 +263,8 @@ pub(super) fn validate(cfg: &super::Config, d: &mut Vec<super::Diagnostic>) {
             ));
         }
         for e in &entries {
-            match TargetSpec::parse(e.target.get_ref()) {
-                Err(msg) => d.push(Diagnostic::new(e.target.span(), msg)),
-                Ok(t) if t.transport == Some(TargetTransport::Tls) => {
-                    d.push(Diagnostic::new(
-                        e.target.span(),
-                        format!("{}: {TLS_UNAVAILABLE}", e.target.get_ref()),
-                    ));
-                }
-                Ok(_) => {}
+            if let Err(msg) = TargetSpec::parse(e.target.get_ref()) {
+                d.push(Diagnostic::new(e.target.span(), msg));
             }
         }
     }
@@ -379,11 +386,8 @@ mod tests {
         let e = config_errors(
             "target = \"127.0.0.1:5080\"\n[[trunk]]\nname = \"c\"\nsources = [\"127.0.0.2/32\"]\ntargets = [{ target = \"sips:carrier.test\" }]\n",
         );
-        assert!(e.contains("c.toml:7:23: "), "{e}");
-        assert!(
-            e.contains("TLS transport not available: add [sip] tls"),
-            "{e}"
-        );
+        assert!(e.contains("c.toml:5:8: "), "{e}");
+        assert!(e.contains("needs a [sip] tls listener"), "{e}");
         let e = config_errors("");
         assert!(e.contains("[pbx] has no target"), "{e}");
         let e = config_errors("target = \"127.0.0.1:5080\"\n[dns]\nservers = [\"dns.test\"]\n");

@@ -43,14 +43,24 @@ pub enum Failure {
     TcpRefused = 2,
     /// The address answered 503.
     Status503 = 3,
+    /// A TLS connection refused, timed out, or its handshake failed.
+    TlsFailed = 4,
 }
 
 impl Failure {
+    pub const ALL: [Failure; 4] = [
+        Failure::Unreachable,
+        Failure::TcpRefused,
+        Failure::Status503,
+        Failure::TlsFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Failure::Unreachable => "icmp_unreachable",
             Failure::TcpRefused => "tcp_refused",
             Failure::Status503 => "status_503",
+            Failure::TlsFailed => "tls_failed",
         }
     }
 
@@ -59,6 +69,7 @@ impl Failure {
             1 => Some(Failure::Unreachable),
             2 => Some(Failure::TcpRefused),
             3 => Some(Failure::Status503),
+            4 => Some(Failure::TlsFailed),
             _ => None,
         }
     }
@@ -154,8 +165,8 @@ fn transport_of(spec: &TargetSpec, peer: TransportKind) -> TransportKind {
     match spec.transport {
         Some(T::Udp) => TransportKind::Udp,
         Some(T::Tcp) => TransportKind::Tcp,
-        // Refused by validation while there is no TLS transport.
-        Some(T::Tls) | None => peer,
+        Some(T::Tls) => TransportKind::Tls,
+        None => peer,
     }
 }
 
@@ -176,7 +187,11 @@ impl PeerTargets {
             let answer = match &spec.host {
                 TargetHost::Ip(ip) => AnswerState {
                     answer: Some(Answer::literal(
-                        SocketAddr::new(*ip, spec.port.unwrap_or(5060)),
+                        SocketAddr::new(
+                            *ip,
+                            spec.port
+                                .unwrap_or(default_port(transport_of(&spec, transport))),
+                        ),
                         transport_of(&spec, transport),
                     )),
                     expires_ms: i64::MAX,
@@ -427,11 +442,7 @@ impl PeerTargets {
         // until it leaves the answers.
         for d in &dests {
             let target = dest_label(d);
-            for why in [
-                Failure::Unreachable,
-                Failure::TcpRefused,
-                Failure::Status503,
-            ] {
+            for why in Failure::ALL {
                 let _ = self
                     .metrics
                     .target_failures
@@ -446,11 +457,7 @@ impl PeerTargets {
                     ("peer", self.peer.clone()),
                     ("target", target.clone()),
                 ]);
-                for why in [
-                    Failure::Unreachable,
-                    Failure::TcpRefused,
-                    Failure::Status503,
-                ] {
+                for why in Failure::ALL {
                     self.metrics
                         .target_failures
                         .remove(&self.failure_labels(&target, why));
@@ -530,6 +537,11 @@ impl PeerTargets {
             targets,
         }
     }
+}
+
+/// The port a target without one uses (RFC 3263 §4.2).
+fn default_port(t: TransportKind) -> u16 {
+    if t == TransportKind::Tls { 5061 } else { 5060 }
 }
 
 /// `transport:address`, the `target` label of an address.

@@ -1,4 +1,5 @@
-//! RFC 3263 §4 with hickory-resolver: a name without port goes NAPTR ->
+//! RFC 3263 §4 with hickory-resolver (`SIP+D2U`, `SIP+D2T`, `SIPS+D2T`;
+//! `_sip._udp`, `_sip._tcp`, `_sips._tcp`): a name without port goes NAPTR ->
 //! SRV -> A/AAAA; a name whose transport is given skips NAPTR; a name
 //! with a port is A/AAAA only. The answer's TTL is the smallest of the
 //! records it used.
@@ -94,7 +95,7 @@ impl Resolver {
         let explicit = match spec.transport {
             Some(TargetTransport::Udp) => Some(TransportKind::Udp),
             Some(TargetTransport::Tcp) => Some(TransportKind::Tcp),
-            Some(TargetTransport::Tls) => return Err(crate::config::target::TLS_UNAVAILABLE.into()),
+            Some(TargetTransport::Tls) => Some(TransportKind::Tls),
             None => None,
         };
         if let Some(port) = spec.port {
@@ -114,7 +115,8 @@ impl Resolver {
                             let t = match service.as_str() {
                                 "SIP+D2U" => TransportKind::Udp,
                                 "SIP+D2T" => TransportKind::Tcp,
-                                _ => continue, // SIPS+D2T waits for TLS
+                                "SIPS+D2T" => TransportKind::Tls,
+                                _ => continue,
                             };
                             if !n.flags.eq_ignore_ascii_case(b"s") {
                                 continue;
@@ -140,13 +142,15 @@ impl Resolver {
         let srv_name = match t {
             TransportKind::Udp => format!("_sip._udp.{fqdn}"),
             TransportKind::Tcp => format!("_sip._tcp.{fqdn}"),
+            TransportKind::Tls => format!("_sips._tcp.{fqdn}"),
         };
         let dests = self.srv(&srv_name, t, &mut ttl).await?;
         if !dests.is_empty() {
             return finish(dests, ttl, name);
         }
         // No SRV: the name itself on the default port.
-        let dests = self.addresses(&fqdn, 5060, t, 0, 1, &mut ttl).await?;
+        let port = if t == TransportKind::Tls { 5061 } else { 5060 };
+        let dests = self.addresses(&fqdn, port, t, 0, 1, &mut ttl).await?;
         finish(dests, ttl, name)
     }
 
