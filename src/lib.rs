@@ -10,6 +10,8 @@
 //!   reloads on SIGHUP, shuts down in order.
 //! - `admin`: the HTTP listener (`/metrics`, `/healthz`, `/readyz`, and
 //!   `api` under `/api/v1`). `check`: what `check-config` runs.
+//! - `console`: the web console under `/console` (server-rendered pages,
+//!   sessions, CSRF, English and German) over the `api` functions.
 //! - `api`: the `/api/v1` handlers, tokens and roles, one paging rule.
 //! - `proxy`: the stateless proxy core: classify the source, route in
 //!   stages (refuse, next hop, forward edits, tag), local replies.
@@ -40,6 +42,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod contacts;
 pub mod crm;
 pub mod dns;

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["calls", "crm", "transport"],
     &["proxy"],
     &["api"],
+    &["console"],
     &["admin", "check"],
     &["server"],
     &["client"],

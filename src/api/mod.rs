@@ -7,12 +7,12 @@
 //! and screening requests read the same runtime snapshot live calls do.
 
 pub mod auth;
-mod calls;
+pub mod calls;
 mod contacts;
-mod exceptions;
+pub mod exceptions;
 pub mod page;
 mod peers;
-mod screen;
+pub mod screen;
 
 use std::sync::Arc;
 
