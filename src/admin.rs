@@ -1,8 +1,8 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers), `/readyz` (503 while draining) and
-//! the API under `/api/v1`, and the web console under `/console` (`/`
-//! leads there). `/metrics` needs a token only with
-//! `[admin] protect_metrics = true`.
+//! `/healthz` (the process answers), `/readyz` (503 while draining, or
+//! while a peer has no resolved target) and the API under `/api/v1`, and
+//! the web console under `/console` (`/` leads there). `/metrics` needs a
+//! token only with `[admin] protect_metrics = true`.
 
 use std::sync::Arc;
 
@@ -54,6 +54,10 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::respo
     {
         return e.into_response();
     }
+    // Blocklisting ends by time, not by an event: the gauges are set here.
+    for p in s.api.proxy.runtime().routing.peers() {
+        p.targets.export_state();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -66,8 +70,16 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::respo
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shutdown.is_fired() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
+    }
+    let rt = s.api.proxy.runtime();
+    let missing: Vec<&str> = rt.routing.unresolved().collect();
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::OK, "ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: no target resolved for {}\n", missing.join(", ")),
+        )
     }
 }

@@ -23,6 +23,8 @@
 //!   builds (routing, screener, contacts), swapped whole on reload, and
 //!   `Runtime::decide`, the one place a call's verdict, tags and
 //!   responsible person are decided.
+//! - `dns`: a peer's targets: RFC 3263 resolution in a background task,
+//!   the lock-free per-call choice, the failover blocklist.
 //! - `metrics`: one registry, passed in. `contacts`: the directory client
 //!   -> responsible. `events`: the CRM call event type (built by `calls`,
 //!   read by `crm`). `tls`: PEM certificates and keys, the rustls server
@@ -43,6 +45,7 @@ pub mod config;
 pub mod console;
 pub mod contacts;
 pub mod crm;
+pub mod dns;
 pub mod events;
 pub mod metrics;
 pub mod proxy;

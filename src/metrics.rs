@@ -77,6 +77,7 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "route",
     "no_trunk",
     "verstat_failed",
+    "no_target",
     // proxy: responses
     "response_unknown_source",
     "response_via",
@@ -184,6 +185,57 @@ pub struct Metrics {
     /// Panics caught while handling a SIP message, by component
     /// (`udp`/`tcp`). Steady: 0; each one is a bug, logged with the peer.
     panics: Family<L1, Counter>,
+    /// Resolved targets and their failover state (`crate::dns`).
+    pub dns: DnsMetrics,
+}
+
+/// Labels `peer` and `target` (a configured target, or a resolved
+/// `transport:address`): bounded by the config and its DNS answers.
+type PeerLabels = Vec<(&'static str, String)>;
+
+/// The target metrics: DNS refreshes and per-address failover state.
+#[derive(Debug, Clone, Default)]
+pub struct DnsMetrics {
+    /// Refreshes of a configured name that failed, by peer and target.
+    pub failures: Family<PeerLabels, Counter>,
+    /// 1 while a name is served from its last good answer after failing.
+    pub stale: Family<PeerLabels, Gauge>,
+    /// Failures seen from a resolved address, by peer, target and reason.
+    pub target_failures: Family<PeerLabels, Counter>,
+    /// 1 if a resolved address is in use, 0 while it is blocklisted.
+    pub target_up: Family<PeerLabels, Gauge>,
+}
+
+impl DnsMetrics {
+    fn register(registry: &mut Registry) -> DnsMetrics {
+        let m = DnsMetrics {
+            failures: Family::default(),
+            stale: Family::default(),
+            target_failures: Family::default(),
+            target_up: Family::default(),
+        };
+        registry.register(
+            "dns_failures",
+            "Failed DNS refreshes of a peer's target name (the last good answer stays in use)",
+            m.failures.clone(),
+        );
+        registry.register(
+            "dns_stale",
+            "1 while a peer's target name is served from its last good answer because refreshing it fails",
+            m.stale.clone(),
+        );
+        registry.register(
+            "target_failures",
+            "Failures seen from a peer's resolved address, by reason (icmp_unreachable/tcp_refused/tls_failed/status_503)",
+            m.target_failures.clone(),
+        );
+        registry.register(
+            "target_up",
+            "1 if a peer's resolved address takes calls, 0 while it is blocklisted or down by OPTIONS pings",
+            m.target_up.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -390,7 +442,9 @@ impl Metrics {
                 }
             }
         }
+        let dns = DnsMetrics::register(&mut registry);
         Metrics {
+            dns,
             calls_active,
             calls_finished,
             calls_expired,

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind};
+use crate::config::{ConfigError, Diagnostic, ForwardMode, Loaded, TransportKind, target_entries};
 use crate::contacts::Contact;
+use crate::dns::PeerTargets;
 use crate::screening::exceptions::ExceptionSet;
 use crate::screening::verstat::Attest;
 use crate::screening::{Client, Direction, Screener, Screening};
@@ -43,9 +44,10 @@ impl Side {
 pub struct Peer {
     /// Trunk name, or `pbx`.
     pub name: String,
-    /// Where requests for this peer go.
-    pub target: SocketAddr,
-    /// Transport towards it.
+    /// Where requests for this peer go: its targets, resolved (by the
+    /// `dns` task for names), with their failover state.
+    pub targets: Arc<PeerTargets>,
+    /// Transport towards it where neither its target URI nor DNS name one.
     pub transport: TransportKind,
     /// Networks its requests come from.
     pub sources: Vec<IpNet>,
@@ -59,9 +61,16 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Whether `ip` belongs to this peer (a source network or its target).
+    /// Whether `ip` belongs to this peer (a source network or one of its
+    /// resolved targets).
     pub fn owns(&self, ip: IpAddr) -> bool {
-        self.target.ip() == ip || self.sources.iter().any(|n| n.contains(&ip))
+        self.sources.iter().any(|n| n.contains(&ip)) || self.targets.has_ip(ip)
+    }
+
+    /// Where a new request of call `call_id` goes (lock-free; `None`:
+    /// no target resolved).
+    pub fn next_hop(&self, call_id: &[u8]) -> Option<(SocketAddr, TransportKind)> {
+        self.targets.pick(call_id)
     }
 }
 
@@ -76,13 +85,21 @@ pub struct Routing {
     pub default_trunk: Option<usize>,
 }
 
+/// What the targets of a generation are built with: the clock their
+/// blocklist reads, and the registry their metrics go to.
+#[derive(Clone, Default)]
+pub struct TargetEnv {
+    pub clock: crate::clock::Clock,
+    pub metrics: crate::metrics::DnsMetrics,
+}
+
 /// A peer's TLS client side, built when its transport is TLS; an error
 /// is located at `span` (the trunk's name).
 fn peer_tls(
     loaded: &Loaded,
     transport: TransportKind,
     tls: &crate::config::PeerTlsConfig,
-    target: SocketAddr,
+    target: &crate::config::target::TargetHost,
     who: &str,
     span: std::ops::Range<usize>,
 ) -> Result<Option<Arc<crate::tls::ClientTls>>, ConfigError> {
@@ -90,26 +107,60 @@ fn peer_tls(
         return Ok(None);
     }
     let ca = loaded.config.tls.ca.as_ref().map(|c| c.get_ref().as_path());
-    crate::tls::client(tls, ca, target.ip())
+    // A name is the server name the certificate must carry (unless
+    // tls_server_name says otherwise).
+    let (tls, ip) = match target {
+        crate::config::target::TargetHost::Ip(ip) => (tls.clone(), *ip),
+        crate::config::target::TargetHost::Name(n) => {
+            let mut t = tls.clone();
+            t.server_name.get_or_insert_with(|| n.clone());
+            (t, std::net::IpAddr::from([0, 0, 0, 0]))
+        }
+    };
+    crate::tls::client(&tls, ca, ip)
         .map(|c| Some(Arc::new(c)))
         .map_err(|e| loaded.error(vec![Diagnostic::new(span, format!("{who}: {e}"))]))
 }
 
+/// The host of a peer's first target: the default TLS server name.
+fn first_host(entries: &[crate::config::TargetEntry]) -> crate::config::target::TargetHost {
+    entries
+        .first()
+        .and_then(|e| crate::config::target::TargetSpec::parse(e.target.get_ref()).ok())
+        .map_or(
+            crate::config::target::TargetHost::Ip([0, 0, 0, 0].into()),
+            |t| t.host,
+        )
+}
+
 impl Routing {
-    fn build(loaded: &Loaded) -> Result<Routing, ConfigError> {
+    fn build(loaded: &Loaded, env: &TargetEnv) -> Result<Routing, ConfigError> {
         let cfg = &loaded.config;
+        let targets = |name: &str, transport, entries: &[crate::config::TargetEntry]| {
+            PeerTargets::new(
+                name,
+                transport,
+                entries,
+                cfg.dns.blocklist_secs,
+                env.clock.clone(),
+                env.metrics.clone(),
+            )
+            .map(Arc::new)
+            .map_err(|(span, msg)| loaded.error(vec![Diagnostic::new(span, msg)]))
+        };
         let pbx_tls = cfg.pbx.tls();
+        let pbx_entries = target_entries(&cfg.pbx.target, &cfg.pbx.targets);
         let pbx = Peer {
             name: "pbx".to_string(),
-            target: cfg.pbx.target,
+            targets: targets("pbx", cfg.pbx.transport, &pbx_entries)?,
             transport: cfg.pbx.transport,
             sources: cfg.pbx.sources.clone(),
             trust_pai: true,
             tls: peer_tls(
                 loaded,
-                cfg.pbx.transport,
+                crate::config::target::peer_transport(cfg.pbx.transport, &pbx_entries),
                 &pbx_tls,
-                cfg.pbx.target,
+                &first_host(&pbx_entries),
                 "[pbx]",
                 0..0,
             )?,
@@ -121,13 +172,21 @@ impl Routing {
             .map(|t| {
                 let tls = t.tls();
                 let who = format!("trunk {:?}", t.name.get_ref());
+                let entries = target_entries(&t.target, &t.targets);
                 Ok(Peer {
                     name: t.name.get_ref().clone(),
-                    target: t.target,
+                    targets: targets(t.name.get_ref(), t.transport, &entries)?,
                     transport: t.transport,
                     sources: t.sources.clone(),
                     trust_pai: t.trust_pai,
-                    tls: peer_tls(loaded, t.transport, &tls, t.target, &who, t.name.span())?,
+                    tls: peer_tls(
+                        loaded,
+                        crate::config::target::peer_transport(t.transport, &entries),
+                        &tls,
+                        &first_host(&entries),
+                        &who,
+                        t.name.span(),
+                    )?,
                     verify_client: tls.verify_client,
                 })
             })
@@ -182,6 +241,37 @@ impl Routing {
     pub fn is_known(&self, ip: IpAddr) -> bool {
         self.pbx.owns(ip) || self.trunks.iter().any(|t| t.owns(ip))
     }
+
+    /// Every peer, the PBX first.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        std::iter::once(&self.pbx).chain(&self.trunks)
+    }
+
+    /// An answer to an OPTIONS ping from `addr`; whether a peer had it.
+    pub fn ping_answered(&self, addr: SocketAddr) -> bool {
+        let mut hit = false;
+        for p in self.peers() {
+            hit |= p.targets.ping_answered(addr);
+        }
+        hit
+    }
+
+    /// Peers none of whose targets resolved (their calls get 503).
+    pub fn unresolved(&self) -> impl Iterator<Item = &str> {
+        self.peers()
+            .filter(|p| p.targets.is_empty())
+            .map(|p| p.name.as_str())
+    }
+
+    /// Blocklists `dest` in whichever peer it belongs to (a failure seen
+    /// on the SIP path); whether one had it.
+    pub fn target_failed(&self, dest: SocketAddr, why: crate::dns::Failure) -> bool {
+        let mut hit = false;
+        for p in self.peers() {
+            hit |= p.targets.block(dest, why);
+        }
+        hit
+    }
 }
 
 /// Everything one config generation builds.
@@ -202,7 +292,16 @@ pub struct Runtime {
 impl Runtime {
     /// Builds a generation; any error leaves nothing half-built.
     pub fn build(loaded: Loaded, exceptions: Arc<ExceptionSet>) -> Result<Runtime, ConfigError> {
-        let routing = Routing::build(&loaded)?;
+        Self::build_with(loaded, exceptions, &TargetEnv::default())
+    }
+
+    /// [`build`](Self::build) with the targets' clock and metrics.
+    pub fn build_with(
+        loaded: Loaded,
+        exceptions: Arc<ExceptionSet>,
+        env: &TargetEnv,
+    ) -> Result<Runtime, ConfigError> {
+        let routing = Routing::build(&loaded, env)?;
         let screener = Screener::build(&loaded, exceptions)?;
         let tls = server_tls(&loaded)?;
         Ok(Runtime {

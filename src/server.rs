@@ -46,6 +46,8 @@ pub enum ServerError {
     Tokens(#[from] crate::api::auth::TokenError),
     #[error("[crm]: {0}")]
     Crm(#[from] crm::factory::SinkConfigError),
+    #[error("[dns]: {0}")]
+    Dns(String),
     #[error("call log: {0}")]
     CallLog(std::io::Error),
     #[error("cannot bind {what}: {source}")]
@@ -114,13 +116,28 @@ fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> 
     Ok(())
 }
 
+/// The targets' clock and metrics.
+fn target_env(metrics: &Metrics) -> crate::runtime::TargetEnv {
+    crate::runtime::TargetEnv {
+        clock: crate::clock::Clock::system(),
+        metrics: metrics.dns.clone(),
+    }
+}
+
+/// Starts the resolver task of a generation (it ends with it).
+fn start_resolver(runtime: &Runtime) -> Result<crate::dns::Started, ServerError> {
+    let peers: Vec<_> = runtime.routing.peers().map(|p| p.targets.clone()).collect();
+    crate::dns::spawn(&peers, &runtime.loaded.config.dns).map_err(ServerError::Dns)
+}
+
 impl Server {
     /// Loads the config at `path`, binds every listener. Nothing runs yet.
     pub async fn bind(path: &Path) -> Result<Bound, ServerError> {
         let metrics = Arc::new(Metrics::new());
         let exceptions = Arc::new(ExceptionSet::new());
         let loaded = config::load(path)?;
-        let runtime = Runtime::build(loaded, exceptions.clone())?;
+        let runtime = Runtime::build_with(loaded, exceptions.clone(), &target_env(&metrics))?;
+        let mut resolving = start_resolver(&runtime)?;
         let tokens = Tokens::from_config(&runtime.loaded.config)?;
         let data_dir = runtime.loaded.config.store.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir)).await??;
@@ -210,6 +227,22 @@ impl Server {
                 "calls in progress restored from the store"
             );
         }
+        // Targets written as names get their first answer before "ready"
+        // (bounded): the first call has a target. A name that does not
+        // resolve by then does not stop the start; see `unresolved`.
+        let wait = Duration::from_millis(cfg.dns.start_wait_ms);
+        if !resolving.first_pass(wait).await {
+            tracing::warn!(
+                ms = cfg.dns.start_wait_ms,
+                "DNS: first resolution of the targets not finished at start, serving anyway"
+            );
+        }
+        for peer in runtime.routing.unresolved() {
+            tracing::warn!(
+                peer,
+                "no target of this peer resolved: its calls get 503 and /readyz is 503 until one does"
+            );
+        }
         let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
         proxy.track_calls(CallEvents::new(tx, metrics.clone()));
         // Last: everything that can refuse to start has been built.
@@ -242,8 +275,9 @@ impl Server {
     pub fn reload(&self) -> Result<(), ServerError> {
         let result = (|| {
             let loaded = config::load(&self.config_path)?;
-            let runtime = Runtime::build(loaded, self.exceptions.clone())?
-                .with_contacts(self.proxy.runtime().contacts.clone());
+            let runtime =
+                Runtime::build_with(loaded, self.exceptions.clone(), &target_env(&self.metrics))?
+                    .with_contacts(self.proxy.runtime().contacts.clone());
             let tokens = Tokens::from_config(&runtime.loaded.config)?;
             let old = self.proxy.runtime();
             if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
@@ -259,6 +293,14 @@ impl Server {
                 tracing::warn!("[store] data_dir changed: it takes effect after a restart");
             }
             import_file(&self.list, &runtime)?;
+            // Names keep serving what they resolved to (and their
+            // blocklisting) until the new generation's task refreshes them.
+            for p in runtime.routing.peers() {
+                if let Some(o) = old.routing.peers().find(|o| o.name == p.name) {
+                    p.targets.adopt(&o.targets);
+                }
+            }
+            start_resolver(&runtime)?;
             self.tokens.store(Arc::new(tokens));
             self.proxy.swap(runtime);
             Ok(())
@@ -358,6 +400,11 @@ impl Bound {
                 }
             }
         });
+        tasks.spawn(crate::proxy::ping::run(
+            me.proxy.clone(),
+            transports.sender(),
+            shutdown.clone(),
+        ));
         // Returns once shutdown fired: no new SIP work from here.
         transports.run(me.proxy.clone(), shutdown.clone()).await;
         while tasks.join_next().await.is_some() {}

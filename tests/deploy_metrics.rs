@@ -315,6 +315,8 @@ fn deploy_texts() -> Vec<(std::path::PathBuf, String)> {
 fn fresh_value(name: &str, labels: &[(String, String)]) -> f64 {
     match name {
         "sipscreen_config_last_reload_ok" => 1.0,
+        // Every resolved target is up until something fails.
+        "sipscreen_target_up" => 1.0,
         "sipscreen_exception_entries" => {
             assert!(
                 labels

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["screening"],
     &["metrics", "contacts", "events", "tls"],
+    &["dns"],
     &["store", "runtime"],
     &["calls", "crm", "transport"],
     &["proxy"],

@@ -202,13 +202,18 @@ async fn outbound_call_goes_to_the_trunk_without_tags() {
             .all(|l| !l.to_ascii_lowercase().starts_with("x-crm-")),
         "carrier must not see X-CRM-*:\n{got}"
     );
-    let m = h.server.metrics.encode();
-    assert!(
-        m.contains(
-            "sipscreen_calls_screened_total{direction=\"outbound\",verdict=\"exception\"} 1"
-        ),
-        "{m}"
-    );
+    // Counted by the proxy right after the send: the datagram may arrive
+    // first, so wait for the count.
+    let want = "sipscreen_calls_screened_total{direction=\"outbound\",verdict=\"exception\"} 1";
+    let deadline = std::time::Instant::now() + WAIT;
+    while !h.server.metrics.encode().contains(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{want} not counted:\n{}",
+            h.server.metrics.encode()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     h.stop().await;
 }
 

@@ -11,6 +11,7 @@ pub mod calls;
 mod contacts;
 pub mod exceptions;
 pub mod page;
+mod peers;
 pub mod screen;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ pub fn router(state: ApiState, json_max_bytes: usize) -> Router {
         .route("/calls", get(calls::list))
         .route("/contacts", get(contacts::list).post(contacts::import))
         .route("/contacts/{client}", delete(contacts::remove))
+        .route("/peers", get(peers::list))
         .route("/screen", post(screen::number))
         .route("/screen/email", post(screen::email))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })

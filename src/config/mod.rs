@@ -7,6 +7,7 @@
 //! error; see `crate::runtime`.
 
 mod schema;
+pub mod target;
 pub mod validate;
 
 pub use schema::*;

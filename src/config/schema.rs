@@ -47,6 +47,9 @@ pub struct Config {
     /// CRM delivery: sinks for call events.
     #[serde(default)]
     pub crm: CrmConfig,
+    /// Resolving targets written as names, and the destination blocklist.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Our TLS certificate and the CA peers' certificates are checked against.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -98,6 +101,91 @@ impl PeerTlsConfig {
             verify_client,
         }
     }
+}
+
+/// `[dns]`: the background resolver of targets written as names (RFC
+/// 3263) and the blocklist failover uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers to ask (port 53 if none given); empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub servers: Vec<Spanned<String>>,
+    /// Answers are refreshed after their TTL, but never sooner than this…
+    pub min_ttl_secs: u64,
+    /// …and never later than this.
+    pub max_ttl_secs: u64,
+    /// After a failed refresh (the last good answer is kept), try again
+    /// after this long.
+    pub retry_secs: u64,
+    /// One DNS query may take this long.
+    pub timeout_ms: u64,
+    /// At start, how long "ready" waits for the first resolution of
+    /// every name (then it starts anyway; see the README).
+    pub start_wait_ms: u64,
+    /// A target that refused (ICMP unreachable, TCP refused, a 503) is
+    /// skipped for this long.
+    pub blocklist_secs: u64,
+    /// Send an OPTIONS to every resolved target this often (0: never),
+    /// as Kamailio's dispatcher does: any answer marks it up…
+    pub ping_interval_secs: u64,
+    /// …and this many pings in a row without one mark it down (skipped
+    /// like a blocklisted one until it answers again).
+    pub ping_threshold: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            min_ttl_secs: 5,
+            max_ttl_secs: 3600,
+            retry_secs: 5,
+            timeout_ms: 2000,
+            start_wait_ms: 5000,
+            blocklist_secs: 60,
+            ping_interval_secs: 0,
+            ping_threshold: 3,
+        }
+    }
+}
+
+/// One of a peer's `targets = [{ target = "...", priority = 1 }, ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetEntry {
+    /// IP:port, host[:port] or a SIP URI (`config::target`).
+    pub target: Spanned<String>,
+    /// Lower goes first; equal priorities share calls by `weight`.
+    #[serde(default = "default_priority")]
+    pub priority: u16,
+    /// Share among equal priorities.
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+}
+
+fn default_priority() -> u16 {
+    1
+}
+fn default_weight() -> u16 {
+    1
+}
+
+/// A peer's targets: `target = "..."` alone, or the `targets` list.
+pub fn target_entries(
+    target: &Option<Spanned<String>>,
+    targets: &[TargetEntry],
+) -> Vec<TargetEntry> {
+    let mut all: Vec<TargetEntry> = target
+        .iter()
+        .map(|t| TargetEntry {
+            target: t.clone(),
+            priority: default_priority(),
+            weight: default_weight(),
+        })
+        .collect();
+    all.extend_from_slice(targets);
+    all
 }
 
 /// `[calls]`
@@ -292,8 +380,13 @@ impl Default for SipConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PbxConfig {
-    /// Address inbound calls are forwarded to.
-    pub target: SocketAddr,
+    /// Where inbound calls are forwarded: IP:port, host[:port] or a SIP
+    /// URI (`config::target`).
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    /// Several targets with priorities (instead of, or besides, `target`).
+    #[serde(default)]
+    pub targets: Vec<TargetEntry>,
     /// Transport towards the PBX.
     #[serde(default)]
     pub transport: TransportKind,
@@ -326,8 +419,13 @@ impl PbxConfig {
 pub struct TrunkConfig {
     /// Name lines refer to with `trunk = "..."`.
     pub name: Spanned<String>,
-    /// Address outbound calls on this trunk are forwarded to.
-    pub target: SocketAddr,
+    /// Where outbound calls on this trunk are forwarded: IP:port,
+    /// host[:port] or a SIP URI (`config::target`).
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    /// Several targets with priorities (instead of, or besides, `target`).
+    #[serde(default)]
+    pub targets: Vec<TargetEntry>,
     /// Transport towards the trunk.
     #[serde(default)]
     pub transport: TransportKind,

@@ -133,6 +133,8 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
 
+    super::target::validate(cfg, &mut d);
+
     for tok in &cfg.admin.tokens {
         match (&tok.sha256, &tok.env) {
             (Some(h), None) => {
@@ -172,17 +174,23 @@ fn check_tls(cfg: &Config, d: &mut Vec<Diagnostic>) {
             "[tls] needs both cert and key",
         )),
     }
+    // A TLS target (`sips:`, `;transport=tls`) counts as transport = "tls".
+    use super::target::peer_transport;
+    let pbx_targets = super::target_entries(&cfg.pbx.target, &cfg.pbx.targets);
     let peers = std::iter::once((
         "the pbx".to_string(),
         0..0,
-        cfg.pbx.transport,
+        peer_transport(cfg.pbx.transport, &pbx_targets),
         cfg.pbx.tls(),
     ))
     .chain(cfg.trunks.iter().map(|tr| {
         (
             format!("trunk {:?}", tr.name.get_ref()),
             tr.name.span(),
-            tr.transport,
+            peer_transport(
+                tr.transport,
+                &super::target_entries(&tr.target, &tr.targets),
+            ),
             tr.tls(),
         )
     }));
@@ -205,7 +213,7 @@ fn check_tls(cfg: &Config, d: &mut Vec<Diagnostic>) {
         if transport == super::TransportKind::Tls && cfg.sip.tls.is_empty() {
             d.push(Diagnostic::new(
                 span.clone(),
-                format!("{who}: transport = \"tls\" needs a [sip] tls listener (our Record-Route and Via name it for the peer's requests back)"),
+                format!("{who}: transport = \"tls\" needs a [sip] tls listener (a sips: or ;transport=tls target counts; our Record-Route and Via name it for the peer's requests back)"),
             ));
         }
         if p.verify_client && (t.ca.is_none() || cfg.sip.tls.is_empty()) {

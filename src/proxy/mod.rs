@@ -7,8 +7,10 @@
 //! - `response`: Via-based return path.
 //! - `reply`: local answers (400, 403, 483, ...).
 //! - `ident`: our address, branch / tag / call-id derivation.
+//! - `ping`: OPTIONS pings to the targets, and recognising their answers.
 
 pub mod ident;
+pub mod ping;
 pub mod reply;
 pub mod request;
 pub mod response;
@@ -266,6 +268,16 @@ impl Handler for Proxy {
         } else if method.is_some() {
             request::route(&rt, &self.local, &msg, inb.remote, inb.transport, side)
         } else {
+            if ping::is_ping_answer(&msg) {
+                rt.routing.ping_answered(inb.remote);
+                return;
+            }
+            if msg.status() == Some(503) {
+                // The target is overloaded or out of service: the next
+                // request of the call goes to the next target.
+                rt.routing
+                    .target_failed(inb.remote, crate::dns::Failure::Status503);
+            }
             response::route(&rt, &self.local, &msg, side)
         };
         match outcome {
@@ -319,6 +331,15 @@ impl Handler for Proxy {
                 self.metrics.sip_error(reason);
             }
         }
+    }
+
+    fn on_unreachable(&self, transport: TransportKind, dest: SocketAddr) {
+        let why = match transport {
+            TransportKind::Udp => crate::dns::Failure::Unreachable,
+            TransportKind::Tcp => crate::dns::Failure::TcpRefused,
+            TransportKind::Tls => crate::dns::Failure::TlsFailed,
+        };
+        self.runtime.load().routing.target_failed(dest, why);
     }
 
     fn tls_accept(&self, remote: SocketAddr) -> Option<Arc<rustls::ServerConfig>> {

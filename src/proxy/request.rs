@@ -112,7 +112,7 @@ fn forward<'r>(
         // calls: 608 Rejected (RFC 8688), the call is not forwarded.
         return Err(reply(608, "verstat_failed"));
     }
-    let (dest, transport) = next_hop(rt, &routes, ruri, side, decision.as_ref())?;
+    let (dest, transport) = next_hop(rt, msg, &routes, ruri, side, decision.as_ref())?;
     let mut e = Edits::new();
     let hop = Hop {
         remote,
@@ -203,26 +203,30 @@ fn own_routes<'m>(local: &Local, msg: &'m Message) -> Result<Routes<'m>, Refusal
 /// (from a trunk) or to the line's trunk (from the PBX).
 fn next_hop(
     rt: &Runtime,
+    msg: &Message,
     routes: &Routes<'_>,
     ruri: &Uri<'_>,
     side: Side,
     decision: Option<&Decision<'_>>,
 ) -> Result<(SocketAddr, TransportKind), Refusal> {
+    let call_id = msg.call_id();
     if !routes.popped.is_empty() {
-        return Ok(in_dialog_hop(
-            rt,
-            routes.next.as_ref().unwrap_or(ruri),
-            side,
-        ));
+        return in_dialog_hop(rt, routes.next.as_ref().unwrap_or(ruri), side, call_id)
+            .ok_or_else(|| reply(503, "no_target"));
     }
     match side {
-        Side::Trunk(_) => Ok((rt.routing.pbx.target, rt.routing.pbx.transport)),
+        Side::Trunk(_) => rt
+            .routing
+            .pbx
+            .next_hop(call_id)
+            .ok_or_else(|| reply(503, "no_target")),
         _ => {
             let line = decision.and_then(|d| d.screening.line);
             rt.routing
                 .trunk_for(rt.screener.line_trunk(line))
-                .map(|t| (t.target, t.transport))
-                .ok_or_else(|| reply(503, "no_trunk"))
+                .ok_or_else(|| reply(503, "no_trunk"))?
+                .next_hop(call_id)
+                .ok_or_else(|| reply(503, "no_target"))
         }
     }
 }
@@ -348,19 +352,27 @@ fn decide<'r>(
 }
 
 /// The next hop of an in-dialog request: its Route / Request-URI address
-/// if that belongs to the peer on the other side, else that peer's target.
-fn in_dialog_hop(rt: &Runtime, hop: &Uri<'_>, side: Side) -> (SocketAddr, TransportKind) {
+/// if that belongs to the peer on the other side, else that peer's target
+/// (chosen by Call-ID, as a new request's).
+fn in_dialog_hop(
+    rt: &Runtime,
+    hop: &Uri<'_>,
+    side: Side,
+    call_id: &[u8],
+) -> Option<(SocketAddr, TransportKind)> {
     let addr = ip_literal(hop.host).map(|ip| SocketAddr::new(ip, hop.port.unwrap_or(5060)));
     let pick = |peer: &Peer| match addr {
-        Some(a) if peer.owns(a.ip()) => (a, peer.transport),
-        _ => (peer.target, peer.transport),
+        Some(a) if peer.owns(a.ip()) => {
+            Some((a, peer.targets.transport_of(a).unwrap_or(peer.transport)))
+        }
+        _ => peer.next_hop(call_id),
     };
     match side {
         Side::Trunk(_) => pick(&rt.routing.pbx),
         _ => match addr.and_then(|a| rt.routing.trunk_owning(a.ip())) {
             Some(t) => pick(t),
             None => match rt.routing.trunk_for(None) {
-                Some(t) => (t.target, t.transport),
+                Some(t) => t.next_hop(call_id),
                 None => pick(&rt.routing.pbx),
             },
         },

@@ -142,6 +142,91 @@ fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Socke
     }
 }
 
+/// Asks the kernel to queue ICMP errors of sends from `socket` (Linux
+/// `IP_RECVERR` / `IPV6_RECVERR`): an unconnected UDP socket otherwise
+/// never hears that a destination refused. Read them with [`recv_error`].
+#[cfg(target_os = "linux")]
+pub fn set_recverr(socket: &UdpSocket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    let (level, name) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::SOL_IP, libc::IP_RECVERR)
+    };
+    // SAFETY: a c_int option value of the size given, on a live socket.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One queued send error (never blocks): the destination of the datagram
+/// that failed and the error (`ECONNREFUSED` for ICMP port unreachable).
+/// `Ok(None)`: the queue is empty.
+#[cfg(target_os = "linux")]
+pub fn recv_error(socket: &UdpSocket) -> io::Result<Option<(SocketAddr, i32)>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is valid for these plain C structs.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut data = [0u8; 512];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: as above.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_name = (&raw mut name).cast();
+    h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    h.msg_iov = &raw mut iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `h` is to live, writable local memory of
+    // the size given.
+    let n = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &raw mut h,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let mut errno = 0;
+    // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG
+    // macros walk only within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const h);
+        while !c.is_null() {
+            let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+            if (level == libc::SOL_IP && ty == libc::IP_RECVERR)
+                || (level == libc::SOL_IPV6 && ty == libc::IPV6_RECVERR)
+            {
+                let ee = libc::CMSG_DATA(c).cast::<libc::sock_extended_err>();
+                errno = std::ptr::read_unaligned(ee).ee_errno as i32;
+            }
+            c = libc::CMSG_NXTHDR(&raw const h, c);
+        }
+    }
+    Ok(socket_addr(&name, h.msg_namelen).map(|a| (a, errno)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,11 @@ pub trait Handler: Send + Sync + 'static {
         _out: &Sender,
     ) {
     }
+
+    /// A destination refused what was sent to it: ICMP unreachable after
+    /// a UDP send, or a TCP / TLS connection refused, timed out or (TLS)
+    /// its handshake failed. Must not block.
+    fn on_unreachable(&self, _transport: TransportKind, _dest: SocketAddr) {}
 }
 
 /// Hands `msg` to the handler, as every receive loop does. A panic in the

@@ -211,6 +211,8 @@ impl TcpSide {
         drop(tx);
         rx.close();
         let Some(ctx) = self.ctx.get() else { return };
+        // Blocklisted first: the 503 below makes the caller try again.
+        ctx.handler.on_unreachable(self.kind, dest);
         while let Ok(data) = rx.try_recv() {
             ctx.handler
                 .on_undeliverable(self.kind, dest, data, &ctx.sender);

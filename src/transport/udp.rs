@@ -40,6 +40,8 @@ struct Bound {
 /// The bound UDP sockets.
 pub struct UdpSide {
     sockets: Vec<Arc<Bound>>,
+    /// Told of destinations that refused (set once `run` starts).
+    handler: std::sync::OnceLock<Arc<dyn Handler>>,
     receivers: usize,
     metrics: Arc<Metrics>,
 }
@@ -65,11 +67,16 @@ impl UdpSide {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("udp {a}: {e}")))?;
             s.set_read_timeout(Some(SHUTDOWN_POLL))?;
             let socket: UdpSocket = s.into();
+            #[cfg(target_os = "linux")]
+            if let Err(e) = super::batch::set_recverr(&socket, a.is_ipv6()) {
+                tracing::warn!(addr = %a, error = %e, "IP_RECVERR refused: ICMP unreachable will not blocklist targets");
+            }
             let addr = socket.local_addr()?;
             sockets.push(Arc::new(Bound { socket, addr }));
         }
         Ok(UdpSide {
             sockets,
+            handler: std::sync::OnceLock::new(),
             receivers: receivers.max(1),
             metrics,
         })
@@ -92,10 +99,24 @@ impl UdpSide {
             .iter()
             .find(|s| s.addr.is_ipv4() == dest.is_ipv4())
             .ok_or(SendError::NoSocket("udp"))?;
-        socket2::SockRef::from(&b.socket)
-            .send_to_with_flags(&data, &dest.into(), libc::MSG_DONTWAIT)
-            .map(|_| ())
-            .map_err(|e| SendError::Udp(dest, e))
+        let send = || {
+            socket2::SockRef::from(&b.socket)
+                .send_to_with_flags(&data, &dest.into(), libc::MSG_DONTWAIT)
+                .map(|_| ())
+        };
+        match send() {
+            // An ICMP error of an earlier send (to anyone: unreachable,
+            // fragmentation needed) is reported by the next call on the
+            // socket. When the error queue says so, read who it was and
+            // send this one again.
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && drain_errors(b, self.handler.get().map(|h| &**h)) > 0 =>
+            {
+                send().map_err(|e| SendError::Udp(dest, e))
+            }
+            r => r.map_err(|e| SendError::Udp(dest, e)),
+        }
     }
 
     /// Receive threads, until shutdown. `on_message` runs on them with
@@ -106,6 +127,7 @@ impl UdpSide {
         sender: Sender,
         shutdown: Shutdown,
     ) {
+        let _ = self.handler.set(handler.clone());
         let rt = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
         for b in &self.sockets {
@@ -135,6 +157,34 @@ impl UdpSide {
         })
         .await;
     }
+}
+
+/// Reads the socket's queued send errors (`IP_RECVERR`) and tells the
+/// handler which destinations refused (port / host / network
+/// unreachable; a "fragmentation needed" is not a refusal). How many it
+/// read.
+fn drain_errors(bound: &Bound, handler: Option<&dyn Handler>) -> usize {
+    let mut read = 0;
+    #[cfg(target_os = "linux")]
+    for _ in 0..64 {
+        match super::batch::recv_error(&bound.socket) {
+            Ok(Some((dest, errno))) => {
+                read += 1;
+                tracing::debug!(%dest, errno, "udp send error reported");
+                if matches!(
+                    errno,
+                    libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH
+                ) && let Some(h) = handler
+                {
+                    h.on_unreachable(TransportKind::Udp, dest);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (bound, handler);
+    read
 }
 
 /// One receiver: a blocking batched receive, each datagram copied into
@@ -184,8 +234,10 @@ fn receive(
                         | std::io::ErrorKind::TimedOut
                         | std::io::ErrorKind::Interrupted
                 ) => {}
+            // An ICMP error of an earlier send: queued (IP_RECVERR) and
+            // read here.
+            Err(_) if drain_errors(bound, Some(handler)) > 0 => {}
             Err(e) => {
-                // ICMP port unreachable from an earlier send and the like.
                 tracing::debug!(error = %e, "udp receive error");
                 metrics.sip_error("udp_receive");
             }

@@ -36,6 +36,11 @@
 #      sipscreen's against the CA.
 #   j. baresip over TLS: the UA calls sipscreen's TLS listener, the SIPp
 #      PBX checks the tags, answers, and its BYE reaches the UA over TLS.
+#   k. SRV trunk: the trunk's target is `carrier.test`, whose SRV records
+#      (served by dnsmasq) name two SIPp carriers; the first (priority 10)
+#      is down, so the first INVITE meets ICMP port unreachable and every
+#      call completes at the second (priority 20); /api/v1/peers shows the
+#      first blocked.
 #
 # Every scenario starts its own sipscreen with its own config in a temp
 # dir, on loopback ports of its own (checked free first), and stops every
@@ -75,6 +80,7 @@ install_peers() {
   command -v setsid >/dev/null 2>&1 || need+=(util-linux)
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
   # builds the Debian sid chroot that Asterisk runs in (scenario g)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
   if [ ${#need[@]} -gt 0 ]; then
@@ -87,7 +93,7 @@ install_peers() {
       log "apt-get install ${need[*]} failed"
   fi
   local ok=1
-  for tool in sipp kamailio baresip ss setsid systemd-analyze openssl; do
+  for tool in sipp kamailio baresip ss setsid systemd-analyze dnsmasq openssl; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing: $tool"; ok=0; }
   done
   [ "$ok" = 1 ]
@@ -184,12 +190,13 @@ wait_exit() {
   return "$rc"
 }
 
-# GET over a plain TCP connection (no curl needed).
+# GET over a plain TCP connection (no curl needed); TOKEN: a bearer token.
 http_get() {
-  local host=$1 port=$2 path=$3
+  local host=$1 port=$2 path=$3 token=${4:-}
   (
     exec 3<>"/dev/tcp/$host/$port" || exit 1
-    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n%s\r\n' "$path" "$host" \
+      "${token:+Authorization: Bearer $token$'\r\n'}" >&3
     timeout 5 cat <&3
   ) 2>/dev/null
 }
@@ -449,16 +456,13 @@ scenario_inbound() {
   [ "$got" -ge $((n * 6)) ] || fail "sip_messages_total over $transport is $got, want >= $((n * 6))"
 }
 
-# c: PBX -> sipscreen -> carrier; nothing named X-CRM-* reaches the carrier.
-scenario_outbound() {
-  local sip admin pbx trunk unused n
-  port sip admin pbx trunk unused
-  # the PBX target is not used: nothing is inbound here
-  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
-    "127.0.0.2:$trunk" '"127.0.0.2/32"'
-  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+# outbound_calls SIP PBX TRUNK WHERE: a SIPp PBX on PBX places
+# outbound.csv's calls through sipscreen (on SIP) to a SIPp carrier on
+# 127.0.0.2:TRUNK that refuses any X-CRM-* header; fails unless every call
+# completes there (WHERE says so in the log).
+outbound_calls() {
+  local sip=$1 pbx=$2 trunk=$3 where=$4 n ok
   n=$(($(wc -l <"$SCEN/outbound.csv") - 1))
-
   start carrier timeout 30 sipp -sf "$SCEN/trunk_uas.xml" -i 127.0.0.2 -p "$trunk" -m "$n" "${SIPP_COMMON[@]}"
   local uas=$LAST_PID
   wait_port udp 127.0.0.2 "$trunk" || return 1
@@ -467,11 +471,20 @@ scenario_outbound() {
   local uac=$LAST_PID
   wait_exit "$uac" "PBX (sipp UAC)"
   wait_exit "$uas" "carrier (sipp UAS, refuses X-CRM-*)"
-
-  local ok
   ok=$(cat trunk_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  log "    $ok of $n outbound calls completed without any X-CRM-* header at the carrier"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the carrier"
+  log "    $ok of $n outbound calls completed $where"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed $where"
+}
+
+# c: PBX -> sipscreen -> carrier; nothing named X-CRM-* reaches the carrier.
+scenario_outbound() {
+  local sip admin pbx trunk unused
+  port sip admin pbx trunk unused
+  # the PBX target is not used: nothing is inbound here
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  outbound_calls "$sip" "$pbx" "$trunk" "without any X-CRM-* header at the carrier" || return 1
   local exc lg
   exc=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="exception"}')
   lg=$(metric "$admin" 'sipscreen_calls_screened_total{direction="outbound",verdict="log"}')
@@ -479,6 +492,37 @@ scenario_outbound() {
   # +4915112345678 and 0301234567 are listed, the other two are not
   [ "$exc" -ge 2 ] || fail "outbound exception count $exc, want >= 2"
   [ "$lg" -ge 2 ] || fail "outbound log count $lg, want >= 2"
+}
+
+# k: the trunk by name, SRV records in dnsmasq, the first target down.
+scenario_srv() {
+  local sip admin pbx dead trunk dns unused
+  port sip admin pbx dead trunk dns unused
+  start dnsmasq "$(command -v dnsmasq || echo /usr/sbin/dnsmasq)" --keep-in-foreground \
+    --no-resolv --no-hosts --conf-file=/dev/null --listen-address=127.0.0.1 \
+    --bind-interfaces --port="$dns" --pid-file="$PWD/dnsmasq.pid" --local=/test/ \
+    --log-facility=- --log-queries \
+    --srv-host="_sip._udp.carrier.test,a.carrier.test,$dead,10,1" \
+    --srv-host="_sip._udp.carrier.test,b.carrier.test,$trunk,20,1" \
+    --host-record=a.carrier.test,127.0.0.2 --host-record=b.carrier.test,127.0.0.2
+  wait_port udp 127.0.0.1 "$dns" || return 1
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$unused" udp \
+    "carrier.test" '"127.0.0.2/32"'
+  # a view token ("view-token") for /api/v1/peers
+  printf '\n[dns]\nservers = ["127.0.0.1:%s"]\n\n[[admin.tokens]]\nname = "ops"\nrole = "view"\nsha256 = "%s"\n' \
+    "$dns" 5e17bb983b1ff3b4acbcaa8451a4173faa5575c682e7cf8615e2ed5e50fad7bd >>"$PWD/sipscreen.toml"
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  # Only the second carrier runs: the first's port is closed.
+  outbound_calls "$sip" "$pbx" "$trunk" "at the second SRV target" || return 1
+  local failures
+  failures=$(metric_sum "$admin" "^sipscreen_target_failures_total[{].*127[.]0[.]0[.]2:$dead.*icmp_unreachable")
+  log "    /metrics: target_failures{first target, icmp_unreachable} = $failures"
+  [ "$failures" -ge 1 ] || fail "the first target's ICMP unreachable was not counted"
+  local peers
+  peers=$(http_get 127.0.0.1 "$admin" /api/v1/peers view-token)
+  echo "$peers" >peers.json
+  grep -q "\"address\":\"127.0.0.2:$dead\",\"transport\":\"udp\",\"priority\":10,\"weight\":1,\"state\":\"blocked\"" peers.json ||
+    fail "/api/v1/peers does not show the first target blocked: $(tail -c 600 peers.json)"
 }
 
 # kamailio_in_dialog: the start of a request_route both Kamailio configs
@@ -1202,6 +1246,7 @@ run "g. Asterisk 22 (deploy/asterisk, Debian sid chroot) between sipscreen and S
 run "h. systemd unit (deploy/systemd): verify, sandboxing exposure <= 2.0" scenario_systemd
 run "i. Kamailio TLS carrier: SIPp -> Kamailio -> TLS -> sipscreen -> SIPp PBX" scenario_kamailio_tls
 run "j. baresip over TLS through sipscreen" scenario_baresip_tls
+run "k. SRV trunk (dnsmasq): first target down, calls complete at the second" scenario_srv
 
 [ "$FAILED" -gt 0 ] && KEEP=1
 [ "$KEEP" = 1 ] && log "logs kept in $TMP"
