@@ -59,10 +59,19 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::respo
         .into_response()
 }
 
+/// 503 while draining. A CRM sink that is not connected does not make
+/// the SIP service unready (calls go through, their events wait in the
+/// outbox), but the answer names it.
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shutdown.is_fired() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
     }
+    let mut body = String::from("ready\n");
+    for a in s.api.crm.apps.iter().filter(|a| !a.connected()) {
+        body.push_str(&format!(
+            "crm sink {:?}: not connected, events are kept in the outbox (sipscreen crm bitrix24 connect --sink {})\n",
+            a.sink, a.sink
+        ));
+    }
+    (StatusCode::OK, body)
 }

@@ -150,6 +150,9 @@ pub struct Metrics {
     /// Panics caught while handling a SIP message, by component
     /// (`udp`/`tcp`). Steady: 0; each one is a bug, logged with the peer.
     panics: Family<L1, Counter>,
+    /// 1 while a CRM sink can send (a Bitrix24 application has tokens),
+    /// by sink. 0: its events wait in the outbox.
+    crm_connected: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -265,6 +268,12 @@ impl Metrics {
             "CRM events given up and moved to the dead-letter table, by sink",
             crm_dead_letters.clone(),
         );
+        let crm_connected = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register(
+            "crm_connected",
+            "1 while a CRM sink can send, 0 while it waits to be connected (its events stay queued), by sink",
+            crm_connected.clone(),
+        );
         let panics = Family::<L1, Counter>::default();
         registry.register(
             "panics",
@@ -346,6 +355,7 @@ impl Metrics {
             tcp_connections,
             config_last_reload_ok,
             panics,
+            crm_connected,
         }
     }
 
@@ -453,6 +463,12 @@ impl Metrics {
                 ("result", result.to_string()),
             ])
             .inc();
+    }
+
+    pub fn set_crm_connected(&self, sink: &str, connected: bool) {
+        self.crm_connected
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .set(i64::from(connected));
     }
 
     pub fn crm_dead(&self, sink: &str, n: u64) {

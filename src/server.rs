@@ -72,6 +72,9 @@ pub struct Server {
     pub store: Arc<SqliteStore>,
     /// CRM sinks (their workers are started by `run`).
     sinks: Vec<SinkWorker>,
+    /// The Bitrix24 sinks again, with their config (connect, install,
+    /// line sync).
+    bitrix24: Vec<(Arc<crm::bitrix24::Bitrix24>, crate::config::Bitrix24Sink)>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -173,7 +176,10 @@ impl Server {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let sinks = crm::build_sinks(&cfg.crm, Some(&store))?;
+        let crm::Sinks {
+            workers: sinks,
+            bitrix24,
+        } = crm::build_sinks(&cfg.crm, Some(&store))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }
@@ -213,6 +219,7 @@ impl Server {
         let server = Arc::new(Server {
             store,
             sinks,
+            bitrix24,
             proxy,
             metrics,
             exceptions,
@@ -268,6 +275,16 @@ impl Server {
     }
 }
 
+impl Server {
+    /// What the API reaches of the CRM sinks.
+    fn crm_state(&self) -> Arc<crate::api::crm::CrmState> {
+        Arc::new(crate::api::crm::CrmState {
+            apps: self.bitrix24.iter().map(|(b, _)| b.app().clone()).collect(),
+            store: self.store.clone(),
+        })
+    }
+}
+
 impl Bound {
     /// Runs until `shutdown` fires: SIP, admin, and SIGHUP reloads; then
     /// shuts down in order (listeners, tracker, outbox grace, workers).
@@ -294,6 +311,7 @@ impl Bound {
                     contacts: me.proxy.runtime().contacts.clone(),
                     contact_store: me.store.clone(),
                     calls_keep: rt_cfg.calls.log_keep,
+                    crm: me.crm_state(),
                 },
                 protect_metrics: cfg.protect_metrics,
                 json_max_bytes: cfg.json_max_bytes,

@@ -36,8 +36,8 @@ async fn call_log(h: &Harness, query: &str) -> Value {
 
 fn sinks(crm: SocketAddr, rate: f64, burst: u32) -> String {
     format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\nrate_per_sec = {rate}\nburst = {burst}\n\
-         [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{crm}/hook\"\nsecret = \"s3cret\"\n"
+        "\n[crm]\n{}[[crm.webhook]]\nname = \"hook\"\nurl = \"http://{crm}/hook\"\nsecret = \"s3cret\"\n",
+        app_sink("portal", crm, rate, burst)
     )
 }
 
@@ -451,10 +451,7 @@ async fn a_refer_changes_the_responsible_person() {
 #[tokio::test]
 async fn oauth_tokens_are_refreshed_and_rotated() {
     let (crm, addr) = Crm::start().await;
-    *crm.valid_token.lock().unwrap() = Some("nobody-has-this".into());
-    let extra = format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"app\"\nrest_url = \"http://{addr}/rest/\"\noauth_url = \"http://{addr}/oauth/token/\"\nclient_id = \"app.1\"\nclient_secret = \"app-secret\"\nrefresh_token = \"ref-0\"\nrate_per_sec = 50.0\n"
-    );
+    let extra = format!("\n[crm]\n{}", app_sink("app", addr, 50.0, 50));
     let h = Harness::start_with("udp", &extra).await;
     let c = Call::inbound(&h, "+4917099999990", "+4930901820", "crm-oauth1").await;
     c.respond(486, "Busy Here").await;
@@ -474,21 +471,26 @@ async fn oauth_tokens_are_refreshed_and_rotated() {
 
     // The portal expires the token: the sink refreshes with the rotated
     // refresh token and goes on.
-    *crm.valid_token.lock().unwrap() = Some("expired-for-everyone".into());
+    crm.expire_tokens();
     let c = Call::inbound(&h, "+4917099999991", "+4930901820", "crm-oauth2").await;
     c.respond(486, "Busy Here").await;
     crm.wait_for("telephony.externalcall.finish", 2).await;
     assert_eq!(*crm.refreshes.lock().unwrap(), ["ref-0", "ref-1"]);
     assert_eq!(portal(&crm).last().unwrap()["auth"], "acc-2");
-    use sipscreen::store::ExceptionStore;
+    assert!(
+        !crm.refused_with("expired_token").is_empty(),
+        "the expired token was refused once"
+    );
+    use sipscreen::store::TokenStore;
+    let kept = h.server.store.crm_tokens("app").unwrap().unwrap();
     assert_eq!(
-        h.server
-            .store
-            .meta("bitrix24:app:refresh_token")
-            .unwrap()
-            .as_deref(),
-        Some("ref-2"),
-        "the rotated refresh token is kept for the next start"
+        (
+            kept.access.as_str(),
+            kept.refresh.as_str(),
+            kept.member_id.as_str()
+        ),
+        ("acc-2", "ref-2", MEMBER_ID),
+        "the rotated tokens are kept for the next start"
     );
     h.stop().await;
 }
@@ -576,7 +578,8 @@ async fn an_unreachable_crm_is_explained_without_the_url_secret() {
     let down = closed.local_addr().unwrap();
     drop(closed);
     let cfg = format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{down}/rest/1/s3cr3tPATHtoken/\"\n\
+        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nrest_url = \"http://{down}/rest/\"\noauth_url = \"http://{down}/oauth/token/?key=s3cr3tOAUTH\"\n\
+         client_id = \"app.1\"\nclient_secret = \"s3cr3tCLIENT\"\nrefresh_token = \"s3cr3tREFRESH\"\n\
          [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{down}/hook?key=s3cr3tQUERYtoken\"\n"
     );
     let h = Harness::start_with("udp", &cfg).await;

@@ -153,8 +153,8 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, grace: u64, timeout_ms: 
         .replace("{DIR}", dir.to_str().unwrap())
         + &format!(
             "\n[calls]\nmax_call_secs = {MAX_CALL_SECS}\n\n[crm]\nshutdown_grace_secs = {grace}\n\
-             [[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\n\
-             rate_per_sec = 50\nburst = 50\ntimeout_ms = {timeout_ms}\n"
+             {}timeout_ms = {timeout_ms}\n",
+            common::crm::app_sink("portal", crm, 50.0, 50)
         );
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();

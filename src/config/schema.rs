@@ -149,6 +149,16 @@ pub struct Bitrix24Sink {
     pub rate_per_sec: f64,
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// The application's install handler (plain HTTP; put it behind a
+    /// reverse proxy for the portal's HTTPS). None: connect by code only.
+    pub install_listen: Option<std::net::SocketAddr>,
+    /// Keep the portal's external lines in step with the `[[line]]`s.
+    #[serde(default = "default_true")]
+    pub sync_lines: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_timeout_ms() -> u64 {
@@ -460,6 +470,8 @@ impl Default for LineDefaults {
 pub struct LineConfig {
     /// The line's number, any format the region understands.
     pub number: Spanned<String>,
+    /// The line's name in the CRM (Bitrix24 `telephony.externalLine`).
+    pub name: Option<String>,
     pub create: Option<CreateMode>,
     pub create_for: Option<CreateFor>,
     pub crm_mode: Option<CrmMode>,

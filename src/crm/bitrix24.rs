@@ -4,18 +4,22 @@
 //! `call.responsible_changed` need no request of their own: finish carries
 //! the responsible person at the end.
 //!
-//! Two ways in, as portals offer them: an inbound webhook URL
-//! (`https://PORTAL/rest/USER/CODE/`, a credential, read from the
-//! environment), or an installed application's OAuth tokens: the access
-//! token goes as `auth`, and on `expired_token` it is refreshed with the
-//! refresh token (the new refresh token is kept in the store, since
-//! Bitrix24 rotates it). HTTP 503 `QUERY_LIMIT_EXCEEDED` backs off.
+//! The telephony methods work only for an installed application
+//! (`api-reference/telephony/telephony-external-call-register.md`; an
+//! inbound webhook gets `WRONG_AUTH_TYPE`): every request carries the
+//! application's access token as `auth` ([`App`]), refreshed when it
+//! expires. HTTP 503 `QUERY_LIMIT_EXCEEDED` backs off; 429
+//! `OPERATION_TIME_LIMIT` pauses the method until the portal's
+//! `operating_reset_at` (`limits.md`), without counting a failed attempt.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
+pub use super::b24app::App;
 use super::{CrmError, Delivery, Sink, cut};
 use crate::events::{CallEvent, Direction, Ended, EventKind};
 use crate::store::{OutEvent, OutboxStore};
@@ -24,43 +28,30 @@ const REGISTER: &str = "telephony.externalcall.register";
 const FINISH: &str = "telephony.externalcall.finish";
 const BATCH: &str = "batch";
 
-/// How requests are authorised.
-pub enum Auth {
-    /// `https://PORTAL/rest/USER/CODE/`
-    Webhook(String),
-    /// An installed application.
-    OAuth {
-        rest_url: String,
-        oauth_url: String,
-        client_id: String,
-        client_secret: String,
-        tokens: Mutex<Tokens>,
-    },
-}
-
-#[derive(Clone, Default)]
-pub struct Tokens {
-    pub access: String,
-    pub refresh: String,
-}
+/// A method blocked without a reset time from the portal waits this long
+/// (one of the limit's one-minute baskets).
+const DEFAULT_PAUSE_MS: u64 = 60_000;
+/// Longest pause: the limit's whole window (10 minutes).
+const MAX_PAUSE_MS: u64 = 600_000;
 
 pub struct Bitrix24 {
     name: String,
-    auth: Auth,
+    app: Arc<App>,
     /// `USER_ID` or `USER_PHONE_INNER`.
     user_field: String,
     http: reqwest::Client,
-    /// Persists a rotated refresh token.
-    on_refresh: Box<dyn Fn(&str) + Send + Sync>,
+    /// Per method: the last `operating_reset_at` seen (unix seconds).
+    resets: Mutex<HashMap<String, f64>>,
+    /// Per method: paused until (the tokio clock).
+    paused: Mutex<HashMap<String, Instant>>,
 }
 
 impl Bitrix24 {
     pub fn new(
         name: &str,
-        auth: Auth,
+        app: Arc<App>,
         user_field: &str,
         timeout: Duration,
-        on_refresh: Box<dyn Fn(&str) + Send + Sync>,
     ) -> Result<Self, CrmError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -68,42 +59,94 @@ impl Bitrix24 {
             .map_err(|e| CrmError::Client(e.into()))?;
         Ok(Bitrix24 {
             name: name.to_string(),
-            auth,
+            app,
             user_field: user_field.to_string(),
             http,
-            on_refresh,
+            resets: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Calls `method` with `params`; the `result` on success.
-    async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, Delivery> {
-        if let Auth::OAuth { tokens, .. } = &self.auth
-            && tokens
+    /// The application this sink sends as.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Notes `time.operating_reset_at` of an answer to `method`.
+    fn note_time(&self, method: &str, time: &Value) {
+        if let Some(at) = time["operating_reset_at"].as_f64() {
+            self.resets
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .access
-                .is_empty()
-        {
-            self.refresh().await?;
+                .insert(method.to_string(), at);
         }
+    }
+
+    /// `method` got `OPERATION_TIME_LIMIT`: paused until the reset the
+    /// portal announced last (`limits.md`: "for the first retry, refer to
+    /// `operating_reset_at` from the last successful response"), else a
+    /// minute.
+    fn pause(&self, method: &str) -> CrmError {
+        let reset = self
+            .resets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .copied();
+        let now = crate::clock::now_ms() as f64;
+        let wait_ms = reset
+            .map(|at| at * 1000.0 - now)
+            .filter(|w| *w > 0.0)
+            .map_or(DEFAULT_PAUSE_MS, |w| (w.ceil() as u64).min(MAX_PAUSE_MS));
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                method.to_string(),
+                Instant::now() + Duration::from_millis(wait_ms),
+            );
+        tracing::warn!(sink = %self.name, method, pause_ms = wait_ms, "Bitrix24 OPERATION_TIME_LIMIT: method paused until its reset");
+        CrmError::OperationLimit {
+            method: method.to_string(),
+            wait_ms,
+        }
+    }
+
+    /// Still paused: how long.
+    fn paused_for(&self, method: &str) -> Option<CrmError> {
+        let until = *self
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| CrmError::OperationLimit {
+            method: method.to_string(),
+            wait_ms: left.as_millis().max(1) as u64,
+        })
+    }
+
+    /// Calls `method` with `params` as the application; the `result` on
+    /// success.
+    pub async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, Delivery> {
+        if let Some(e) = self.paused_for(method) {
+            return Err(Delivery::Retry(e));
+        }
+        let auth_failed = |e: CrmError| Delivery::Retry(e);
         for attempt in 0..2 {
-            let url = match &self.auth {
-                Auth::Webhook(base) => format!("{}/{method}.json", base.trim_end_matches('/')),
-                Auth::OAuth {
-                    rest_url, tokens, ..
-                } => {
-                    let t = tokens
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .access
-                        .clone();
-                    params["auth"] = Value::String(t);
-                    format!("{}/{method}.json", rest_url.trim_end_matches('/'))
+            let token = match self.app.access() {
+                Some(t) => t,
+                None => {
+                    self.app.refresh(None).await.map_err(auth_failed)?;
+                    self.app
+                        .access()
+                        .ok_or(Delivery::Retry(CrmError::TokenRefused { method }))?
                 }
             };
+            params["auth"] = Value::String(token.clone());
             let resp = self
                 .http
-                .post(&url)
+                .post(self.app.method_url(method))
                 .json(&params)
                 .send()
                 .await
@@ -118,16 +161,18 @@ impl Bitrix24 {
             let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let error = body["error"].as_str().unwrap_or("");
             if (200..300).contains(&status) && error.is_empty() {
+                self.note_time(method, &body["time"]);
                 return Ok(body["result"].clone());
+            }
+            if error == "OPERATION_TIME_LIMIT" {
+                return Err(Delivery::Retry(self.pause(method)));
             }
             if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
                 return Err(Delivery::Retry(CrmError::RateLimited { method }));
             }
-            if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND")
-                && attempt == 0
-                && matches!(self.auth, Auth::OAuth { .. })
+            if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND") && attempt == 0
             {
-                self.refresh().await?;
+                self.app.refresh(Some(&token)).await.map_err(auth_failed)?;
                 continue;
             }
             let what = CrmError::Refused {
@@ -143,53 +188,6 @@ impl Bitrix24 {
             });
         }
         Err(Delivery::Retry(CrmError::TokenRefused { method }))
-    }
-
-    async fn refresh(&self) -> Result<(), Delivery> {
-        let Auth::OAuth {
-            oauth_url,
-            client_id,
-            client_secret,
-            tokens,
-            ..
-        } = &self.auth
-        else {
-            return Ok(());
-        };
-        let refresh = tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refresh
-            .clone();
-        let resp = self
-            .http
-            .get(oauth_url)
-            .query(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", client_id),
-                ("client_secret", client_secret),
-                ("refresh_token", &refresh),
-            ])
-            .send()
-            .await
-            .map_err(|e| Delivery::Retry(CrmError::RefreshTransport(e.into())))?;
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
-            (Some(a), Some(r)) => {
-                *tokens.lock().unwrap_or_else(|p| p.into_inner()) = Tokens {
-                    access: a.to_string(),
-                    refresh: r.to_string(),
-                };
-                (self.on_refresh)(r);
-                tracing::info!(sink = %self.name, "Bitrix24 access token refreshed");
-                Ok(())
-            }
-            _ => Err(Delivery::Retry(CrmError::RefreshRefused {
-                status,
-                code: v["error"].as_str().unwrap_or("").to_string(),
-            })),
-        }
     }
 
     fn user(&self, ev: &CallEvent, params: &mut Value) {
@@ -373,8 +371,11 @@ fn query(p: &Value) -> String {
 }
 
 /// How a failed batch command is handled.
-fn command_error(method: &'static str, e: &Value) -> Delivery {
+fn command_error(sink: &Bitrix24, method: &'static str, e: &Value) -> Delivery {
     let code = e["error"].as_str().unwrap_or("");
+    if code == "OPERATION_TIME_LIMIT" {
+        return Delivery::Retry(sink.pause(method));
+    }
     let what = CrmError::Command {
         method,
         code: code.to_string(),
@@ -397,6 +398,10 @@ impl Sink for Bitrix24 {
 
     fn max_batch(&self) -> usize {
         50
+    }
+
+    fn connected(&self) -> bool {
+        self.app.connected()
     }
 
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
@@ -509,6 +514,9 @@ impl Sink for Bitrix24 {
             Err(d) => return (0, Some(d)),
         };
         let (ok, errors) = (&r["result"], &r["result_error"]);
+        for (key, method) in keys.iter().flatten() {
+            self.note_time(method, &r["result_time"][key]);
+        }
         for (i, key) in keys.iter().enumerate() {
             let Some((key, method)) = key else { continue };
             if let Some(res) = ok.get(key).filter(|v| !v.is_null()) {
@@ -524,7 +532,7 @@ impl Sink for Bitrix24 {
                 continue;
             }
             let d = match errors.get(key) {
-                Some(e) if !e.is_null() => command_error(method, e),
+                Some(e) if !e.is_null() => command_error(self, method, e),
                 // Not run (halted) or not answered: try again.
                 _ => Delivery::Retry(CrmError::NotRun { method }),
             };
@@ -553,12 +561,22 @@ mod tests {
     #[test]
     fn register_and_finish_parameters_come_from_the_event() {
         use crate::events::Create;
+        let app = App::new(
+            "portal",
+            "http://127.0.0.1:9/rest/",
+            "http://127.0.0.1:9/oauth/token/",
+            "app",
+            "secret",
+            None,
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let sink = Bitrix24::new(
             "portal",
-            Auth::Webhook("http://127.0.0.1:9/rest/1/x/".into()),
+            Arc::new(app),
             "USER_PHONE_INNER",
             Duration::from_secs(1),
-            Box::new(|_| {}),
         )
         .unwrap();
         let ev = |kind: EventKind| {

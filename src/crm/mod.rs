@@ -6,6 +6,7 @@
 //! `[crm] max_event_age_secs`. Nothing here touches the SIP path: the
 //! tracker queues events in the store, the workers read them back.
 
+pub mod b24app;
 pub mod bitrix24;
 pub mod error;
 pub mod factory;
@@ -23,7 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{OutEvent, OutboxStore};
 
 pub use error::{CrmError, HttpError};
-pub use factory::{SinkWorker, build_sinks};
+pub use factory::{SinkWorker, Sinks, build_sinks};
 
 /// Longest wait between retries.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
@@ -47,6 +48,12 @@ pub enum Delivery {
 pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery;
+
+    /// Whether the sink can send at all (a Bitrix24 application without
+    /// tokens cannot: its events wait in the outbox, untouched).
+    fn connected(&self) -> bool {
+        true
+    }
 
     /// Events one request may carry when a backlog builds.
     fn max_batch(&self) -> usize {
@@ -140,9 +147,26 @@ pub async fn run_worker(
     // Dead-letter moves of expired events failed in a row (the backoff's
     // exponent).
     let mut dead_failures = 0;
+    let mut was_connected = None;
     loop {
         if shutdown.is_fired() {
             return;
+        }
+        // Not connected: the events stay queued as they are (no attempt
+        // counted, no age limit), until the application gets its tokens.
+        let connected = sink.connected();
+        if was_connected != Some(connected) {
+            metrics.set_crm_connected(&name, connected);
+            if !connected {
+                tracing::warn!(sink = %name, "CRM sink not connected: its events stay in the outbox until it is (sipscreen crm bitrix24 connect)");
+            }
+            was_connected = Some(connected);
+        }
+        if !connected {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
         }
         let (st, n) = (store.clone(), name.clone());
         let head = tokio::task::spawn_blocking(move || st.head(&n, 64))
@@ -239,6 +263,19 @@ pub async fn run_worker(
             Delivery::Ok => {
                 metrics.crm_delivery(&name, "ok");
                 tokio::task::spawn_blocking(move || st.delivered(&[ev.id])).await
+            }
+            Delivery::Retry(error) if error.pause().is_some() => {
+                // The portal blocked the method until its reset: wait for
+                // it with the event at the head, unchanged (no attempt
+                // counted, nothing overtakes it).
+                let pause = error.pause().unwrap_or_default();
+                metrics.crm_delivery(&name, "rate_limited");
+                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, error = %error, "CRM method paused until its reset");
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                continue;
             }
             Delivery::Retry(error) => {
                 let rate_limited = error.is_rate_limit();
