@@ -75,6 +75,8 @@ pub struct Server {
     /// The Bitrix24 sinks again, with their config (connect, install,
     /// line sync).
     bitrix24: Vec<(Arc<crm::bitrix24::Bitrix24>, crate::config::Bitrix24Sink)>,
+    /// The lines the portals should have (sent again on reload).
+    crm_lines: tokio::sync::watch::Sender<Arc<Vec<crm::lines::CrmLine>>>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -96,6 +98,8 @@ pub struct Bound {
     admin_listener: Option<tokio::net::TcpListener>,
     /// The call tracker (calls restored) and what the SIP path sends it.
     tracker: (Tracker, Receiver<SipEvent>),
+    /// The Bitrix24 install handlers, bound.
+    install: Vec<(Arc<crm::bitrix24::App>, tokio::net::TcpListener)>,
 }
 
 /// Imports the config's exceptions file into the store if it changed
@@ -183,6 +187,26 @@ impl Server {
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }
+        let mut install = Vec::new();
+        for (b, c) in &bitrix24 {
+            if let Some(a) = c.install_listen {
+                let l =
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: format!("[crm.bitrix24] {:?} install_listen {a}", c.name),
+                            source,
+                        })?;
+                let at = l.local_addr().map_err(|source| ServerError::Bind {
+                    what: format!("install_listen {a}"),
+                    source,
+                })?;
+                tracing::info!(sink = %c.name, install = %at, "Bitrix24 install handler listening");
+                install.push((b.app().clone(), l));
+            }
+        }
+        let crm_lines =
+            tokio::sync::watch::Sender::new(Arc::new(crm::lines::wanted(runtime.screener.lines())));
         let data_dir = &cfg.store.data_dir;
         let call_log = CallLog::open(data_dir, cfg.calls.log_max_bytes, cfg.calls.log_keep)
             .map_err(ServerError::CallLog)?;
@@ -220,6 +244,7 @@ impl Server {
             store,
             sinks,
             bitrix24,
+            crm_lines,
             proxy,
             metrics,
             exceptions,
@@ -235,6 +260,7 @@ impl Server {
             transports,
             admin_listener,
             tracker: (tracker, rx),
+            install,
         })
     }
 
@@ -260,6 +286,14 @@ impl Server {
                 tracing::warn!("[store] data_dir changed: it takes effect after a restart");
             }
             import_file(&self.list, &runtime)?;
+            let lines = crm::lines::wanted(runtime.screener.lines());
+            self.crm_lines.send_if_modified(|old| {
+                let changed = **old != lines;
+                if changed {
+                    *old = Arc::new(lines);
+                }
+                changed
+            });
             self.tokens.store(Arc::new(tokens));
             self.proxy.swap(runtime);
             Ok(())
@@ -294,6 +328,7 @@ impl Bound {
             transports,
             admin_listener,
             tracker: (tracker, rx),
+            install,
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
@@ -324,6 +359,23 @@ impl Bound {
             });
         }
         tasks.spawn(me.list.clone().run_expiry(shutdown.clone()));
+        for (app, l) in install {
+            let mut sd = shutdown.clone();
+            tasks.spawn(async move {
+                let _ = axum::serve(l, crm::install::router(app))
+                    .with_graceful_shutdown(async move { sd.wait().await })
+                    .await;
+            });
+        }
+        for (b, c) in &me.bitrix24 {
+            if c.sync_lines {
+                tasks.spawn(crm::lines::run(
+                    b.clone(),
+                    me.crm_lines.subscribe(),
+                    shutdown.clone(),
+                ));
+            }
+        }
         let outbox: Arc<dyn OutboxStore> = me.store.clone();
         // The CRM workers stop on their own signal: after the tracker's
         // last batch is queued, they get the grace to deliver it.

@@ -359,7 +359,7 @@ async fn calls_in_progress_survive_sigterm() {
 /// not reach the portal again; a call never sent goes out as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_events_already_sent_are_not_sent_again() {
-    use sipscreen::crm::bitrix24::{Auth, Bitrix24};
+    use sipscreen::crm::bitrix24::{App, AppConfig, Bitrix24};
     use sipscreen::store::sqlite::SqliteStore;
     use sipscreen::store::{NewEvent, OutboxStore};
     use std::sync::Arc;
@@ -399,6 +399,9 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
             .to_json(),
         }
     };
+    for id in ["ext.registered", "ext.finished", "ext.alone"] {
+        crm.known_call(id);
+    }
     // "registered": register answered and kept, row not yet removed.
     store
         .set_crm_call("portal", "registered", "ext.registered")
@@ -411,12 +414,29 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
     let sink: Arc<dyn sipscreen::crm::Sink> = Arc::new(
         Bitrix24::new(
             "portal",
-            Auth::Webhook(format!("http://{addr}/rest/")),
+            Arc::new(
+                App::new(
+                    AppConfig {
+                        sink: "portal".into(),
+                        rest_url: format!("http://{addr}/rest/"),
+                        oauth_url: format!("http://{addr}/oauth/token/"),
+                        client_id: common::crm::CLIENT_ID.into(),
+                        client_secret: common::crm::CLIENT_SECRET.into(),
+                        timeout: Duration::from_secs(5),
+                    },
+                    Some(sipscreen::store::CrmTokens {
+                        refresh: common::crm::FIRST_REFRESH.into(),
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .unwrap(),
+            ),
             "USER_ID",
             Duration::from_secs(5),
-            Box::new(|_| {}),
         )
-        .unwrap(),
+        .unwrap()
+        .with_default_user(Some("1".into())),
     );
     let outbox: Arc<dyn OutboxStore> = store.clone();
     let metrics = Arc::new(sipscreen::metrics::Metrics::new());

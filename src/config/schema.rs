@@ -142,6 +142,9 @@ pub struct Bitrix24Sink {
     /// Which register/finish field carries the responsible person.
     #[serde(default = "default_user_field")]
     pub user_field: String,
+    /// The portal user a call without a responsible person is registered
+    /// for (register requires `USER_ID` or `USER_PHONE_INNER`).
+    pub default_user: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Bitrix24's documented limit: 2 requests/s, burst 50.

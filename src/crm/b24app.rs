@@ -56,6 +56,19 @@ pub enum InstallError {
     Store(String),
 }
 
+/// Where an application is and who it is (`client_secret`: a secret).
+pub struct AppConfig {
+    pub sink: String,
+    /// `https://PORTAL/rest/`
+    pub rest_url: String,
+    /// The OAuth server's `oauth/token/`.
+    pub oauth_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Per HTTP request.
+    pub timeout: Duration,
+}
+
 /// One application's connection.
 pub struct App {
     pub sink: String,
@@ -78,25 +91,20 @@ impl App {
     /// `seed`: the tokens kept in the store, else a refresh token from the
     /// config (an application connected before tokens were stored).
     pub fn new(
-        sink: &str,
-        rest_url: &str,
-        oauth_url: &str,
-        client_id: &str,
-        client_secret: &str,
+        c: AppConfig,
         seed: Option<CrmTokens>,
         store: Option<Arc<dyn TokenStore>>,
-        timeout: Duration,
     ) -> Result<App, CrmError> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            .timeout(c.timeout)
             .build()
             .map_err(|e| CrmError::Client(e.into()))?;
         Ok(App {
-            sink: sink.to_string(),
-            rest_url: rest_url.trim_end_matches('/').to_string(),
-            oauth_url: oauth_url.to_string(),
-            client_id: client_id.to_string(),
-            client_secret: client_secret.to_string(),
+            sink: c.sink,
+            rest_url: c.rest_url.trim_end_matches('/').to_string(),
+            oauth_url: c.oauth_url,
+            client_id: c.client_id,
+            client_secret: c.client_secret,
             tokens: Mutex::new(seed.filter(|t| !t.refresh.is_empty())),
             store,
             http,

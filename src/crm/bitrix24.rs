@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-pub use super::b24app::App;
+pub use super::b24app::{App, AppConfig};
 use super::{CrmError, Delivery, Sink, cut};
 use crate::events::{CallEvent, Direction, Ended, EventKind};
 use crate::store::{OutEvent, OutboxStore};
@@ -39,6 +39,8 @@ pub struct Bitrix24 {
     app: Arc<App>,
     /// `USER_ID` or `USER_PHONE_INNER`.
     user_field: String,
+    /// For calls without a responsible person.
+    default_user: Option<String>,
     http: reqwest::Client,
     /// Per method: the last `operating_reset_at` seen (unix seconds).
     resets: Mutex<HashMap<String, f64>>,
@@ -61,10 +63,17 @@ impl Bitrix24 {
             name: name.to_string(),
             app,
             user_field: user_field.to_string(),
+            default_user: None,
             http,
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Registers calls without a responsible person for `user`.
+    pub fn with_default_user(mut self, user: Option<String>) -> Self {
+        self.default_user = user.filter(|u| !u.is_empty());
+        self
     }
 
     /// The application this sink sends as.
@@ -190,8 +199,11 @@ impl Bitrix24 {
         Err(Delivery::Retry(CrmError::TokenRefused { method }))
     }
 
+    /// The responsible person, else the sink's `default_user`: register
+    /// needs one (a call with neither goes without, and the portal's
+    /// refusal says why).
     fn user(&self, ev: &CallEvent, params: &mut Value) {
-        if let Some(r) = &ev.responsible {
+        if let Some(r) = ev.responsible.as_ref().or(self.default_user.as_ref()) {
             params[&self.user_field] = Value::String(r.clone());
         }
     }
@@ -562,14 +574,16 @@ mod tests {
     fn register_and_finish_parameters_come_from_the_event() {
         use crate::events::Create;
         let app = App::new(
-            "portal",
-            "http://127.0.0.1:9/rest/",
-            "http://127.0.0.1:9/oauth/token/",
-            "app",
-            "secret",
+            AppConfig {
+                sink: "portal".into(),
+                rest_url: "http://127.0.0.1:9/rest/".into(),
+                oauth_url: "http://127.0.0.1:9/oauth/token/".into(),
+                client_id: "app".into(),
+                client_secret: "secret".into(),
+                timeout: Duration::from_secs(1),
+            },
             None,
             None,
-            Duration::from_secs(1),
         )
         .unwrap();
         let sink = Bitrix24::new(

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::b24app::AppConfig;
 use super::bitrix24::{App, Bitrix24};
 use super::webhook::Webhook;
 use super::{CrmError, Sink, WorkerConfig};
@@ -165,19 +166,21 @@ pub fn build_sinks(
         }
         let tokens: Option<Arc<dyn TokenStore>> = store.map(|s| s.clone() as Arc<dyn TokenStore>);
         let app = App::new(
-            &b.name,
-            rest,
-            &b.oauth_url,
-            &env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
-            &env(
-                &b.name,
-                &b.client_secret,
-                &b.client_secret_env,
-                "client_secret",
-            )?,
+            AppConfig {
+                sink: b.name.clone(),
+                rest_url: rest.clone(),
+                oauth_url: b.oauth_url.clone(),
+                client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
+                client_secret: env(
+                    &b.name,
+                    &b.client_secret,
+                    &b.client_secret_env,
+                    "client_secret",
+                )?,
+                timeout: Duration::from_millis(b.timeout_ms),
+            },
             seed,
             tokens,
-            Duration::from_millis(b.timeout_ms),
         )
         .map_err(|error| SinkConfigError::Client {
             sink: b.name.clone(),
@@ -193,7 +196,8 @@ pub fn build_sinks(
             .map_err(|error| SinkConfigError::Client {
                 sink: b.name.clone(),
                 error,
-            })?,
+            })?
+            .with_default_user(b.default_user.clone()),
         );
         out.bitrix24.push((sink.clone(), b.clone()));
         out.workers.push((sink, worker(b.rate_per_sec, b.burst)));

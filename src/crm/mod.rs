@@ -10,6 +10,8 @@ pub mod b24app;
 pub mod bitrix24;
 pub mod error;
 pub mod factory;
+pub mod install;
+pub mod lines;
 pub mod webhook;
 
 use std::sync::Arc;

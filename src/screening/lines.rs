@@ -48,6 +48,8 @@ pub struct LineSettings {
     pub trunk: Option<String>,
     /// Region for national-format client numbers on this line.
     pub region: Id,
+    /// The line's name in the CRM (`None`: its number).
+    pub name: Option<String>,
 }
 
 /// Line settings by E.164 number, with the defaults for all others.
@@ -86,6 +88,7 @@ impl LineTable {
             change_responsible_on_transfer: d.change_responsible_on_transfer,
             trunk: d.trunk.as_ref().map(|t| t.get_ref().clone()),
             region,
+            name: None,
         };
         check_strings(&defaults, "[defaults]", defaults_span, &mut diags);
 
@@ -139,6 +142,13 @@ impl LineTable {
         &self.defaults
     }
 
+    /// The `[[line]]`s: E.164 number and settings, in number order.
+    pub fn configured(&self) -> Vec<(u64, &LineSettings)> {
+        let mut v: Vec<_> = self.lines.iter().map(|(n, s)| (*n, s)).collect();
+        v.sort_unstable_by_key(|(n, _)| *n);
+        v
+    }
+
     /// Number of `[[line]]` tables.
     pub fn len(&self) -> usize {
         self.lines.len()
@@ -174,6 +184,7 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
             Some(r) => parse_region(r.get_ref(), r.span(), diags),
             None => d.region,
         },
+        name: l.name.clone(),
     }
 }
 
