@@ -820,3 +820,58 @@ fn the_json_of_each_event_kind_is_pinned() {
     }
     assert_eq!(got.len(), want.len(), "{got:#?}");
 }
+
+/// The portal's operating-time limit (limits.md): once register has used
+/// its time, the next one is refused with 429 OPERATION_TIME_LIMIT; the
+/// sink pauses the method until the `operating_reset_at` the portal
+/// announced, then sends it once: nothing lost, nothing reordered, no
+/// hammering of the blocked method.
+#[tokio::test]
+async fn an_operation_time_limit_pauses_register_until_its_reset() {
+    let (crm, addr) = Crm::start().await;
+    crm.set_operating(
+        "telephony.externalcall.register",
+        1.0,
+        1.5,
+        Duration::from_secs(2),
+    );
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    for (i, caller) in ["+4917055555550", "+4917055555551", "+4917055555552"]
+        .iter()
+        .enumerate()
+    {
+        let c = Call::inbound(&h, caller, "+4930901820", &format!("crm-op{i}")).await;
+        c.respond(486, "Busy Here").await;
+        if i < 2 {
+            crm.wait_for("telephony.externalcall.finish", i + 1).await;
+        }
+    }
+    crm.wait_for("telephony.externalcall.finish", 3).await;
+    let refused = crm.refused_with("OPERATION_TIME_LIMIT");
+    assert_eq!(refused.len(), 1, "one refusal, then the pause: {refused:?}");
+    let phones: Vec<Value> = crm
+        .calls("telephony.externalcall.register")
+        .iter()
+        .map(|r| r["PHONE_NUMBER"].clone())
+        .collect();
+    assert_eq!(
+        phones,
+        ["+4917055555550", "+4917055555551", "+4917055555552"]
+    );
+    let third = crm
+        .seen()
+        .into_iter()
+        .filter(|s| {
+            s.method == "telephony.externalcall.register"
+                && s.refused.is_none()
+                && s.body["PHONE_NUMBER"] == "+4917055555552"
+        })
+        .map(|s| s.at)
+        .next()
+        .unwrap();
+    assert!(
+        third.duration_since(refused[0].at) >= Duration::from_millis(300),
+        "sent again only after the reset"
+    );
+    h.stop().await;
+}

@@ -468,25 +468,32 @@ mod tests {
         }
     }
 
-    /// An outbox of due events that delivered ones leave.
-    struct Queue(std::sync::Mutex<Vec<OutEvent>>);
+    /// An outbox of due events that delivered ones leave; counts the
+    /// retries it is asked to schedule.
+    struct Queue(
+        std::sync::Mutex<Vec<OutEvent>>,
+        std::sync::atomic::AtomicUsize,
+    );
 
     impl Queue {
         fn with(n: i64) -> Queue {
             let now = now_ms();
-            Queue(std::sync::Mutex::new(
-                (1..=n)
-                    .map(|id| OutEvent {
-                        id,
-                        call: format!("c{id}"),
-                        kind: "call.answered".into(),
-                        payload: "{}".into(),
-                        created_at: now,
-                        attempts: 0,
-                        next_at: 0,
-                    })
-                    .collect(),
-            ))
+            Queue(
+                std::sync::Mutex::new(
+                    (1..=n)
+                        .map(|id| OutEvent {
+                            id,
+                            call: format!("c{id}"),
+                            kind: "call.answered".into(),
+                            payload: "{}".into(),
+                            created_at: now,
+                            attempts: 0,
+                            next_at: 0,
+                        })
+                        .collect(),
+                ),
+                Default::default(),
+            )
         }
     }
 
@@ -503,6 +510,7 @@ mod tests {
             Ok(())
         }
         fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
         fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
@@ -625,6 +633,75 @@ mod tests {
                 .encode()
                 .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"}"),
             "nothing was dead-lettered, nothing counted"
+        );
+    }
+
+    /// Refuses event 2 once with OPERATION_TIME_LIMIT (the portal's reset
+    /// 30 s away); notes when each event went (on the tokio clock).
+    #[derive(Default)]
+    struct OperationLimited {
+        sent: std::sync::Mutex<Vec<(i64, Instant)>>,
+        refused: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for OperationLimited {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, ev: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            if ev.id == 2 && !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Delivery::Retry(CrmError::OperationLimit {
+                    method: "telephony.externalcall.register".into(),
+                    wait_ms: 30_000,
+                });
+            }
+            self.sent.lock().unwrap().push((ev.id, Instant::now()));
+            Delivery::Ok
+        }
+    }
+
+    /// OPERATION_TIME_LIMIT pauses the sink until the reset: the refused
+    /// event is the next one sent, exactly then, nothing overtakes it, and
+    /// no failed attempt is recorded (paused tokio clock).
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_time_limit_pauses_until_the_reset_in_order() {
+        let store = Arc::new(Queue::with(3));
+        let sink = Arc::new(OperationLimited::default());
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: 100.0,
+            burst: 1,
+            max_age_ms: 3_600_000,
+        };
+        let t0 = Instant::now();
+        let worker = tokio::spawn(run_worker(
+            sink.clone(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+        let sent = sink.sent.lock().unwrap().clone();
+        let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let after = |i: usize| sent[i].1.duration_since(t0).as_secs_f64();
+        assert!(after(0) < 0.1, "{}", after(0));
+        assert!(
+            (after(1) - 30.0).abs() < 0.1,
+            "sent {} s after the start",
+            after(1)
+        );
+        assert!(after(2) - after(1) < 0.1, "{}", after(2));
+        assert_eq!(
+            store.1.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a pause is not a failed attempt"
         );
     }
 
