@@ -153,6 +153,8 @@ pub struct Metrics {
     /// 1 while a CRM sink can send (a Bitrix24 application has tokens),
     /// by sink. 0: its events wait in the outbox.
     crm_connected: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Registers whose answer carried a `LEAD_CREATION_ERROR`, by sink.
+    crm_lead_creation_errors: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -274,6 +276,12 @@ impl Metrics {
             "1 while a CRM sink can send, 0 while it waits to be connected (its events stay queued), by sink",
             crm_connected.clone(),
         );
+        let crm_lead_creation_errors = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "crm_lead_creation_errors",
+            "Calls Bitrix24 registered but could not create their lead for (LEAD_CREATION_ERROR), by sink",
+            crm_lead_creation_errors.clone(),
+        );
         let panics = Family::<L1, Counter>::default();
         registry.register(
             "panics",
@@ -356,6 +364,7 @@ impl Metrics {
             config_last_reload_ok,
             panics,
             crm_connected,
+            crm_lead_creation_errors,
         }
     }
 
@@ -462,6 +471,12 @@ impl Metrics {
                 ("sink", sink.to_string()),
                 ("result", result.to_string()),
             ])
+            .inc();
+    }
+
+    pub fn crm_lead_creation_error(&self, sink: &str) {
+        self.crm_lead_creation_errors
+            .get_or_create(&vec![("sink", sink.to_string())])
             .inc();
     }
 

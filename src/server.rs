@@ -183,7 +183,7 @@ impl Server {
         let crm::Sinks {
             workers: sinks,
             bitrix24,
-        } = crm::build_sinks(&cfg.crm, Some(&store))?;
+        } = crm::build_sinks(&cfg.crm, Some(&store), Some(&metrics))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
         }

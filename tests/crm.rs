@@ -136,6 +136,10 @@ impl<'a> Call<'a> {
 #[tokio::test]
 async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     let (crm, addr) = Crm::start().await;
+    crm.crm_answer.lock().unwrap().insert(
+        "+4917011111111".into(),
+        json!({"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 42}),
+    );
     let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
     let call = Call::inbound(&h, "+4917011111111", "+4930901820", "crm-answered").await;
     let tag = header(&call.invite, "X-CRM-Call-Id").unwrap();
@@ -166,6 +170,30 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     let fin = &crm.calls("telephony.externalcall.finish")[0];
     assert_eq!(fin["CALL_ID"], "externalCall.0");
     assert_eq!(fin["STATUS_CODE"], "200");
+    // The card offered to the responsible is hidden once answered,
+    // before the finish.
+    let hides = crm.calls("telephony.externalcall.hide");
+    assert_eq!(hides.len(), 1, "{hides:?}");
+    assert_eq!(hides[0]["CALL_ID"], "externalCall.0");
+    assert_eq!(hides[0]["USER_ID"], "101");
+    let order: Vec<String> = crm
+        .seen()
+        .iter()
+        .filter(|s| s.refused.is_none() && s.method.starts_with("telephony."))
+        .map(|s| s.method.clone())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "telephony.externalcall.register",
+            "telephony.externalcall.hide",
+            "telephony.externalcall.finish"
+        ]
+    );
+    assert_eq!(
+        crm.calls.lock().unwrap()["externalCall.0"].hidden_for,
+        ["101"]
+    );
     let duration = fin["DURATION"].as_u64().unwrap();
     assert!(
         (inner.as_secs()..=outer.as_secs()).contains(&duration),
@@ -197,6 +225,39 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     assert_eq!(rec["outcome"], "completed");
     assert_eq!(rec["status"], 200);
     assert!(rec["answer"].is_string());
+    assert_eq!(
+        rec["crm"]["portal"],
+        json!({"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 42}),
+        "what register answered"
+    );
+
+    // A lead the portal could not create: in the call log, logged, counted.
+    crm.crm_answer.lock().unwrap().insert(
+        "+4917011111112".into(),
+        json!({"LEAD_CREATION_ERROR": "lead limit reached"}),
+    );
+    let c = Call::inbound(&h, "+4917011111112", "+4930901821", "crm-nolead").await;
+    c.respond(486, "Busy Here").await;
+    crm.wait_for("telephony.externalcall.finish", 2).await;
+    until(
+        || {
+            h.server
+                .metrics
+                .encode()
+                .contains("sipscreen_crm_lead_creation_errors_total{sink=\"portal\"} 1")
+        },
+        || h.server.metrics.encode(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = call_log(&h, "?line=%2B4930901821").await;
+        if v["items"][0]["crm"]["portal"]["LEAD_CREATION_ERROR"] == "lead limit reached" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the call log: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 
@@ -529,11 +590,17 @@ async fn events_past_their_age_go_to_the_dead_letter_table() {
         "only this call's register was tried: {:?}",
         crm.refusals()
     );
-    let m = h.server.metrics.encode();
-    assert!(
-        m.contains("sipscreen_crm_dead_letters_total{sink=\"portal\"} 2"),
-        "{m}"
-    );
+    // Counted right after the move (the store is committed first).
+    until(
+        || {
+            h.server
+                .metrics
+                .encode()
+                .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"} 2")
+        },
+        || h.server.metrics.encode(),
+    )
+    .await;
     h.stop().await;
 }
 

@@ -118,6 +118,11 @@ impl App {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The store the tokens are kept in (`None`: checking only).
+    pub fn store(&self) -> Option<&Arc<dyn TokenStore>> {
+        self.store.as_ref()
+    }
+
     pub fn lines_report(&self) -> Option<LinesReport> {
         self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -26,6 +26,7 @@ use crate::store::{OutEvent, OutboxStore};
 
 const REGISTER: &str = "telephony.externalcall.register";
 const FINISH: &str = "telephony.externalcall.finish";
+const HIDE: &str = "telephony.externalcall.hide";
 const BATCH: &str = "batch";
 
 /// A method blocked without a reset time from the portal waits this long
@@ -41,6 +42,8 @@ pub struct Bitrix24 {
     user_field: String,
     /// For calls without a responsible person.
     default_user: Option<String>,
+    /// Counts lead creation errors.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     http: reqwest::Client,
     /// Per method: the last `operating_reset_at` seen (unix seconds).
     resets: Mutex<HashMap<String, f64>>,
@@ -64,6 +67,7 @@ impl Bitrix24 {
             app,
             user_field: user_field.to_string(),
             default_user: None,
+            metrics: None,
             http,
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
@@ -74,6 +78,57 @@ impl Bitrix24 {
     pub fn with_default_user(mut self, user: Option<String>) -> Self {
         self.default_user = user.filter(|u| !u.is_empty());
         self
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Keeps what register answered about the CRM record (shown with the
+    /// call log); a `LEAD_CREATION_ERROR` is logged and counted.
+    async fn keep_answer(&self, ev: &OutEvent, r: &Value) {
+        let error = r["LEAD_CREATION_ERROR"].as_str().unwrap_or("");
+        if !error.is_empty() {
+            tracing::warn!(sink = %self.name, call = %ev.call, error = %cut(error), "Bitrix24 could not create the lead for the call");
+            if let Some(m) = &self.metrics {
+                m.crm_lead_creation_error(&self.name);
+            }
+        }
+        let keep: serde_json::Map<String, Value> = [
+            "CRM_ENTITY_TYPE",
+            "CRM_ENTITY_ID",
+            "CRM_CREATED_LEAD",
+            "CRM_CREATED_ENTITIES",
+            "LEAD_CREATION_ERROR",
+        ]
+        .into_iter()
+        .filter_map(|k| {
+            let v = r.get(k)?;
+            let empty =
+                v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty);
+            (!empty).then(|| (k.to_string(), v.clone()))
+        })
+        .collect();
+        let Some(st) = self.app.store().cloned() else {
+            return;
+        };
+        if keep.is_empty() {
+            return;
+        }
+        let (sink, call, text) = (
+            self.name.clone(),
+            ev.call.clone(),
+            Value::Object(keep).to_string(),
+        );
+        let now = crate::clock::now_ms();
+        if !matches!(
+            tokio::task::spawn_blocking(move || st.set_crm_answer(&sink, &call, &text, now)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!(sink = %self.name, call = %ev.call, "keeping the Bitrix24 register answer failed");
+        }
     }
 
     /// The application this sink sends as.
@@ -231,12 +286,12 @@ pub fn status_code(direction: Direction, end: &Ended) -> String {
 
 /// What one event asks of the portal.
 enum Request {
-    /// Nothing (answered, responsible changed).
+    /// Nothing (responsible changed; answered without a card shown).
     None,
     Register(Value),
-    /// Finish; `CALL_ID` from the store, or from a register earlier in
-    /// the same batch.
-    Finish(Value),
+    /// A method on the registered call (finish, hide); `CALL_ID` from the
+    /// store, or from a register earlier in the same batch.
+    ForCall(&'static str, Value),
 }
 
 impl Bitrix24 {
@@ -265,7 +320,18 @@ impl Bitrix24 {
                     "STATUS_CODE": status_code(v.direction, end),
                 });
                 self.user(&v, &mut p);
-                Request::Finish(p)
+                Request::ForCall(FINISH, p)
+            }
+            // The card was shown (`create = "offer"`): hidden once the
+            // call is answered. Hide takes a user id, so only with
+            // `user_field = "USER_ID"`.
+            EventKind::Answered { .. } if v.offer && self.user_field == "USER_ID" => {
+                let mut p = json!({});
+                self.user(&v, &mut p);
+                if p.get("USER_ID").is_none() {
+                    return Ok(Request::None);
+                }
+                Request::ForCall(HIDE, p)
             }
             EventKind::Answered { .. } | EventKind::ResponsibleChanged { .. } => Request::None,
         })
@@ -357,7 +423,10 @@ impl Bitrix24 {
             })
         };
         match tokio::task::spawn_blocking(move || st.set_crm_call(&sink, &call, &id)).await {
-            Ok(Ok(())) => Delivery::Ok,
+            Ok(Ok(())) => {
+                self.keep_answer(ev, r).await;
+                Delivery::Ok
+            }
             Ok(Err(e)) => failed(e.into()),
             Err(e) => failed(e.into()),
         }
@@ -429,14 +498,16 @@ impl Sink for Bitrix24 {
                 Ok(r) => self.keep_crm_id(ev, store, &r).await,
                 Err(d) => d,
             },
-            Ok(Request::Finish(mut p)) => {
+            Ok(Request::ForCall(method, mut p)) => {
                 match self.crm_id(ev, store).await {
                     Ok(id) => p["CALL_ID"] = Value::String(id),
                     Err(d) => return d,
                 }
-                match self.call(FINISH, p).await {
+                match self.call(method, p).await {
                     Ok(_) => {
-                        self.keep_finished(ev, store).await;
+                        if method == FINISH {
+                            self.keep_finished(ev, store).await;
+                        }
                         Delivery::Ok
                     }
                     Err(d) => d,
@@ -484,7 +555,7 @@ impl Sink for Bitrix24 {
                     registered.insert(&ev.call, key.clone());
                     (REGISTER, p)
                 }
-                Request::Finish(mut p) => {
+                Request::ForCall(method, mut p) => {
                     let id = match registered.get(ev.call.as_str()) {
                         Some(k) => format!("$result[{k}][CALL_ID]"),
                         None => match self.crm_id(ev, store).await {
@@ -497,7 +568,7 @@ impl Sink for Bitrix24 {
                         },
                     };
                     p["CALL_ID"] = Value::String(id);
-                    (FINISH, p)
+                    (method, p)
                 }
             };
             cmd.insert(
@@ -633,7 +704,7 @@ mod tests {
             end: "2023-11-14T22:14:27.750Z".into(),
             answered: true,
         });
-        let Ok(Request::Finish(p)) = sink.request(&ev(ended)) else {
+        let Ok(Request::ForCall(FINISH, p)) = sink.request(&ev(ended)) else {
             panic!("not a finish")
         };
         assert_eq!(

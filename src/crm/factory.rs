@@ -64,7 +64,7 @@ pub struct Sinks {
 /// `connect` or the install call into the store, which this does not
 /// open.
 pub fn check_sinks(cfg: &CrmConfig) -> Result<usize, SinkConfigError> {
-    build_sinks(cfg, None).map(|s| s.workers.len())
+    build_sinks(cfg, None, None).map(|s| s.workers.len())
 }
 
 /// The CRM sinks the config names, each with its worker's settings
@@ -73,6 +73,7 @@ pub fn check_sinks(cfg: &CrmConfig) -> Result<usize, SinkConfigError> {
 pub fn build_sinks(
     cfg: &CrmConfig,
     store: Option<&Arc<SqliteStore>>,
+    metrics: Option<&Arc<crate::metrics::Metrics>>,
 ) -> Result<Sinks, SinkConfigError> {
     let worker = |rate_per_sec: f64, burst: u32| WorkerConfig {
         rate_per_sec,
@@ -197,7 +198,8 @@ pub fn build_sinks(
                 sink: b.name.clone(),
                 error,
             })?
-            .with_default_user(b.default_user.clone()),
+            .with_default_user(b.default_user.clone())
+            .with_metrics(metrics.cloned()),
         );
         out.bitrix24.push((sink.clone(), b.clone()));
         out.workers.push((sink, worker(b.rate_per_sec, b.burst)));

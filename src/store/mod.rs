@@ -282,10 +282,21 @@ impl std::fmt::Debug for CrmTokens {
     }
 }
 
-/// Where CRM applications keep their tokens.
+/// Where CRM applications keep their tokens, and what the CRM answered
+/// about a call.
 pub trait TokenStore: Send + Sync + 'static {
     fn crm_tokens(&self, sink: &str) -> Result<Option<CrmTokens>, StoreError>;
     fn set_crm_tokens(&self, sink: &str, t: &CrmTokens, now: i64) -> Result<(), StoreError>;
     /// Events queued for one sink.
     fn outbox_depth(&self, sink: &str) -> Result<i64, StoreError>;
+    /// Keeps the CRM's answer about a call (JSON).
+    fn set_crm_answer(
+        &self,
+        sink: &str,
+        call: &str,
+        answer: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// The answers kept for these calls: (call, sink, answer JSON).
+    fn crm_answers(&self, calls: &[String]) -> Result<Vec<(String, String, String)>, StoreError>;
 }

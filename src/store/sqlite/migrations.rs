@@ -94,8 +94,17 @@ CREATE INDEX outbox_retrying ON outbox (id) WHERE attempts > 0;
 ";
 
 /// Version 3: a Bitrix24 application's tokens per sink (from the code
-/// exchange or the install handler; rotated on every refresh).
+/// exchange or the install handler; rotated on every refresh), and what
+/// the portal answered a call's register (the CRM record it linked or
+/// created, a lead creation error), shown with the call log.
 const V3: &str = "
+CREATE TABLE crm_answers (
+    sink   TEXT    NOT NULL,
+    call   TEXT    NOT NULL,
+    answer TEXT    NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (sink, call)
+);
 CREATE TABLE crm_tokens (
     sink              TEXT    PRIMARY KEY,
     access            TEXT    NOT NULL,
@@ -276,7 +285,9 @@ mod tests {
         let e = SqliteStore::open(&path).err().expect("refused");
         let msg = e.to_string();
         assert!(
-            msg.contains("schema version 99 is newer than this sipscreen knows (2)")
+            msg.contains(&format!(
+                "schema version 99 is newer than this sipscreen knows ({VERSION})"
+            ))
                 && msg.contains(&path.display().to_string()),
             "{msg}"
         );

@@ -50,6 +50,35 @@ impl TokenStore for SqliteStore {
         Ok(())
     }
 
+    fn set_crm_answer(
+        &self,
+        sink: &str,
+        call: &str,
+        answer: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.writer().execute(
+            "INSERT INTO crm_answers (sink, call, answer, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sink, call) DO UPDATE SET answer = excluded.answer, at = excluded.at",
+            params![sink, call, answer, now],
+        )?;
+        Ok(())
+    }
+
+    fn crm_answers(&self, calls: &[String]) -> Result<Vec<(String, String, String)>, StoreError> {
+        let c = self.reader();
+        let mut st =
+            c.prepare_cached("SELECT call, sink, answer FROM crm_answers WHERE call = ?1")?;
+        let mut out = Vec::new();
+        for call in calls {
+            let rows = st.query_map([call], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
     fn outbox_depth(&self, sink: &str) -> Result<i64, StoreError> {
         Ok(self
             .reader()
