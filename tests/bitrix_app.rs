@@ -395,7 +395,7 @@ async fn the_install_post_connects_and_a_backlog_survives_an_outage_and_token_ex
     wait_until("outbox empty", || {
         count(&db, "SELECT count(*) FROM outbox") == 0
     });
-    assert_eq!(*crm.refreshes.lock().unwrap(), [r2.clone()]);
+    assert_eq!(*crm.refreshes.lock().unwrap(), [r2]);
     let regs: Vec<String> = crm
         .calls("telephony.externalcall.register")
         .iter()

@@ -77,6 +77,11 @@ pub struct Registration {
     pub hidden_for: Vec<String>,
 }
 
+/// A method's calls within the window: (when, seconds of operating time).
+type Baskets = Vec<(Instant, f64)>;
+/// Seconds each call of a method costs, the limit, the window.
+type OperatingLimit = (HashMap<String, f64>, f64, Duration);
+
 /// Leaky bucket state: the counter and when it was last drained.
 struct Leaky {
     rate: f64,
@@ -110,9 +115,9 @@ pub struct Crm {
     pub delay_ms: Arc<AtomicU64>,
     bucket: Arc<Mutex<Leaky>>,
     /// Per method: (when, seconds of operating time) within the window.
-    operating: Arc<Mutex<HashMap<String, Vec<(Instant, f64)>>>>,
+    operating: Arc<Mutex<HashMap<String, Baskets>>>,
     /// (seconds each call of a method costs, the limit, the window).
-    pub op_cost: Arc<Mutex<(HashMap<String, f64>, f64, Duration)>>,
+    pub op_cost: Arc<Mutex<OperatingLimit>>,
     /// The portal's external lines: NUMBER -> (NAME, CRM_AUTO_CREATE).
     pub lines: Arc<Mutex<BTreeMap<String, (String, String)>>>,
     /// The register answer's CRM fields, by PHONE_NUMBER.

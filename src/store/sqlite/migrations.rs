@@ -287,8 +287,7 @@ mod tests {
         assert!(
             msg.contains(&format!(
                 "schema version 99 is newer than this sipscreen knows ({VERSION})"
-            ))
-                && msg.contains(&path.display().to_string()),
+            )) && msg.contains(&path.display().to_string()),
             "{msg}"
         );
         let c = Connection::open(&path).unwrap();
