@@ -11,9 +11,9 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::binary::{BIN, Serving, count};
+use common::binary::{BIN, Serving, count, wait_until};
 use common::crm::*;
 use common::{BASE_CONFIG, EXCEPTIONS, invite, response_to};
 
@@ -77,6 +77,35 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, extra: &str, first_line:
     path
 }
 
+/// A portal that has given out no token yet, the peers, and the config
+/// of a sidecar between them.
+struct Setup {
+    crm: Crm,
+    crm_addr: SocketAddr,
+    peers: Peers,
+    config: PathBuf,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(extra: &str, first_line: &str) -> Setup {
+        let (crm, crm_addr) = Crm::start().await;
+        crm.revoke_all();
+        let dir = tempfile::tempdir().unwrap();
+        let peers = Peers::new();
+        let config = write_config(dir.path(), &peers, crm_addr, extra, first_line);
+        Setup {
+            db: dir.path().join("data/sipscreen.db"),
+            crm,
+            crm_addr,
+            peers,
+            config,
+            _dir: dir,
+        }
+    }
+}
+
 fn start(config: &Path) -> Serving {
     // The secret comes from the environment, as deploy/README.md says.
     // SAFETY: set before any thread of this test reads the environment.
@@ -119,15 +148,6 @@ async fn get(url: String) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
-/// Polls `cond` (blocking) until it holds, or fails with `what` after 20 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every log line so far (drained).
 fn logs(run: &Serving) -> Vec<String> {
     let mut v = run.early.clone();
@@ -161,18 +181,14 @@ fn assert_no_tokens(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_by_code_delivers_what_waited_and_syncs_the_lines() {
-    let (crm, crm_addr) = Crm::start().await;
-    crm.revoke_all();
-    let dir = tempfile::tempdir().unwrap();
-    let peers = Peers::new();
-    let config = write_config(
-        dir.path(),
-        &peers,
+    let Setup {
+        crm,
         crm_addr,
-        "",
-        "create = \"offer\"\nname = \"Sales\"\n",
-    );
-    let db = dir.path().join("data/sipscreen.db");
+        peers,
+        config,
+        db,
+        _dir,
+    } = Setup::new("", "create = \"offer\"\nname = \"Sales\"\n").await;
     let run = start(&config);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
@@ -307,18 +323,20 @@ async fn connect_by_code_delivers_what_waited_and_syncs_the_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_install_post_connects_and_a_backlog_survives_an_outage_and_token_expiry() {
-    let (crm, crm_addr) = Crm::start().await;
-    crm.revoke_all();
-    let dir = tempfile::tempdir().unwrap();
-    let peers = Peers::new();
-    let config = write_config(
-        dir.path(),
-        &peers,
-        crm_addr,
-        "install_listen = \"127.0.0.1:0\"\n",
-        "create = \"offer\"\n",
-    );
-    let db = dir.path().join("data/sipscreen.db");
+    let Setup {
+        crm,
+        peers,
+        config,
+        db,
+        _dir,
+        ..
+    } = Setup::new(
+        "install_listen = \"127.0.0.1:0\"
+",
+        "create = \"offer\"
+",
+    )
+    .await;
     let run = start(&config);
     let line = run
         .early

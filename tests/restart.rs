@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::binary::{Serving, count};
+use common::binary::{Serving, count, wait_until};
 use common::crm::Crm;
 use common::{BASE_CONFIG, EXCEPTIONS, header, invite, response_to};
 use serde_json::Value;
@@ -159,15 +159,6 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, grace: u64, timeout_ms: 
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Polls `cond` until it holds, or fails with `what` after 20 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn call_log(dir: &Path) -> Vec<Value> {

@@ -188,20 +188,9 @@ impl App {
         let Some(refresh) = self.lock().as_ref().map(|t| t.refresh.clone()) else {
             return Err(CrmError::NotConnected);
         };
-        let resp = self
-            .http
-            .get(&self.oauth_url)
-            .query(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", &self.client_id),
-                ("client_secret", &self.client_secret),
-                ("refresh_token", &refresh),
-            ])
-            .send()
-            .await
-            .map_err(|e| CrmError::RefreshTransport(e.into()))?;
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let (status, v) = self
+            .grant(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
+            .await?;
         let Some(t) = self.tokens_of(&v) else {
             return Err(CrmError::RefreshRefused {
                 status,
@@ -217,20 +206,9 @@ impl App {
     /// and keeps the tokens.
     pub async fn exchange_code(&self, code: &str) -> Result<Connection, CrmError> {
         let _one = self.refreshing.lock().await;
-        let resp = self
-            .http
-            .get(&self.oauth_url)
-            .query(&[
-                ("grant_type", "authorization_code"),
-                ("client_id", &self.client_id),
-                ("client_secret", &self.client_secret),
-                ("code", code),
-            ])
-            .send()
-            .await
-            .map_err(|e| CrmError::RefreshTransport(e.into()))?;
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let (status, v) = self
+            .grant(&[("grant_type", "authorization_code"), ("code", code)])
+            .await?;
         let Some(t) = self.tokens_of(&v) else {
             return Err(CrmError::CodeRefused {
                 status,
@@ -240,6 +218,25 @@ impl App {
         self.keep(t).await?;
         tracing::info!(sink = %self.sink, member_id = %v["member_id"].as_str().unwrap_or(""), "Bitrix24 application connected by authorization code");
         Ok(self.connection())
+    }
+
+    /// One request to the OAuth server's token endpoint (a GET with the
+    /// parameters in the query, as Bitrix24's OAuth documentation shows):
+    /// its status and JSON answer.
+    async fn grant(&self, params: &[(&str, &str)]) -> Result<(u16, Value), CrmError> {
+        let resp = self
+            .http
+            .get(&self.oauth_url)
+            .query(&[
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.as_str()),
+            ])
+            .query(params)
+            .send()
+            .await
+            .map_err(|e| CrmError::RefreshTransport(e.into()))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     /// New tokens from an OAuth answer, keeping what the answer does not

@@ -536,6 +536,28 @@ mod tests {
         }
     }
 
+    /// Runs a worker for `sink` at `rate`/`burst` until `store` is empty.
+    async fn drain(sink: Arc<dyn Sink>, store: Arc<Queue>, rate: f64, burst: u32) {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: rate,
+            burst,
+            max_age_ms: 3_600_000,
+        };
+        let worker = tokio::spawn(run_worker(
+            sink,
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+    }
+
     /// Accepts everything, noting when (on the tokio clock).
     #[derive(Default)]
     struct Clocked(std::sync::Mutex<Vec<Instant>>);
@@ -557,25 +579,8 @@ mod tests {
     async fn a_backlog_is_delivered_at_the_rate_after_the_burst() {
         let store = Arc::new(Queue::with(9));
         let sink = Arc::new(Clocked::default());
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let cfg = WorkerConfig {
-            rate_per_sec: 2.0,
-            burst: 3,
-            max_age_ms: 3_600_000,
-        };
         let t0 = Instant::now();
-        let worker = tokio::spawn(run_worker(
-            sink.clone(),
-            store.clone(),
-            Arc::new(Metrics::new()),
-            cfg,
-            shutdown,
-        ));
-        while !store.0.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        trigger.fire();
-        worker.await.unwrap();
+        drain(sink.clone(), store.clone(), 2.0, 3).await;
         let at: Vec<f64> = sink
             .0
             .lock()
@@ -668,25 +673,8 @@ mod tests {
     async fn an_operation_time_limit_pauses_until_the_reset_in_order() {
         let store = Arc::new(Queue::with(3));
         let sink = Arc::new(OperationLimited::default());
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let cfg = WorkerConfig {
-            rate_per_sec: 100.0,
-            burst: 1,
-            max_age_ms: 3_600_000,
-        };
         let t0 = Instant::now();
-        let worker = tokio::spawn(run_worker(
-            sink.clone(),
-            store.clone(),
-            Arc::new(Metrics::new()),
-            cfg,
-            shutdown,
-        ));
-        while !store.0.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        trigger.fire();
-        worker.await.unwrap();
+        drain(sink.clone(), store.clone(), 100.0, 1).await;
         let sent = sink.sent.lock().unwrap().clone();
         let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [1, 2, 3]);

@@ -111,3 +111,12 @@ pub fn count(db: &Path, sql: &str) -> i64 {
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
+
+/// Polls `cond` (blocking) until it holds, or fails with `what` after 20 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
