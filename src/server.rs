@@ -368,6 +368,30 @@ impl Bound {
             });
         }
         for (b, c) in &me.bitrix24 {
+            if c.sync_directory {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                b.set_lookups(tx);
+                let p = me.proxy.clone();
+                let normalize: crm::directory::Normalize = Arc::new(move |s: &str| {
+                    p.runtime()
+                        .screener
+                        .normalizer()
+                        .normalize(s.as_bytes(), None)
+                        .map(crate::screening::normalize::e164_string)
+                });
+                tasks.spawn(crm::directory::run(
+                    crm::directory::DirectorySync {
+                        sink: b.clone(),
+                        directory: me.proxy.runtime().contacts.clone(),
+                        store: me.store.clone(),
+                        normalize,
+                        every: Duration::from_secs(c.directory_every_secs.max(1)),
+                        rate: c.directory_rate_per_sec,
+                    },
+                    rx,
+                    shutdown.clone(),
+                ));
+            }
             if c.sync_lines {
                 tasks.spawn(crm::lines::run(
                     b.clone(),

@@ -434,3 +434,149 @@ async fn the_install_post_connects_and_a_backlog_survives_an_outage_and_token_ex
     assert_eq!(count(&db, "SELECT count(*) FROM dead_letter"), 0);
     assert_no_tokens(&logs(&run).join("\n"));
 }
+
+/// `GET /api/v1/contacts` (view token): client -> (user, extension).
+async fn directory(run: &Serving) -> std::collections::HashMap<String, (String, String)> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/contacts?limit=1000", run.admin()))
+        .bearer_auth("view-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("client"), (s("user_id"), s("extension")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_comes_from_the_crm_and_unknown_callers_are_looked_up() {
+    use serde_json::json;
+    let Setup {
+        crm,
+        peers,
+        config,
+        _dir,
+        ..
+    } = Setup::new("directory_every_secs = 1\n", "create = \"offer\"\n").await;
+    let old = "2026-01-01T00:00:00+00:00";
+    let contacts: Vec<_> = (0..120)
+        .map(|i| json!({"ID": i + 1, "PHONE": [{"VALUE": format!("+4917060000{i:03}"), "VALUE_TYPE": "WORK"}], "ASSIGNED_BY_ID": "7", "DATE_MODIFY": old}))
+        .collect();
+    {
+        let mut r = crm.records.lock().unwrap();
+        r.insert("crm.contact.list".into(), contacts);
+        r.insert(
+            "crm.company.list".into(),
+            vec![json!({"ID": 1, "PHONE": [{"VALUE": "030 1234567"}], "ASSIGNED_BY_ID": "8", "DATE_MODIFY": old})],
+        );
+        r.insert(
+            "crm.lead.list".into(),
+            vec![json!({"ID": 1, "PHONE": [{"VALUE": "+49 170 7000 0001"}], "ASSIGNED_BY_ID": "9", "DATE_MODIFY": old})],
+        );
+    }
+    *crm.users.lock().unwrap() = vec![
+        json!({"ID": "7", "UF_PHONE_INNER": "207"}),
+        json!({"ID": "8", "UF_PHONE_INNER": ""}),
+        json!({"ID": "9", "UF_PHONE_INNER": "209"}),
+    ];
+    crm.search.lock().unwrap().insert(
+        "+4917080000001".into(),
+        json!([{"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 5, "ASSIGNED_BY_ID": 11,
+                "ASSIGNED_BY": {"ID": "11", "USER_PHONE_INNER": "211"}}]),
+    );
+    let run = start(&config);
+    crm.add_code("code-abc");
+    let (code, _, err) = cli(
+        &run,
+        &[
+            "crm", "bitrix24", "connect", "--sink", "portal", "--code", "code-abc",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // Everything, in few requests: one batch per list (users, contacts,
+    // companies, leads), 120 contacts in pages of 50.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut dir = directory(&run).await;
+    while dir.len() < 122 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} contacts",
+            dir.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dir = directory(&run).await;
+    }
+    assert_eq!(dir["+4917060000005"], ("7".into(), "207".into()));
+    assert_eq!(dir["+49301234567"], ("8".into(), String::new()));
+    assert_eq!(dir["+4917070000001"], ("9".into(), "209".into()));
+    let first_batches = crm
+        .seen()
+        .iter()
+        .filter(|s| s.method == "batch" && !s.inner && s.refused.is_none())
+        .count();
+    assert!(
+        first_batches <= 5,
+        "{first_batches} batch requests for the first sync"
+    );
+
+    // What changed comes with the next incremental sync.
+    {
+        let mut r = crm.records.lock().unwrap();
+        let c = &mut r.get_mut("crm.contact.list").unwrap()[5];
+        c["ASSIGNED_BY_ID"] = json!("9");
+        c["DATE_MODIFY"] = json!("2099-01-01T00:00:00+00:00");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while directory(&run).await["+4917060000005"].0 != "9" {
+        assert!(std::time::Instant::now() < deadline, "not updated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        crm.calls("crm.contact.list")
+            .iter()
+            .any(|c| c.get("filter[>DATE_MODIFY]").is_some()),
+        "incremental by DATE_MODIFY"
+    );
+
+    // A caller the directory does not know: looked up after the call, so
+    // the next call from them goes to their responsible.
+    let sip = sip(&run);
+    // (The directory routes on lines with forward_to_responsible.)
+    peers.busy_call(sip, "look-1", "+4917080000001", "+4930901820");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !directory(&run).await.contains_key("+4917080000001") {
+        assert!(std::time::Instant::now() < deadline, "not looked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        directory(&run).await["+4917080000001"],
+        ("11".into(), "211".into())
+    );
+    peers.busy_call(sip, "look-2", "+4917080000001", "+4930901820");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let regs = crm.calls("telephony.externalcall.register");
+        if regs.len() >= 2 {
+            assert_eq!(regs[0]["USER_ID"], "101", "unknown: the line's queue");
+            assert_eq!(regs[1]["USER_ID"], "11", "known now: the responsible");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{regs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        crm.calls("telephony.externalcall.searchcrmentities").len(),
+        1
+    );
+}

@@ -158,6 +158,24 @@ pub struct Bitrix24Sink {
     /// Keep the portal's external lines in step with the `[[line]]`s.
     #[serde(default = "default_true")]
     pub sync_lines: bool,
+    /// Fill the contacts directory from the portal's contacts, companies
+    /// and leads (and look up unknown callers).
+    #[serde(default = "default_true")]
+    pub sync_directory: bool,
+    /// Between incremental directory syncs.
+    #[serde(default = "default_directory_every")]
+    pub directory_every_secs: u64,
+    /// The directory sync's own requests per second.
+    #[serde(default = "default_directory_rate")]
+    pub directory_rate_per_sec: f64,
+}
+
+fn default_directory_every() -> u64 {
+    900
+}
+
+fn default_directory_rate() -> f64 {
+    0.5
 }
 
 fn default_true() -> bool {

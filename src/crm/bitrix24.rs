@@ -44,6 +44,9 @@ pub struct Bitrix24 {
     default_user: Option<String>,
     /// Counts lead creation errors.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where a registered call's client goes to be looked up in the CRM
+    /// if the directory does not know it.
+    lookups: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
     http: reqwest::Client,
     /// Per method: the last `operating_reset_at` seen (unix seconds).
     resets: Mutex<HashMap<String, f64>>,
@@ -68,6 +71,7 @@ impl Bitrix24 {
             user_field: user_field.to_string(),
             default_user: None,
             metrics: None,
+            lookups: std::sync::OnceLock::new(),
             http,
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
@@ -86,9 +90,20 @@ impl Bitrix24 {
         self
     }
 
+    /// Registered clients go to `tx` (the directory sync's lookups).
+    pub fn set_lookups(&self, tx: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.lookups.set(tx);
+    }
+
     /// Keeps what register answered about the CRM record (shown with the
     /// call log); a `LEAD_CREATION_ERROR` is logged and counted.
     async fn keep_answer(&self, ev: &OutEvent, r: &Value) {
+        if let Some(tx) = self.lookups.get()
+            && let Ok(v) = CallEvent::from_outbox(&ev.kind, &ev.payload)
+        {
+            // Full: the lookup waits for the next sync instead.
+            let _ = tx.try_send(v.client);
+        }
         let error = r["LEAD_CREATION_ERROR"].as_str().unwrap_or("");
         if !error.is_empty() {
             tracing::warn!(sink = %self.name, call = %ev.call, error = %cut(error), "Bitrix24 could not create the lead for the call");
@@ -434,7 +449,7 @@ impl Bitrix24 {
 }
 
 /// `KEY=value&…` for a batch command (PHP's http_build_query form).
-fn query(p: &Value) -> String {
+pub fn query(p: &Value) -> String {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let mut parts = Vec::new();
     for (k, v) in p.as_object().into_iter().flatten() {

@@ -8,6 +8,7 @@
 
 pub mod b24app;
 pub mod bitrix24;
+pub mod directory;
 pub mod error;
 pub mod factory;
 pub mod install;

@@ -122,6 +122,13 @@ pub struct Crm {
     pub lines: Arc<Mutex<BTreeMap<String, (String, String)>>>,
     /// The register answer's CRM fields, by PHONE_NUMBER.
     pub crm_answer: Arc<Mutex<HashMap<String, Value>>>,
+    /// CRM records by list method (`crm.contact.list`, …): `ID`, `PHONE`
+    /// (`[{"VALUE": …}]`), `ASSIGNED_BY_ID`, `DATE_MODIFY`.
+    pub records: Arc<Mutex<BTreeMap<String, Vec<Value>>>>,
+    /// `user.get`'s users (`ID`, `UF_PHONE_INNER`).
+    pub users: Arc<Mutex<Vec<Value>>>,
+    /// `searchCrmEntities` answers by PHONE_NUMBER.
+    pub search: Arc<Mutex<HashMap<String, Value>>>,
 }
 
 impl Crm {
@@ -154,6 +161,9 @@ impl Crm {
             ))),
             lines: Default::default(),
             crm_answer: Default::default(),
+            records: Default::default(),
+            users: Default::default(),
+            search: Default::default(),
         };
         let app = Router::new()
             .route("/rest/{method}", post(app_rest))
@@ -375,7 +385,7 @@ pub fn app_sink(name: &str, crm: SocketAddr, rate: f64, burst: u32) -> String {
     format!(
         "[[crm.bitrix24]]\nname = \"{name}\"\nrest_url = \"http://{crm}/rest/\"\noauth_url = \"http://{crm}/oauth/token/\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nrefresh_token = \"{FIRST_REFRESH}\"\n\
-         rate_per_sec = {rate:?}\nburst = {burst}\nsync_lines = false\ndefault_user = \"1\"\n"
+         rate_per_sec = {rate:?}\nburst = {burst}\nsync_lines = false\nsync_directory = false\ndefault_user = \"1\"\n"
     )
 }
 
@@ -762,6 +772,34 @@ fn answer(crm: &Crm, method: &str, params: &Value) -> Result<Value, Refusal> {
             let id = lines.keys().position(|k| *k == number).unwrap_or(0) + 1;
             Ok(json!({"ID": id}))
         }
+        "crm.contact.list" | "crm.company.list" | "crm.lead.list" | "user.get" => {
+            let start: usize = text(&params["start"]).parse().unwrap_or(0);
+            let since = text(&params["filter[>DATE_MODIFY]"]);
+            let rows = if method == "user.get" {
+                crm.users.lock().unwrap().clone()
+            } else {
+                crm.records
+                    .lock()
+                    .unwrap()
+                    .get(method)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            Ok(Value::Array(
+                rows.into_iter()
+                    .filter(|r| since.is_empty() || text(&r["DATE_MODIFY"]) > since)
+                    .skip(start)
+                    .take(50)
+                    .collect(),
+            ))
+        }
+        "telephony.externalcall.searchcrmentities" => Ok(crm
+            .search
+            .lock()
+            .unwrap()
+            .get(&text(&params["PHONE_NUMBER"]))
+            .cloned()
+            .unwrap_or_else(|| json!([]))),
         _ => bad("ERROR_METHOD_NOT_FOUND", "Method not found"),
     }
 }
