@@ -463,6 +463,13 @@ impl Metrics {
         let _ = self
             .crm_dead_letters
             .get_or_create(&vec![("sink", sink.to_string())]);
+        // Set to the sink's state by whoever registers it.
+        let _ = self
+            .crm_connected
+            .get_or_create(&vec![("sink", sink.to_string())]);
+        let _ = self
+            .crm_lead_creation_errors
+            .get_or_create(&vec![("sink", sink.to_string())]);
     }
 
     pub fn crm_delivery(&self, sink: &str, result: &'static str) {

@@ -186,6 +186,7 @@ impl Server {
         } = crm::build_sinks(&cfg.crm, Some(&store), Some(&metrics))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
+            metrics.set_crm_connected(s.name(), s.connected());
         }
         let mut install = Vec::new();
         for (b, c) in &bitrix24 {
