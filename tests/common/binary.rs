@@ -100,7 +100,7 @@ fn wait_keeping(rx: &Receiver<String>, what: &str, before: &mut Vec<String>) -> 
             before.push(line);
         }
     }
-    panic!("log line {what:?} did not appear");
+    panic!("log line {what:?} did not appear; the lines meanwhile: {before:#?}");
 }
 
 /// One number from the SQLite file the binary writes (read-only, beside
