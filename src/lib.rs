@@ -15,7 +15,7 @@
 //!   stages (refuse, next hop, forward edits, tag), local replies.
 //! - `calls`: the call tracker thread, the call log, calls kept across a
 //!   restart. `crm`: the durable outbox's workers, the Bitrix24 and webhook
-//!   sinks, their factory. `transport`: UDP and TCP; bytes in, bytes out.
+//!   sinks, their factory. `transport`: UDP, TCP and TLS; bytes in, bytes out.
 //! - `store`: the store traits, SQLite (one file per concern, schema
 //!   migrations) and the store + set service. `runtime`: what one config
 //!   builds (routing, screener, contacts), swapped whole on reload, and
@@ -23,7 +23,8 @@
 //!   responsible person are decided.
 //! - `metrics`: one registry, passed in. `contacts`: the directory client
 //!   -> responsible. `events`: the CRM call event type (built by `calls`,
-//!   read by `crm`).
+//!   read by `crm`). `tls`: PEM certificates and keys, the rustls server
+//!   and per-peer client configs built from them.
 //! - `screening`: E.164 normalisation, the exception set, line settings,
 //!   verdict and tags.
 //! - `config`: TOML schema, load and validate with file:line:column errors.
@@ -48,6 +49,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sip;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 /// An error and its causes as one line, "outer: inner: innermost" (a cause

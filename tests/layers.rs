@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["sip", "clock", "shutdown"],
     &["config"],
     &["screening"],
-    &["metrics", "contacts", "events"],
+    &["metrics", "contacts", "events", "tls"],
     &["store", "runtime"],
     &["calls", "crm", "transport"],
     &["proxy"],
