@@ -68,18 +68,29 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::respo
         .into_response()
 }
 
+/// 503 while draining, and while a peer has no resolved target. A CRM
+/// sink that is not connected does not make the SIP service unready
+/// (calls go through, their events wait in the outbox), but the answer
+/// names it.
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shutdown.is_fired() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
     }
     let rt = s.api.proxy.runtime();
     let missing: Vec<&str> = rt.routing.unresolved().collect();
-    if missing.is_empty() {
+    let (status, mut body) = if missing.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("degraded: no target resolved for {}\n", missing.join(", ")),
         )
+    };
+    for a in s.api.crm.apps.iter().filter(|a| !a.connected()) {
+        body.push_str(&format!(
+            "crm sink {:?}: not connected, events are kept in the outbox (sipscreen crm bitrix24 connect --sink {})\n",
+            a.sink, a.sink
+        ));
     }
+    (status, body)
 }

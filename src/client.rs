@@ -357,6 +357,106 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `crm status`
+    pub fn crm_status(&self, json: bool) -> Result<(), CliError> {
+        let v = self.send(self.http.get(format!("{}/crm", self.base)))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(());
+        }
+        for s in v.as_array().into_iter().flatten() {
+            let name = s["name"].as_str().unwrap_or("");
+            if s["connected"].as_bool() == Some(true) {
+                println!(
+                    "{name}: connected (member_id {}, {}), {} event(s) queued",
+                    s["member_id"].as_str().unwrap_or("?"),
+                    s["domain"].as_str().unwrap_or("?"),
+                    s["queued"]
+                );
+            } else {
+                println!(
+                    "{name}: NOT CONNECTED, {} event(s) queued: run `sipscreen crm bitrix24 connect --sink {name}`",
+                    s["queued"]
+                );
+            }
+            let l = &s["lines"];
+            if l.is_object() {
+                let list = |k: &str| {
+                    l[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                println!(
+                    "  lines synced {}: added [{}], updated [{}], {} unchanged{}",
+                    l["at"].as_str().unwrap_or(""),
+                    list("added"),
+                    list("updated"),
+                    l["unchanged"],
+                    l["error"]
+                        .as_str()
+                        .map(|e| format!(", error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `crm bitrix24 connect --sink NAME [--code CODE]`: prints the
+    /// authorize URL, reads the code (or the whole redirect URL) from
+    /// stdin unless given, and has the sidecar exchange it.
+    pub fn bitrix24_connect(&self, sink: &str, code: Option<String>) -> Result<(), CliError> {
+        let url = format!("{}/crm/{}/connect", self.base, urlencode(sink));
+        let code = match code {
+            Some(c) => c,
+            None => {
+                let v = self.send(self.http.get(&url))?;
+                eprintln!(
+                    "1. Open this address in a browser, signed in to the portal as an administrator:\n\n   {}\n\n2. The portal redirects to the application's handler; paste the `code` parameter of that address (or the whole address) here, within 30 seconds:",
+                    v["authorize_url"].as_str().unwrap_or("?")
+                );
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| CliError::new(1, format!("reading the code: {e}")))?;
+                line
+            }
+        };
+        let code = code_of(code.trim());
+        if code.is_empty() {
+            return Err(CliError::new(1, "no code given"));
+        }
+        let v = self.send(
+            self.http
+                .post(&url)
+                .json(&serde_json::json!({ "code": code })),
+        )?;
+        println!(
+            "{sink}: connected to member_id {} ({})",
+            v["member_id"].as_str().unwrap_or("?"),
+            v["domain"].as_str().unwrap_or("?")
+        );
+        Ok(())
+    }
+}
+
+/// The code itself, from a code or a pasted redirect URL (`…?code=X&…`).
+fn code_of(s: &str) -> String {
+    match s.split_once('?') {
+        Some((_, q)) => url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default(),
+        None => s.to_string(),
+    }
+}
+
 fn error_of(status: reqwest::StatusCode, v: &Value) -> CliError {
     let msg = v["error"]
         .as_str()

@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+    /// CRM sinks: their state, connecting a Bitrix24 application.
+    Crm {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: CrmCommand,
+    },
     /// Screen a number as a live call would be (through the API).
     Screen {
         /// The client: the caller (inbound) or the number dialled (outbound).
@@ -85,6 +92,35 @@ struct ApiArgs {
     /// API token (better: the SIPSCREEN_TOKEN environment variable).
     #[arg(long, global = true, env = "SIPSCREEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CrmCommand {
+    /// Each sink: connected or not, events queued, the last line sync.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bitrix24 sinks.
+    Bitrix24 {
+        #[command(subcommand)]
+        command: Bitrix24Command,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bitrix24Command {
+    /// Connect the sink's local application: prints the portal's authorize
+    /// URL, reads the code of its redirect, and has the sidecar exchange
+    /// it for tokens (kept in its store).
+    Connect {
+        /// The `[[crm.bitrix24]]` sink's name.
+        #[arg(long)]
+        sink: String,
+        /// The code (else read from stdin after printing the URL).
+        #[arg(long)]
+        code: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +236,12 @@ fn main() -> ExitCode {
             ContactsCommand::Import { file } => c.contacts_import(&file),
             ContactsCommand::List { user, json } => c.contacts_list(user.as_deref(), json),
             ContactsCommand::Remove { client } => c.contacts_remove(&client),
+        }),
+        Command::Crm { api, command } => client(&api, |c| match command {
+            CrmCommand::Status { json } => c.crm_status(json),
+            CrmCommand::Bitrix24 {
+                command: Bitrix24Command::Connect { sink, code },
+            } => c.bitrix24_connect(&sink, code),
         }),
         Command::Screen {
             number,

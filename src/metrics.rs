@@ -185,6 +185,11 @@ pub struct Metrics {
     /// Panics caught while handling a SIP message, by component
     /// (`udp`/`tcp`). Steady: 0; each one is a bug, logged with the peer.
     panics: Family<L1, Counter>,
+    /// 1 while a CRM sink can send (a Bitrix24 application has tokens),
+    /// by sink. 0: its events wait in the outbox.
+    crm_connected: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Registers whose answer carried a `LEAD_CREATION_ERROR`, by sink.
+    crm_lead_creation_errors: Family<Vec<(&'static str, String)>, Counter>,
     /// Resolved targets and their failover state (`crate::dns`).
     pub dns: DnsMetrics,
 }
@@ -382,6 +387,18 @@ impl Metrics {
             "CRM events given up and moved to the dead-letter table, by sink",
             crm_dead_letters.clone(),
         );
+        let crm_connected = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register(
+            "crm_connected",
+            "1 while a CRM sink can send, 0 while it waits to be connected (its events stay queued), by sink",
+            crm_connected.clone(),
+        );
+        let crm_lead_creation_errors = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "crm_lead_creation_errors",
+            "Calls Bitrix24 registered but could not create their lead for (LEAD_CREATION_ERROR), by sink",
+            crm_lead_creation_errors.clone(),
+        );
         let panics = Family::<L1, Counter>::default();
         registry.register(
             "panics",
@@ -468,6 +485,8 @@ impl Metrics {
             tls_handshakes,
             config_last_reload_ok,
             panics,
+            crm_connected,
+            crm_lead_creation_errors,
         }
     }
 
@@ -588,6 +607,13 @@ impl Metrics {
         let _ = self
             .crm_dead_letters
             .get_or_create(&vec![("sink", sink.to_string())]);
+        // Set to the sink's state by whoever registers it.
+        let _ = self
+            .crm_connected
+            .get_or_create(&vec![("sink", sink.to_string())]);
+        let _ = self
+            .crm_lead_creation_errors
+            .get_or_create(&vec![("sink", sink.to_string())]);
     }
 
     pub fn crm_delivery(&self, sink: &str, result: &'static str) {
@@ -597,6 +623,18 @@ impl Metrics {
                 ("result", result.to_string()),
             ])
             .inc();
+    }
+
+    pub fn crm_lead_creation_error(&self, sink: &str) {
+        self.crm_lead_creation_errors
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .inc();
+    }
+
+    pub fn set_crm_connected(&self, sink: &str, connected: bool) {
+        self.crm_connected
+            .get_or_create(&vec![("sink", sink.to_string())])
+            .set(i64::from(connected));
     }
 
     pub fn crm_dead(&self, sink: &str, n: u64) {

@@ -74,6 +74,11 @@ pub struct Server {
     pub store: Arc<SqliteStore>,
     /// CRM sinks (their workers are started by `run`).
     sinks: Vec<SinkWorker>,
+    /// The Bitrix24 sinks again, with their config (connect, install,
+    /// line sync).
+    bitrix24: Vec<(Arc<crm::bitrix24::Bitrix24>, crate::config::Bitrix24Sink)>,
+    /// The lines the portals should have (sent again on reload).
+    crm_lines: tokio::sync::watch::Sender<Arc<Vec<crm::lines::CrmLine>>>,
     /// Actual UDP listen addresses.
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
@@ -97,6 +102,8 @@ pub struct Bound {
     admin_listener: Option<tokio::net::TcpListener>,
     /// The call tracker (calls restored) and what the SIP path sends it.
     tracker: (Tracker, Receiver<SipEvent>),
+    /// The Bitrix24 install handlers, bound.
+    install: Vec<(Arc<crm::bitrix24::App>, tokio::net::TcpListener)>,
 }
 
 /// Imports the config's exceptions file into the store if it changed
@@ -194,10 +201,34 @@ impl Server {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let sinks = crm::build_sinks(&cfg.crm, Some(&store))?;
+        let crm::Sinks {
+            workers: sinks,
+            bitrix24,
+        } = crm::build_sinks(&cfg.crm, Some(&store), Some(&metrics))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
+            metrics.set_crm_connected(s.name(), s.connected());
         }
+        let mut install = Vec::new();
+        for (b, c) in &bitrix24 {
+            if let Some(a) = c.install_listen {
+                let l =
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: format!("[crm.bitrix24] {:?} install_listen {a}", c.name),
+                            source,
+                        })?;
+                let at = l.local_addr().map_err(|source| ServerError::Bind {
+                    what: format!("install_listen {a}"),
+                    source,
+                })?;
+                tracing::info!(sink = %c.name, install = %at, "Bitrix24 install handler listening");
+                install.push((b.app().clone(), l));
+            }
+        }
+        let crm_lines =
+            tokio::sync::watch::Sender::new(Arc::new(crm::lines::wanted(runtime.screener.lines())));
         let data_dir = &cfg.store.data_dir;
         let call_log = CallLog::open(data_dir, cfg.calls.log_max_bytes, cfg.calls.log_keep)
             .map_err(ServerError::CallLog)?;
@@ -250,6 +281,8 @@ impl Server {
         let server = Arc::new(Server {
             store,
             sinks,
+            bitrix24,
+            crm_lines,
             proxy,
             metrics,
             exceptions,
@@ -266,6 +299,7 @@ impl Server {
             transports,
             admin_listener,
             tracker: (tracker, rx),
+            install,
         })
     }
 
@@ -301,6 +335,14 @@ impl Server {
                 }
             }
             start_resolver(&runtime)?;
+            let lines = crm::lines::wanted(runtime.screener.lines());
+            self.crm_lines.send_if_modified(|old| {
+                let changed = **old != lines;
+                if changed {
+                    *old = Arc::new(lines);
+                }
+                changed
+            });
             self.tokens.store(Arc::new(tokens));
             self.proxy.swap(runtime);
             Ok(())
@@ -316,6 +358,16 @@ impl Server {
     }
 }
 
+impl Server {
+    /// What the API reaches of the CRM sinks.
+    fn crm_state(&self) -> Arc<crate::api::crm::CrmState> {
+        Arc::new(crate::api::crm::CrmState {
+            apps: self.bitrix24.iter().map(|(b, _)| b.app().clone()).collect(),
+            store: self.store.clone(),
+        })
+    }
+}
+
 impl Bound {
     /// Runs until `shutdown` fires: SIP, admin, and SIGHUP reloads; then
     /// shuts down in order (listeners, tracker, outbox grace, workers).
@@ -325,6 +377,7 @@ impl Bound {
             transports,
             admin_listener,
             tracker: (tracker, rx),
+            install,
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
@@ -342,6 +395,7 @@ impl Bound {
                     contacts: me.proxy.runtime().contacts.clone(),
                     contact_store: me.store.clone(),
                     calls_keep: rt_cfg.calls.log_keep,
+                    crm: me.crm_state(),
                 },
                 protect_metrics: cfg.protect_metrics,
                 json_max_bytes: cfg.json_max_bytes,
@@ -354,6 +408,47 @@ impl Bound {
             });
         }
         tasks.spawn(me.list.clone().run_expiry(shutdown.clone()));
+        for (app, l) in install {
+            let mut sd = shutdown.clone();
+            tasks.spawn(async move {
+                let _ = axum::serve(l, crm::install::router(app))
+                    .with_graceful_shutdown(async move { sd.wait().await })
+                    .await;
+            });
+        }
+        for (b, c) in &me.bitrix24 {
+            if c.sync_directory {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                b.set_lookups(tx);
+                let p = me.proxy.clone();
+                let normalize: crm::directory::Normalize = Arc::new(move |s: &str| {
+                    p.runtime()
+                        .screener
+                        .normalizer()
+                        .normalize(s.as_bytes(), None)
+                        .map(crate::screening::normalize::e164_string)
+                });
+                tasks.spawn(crm::directory::run(
+                    crm::directory::DirectorySync {
+                        sink: b.clone(),
+                        directory: me.proxy.runtime().contacts.clone(),
+                        store: me.store.clone(),
+                        normalize,
+                        every: Duration::from_secs(c.directory_every_secs.max(1)),
+                        rate: c.directory_rate_per_sec,
+                    },
+                    rx,
+                    shutdown.clone(),
+                ));
+            }
+            if c.sync_lines {
+                tasks.spawn(crm::lines::run(
+                    b.clone(),
+                    me.crm_lines.subscribe(),
+                    shutdown.clone(),
+                ));
+            }
+        }
         let outbox: Arc<dyn OutboxStore> = me.store.clone();
         // The CRM workers stop on their own signal: after the tracker's
         // last batch is queued, they get the grace to deliver it.

@@ -36,8 +36,8 @@ async fn call_log(h: &Harness, query: &str) -> Value {
 
 fn sinks(crm: SocketAddr, rate: f64, burst: u32) -> String {
     format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\nrate_per_sec = {rate}\nburst = {burst}\n\
-         [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{crm}/hook\"\nsecret = \"s3cret\"\n"
+        "\n[crm]\n{}[[crm.webhook]]\nname = \"hook\"\nurl = \"http://{crm}/hook\"\nsecret = \"s3cret\"\n",
+        app_sink("portal", crm, rate, burst)
     )
 }
 
@@ -136,6 +136,10 @@ impl<'a> Call<'a> {
 #[tokio::test]
 async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     let (crm, addr) = Crm::start().await;
+    crm.crm_answer.lock().unwrap().insert(
+        "+4917011111111".into(),
+        json!({"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 42}),
+    );
     let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
     let call = Call::inbound(&h, "+4917011111111", "+4930901820", "crm-answered").await;
     let tag = header(&call.invite, "X-CRM-Call-Id").unwrap();
@@ -166,6 +170,30 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     let fin = &crm.calls("telephony.externalcall.finish")[0];
     assert_eq!(fin["CALL_ID"], "externalCall.0");
     assert_eq!(fin["STATUS_CODE"], "200");
+    // The card offered to the responsible is hidden once answered,
+    // before the finish.
+    let hides = crm.calls("telephony.externalcall.hide");
+    assert_eq!(hides.len(), 1, "{hides:?}");
+    assert_eq!(hides[0]["CALL_ID"], "externalCall.0");
+    assert_eq!(hides[0]["USER_ID"], "101");
+    let order: Vec<String> = crm
+        .seen()
+        .iter()
+        .filter(|s| s.refused.is_none() && s.method.starts_with("telephony."))
+        .map(|s| s.method.clone())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "telephony.externalcall.register",
+            "telephony.externalcall.hide",
+            "telephony.externalcall.finish"
+        ]
+    );
+    assert_eq!(
+        crm.calls.lock().unwrap()["externalCall.0"].hidden_for,
+        ["101"]
+    );
     let duration = fin["DURATION"].as_u64().unwrap();
     assert!(
         (inner.as_secs()..=outer.as_secs()).contains(&duration),
@@ -197,6 +225,39 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     assert_eq!(rec["outcome"], "completed");
     assert_eq!(rec["status"], 200);
     assert!(rec["answer"].is_string());
+    assert_eq!(
+        rec["crm"]["portal"],
+        json!({"CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": 42}),
+        "what register answered"
+    );
+
+    // A lead the portal could not create: in the call log, logged, counted.
+    crm.crm_answer.lock().unwrap().insert(
+        "+4917011111112".into(),
+        json!({"LEAD_CREATION_ERROR": "lead limit reached"}),
+    );
+    let c = Call::inbound(&h, "+4917011111112", "+4930901821", "crm-nolead").await;
+    c.respond(486, "Busy Here").await;
+    crm.wait_for("telephony.externalcall.finish", 2).await;
+    until(
+        || {
+            h.server
+                .metrics
+                .encode()
+                .contains("sipscreen_crm_lead_creation_errors_total{sink=\"portal\"} 1")
+        },
+        || h.server.metrics.encode(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = call_log(&h, "?line=%2B4930901821").await;
+        if v["items"][0]["crm"]["portal"]["LEAD_CREATION_ERROR"] == "lead limit reached" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the call log: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
 
@@ -451,10 +512,7 @@ async fn a_refer_changes_the_responsible_person() {
 #[tokio::test]
 async fn oauth_tokens_are_refreshed_and_rotated() {
     let (crm, addr) = Crm::start().await;
-    *crm.valid_token.lock().unwrap() = Some("nobody-has-this".into());
-    let extra = format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"app\"\nrest_url = \"http://{addr}/rest/\"\noauth_url = \"http://{addr}/oauth/token/\"\nclient_id = \"app.1\"\nclient_secret = \"app-secret\"\nrefresh_token = \"ref-0\"\nrate_per_sec = 50.0\n"
-    );
+    let extra = format!("\n[crm]\n{}", app_sink("app", addr, 50.0, 50));
     let h = Harness::start_with("udp", &extra).await;
     let c = Call::inbound(&h, "+4917099999990", "+4930901820", "crm-oauth1").await;
     c.respond(486, "Busy Here").await;
@@ -474,21 +532,26 @@ async fn oauth_tokens_are_refreshed_and_rotated() {
 
     // The portal expires the token: the sink refreshes with the rotated
     // refresh token and goes on.
-    *crm.valid_token.lock().unwrap() = Some("expired-for-everyone".into());
+    crm.expire_tokens();
     let c = Call::inbound(&h, "+4917099999991", "+4930901820", "crm-oauth2").await;
     c.respond(486, "Busy Here").await;
     crm.wait_for("telephony.externalcall.finish", 2).await;
     assert_eq!(*crm.refreshes.lock().unwrap(), ["ref-0", "ref-1"]);
     assert_eq!(portal(&crm).last().unwrap()["auth"], "acc-2");
-    use sipscreen::store::ExceptionStore;
+    assert!(
+        !crm.refused_with("expired_token").is_empty(),
+        "the expired token was refused once"
+    );
+    use sipscreen::store::TokenStore;
+    let kept = h.server.store.crm_tokens("app").unwrap().unwrap();
     assert_eq!(
-        h.server
-            .store
-            .meta("bitrix24:app:refresh_token")
-            .unwrap()
-            .as_deref(),
-        Some("ref-2"),
-        "the rotated refresh token is kept for the next start"
+        (
+            kept.access.as_str(),
+            kept.refresh.as_str(),
+            kept.member_id.as_str()
+        ),
+        ("acc-2", "ref-2", MEMBER_ID),
+        "the rotated tokens are kept for the next start"
     );
     h.stop().await;
 }
@@ -527,11 +590,17 @@ async fn events_past_their_age_go_to_the_dead_letter_table() {
         "only this call's register was tried: {:?}",
         crm.refusals()
     );
-    let m = h.server.metrics.encode();
-    assert!(
-        m.contains("sipscreen_crm_dead_letters_total{sink=\"portal\"} 2"),
-        "{m}"
-    );
+    // Counted right after the move (the store is committed first).
+    until(
+        || {
+            h.server
+                .metrics
+                .encode()
+                .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"} 2")
+        },
+        || h.server.metrics.encode(),
+    )
+    .await;
     h.stop().await;
 }
 
@@ -576,7 +645,8 @@ async fn an_unreachable_crm_is_explained_without_the_url_secret() {
     let down = closed.local_addr().unwrap();
     drop(closed);
     let cfg = format!(
-        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{down}/rest/1/s3cr3tPATHtoken/\"\n\
+        "\n[crm]\n[[crm.bitrix24]]\nname = \"portal\"\nrest_url = \"http://{down}/rest/\"\noauth_url = \"http://{down}/oauth/token/?key=s3cr3tOAUTH\"\n\
+         client_id = \"app.1\"\nclient_secret = \"s3cr3tCLIENT\"\nrefresh_token = \"s3cr3tREFRESH\"\n\
          [[crm.webhook]]\nname = \"hook\"\nurl = \"http://{down}/hook?key=s3cr3tQUERYtoken\"\n"
     );
     let h = Harness::start_with("udp", &cfg).await;
@@ -818,4 +888,59 @@ fn the_json_of_each_event_kind_is_pinned() {
         assert_eq!(g, w);
     }
     assert_eq!(got.len(), want.len(), "{got:#?}");
+}
+
+/// The portal's operating-time limit (limits.md): once register has used
+/// its time, the next one is refused with 429 OPERATION_TIME_LIMIT; the
+/// sink pauses the method until the `operating_reset_at` the portal
+/// announced, then sends it once: nothing lost, nothing reordered, no
+/// hammering of the blocked method.
+#[tokio::test]
+async fn an_operation_time_limit_pauses_register_until_its_reset() {
+    let (crm, addr) = Crm::start().await;
+    crm.set_operating(
+        "telephony.externalcall.register",
+        1.0,
+        1.5,
+        Duration::from_secs(2),
+    );
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    for (i, caller) in ["+4917055555550", "+4917055555551", "+4917055555552"]
+        .iter()
+        .enumerate()
+    {
+        let c = Call::inbound(&h, caller, "+4930901820", &format!("crm-op{i}")).await;
+        c.respond(486, "Busy Here").await;
+        if i < 2 {
+            crm.wait_for("telephony.externalcall.finish", i + 1).await;
+        }
+    }
+    crm.wait_for("telephony.externalcall.finish", 3).await;
+    let refused = crm.refused_with("OPERATION_TIME_LIMIT");
+    assert_eq!(refused.len(), 1, "one refusal, then the pause: {refused:?}");
+    let phones: Vec<Value> = crm
+        .calls("telephony.externalcall.register")
+        .iter()
+        .map(|r| r["PHONE_NUMBER"].clone())
+        .collect();
+    assert_eq!(
+        phones,
+        ["+4917055555550", "+4917055555551", "+4917055555552"]
+    );
+    let third = crm
+        .seen()
+        .into_iter()
+        .filter(|s| {
+            s.method == "telephony.externalcall.register"
+                && s.refused.is_none()
+                && s.body["PHONE_NUMBER"] == "+4917055555552"
+        })
+        .map(|s| s.at)
+        .next()
+        .unwrap();
+    assert!(
+        third.duration_since(refused[0].at) >= Duration::from_millis(300),
+        "sent again only after the reset"
+    );
+    h.stop().await;
 }

@@ -311,10 +311,11 @@ fn deploy_texts() -> Vec<(std::path::PathBuf, String)> {
 }
 
 /// What a fresh sidecar with the test config shows: 1 for the last-reload
-/// gauge, the exceptions file's one phone and one email, 0 for the rest.
+/// gauge and for the webhook sink's connected gauge (a webhook can always
+/// send), the exceptions file's one phone and one email, 0 for the rest.
 fn fresh_value(name: &str, labels: &[(String, String)]) -> f64 {
     match name {
-        "sipscreen_config_last_reload_ok" => 1.0,
+        "sipscreen_config_last_reload_ok" | "sipscreen_crm_connected" => 1.0,
         // Every resolved target is up until something fails.
         "sipscreen_target_up" => 1.0,
         "sipscreen_exception_entries" => {

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::binary::{Serving, count};
+use common::binary::{Serving, count, wait_until};
 use common::crm::Crm;
 use common::{BASE_CONFIG, EXCEPTIONS, header, invite, response_to};
 use serde_json::Value;
@@ -153,21 +153,12 @@ fn write_config(dir: &Path, p: &Peers, crm: SocketAddr, grace: u64, timeout_ms: 
         .replace("{DIR}", dir.to_str().unwrap())
         + &format!(
             "\n[calls]\nmax_call_secs = {MAX_CALL_SECS}\n\n[crm]\nshutdown_grace_secs = {grace}\n\
-             [[crm.bitrix24]]\nname = \"portal\"\nwebhook_url = \"http://{crm}/rest/\"\n\
-             rate_per_sec = 50\nburst = 50\ntimeout_ms = {timeout_ms}\n"
+             {}timeout_ms = {timeout_ms}\n",
+            common::crm::app_sink("portal", crm, 50.0, 50)
         );
     let path = dir.join("sipscreen.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Polls `cond` until it holds, or fails with `what` after 20 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn call_log(dir: &Path) -> Vec<Value> {
@@ -359,7 +350,7 @@ async fn calls_in_progress_survive_sigterm() {
 /// not reach the portal again; a call never sent goes out as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_events_already_sent_are_not_sent_again() {
-    use sipscreen::crm::bitrix24::{Auth, Bitrix24};
+    use sipscreen::crm::bitrix24::{App, AppConfig, Bitrix24};
     use sipscreen::store::sqlite::SqliteStore;
     use sipscreen::store::{NewEvent, OutboxStore};
     use std::sync::Arc;
@@ -399,6 +390,9 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
             .to_json(),
         }
     };
+    for id in ["ext.registered", "ext.finished", "ext.alone"] {
+        crm.known_call(id);
+    }
     // "registered": register answered and kept, row not yet removed.
     store
         .set_crm_call("portal", "registered", "ext.registered")
@@ -411,12 +405,29 @@ async fn redelivered_events_already_sent_are_not_sent_again() {
     let sink: Arc<dyn sipscreen::crm::Sink> = Arc::new(
         Bitrix24::new(
             "portal",
-            Auth::Webhook(format!("http://{addr}/rest/")),
+            Arc::new(
+                App::new(
+                    AppConfig {
+                        sink: "portal".into(),
+                        rest_url: format!("http://{addr}/rest/"),
+                        oauth_url: format!("http://{addr}/oauth/token/"),
+                        client_id: common::crm::CLIENT_ID.into(),
+                        client_secret: common::crm::CLIENT_SECRET.into(),
+                        timeout: Duration::from_secs(5),
+                    },
+                    Some(sipscreen::store::CrmTokens {
+                        refresh: common::crm::FIRST_REFRESH.into(),
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .unwrap(),
+            ),
             "USER_ID",
             Duration::from_secs(5),
-            Box::new(|_| {}),
         )
-        .unwrap(),
+        .unwrap()
+        .with_default_user(Some("1".into())),
     );
     let outbox: Arc<dyn OutboxStore> = store.clone();
     let metrics = Arc::new(sipscreen::metrics::Metrics::new());

@@ -100,5 +100,18 @@ pub async fn list_page(s: &ApiState, q: &CallsQuery) -> Result<Page<CallRecord>,
     if !read.cursor_found {
         return Err(page::foreign(cursor.as_deref().unwrap_or_default()));
     }
-    Ok(Page::new(read.records, limit, |r| r.call_id.clone()))
+    let mut records = read.records;
+    // What the CRMs answered about these calls, by sink.
+    let st = s.crm.store.clone();
+    let ids: Vec<String> = records.iter().map(|r| r.call_id.clone()).collect();
+    let answers = blocking(move || st.crm_answers(&ids).map_err(ApiError::internal)).await?;
+    for (call, sink, answer) in answers {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer) else {
+            continue;
+        };
+        for r in records.iter_mut().filter(|r| r.call_id == call) {
+            r.crm.get_or_insert_with(|| serde_json::json!({}))[&sink] = v.clone();
+        }
+    }
+    Ok(Page::new(records, limit, |r| r.call_id.clone()))
 }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod calls;
 mod contacts;
+pub mod crm;
 pub mod exceptions;
 pub mod page;
 mod peers;
@@ -46,6 +47,8 @@ pub struct ApiState {
     /// The contacts directory and its store.
     pub contacts: Arc<crate::contacts::Directory>,
     pub contact_store: Arc<dyn crate::store::ContactStore>,
+    /// The CRM sinks' connections.
+    pub crm: Arc<crm::CrmState>,
 }
 
 impl ApiState {
@@ -76,6 +79,11 @@ pub fn router(state: ApiState, json_max_bytes: usize) -> Router {
         .route("/contacts", get(contacts::list).post(contacts::import))
         .route("/contacts/{client}", delete(contacts::remove))
         .route("/peers", get(peers::list))
+        .route("/crm", get(crm::status))
+        .route(
+            "/crm/{sink}/connect",
+            get(crm::authorize_url).post(crm::connect),
+        )
         .route("/screen", post(screen::number))
         .route("/screen/email", post(screen::email))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })

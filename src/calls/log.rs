@@ -42,6 +42,12 @@ pub struct CallRecord {
     /// Seconds from answer to end (0 if not answered).
     pub duration: u64,
     pub transfers: Vec<Transfer>,
+    /// What each CRM answered about the call, by sink (Bitrix24 register:
+    /// `CRM_ENTITY_TYPE`/`_ID`, `CRM_CREATED_ENTITIES`,
+    /// `LEAD_CREATION_ERROR`). Added by the API from the store: the answer
+    /// may come after the call ended and its line was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -261,6 +267,7 @@ mod tests {
             outcome: "failed".into(),
             duration: 0,
             transfers: vec![],
+            crm: None,
         }
     }
 

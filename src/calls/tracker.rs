@@ -523,6 +523,7 @@ fn record(
         outcome: outcome.to_string(),
         duration,
         transfers: c.transfers.clone(),
+        crm: None,
     }
 }
 

@@ -281,6 +281,9 @@ pub struct Bitrix24Sink {
     /// Which register/finish field carries the responsible person.
     #[serde(default = "default_user_field")]
     pub user_field: String,
+    /// The portal user a call without a responsible person is registered
+    /// for (register requires `USER_ID` or `USER_PHONE_INNER`).
+    pub default_user: Option<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Bitrix24's documented limit: 2 requests/s, burst 50.
@@ -288,6 +291,34 @@ pub struct Bitrix24Sink {
     pub rate_per_sec: f64,
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// The application's install handler (plain HTTP; put it behind a
+    /// reverse proxy for the portal's HTTPS). None: connect by code only.
+    pub install_listen: Option<std::net::SocketAddr>,
+    /// Keep the portal's external lines in step with the `[[line]]`s.
+    #[serde(default = "default_true")]
+    pub sync_lines: bool,
+    /// Fill the contacts directory from the portal's contacts, companies
+    /// and leads (and look up unknown callers).
+    #[serde(default = "default_true")]
+    pub sync_directory: bool,
+    /// Between incremental directory syncs.
+    #[serde(default = "default_directory_every")]
+    pub directory_every_secs: u64,
+    /// The directory sync's own requests per second.
+    #[serde(default = "default_directory_rate")]
+    pub directory_rate_per_sec: f64,
+}
+
+fn default_directory_every() -> u64 {
+    900
+}
+
+fn default_directory_rate() -> f64 {
+    0.5
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_timeout_ms() -> u64 {
@@ -686,6 +717,8 @@ impl Default for LineDefaults {
 pub struct LineConfig {
     /// The line's number, any format the region understands.
     pub number: Spanned<String>,
+    /// The line's name in the CRM (Bitrix24 `telephony.externalLine`).
+    pub name: Option<String>,
     pub create: Option<CreateMode>,
     pub create_for: Option<CreateFor>,
     pub crm_mode: Option<CrmMode>,

@@ -4,63 +4,62 @@
 //! `call.responsible_changed` need no request of their own: finish carries
 //! the responsible person at the end.
 //!
-//! Two ways in, as portals offer them: an inbound webhook URL
-//! (`https://PORTAL/rest/USER/CODE/`, a credential, read from the
-//! environment), or an installed application's OAuth tokens: the access
-//! token goes as `auth`, and on `expired_token` it is refreshed with the
-//! refresh token (the new refresh token is kept in the store, since
-//! Bitrix24 rotates it). HTTP 503 `QUERY_LIMIT_EXCEEDED` backs off.
+//! The telephony methods work only for an installed application
+//! (`api-reference/telephony/telephony-external-call-register.md`; an
+//! inbound webhook gets `WRONG_AUTH_TYPE`): every request carries the
+//! application's access token as `auth` ([`App`]), refreshed when it
+//! expires. HTTP 503 `QUERY_LIMIT_EXCEEDED` backs off; 429
+//! `OPERATION_TIME_LIMIT` pauses the method until the portal's
+//! `operating_reset_at` (`limits.md`), without counting a failed attempt.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
+pub use super::b24app::{App, AppConfig};
 use super::{CrmError, Delivery, Sink, cut};
 use crate::events::{CallEvent, Direction, Ended, EventKind};
 use crate::store::{OutEvent, OutboxStore};
 
 const REGISTER: &str = "telephony.externalcall.register";
 const FINISH: &str = "telephony.externalcall.finish";
+const HIDE: &str = "telephony.externalcall.hide";
 const BATCH: &str = "batch";
 
-/// How requests are authorised.
-pub enum Auth {
-    /// `https://PORTAL/rest/USER/CODE/`
-    Webhook(String),
-    /// An installed application.
-    OAuth {
-        rest_url: String,
-        oauth_url: String,
-        client_id: String,
-        client_secret: String,
-        tokens: Mutex<Tokens>,
-    },
-}
-
-#[derive(Clone, Default)]
-pub struct Tokens {
-    pub access: String,
-    pub refresh: String,
-}
+/// A method blocked without a reset time from the portal waits this long
+/// (one of the limit's one-minute baskets).
+const DEFAULT_PAUSE_MS: u64 = 60_000;
+/// Longest pause: the limit's whole window (10 minutes).
+const MAX_PAUSE_MS: u64 = 600_000;
 
 pub struct Bitrix24 {
     name: String,
-    auth: Auth,
+    app: Arc<App>,
     /// `USER_ID` or `USER_PHONE_INNER`.
     user_field: String,
+    /// For calls without a responsible person.
+    default_user: Option<String>,
+    /// Counts lead creation errors.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where a registered call's client goes to be looked up in the CRM
+    /// if the directory does not know it.
+    lookups: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
     http: reqwest::Client,
-    /// Persists a rotated refresh token.
-    on_refresh: Box<dyn Fn(&str) + Send + Sync>,
+    /// Per method: the last `operating_reset_at` seen (unix seconds).
+    resets: Mutex<HashMap<String, f64>>,
+    /// Per method: paused until (the tokio clock).
+    paused: Mutex<HashMap<String, Instant>>,
 }
 
 impl Bitrix24 {
     pub fn new(
         name: &str,
-        auth: Auth,
+        app: Arc<App>,
         user_field: &str,
         timeout: Duration,
-        on_refresh: Box<dyn Fn(&str) + Send + Sync>,
     ) -> Result<Self, CrmError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -68,42 +67,165 @@ impl Bitrix24 {
             .map_err(|e| CrmError::Client(e.into()))?;
         Ok(Bitrix24 {
             name: name.to_string(),
-            auth,
+            app,
             user_field: user_field.to_string(),
+            default_user: None,
+            metrics: None,
+            lookups: std::sync::OnceLock::new(),
             http,
-            on_refresh,
+            resets: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Calls `method` with `params`; the `result` on success.
-    async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, Delivery> {
-        if let Auth::OAuth { tokens, .. } = &self.auth
-            && tokens
+    /// Registers calls without a responsible person for `user`.
+    pub fn with_default_user(mut self, user: Option<String>) -> Self {
+        self.default_user = user.filter(|u| !u.is_empty());
+        self
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Registered clients go to `tx` (the directory sync's lookups).
+    pub fn set_lookups(&self, tx: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.lookups.set(tx);
+    }
+
+    /// Keeps what register answered about the CRM record (shown with the
+    /// call log); a `LEAD_CREATION_ERROR` is logged and counted.
+    async fn keep_answer(&self, ev: &OutEvent, r: &Value) {
+        if let Some(tx) = self.lookups.get()
+            && let Ok(v) = CallEvent::from_outbox(&ev.kind, &ev.payload)
+        {
+            // Full: the lookup waits for the next sync instead.
+            let _ = tx.try_send(v.client);
+        }
+        let error = r["LEAD_CREATION_ERROR"].as_str().unwrap_or("");
+        if !error.is_empty() {
+            tracing::warn!(sink = %self.name, call = %ev.call, error = %cut(error), "Bitrix24 could not create the lead for the call");
+            if let Some(m) = &self.metrics {
+                m.crm_lead_creation_error(&self.name);
+            }
+        }
+        let keep: serde_json::Map<String, Value> = [
+            "CRM_ENTITY_TYPE",
+            "CRM_ENTITY_ID",
+            "CRM_CREATED_LEAD",
+            "CRM_CREATED_ENTITIES",
+            "LEAD_CREATION_ERROR",
+        ]
+        .into_iter()
+        .filter_map(|k| {
+            let v = r.get(k)?;
+            let empty =
+                v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty);
+            (!empty).then(|| (k.to_string(), v.clone()))
+        })
+        .collect();
+        let Some(st) = self.app.store().cloned() else {
+            return;
+        };
+        if keep.is_empty() {
+            return;
+        }
+        let (sink, call, text) = (
+            self.name.clone(),
+            ev.call.clone(),
+            Value::Object(keep).to_string(),
+        );
+        let now = crate::clock::now_ms();
+        if !matches!(
+            tokio::task::spawn_blocking(move || st.set_crm_answer(&sink, &call, &text, now)).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!(sink = %self.name, call = %ev.call, "keeping the Bitrix24 register answer failed");
+        }
+    }
+
+    /// The application this sink sends as.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Notes `time.operating_reset_at` of an answer to `method`.
+    fn note_time(&self, method: &str, time: &Value) {
+        if let Some(at) = time["operating_reset_at"].as_f64() {
+            self.resets
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .access
-                .is_empty()
-        {
-            self.refresh().await?;
+                .insert(method.to_string(), at);
         }
+    }
+
+    /// `method` got `OPERATION_TIME_LIMIT`: paused until the reset the
+    /// portal announced last (`limits.md`: "for the first retry, refer to
+    /// `operating_reset_at` from the last successful response"), else a
+    /// minute.
+    fn pause(&self, method: &str) -> CrmError {
+        let reset = self
+            .resets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .copied();
+        let now = crate::clock::now_ms() as f64;
+        let wait_ms = reset
+            .map(|at| at * 1000.0 - now)
+            .filter(|w| *w > 0.0)
+            .map_or(DEFAULT_PAUSE_MS, |w| (w.ceil() as u64).min(MAX_PAUSE_MS));
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                method.to_string(),
+                Instant::now() + Duration::from_millis(wait_ms),
+            );
+        tracing::warn!(sink = %self.name, method, pause_ms = wait_ms, "Bitrix24 OPERATION_TIME_LIMIT: method paused until its reset");
+        CrmError::OperationLimit {
+            method: method.to_string(),
+            wait_ms,
+        }
+    }
+
+    /// Still paused: how long.
+    fn paused_for(&self, method: &str) -> Option<CrmError> {
+        let until = *self
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| CrmError::OperationLimit {
+            method: method.to_string(),
+            wait_ms: left.as_millis().max(1) as u64,
+        })
+    }
+
+    /// Calls `method` with `params` as the application; the `result` on
+    /// success.
+    pub async fn call(&self, method: &'static str, mut params: Value) -> Result<Value, Delivery> {
+        if let Some(e) = self.paused_for(method) {
+            return Err(Delivery::Retry(e));
+        }
+        let auth_failed = |e: CrmError| Delivery::Retry(e);
         for attempt in 0..2 {
-            let url = match &self.auth {
-                Auth::Webhook(base) => format!("{}/{method}.json", base.trim_end_matches('/')),
-                Auth::OAuth {
-                    rest_url, tokens, ..
-                } => {
-                    let t = tokens
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .access
-                        .clone();
-                    params["auth"] = Value::String(t);
-                    format!("{}/{method}.json", rest_url.trim_end_matches('/'))
+            let token = match self.app.access() {
+                Some(t) => t,
+                None => {
+                    self.app.refresh(None).await.map_err(auth_failed)?;
+                    self.app
+                        .access()
+                        .ok_or(Delivery::Retry(CrmError::TokenRefused { method }))?
                 }
             };
+            params["auth"] = Value::String(token.clone());
             let resp = self
                 .http
-                .post(&url)
+                .post(self.app.method_url(method))
                 .json(&params)
                 .send()
                 .await
@@ -118,16 +240,18 @@ impl Bitrix24 {
             let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let error = body["error"].as_str().unwrap_or("");
             if (200..300).contains(&status) && error.is_empty() {
+                self.note_time(method, &body["time"]);
                 return Ok(body["result"].clone());
+            }
+            if error == "OPERATION_TIME_LIMIT" {
+                return Err(Delivery::Retry(self.pause(method)));
             }
             if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
                 return Err(Delivery::Retry(CrmError::RateLimited { method }));
             }
-            if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND")
-                && attempt == 0
-                && matches!(self.auth, Auth::OAuth { .. })
+            if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND") && attempt == 0
             {
-                self.refresh().await?;
+                self.app.refresh(Some(&token)).await.map_err(auth_failed)?;
                 continue;
             }
             let what = CrmError::Refused {
@@ -145,55 +269,11 @@ impl Bitrix24 {
         Err(Delivery::Retry(CrmError::TokenRefused { method }))
     }
 
-    async fn refresh(&self) -> Result<(), Delivery> {
-        let Auth::OAuth {
-            oauth_url,
-            client_id,
-            client_secret,
-            tokens,
-            ..
-        } = &self.auth
-        else {
-            return Ok(());
-        };
-        let refresh = tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refresh
-            .clone();
-        let resp = self
-            .http
-            .get(oauth_url)
-            .query(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", client_id),
-                ("client_secret", client_secret),
-                ("refresh_token", &refresh),
-            ])
-            .send()
-            .await
-            .map_err(|e| Delivery::Retry(CrmError::RefreshTransport(e.into())))?;
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
-            (Some(a), Some(r)) => {
-                *tokens.lock().unwrap_or_else(|p| p.into_inner()) = Tokens {
-                    access: a.to_string(),
-                    refresh: r.to_string(),
-                };
-                (self.on_refresh)(r);
-                tracing::info!(sink = %self.name, "Bitrix24 access token refreshed");
-                Ok(())
-            }
-            _ => Err(Delivery::Retry(CrmError::RefreshRefused {
-                status,
-                code: v["error"].as_str().unwrap_or("").to_string(),
-            })),
-        }
-    }
-
+    /// The responsible person, else the sink's `default_user`: register
+    /// needs one (a call with neither goes without, and the portal's
+    /// refusal says why).
     fn user(&self, ev: &CallEvent, params: &mut Value) {
-        if let Some(r) = &ev.responsible {
+        if let Some(r) = ev.responsible.as_ref().or(self.default_user.as_ref()) {
             params[&self.user_field] = Value::String(r.clone());
         }
     }
@@ -221,12 +301,12 @@ pub fn status_code(direction: Direction, end: &Ended) -> String {
 
 /// What one event asks of the portal.
 enum Request {
-    /// Nothing (answered, responsible changed).
+    /// Nothing (responsible changed; answered without a card shown).
     None,
     Register(Value),
-    /// Finish; `CALL_ID` from the store, or from a register earlier in
-    /// the same batch.
-    Finish(Value),
+    /// A method on the registered call (finish, hide); `CALL_ID` from the
+    /// store, or from a register earlier in the same batch.
+    ForCall(&'static str, Value),
 }
 
 impl Bitrix24 {
@@ -255,7 +335,18 @@ impl Bitrix24 {
                     "STATUS_CODE": status_code(v.direction, end),
                 });
                 self.user(&v, &mut p);
-                Request::Finish(p)
+                Request::ForCall(FINISH, p)
+            }
+            // The card was shown (`create = "offer"`): hidden once the
+            // call is answered. Hide takes a user id, so only with
+            // `user_field = "USER_ID"`.
+            EventKind::Answered { .. } if v.offer && self.user_field == "USER_ID" => {
+                let mut p = json!({});
+                self.user(&v, &mut p);
+                if p.get("USER_ID").is_none() {
+                    return Ok(Request::None);
+                }
+                Request::ForCall(HIDE, p)
             }
             EventKind::Answered { .. } | EventKind::ResponsibleChanged { .. } => Request::None,
         })
@@ -347,7 +438,10 @@ impl Bitrix24 {
             })
         };
         match tokio::task::spawn_blocking(move || st.set_crm_call(&sink, &call, &id)).await {
-            Ok(Ok(())) => Delivery::Ok,
+            Ok(Ok(())) => {
+                self.keep_answer(ev, r).await;
+                Delivery::Ok
+            }
             Ok(Err(e)) => failed(e.into()),
             Err(e) => failed(e.into()),
         }
@@ -355,7 +449,7 @@ impl Bitrix24 {
 }
 
 /// `KEY=value&…` for a batch command (PHP's http_build_query form).
-fn query(p: &Value) -> String {
+pub fn query(p: &Value) -> String {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let mut parts = Vec::new();
     for (k, v) in p.as_object().into_iter().flatten() {
@@ -373,8 +467,11 @@ fn query(p: &Value) -> String {
 }
 
 /// How a failed batch command is handled.
-fn command_error(method: &'static str, e: &Value) -> Delivery {
+fn command_error(sink: &Bitrix24, method: &'static str, e: &Value) -> Delivery {
     let code = e["error"].as_str().unwrap_or("");
+    if code == "OPERATION_TIME_LIMIT" {
+        return Delivery::Retry(sink.pause(method));
+    }
     let what = CrmError::Command {
         method,
         code: code.to_string(),
@@ -399,6 +496,10 @@ impl Sink for Bitrix24 {
         50
     }
 
+    fn connected(&self) -> bool {
+        self.app.connected()
+    }
+
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
         match self.done_before(ev, store).await {
             Ok(true) => return Delivery::Ok,
@@ -412,14 +513,16 @@ impl Sink for Bitrix24 {
                 Ok(r) => self.keep_crm_id(ev, store, &r).await,
                 Err(d) => d,
             },
-            Ok(Request::Finish(mut p)) => {
+            Ok(Request::ForCall(method, mut p)) => {
                 match self.crm_id(ev, store).await {
                     Ok(id) => p["CALL_ID"] = Value::String(id),
                     Err(d) => return d,
                 }
-                match self.call(FINISH, p).await {
+                match self.call(method, p).await {
                     Ok(_) => {
-                        self.keep_finished(ev, store).await;
+                        if method == FINISH {
+                            self.keep_finished(ev, store).await;
+                        }
                         Delivery::Ok
                     }
                     Err(d) => d,
@@ -467,7 +570,7 @@ impl Sink for Bitrix24 {
                     registered.insert(&ev.call, key.clone());
                     (REGISTER, p)
                 }
-                Request::Finish(mut p) => {
+                Request::ForCall(method, mut p) => {
                     let id = match registered.get(ev.call.as_str()) {
                         Some(k) => format!("$result[{k}][CALL_ID]"),
                         None => match self.crm_id(ev, store).await {
@@ -480,7 +583,7 @@ impl Sink for Bitrix24 {
                         },
                     };
                     p["CALL_ID"] = Value::String(id);
-                    (FINISH, p)
+                    (method, p)
                 }
             };
             cmd.insert(
@@ -509,6 +612,9 @@ impl Sink for Bitrix24 {
             Err(d) => return (0, Some(d)),
         };
         let (ok, errors) = (&r["result"], &r["result_error"]);
+        for (key, method) in keys.iter().flatten() {
+            self.note_time(method, &r["result_time"][key]);
+        }
         for (i, key) in keys.iter().enumerate() {
             let Some((key, method)) = key else { continue };
             if let Some(res) = ok.get(key).filter(|v| !v.is_null()) {
@@ -524,7 +630,7 @@ impl Sink for Bitrix24 {
                 continue;
             }
             let d = match errors.get(key) {
-                Some(e) if !e.is_null() => command_error(method, e),
+                Some(e) if !e.is_null() => command_error(self, method, e),
                 // Not run (halted) or not answered: try again.
                 _ => Delivery::Retry(CrmError::NotRun { method }),
             };
@@ -553,12 +659,24 @@ mod tests {
     #[test]
     fn register_and_finish_parameters_come_from_the_event() {
         use crate::events::Create;
+        let app = App::new(
+            AppConfig {
+                sink: "portal".into(),
+                rest_url: "http://127.0.0.1:9/rest/".into(),
+                oauth_url: "http://127.0.0.1:9/oauth/token/".into(),
+                client_id: "app".into(),
+                client_secret: "secret".into(),
+                timeout: Duration::from_secs(1),
+            },
+            None,
+            None,
+        )
+        .unwrap();
         let sink = Bitrix24::new(
             "portal",
-            Auth::Webhook("http://127.0.0.1:9/rest/1/x/".into()),
+            Arc::new(app),
             "USER_PHONE_INNER",
             Duration::from_secs(1),
-            Box::new(|_| {}),
         )
         .unwrap();
         let ev = |kind: EventKind| {
@@ -601,7 +719,7 @@ mod tests {
             end: "2023-11-14T22:14:27.750Z".into(),
             answered: true,
         });
-        let Ok(Request::Finish(p)) = sink.request(&ev(ended)) else {
+        let Ok(Request::ForCall(FINISH, p)) = sink.request(&ev(ended)) else {
             panic!("not a finish")
         };
         assert_eq!(

@@ -100,6 +100,22 @@ pub enum CrmError {
     /// A command of a batch did not run (halted before it, or no answer).
     #[error("batch: {method} not run")]
     NotRun { method: &'static str },
+    /// The application has no tokens yet (`sipscreen crm bitrix24
+    /// connect`, or the portal's install call).
+    #[error(
+        "not connected: run `sipscreen crm bitrix24 connect --sink NAME` or install the application"
+    )]
+    NotConnected,
+    /// Bitrix24's per-method operating time is used up (429
+    /// `OPERATION_TIME_LIMIT`): the method is paused this long.
+    #[error("{method}: OPERATION_TIME_LIMIT, paused for {wait_ms} ms")]
+    OperationLimit { method: String, wait_ms: u64 },
+    /// The OAuth exchange of an authorization code was refused.
+    #[error("OAuth code exchange refused: HTTP {status} {code}")]
+    CodeRefused { status: u16, code: String },
+    /// The store could not keep the tokens.
+    #[error("cannot keep the tokens: {0}")]
+    TokenStore(String),
 }
 
 impl CrmError {
@@ -109,6 +125,17 @@ impl CrmError {
             self,
             CrmError::RateLimited { .. } | CrmError::Status { status: 429, .. }
         )
+    }
+
+    /// How long the worker should pause the sink instead of counting a
+    /// failed attempt (the CRM's own reset time).
+    pub fn pause(&self) -> Option<std::time::Duration> {
+        match self {
+            CrmError::OperationLimit { wait_ms, .. } => {
+                Some(std::time::Duration::from_millis(*wait_ms))
+            }
+            _ => None,
+        }
     }
 
     /// A short name of what failed, for logs.
@@ -124,6 +151,10 @@ impl CrmError {
             CrmError::NotRegistered | CrmError::NoCallId(_) => "no_call_id",
             CrmError::CallIdStore { .. } => "store",
             CrmError::NotRun { .. } => "not_run",
+            CrmError::NotConnected => "not_connected",
+            CrmError::OperationLimit { .. } => "operation_limit",
+            CrmError::CodeRefused { .. } => "auth",
+            CrmError::TokenStore(_) => "store",
         }
     }
 }

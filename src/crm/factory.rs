@@ -1,16 +1,18 @@
 //! The sink factory: the CRM sinks a `[crm]` config names, each with its
 //! worker's settings, built once at start (and by `check-config` without
 //! a store). Credentials come from the config or the environment; a
-//! Bitrix24 application's rotated refresh token from the store.
+//! Bitrix24 application's tokens from the store (or, before its first
+//! connect, a refresh token from the config as a seed).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::bitrix24::{Auth, Bitrix24, Tokens};
+use super::b24app::AppConfig;
+use super::bitrix24::{App, Bitrix24};
 use super::webhook::Webhook;
 use super::{CrmError, Sink, WorkerConfig};
-use crate::config::CrmConfig;
-use crate::store::{ExceptionStore, StoreError, sqlite::SqliteStore};
+use crate::config::{Bitrix24Sink, CrmConfig};
+use crate::store::{CrmTokens, ExceptionStore, StoreError, TokenStore, sqlite::SqliteStore};
 
 /// Why the `[crm]` sinks cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +26,13 @@ pub enum SinkConfigError {
     #[error("sink {0:?}: user_field must be USER_ID or USER_PHONE_INNER")]
     UserField(String),
     #[error(
-        "sink {0:?}: set webhook_url(_env) (inbound webhook) or rest_url with the OAuth credentials, one of the two"
+        "sink {0:?}: rest_url (https://PORTAL/rest/) and the application's client_id and client_secret are required"
     )]
     AuthChoice(String),
+    #[error(
+        "sink {0:?}: Bitrix24 refuses the telephony methods for an inbound webhook (WRONG_AUTH_TYPE); connect a local application instead (rest_url, client_id, client_secret; see deploy/README.md)"
+    )]
+    WebhookRefused(String),
     /// Reading the kept refresh token failed.
     #[error("sink {sink:?}: {source}")]
     Store {
@@ -42,13 +48,23 @@ pub enum SinkConfigError {
 /// A CRM sink and its worker's settings.
 pub type SinkWorker = (Arc<dyn Sink>, WorkerConfig);
 
+/// What [`build_sinks`] builds: every sink's worker, and the Bitrix24
+/// sinks again with their config (for the connect API, the install
+/// handler and the line sync).
+#[derive(Default)]
+pub struct Sinks {
+    pub workers: Vec<SinkWorker>,
+    pub bitrix24: Vec<(Arc<Bitrix24>, Bitrix24Sink)>,
+}
+
 /// Builds the CRM sinks as `serve` would, without a store, and drops
 /// them (for `check-config`): a missing secret, a malformed sink or HTTP
 /// clients that cannot be built (no CA roots) are reported before a
-/// start. A Bitrix24 refresh token without its variable passes: after the
-/// first refresh it is kept in the store, which this does not open.
+/// start. A Bitrix24 application without tokens passes: they come from
+/// `connect` or the install call into the store, which this does not
+/// open.
 pub fn check_sinks(cfg: &CrmConfig) -> Result<usize, SinkConfigError> {
-    build_sinks(cfg, None).map(|s| s.len())
+    build_sinks(cfg, None, None).map(|s| s.workers.len())
 }
 
 /// The CRM sinks the config names, each with its worker's settings
@@ -57,7 +73,8 @@ pub fn check_sinks(cfg: &CrmConfig) -> Result<usize, SinkConfigError> {
 pub fn build_sinks(
     cfg: &CrmConfig,
     store: Option<&Arc<SqliteStore>>,
-) -> Result<Vec<SinkWorker>, SinkConfigError> {
+    metrics: Option<&Arc<crate::metrics::Metrics>>,
+) -> Result<Sinks, SinkConfigError> {
     let worker = |rate_per_sec: f64, burst: u32| WorkerConfig {
         rate_per_sec,
         burst,
@@ -83,7 +100,7 @@ pub fn build_sinks(
                 var: var.clone(),
             })
     };
-    let mut out: Vec<SinkWorker> = Vec::new();
+    let mut out = Sinks::default();
     let mut names = std::collections::HashSet::new();
     let mut unique = |n: &str| {
         if names.insert(n.to_string()) {
@@ -103,86 +120,89 @@ pub fn build_sinks(
                 sink: w.name.clone(),
                 error,
             })?;
-        out.push((Arc::new(sink), worker(w.rate_per_sec, w.burst)));
+        out.workers
+            .push((Arc::new(sink), worker(w.rate_per_sec, w.burst)));
     }
     for b in &cfg.bitrix24 {
         unique(&b.name)?;
         if b.user_field != "USER_ID" && b.user_field != "USER_PHONE_INNER" {
             return Err(SinkConfigError::UserField(b.name.clone()));
         }
-        let hook = b.webhook_url.is_some() || b.webhook_url_env.is_some();
-        let auth = match (hook, &b.rest_url) {
-            (true, None) => Auth::Webhook(env(
-                &b.name,
-                &b.webhook_url,
-                &b.webhook_url_env,
-                "webhook_url",
-            )?),
-            (false, Some(rest)) => {
-                let key = format!("bitrix24:{}:refresh_token", b.name);
-                let stored = match store {
-                    Some(st) => st.meta(&key).map_err(|source| SinkConfigError::Store {
-                        sink: b.name.clone(),
-                        source,
-                    })?,
-                    None => None,
-                };
-                let refresh = match stored {
-                    Some(r) => r,
-                    None => match env(
-                        &b.name,
-                        &b.refresh_token,
-                        &b.refresh_token_env,
-                        "refresh_token",
-                    ) {
-                        Ok(r) => r,
-                        // Checking: it may be in the store.
-                        Err(_) if store.is_none() => String::new(),
-                        Err(e) => return Err(e),
-                    },
-                };
-                Auth::OAuth {
-                    rest_url: rest.clone(),
-                    oauth_url: b.oauth_url.clone(),
-                    client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
-                    client_secret: env(
-                        &b.name,
-                        &b.client_secret,
-                        &b.client_secret_env,
-                        "client_secret",
-                    )?,
-                    // Empty access token: refreshed before the first call.
-                    tokens: Mutex::new(Tokens {
-                        access: String::new(),
-                        refresh,
-                    }),
-                }
-            }
-            _ => {
-                return Err(SinkConfigError::AuthChoice(b.name.clone()));
-            }
+        if b.webhook_url.is_some() || b.webhook_url_env.is_some() {
+            return Err(SinkConfigError::WebhookRefused(b.name.clone()));
+        }
+        let Some(rest) = &b.rest_url else {
+            return Err(SinkConfigError::AuthChoice(b.name.clone()));
         };
-        let st = store.cloned();
-        let key = format!("bitrix24:{}:refresh_token", b.name);
-        let on_refresh = Box::new(move |r: &str| {
-            if let Some(st) = &st
-                && let Err(e) = st.set_meta(&key, r)
-            {
-                tracing::error!(error = %e, "keeping the refreshed Bitrix24 token failed");
-            }
-        });
-        let sink = Bitrix24::new(
-            &b.name,
-            auth,
-            &b.user_field,
-            Duration::from_millis(b.timeout_ms),
-            on_refresh,
+        let store_err = |source| SinkConfigError::Store {
+            sink: b.name.clone(),
+            source,
+        };
+        // The tokens kept in the store; else a refresh token kept by an
+        // earlier release, else one from the config (a seed: once
+        // refreshed, the store has the rotated one).
+        let mut seed = match store {
+            Some(st) => TokenStore::crm_tokens(&**st, &b.name).map_err(store_err)?,
+            None => None,
+        };
+        if seed.is_none() {
+            let key = format!("bitrix24:{}:refresh_token", b.name);
+            let kept = match store {
+                Some(st) => st.meta(&key).map_err(store_err)?,
+                None => None,
+            };
+            let configured = match (&b.refresh_token, &b.refresh_token_env) {
+                (None, None) => None,
+                _ => Some(env(
+                    &b.name,
+                    &b.refresh_token,
+                    &b.refresh_token_env,
+                    "refresh_token",
+                )?),
+            };
+            seed = kept.or(configured).map(|refresh| CrmTokens {
+                refresh,
+                ..CrmTokens::default()
+            });
+        }
+        let tokens: Option<Arc<dyn TokenStore>> = store.map(|s| s.clone() as Arc<dyn TokenStore>);
+        let app = App::new(
+            AppConfig {
+                sink: b.name.clone(),
+                rest_url: rest.clone(),
+                oauth_url: b.oauth_url.clone(),
+                client_id: env(&b.name, &b.client_id, &b.client_id_env, "client_id")?,
+                client_secret: env(
+                    &b.name,
+                    &b.client_secret,
+                    &b.client_secret_env,
+                    "client_secret",
+                )?,
+                timeout: Duration::from_millis(b.timeout_ms),
+            },
+            seed,
+            tokens,
         )
         .map_err(|error| SinkConfigError::Client {
             sink: b.name.clone(),
             error,
         })?;
-        out.push((Arc::new(sink), worker(b.rate_per_sec, b.burst)));
+        let sink = Arc::new(
+            Bitrix24::new(
+                &b.name,
+                Arc::new(app),
+                &b.user_field,
+                Duration::from_millis(b.timeout_ms),
+            )
+            .map_err(|error| SinkConfigError::Client {
+                sink: b.name.clone(),
+                error,
+            })?
+            .with_default_user(b.default_user.clone())
+            .with_metrics(metrics.cloned()),
+        );
+        out.bitrix24.push((sink.clone(), b.clone()));
+        out.workers.push((sink, worker(b.rate_per_sec, b.burst)));
     }
     Ok(out)
 }

@@ -6,9 +6,13 @@
 //! `[crm] max_event_age_secs`. Nothing here touches the SIP path: the
 //! tracker queues events in the store, the workers read them back.
 
+pub mod b24app;
 pub mod bitrix24;
+pub mod directory;
 pub mod error;
 pub mod factory;
+pub mod install;
+pub mod lines;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{OutEvent, OutboxStore};
 
 pub use error::{CrmError, HttpError};
-pub use factory::{SinkWorker, build_sinks};
+pub use factory::{SinkWorker, Sinks, build_sinks};
 
 /// Longest wait between retries.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
@@ -47,6 +51,12 @@ pub enum Delivery {
 pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &str;
     async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery;
+
+    /// Whether the sink can send at all (a Bitrix24 application without
+    /// tokens cannot: its events wait in the outbox, untouched).
+    fn connected(&self) -> bool {
+        true
+    }
 
     /// Events one request may carry when a backlog builds.
     fn max_batch(&self) -> usize {
@@ -140,9 +150,26 @@ pub async fn run_worker(
     // Dead-letter moves of expired events failed in a row (the backoff's
     // exponent).
     let mut dead_failures = 0;
+    let mut was_connected = None;
     loop {
         if shutdown.is_fired() {
             return;
+        }
+        // Not connected: the events stay queued as they are (no attempt
+        // counted, no age limit), until the application gets its tokens.
+        let connected = sink.connected();
+        if was_connected != Some(connected) {
+            metrics.set_crm_connected(&name, connected);
+            if !connected {
+                tracing::warn!(sink = %name, "CRM sink not connected: its events stay in the outbox until it is (sipscreen crm bitrix24 connect)");
+            }
+            was_connected = Some(connected);
+        }
+        if !connected {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
         }
         let (st, n) = (store.clone(), name.clone());
         let head = tokio::task::spawn_blocking(move || st.head(&n, 64))
@@ -239,6 +266,19 @@ pub async fn run_worker(
             Delivery::Ok => {
                 metrics.crm_delivery(&name, "ok");
                 tokio::task::spawn_blocking(move || st.delivered(&[ev.id])).await
+            }
+            Delivery::Retry(error) if error.pause().is_some() => {
+                // The portal blocked the method until its reset: wait for
+                // it with the event at the head, unchanged (no attempt
+                // counted, nothing overtakes it).
+                let pause = error.pause().unwrap_or_default();
+                metrics.crm_delivery(&name, "rate_limited");
+                tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, error = %error, "CRM method paused until its reset");
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                continue;
             }
             Delivery::Retry(error) => {
                 let rate_limited = error.is_rate_limit();
@@ -429,25 +469,32 @@ mod tests {
         }
     }
 
-    /// An outbox of due events that delivered ones leave.
-    struct Queue(std::sync::Mutex<Vec<OutEvent>>);
+    /// An outbox of due events that delivered ones leave; counts the
+    /// retries it is asked to schedule.
+    struct Queue(
+        std::sync::Mutex<Vec<OutEvent>>,
+        std::sync::atomic::AtomicUsize,
+    );
 
     impl Queue {
         fn with(n: i64) -> Queue {
             let now = now_ms();
-            Queue(std::sync::Mutex::new(
-                (1..=n)
-                    .map(|id| OutEvent {
-                        id,
-                        call: format!("c{id}"),
-                        kind: "call.answered".into(),
-                        payload: "{}".into(),
-                        created_at: now,
-                        attempts: 0,
-                        next_at: 0,
-                    })
-                    .collect(),
-            ))
+            Queue(
+                std::sync::Mutex::new(
+                    (1..=n)
+                        .map(|id| OutEvent {
+                            id,
+                            call: format!("c{id}"),
+                            kind: "call.answered".into(),
+                            payload: "{}".into(),
+                            created_at: now,
+                            attempts: 0,
+                            next_at: 0,
+                        })
+                        .collect(),
+                ),
+                Default::default(),
+            )
         }
     }
 
@@ -464,6 +511,7 @@ mod tests {
             Ok(())
         }
         fn retry_later(&self, _: i64, _: i64, _: &str) -> Result<(), StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
         fn dead(&self, _: &[i64], _: &str, _: i64) -> Result<(), StoreError> {
@@ -489,6 +537,28 @@ mod tests {
         }
     }
 
+    /// Runs a worker for `sink` at `rate`/`burst` until `store` is empty.
+    async fn drain(sink: Arc<dyn Sink>, store: Arc<Queue>, rate: f64, burst: u32) {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: rate,
+            burst,
+            max_age_ms: 3_600_000,
+        };
+        let worker = tokio::spawn(run_worker(
+            sink,
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+    }
+
     /// Accepts everything, noting when (on the tokio clock).
     #[derive(Default)]
     struct Clocked(std::sync::Mutex<Vec<Instant>>);
@@ -510,25 +580,8 @@ mod tests {
     async fn a_backlog_is_delivered_at_the_rate_after_the_burst() {
         let store = Arc::new(Queue::with(9));
         let sink = Arc::new(Clocked::default());
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let cfg = WorkerConfig {
-            rate_per_sec: 2.0,
-            burst: 3,
-            max_age_ms: 3_600_000,
-        };
         let t0 = Instant::now();
-        let worker = tokio::spawn(run_worker(
-            sink.clone(),
-            store.clone(),
-            Arc::new(Metrics::new()),
-            cfg,
-            shutdown,
-        ));
-        while !store.0.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        trigger.fire();
-        worker.await.unwrap();
+        drain(sink.clone(), store.clone(), 2.0, 3).await;
         let at: Vec<f64> = sink
             .0
             .lock()
@@ -586,6 +639,58 @@ mod tests {
                 .encode()
                 .contains("sipscreen_crm_dead_letters_total{sink=\"portal\"}"),
             "nothing was dead-lettered, nothing counted"
+        );
+    }
+
+    /// Refuses event 2 once with OPERATION_TIME_LIMIT (the portal's reset
+    /// 30 s away); notes when each event went (on the tokio clock).
+    #[derive(Default)]
+    struct OperationLimited {
+        sent: std::sync::Mutex<Vec<(i64, Instant)>>,
+        refused: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for OperationLimited {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, ev: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            if ev.id == 2 && !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Delivery::Retry(CrmError::OperationLimit {
+                    method: "telephony.externalcall.register".into(),
+                    wait_ms: 30_000,
+                });
+            }
+            self.sent.lock().unwrap().push((ev.id, Instant::now()));
+            Delivery::Ok
+        }
+    }
+
+    /// OPERATION_TIME_LIMIT pauses the sink until the reset: the refused
+    /// event is the next one sent, exactly then, nothing overtakes it, and
+    /// no failed attempt is recorded (paused tokio clock).
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_time_limit_pauses_until_the_reset_in_order() {
+        let store = Arc::new(Queue::with(3));
+        let sink = Arc::new(OperationLimited::default());
+        let t0 = Instant::now();
+        drain(sink.clone(), store.clone(), 100.0, 1).await;
+        let sent = sink.sent.lock().unwrap().clone();
+        let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let after = |i: usize| sent[i].1.duration_since(t0).as_secs_f64();
+        assert!(after(0) < 0.1, "{}", after(0));
+        assert!(
+            (after(1) - 30.0).abs() < 0.1,
+            "sent {} s after the start",
+            after(1)
+        );
+        assert!(after(2) - after(1) < 0.1, "{}", after(2));
+        assert_eq!(
+            store.1.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a pause is not a failed attempt"
         );
     }
 

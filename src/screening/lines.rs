@@ -52,6 +52,8 @@ pub struct LineSettings {
     pub region: Id,
     /// What a failed STIR/SHAKEN verification does on this line.
     pub on_verstat_failed: OnVerstatFailed,
+    /// The line's name in the CRM (`None`: its number).
+    pub name: Option<String>,
 }
 
 /// Line settings by E.164 number, with the defaults for all others.
@@ -91,6 +93,7 @@ impl LineTable {
             trunk: d.trunk.as_ref().map(|t| t.get_ref().clone()),
             region,
             on_verstat_failed: d.on_verstat_failed,
+            name: None,
         };
         check_strings(&defaults, "[defaults]", defaults_span, &mut diags);
 
@@ -187,6 +190,7 @@ fn resolve(l: &LineConfig, d: &LineSettings, diags: &mut Vec<Diagnostic>) -> Lin
             None => d.region,
         },
         on_verstat_failed: l.on_verstat_failed.unwrap_or(d.on_verstat_failed),
+        name: l.name.clone(),
     }
 }
 

@@ -329,3 +329,48 @@ pub trait ContactStore: Send + Sync + 'static {
     ) -> Result<Vec<crate::contacts::Contact>, StoreError>;
     fn all_contacts(&self) -> Result<Vec<crate::contacts::Contact>, StoreError>;
 }
+
+/// A Bitrix24 application's tokens and who installed it. Secrets: never
+/// logged, shown or put in an error.
+#[derive(Clone, Default, PartialEq)]
+pub struct CrmTokens {
+    pub access: String,
+    pub refresh: String,
+    /// When the access token expires (unix ms; 0: unknown, refresh first).
+    pub expires_at: i64,
+    /// The portal's `member_id`, from the code exchange or the install.
+    pub member_id: String,
+    /// The install's `application_token` (checks later install calls).
+    pub application_token: String,
+    /// The portal's domain as the install or the exchange named it.
+    pub domain: String,
+}
+
+impl std::fmt::Debug for CrmTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrmTokens")
+            .field("expires_at", &self.expires_at)
+            .field("member_id", &self.member_id)
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where CRM applications keep their tokens, and what the CRM answered
+/// about a call.
+pub trait TokenStore: Send + Sync + 'static {
+    fn crm_tokens(&self, sink: &str) -> Result<Option<CrmTokens>, StoreError>;
+    fn set_crm_tokens(&self, sink: &str, t: &CrmTokens, now: i64) -> Result<(), StoreError>;
+    /// Events queued for one sink.
+    fn outbox_depth(&self, sink: &str) -> Result<i64, StoreError>;
+    /// Keeps the CRM's answer about a call (JSON).
+    fn set_crm_answer(
+        &self,
+        sink: &str,
+        call: &str,
+        answer: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// The answers kept for these calls: (call, sink, answer JSON).
+    fn crm_answers(&self, calls: &[String]) -> Result<Vec<(String, String, String)>, StoreError>;
+}

@@ -100,7 +100,7 @@ fn wait_keeping(rx: &Receiver<String>, what: &str, before: &mut Vec<String>) -> 
             before.push(line);
         }
     }
-    panic!("log line {what:?} did not appear");
+    panic!("log line {what:?} did not appear; the lines meanwhile: {before:#?}");
 }
 
 /// One number from the SQLite file the binary writes (read-only, beside
@@ -110,4 +110,13 @@ pub fn count(db: &Path, sql: &str) -> i64 {
         .unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Polls `cond` (blocking) until it holds, or fails with `what` after 20 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

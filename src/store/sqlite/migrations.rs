@@ -106,7 +106,32 @@ ALTER TABLE audit ADD COLUMN entry_action TEXT NOT NULL DEFAULT 'block';
 ";
 
 /// Every migration in order; the schema version is its position + 1.
-const MIGRATIONS: &[&str] = &[V1, V2, V3_SCREENING];
+/// Version 4: a Bitrix24 application's tokens per sink (from the code
+/// exchange or the install handler; rotated on every refresh), and what
+/// the portal answered a call's register (the CRM record it linked or
+/// created, a lead creation error), shown with the call log.
+const V4_CRM_APP: &str = "
+CREATE TABLE crm_answers (
+    sink   TEXT    NOT NULL,
+    call   TEXT    NOT NULL,
+    answer TEXT    NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (sink, call)
+);
+CREATE TABLE crm_tokens (
+    sink              TEXT    PRIMARY KEY,
+    access            TEXT    NOT NULL,
+    refresh           TEXT    NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    member_id         TEXT    NOT NULL DEFAULT '',
+    application_token TEXT    NOT NULL DEFAULT '',
+    domain            TEXT    NOT NULL DEFAULT '',
+    updated_at        INTEGER NOT NULL
+);
+";
+
+/// Every migration in order; the schema version is its position + 1.
+const MIGRATIONS: &[&str] = &[V1, V2, V3_SCREENING, V4_CRM_APP];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -201,7 +226,7 @@ mod tests {
         drop(s);
         let c = Connection::open(&path).unwrap();
         assert_eq!(version(&c).unwrap(), VERSION);
-        assert_eq!(VERSION, 3);
+        assert_eq!(VERSION, 4);
     }
 
     /// A database of the release before match kinds and actions (v2):
@@ -275,6 +300,44 @@ mod tests {
                 .unwrap()
                 .contains(&Item::Rule(Rule::parse_value("+49309018*", true).unwrap()))
         );
+    }
+
+    /// A version-2 database (the last release's) gets the tokens table
+    /// and keeps its outbox and refresh token.
+    #[test]
+    fn a_version_2_database_gets_the_crm_tokens_table() {
+        use crate::store::{CrmTokens, TokenStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sipscreen.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(V1).unwrap();
+            c.execute_batch(V2).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO outbox (sink, call, kind, payload, created_at, next_at)
+                   VALUES ('portal', 'c1', 'call.started', '{}', 1, 1);
+                 INSERT INTO meta (key, value) VALUES ('bitrix24:portal:refresh_token', 'r0');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.outbox_depth("portal").unwrap(), 1);
+        assert_eq!(
+            s.meta("bitrix24:portal:refresh_token").unwrap().as_deref(),
+            Some("r0")
+        );
+        assert!(s.crm_tokens("portal").unwrap().is_none());
+        let t = CrmTokens {
+            access: "a".into(),
+            refresh: "r".into(),
+            expires_at: 9,
+            member_id: "m".into(),
+            application_token: "at".into(),
+            domain: "d".into(),
+        };
+        s.set_crm_tokens("portal", &t, 1).unwrap();
+        assert_eq!(s.crm_tokens("portal").unwrap(), Some(t));
         drop(s);
         assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), 3);
     }
@@ -311,8 +374,9 @@ mod tests {
         let e = SqliteStore::open(&path).err().expect("refused");
         let msg = e.to_string();
         assert!(
-            msg.contains("schema version 99 is newer than this sipscreen knows (3)")
-                && msg.contains(&path.display().to_string()),
+            msg.contains(&format!(
+                "schema version 99 is newer than this sipscreen knows ({VERSION})"
+            )) && msg.contains(&path.display().to_string()),
             "{msg}"
         );
         let c = Connection::open(&path).unwrap();

@@ -17,6 +17,7 @@ mod contacts;
 mod exceptions;
 pub mod migrations;
 mod outbox;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -51,6 +52,12 @@ impl SqliteStore {
     /// its schema to [`migrations::VERSION`] (refusing a newer one).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
+        owner_only(path).map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot create {shown} as 0600: {e}"),
+            ))
+        })?;
         let open = |flags| {
             let c =
                 Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
@@ -72,6 +79,7 @@ impl SqliteStore {
         })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -84,4 +92,17 @@ impl SqliteStore {
     fn reader(&self) -> MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Creates the database file readable by its owner only (it holds CRM
+/// tokens), or makes an existing one so; SQLite gives its `-wal` and
+/// `-shm` files the database file's mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
