@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["screening"],
     &["metrics", "contacts", "events"],
     &["store", "runtime"],
-    &["calls", "crm", "transport"],
+    &["calls", "crm", "transport", "flood"],
     &["proxy"],
     &["api"],
     &["admin", "check"],

@@ -62,6 +62,38 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
 
+    let f = &cfg.flood;
+    if !(100..=3_600_000).contains(&f.window_ms) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.window_ms = {} is outside 100..=3600000", f.window_ms),
+        ));
+    }
+    if f.unknown_limit == 0 {
+        d.push(Diagnostic::new(
+            none.clone(),
+            "flood.unknown_limit = 0 would ban every unknown source at its first message",
+        ));
+    }
+    if f.ban_secs == 0 || f.ban_secs > 30 * 86400 {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.ban_secs = {} is outside 1..=2592000", f.ban_secs),
+        ));
+    }
+    if !(1..=128).contains(&f.ipv6_prefix) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.ipv6_prefix = {} is outside 1..=128", f.ipv6_prefix),
+        ));
+    }
+    if f.user_agents.iter().any(|u| u.trim().is_empty()) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            "flood.user_agents has an empty entry: it would match every User-Agent",
+        ));
+    }
+
     check_region(&cfg.screening.default_region, &mut d);
     if let Some(r) = &cfg.defaults.region {
         check_region(r, &mut d);

@@ -177,6 +177,11 @@ impl TcpSide {
                             }
                         },
                     };
+                    if me.ctx.get().is_some_and(|c| !c.handler.admit(remote)) {
+                        tracing::debug!(%remote, "tcp connection from a banned source refused");
+                        drop(stream);
+                        continue;
+                    }
                     let Ok(permit) = me.permits.clone().try_acquire_owned() else {
                         me.metrics.sip_error("tcp_limit");
                         drop(stream);
@@ -244,6 +249,10 @@ impl TcpSide {
                     );
                     break;
                 }
+            }
+            if !ctx.handler.admit(remote) {
+                tracing::debug!(%remote, "tcp connection from a banned source closed");
+                break;
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8192);
