@@ -62,6 +62,8 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
 
+    check_families(cfg, &mut d);
+
     let f = &cfg.flood;
     if !(100..=3_600_000).contains(&f.window_ms) {
         d.push(Diagnostic::new(
@@ -185,6 +187,66 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
     d
 }
 
+/// IPv4 and IPv6: a peer is reached from a listener of its target's
+/// family and transport, and our Via / Record-Route (the first listener's
+/// address unless `advertise` names us) must be reachable in the family
+/// every peer uses, or its responses and in-dialog requests go nowhere.
+fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
+    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+    let ours = cfg.sip.udp.first().or(cfg.sip.tcp.first());
+    let mut peers = vec![(
+        "pbx".to_string(),
+        0..0,
+        cfg.pbx.target,
+        cfg.pbx.transport,
+        &cfg.pbx.sources,
+    )];
+    for t in &cfg.trunks {
+        peers.push((
+            format!("trunk {:?}", t.name.get_ref()),
+            t.name.span(),
+            t.target,
+            t.transport,
+            &t.sources,
+        ));
+    }
+    for (name, span, target, transport, sources) in peers {
+        let listeners = match transport {
+            super::TransportKind::Udp => &cfg.sip.udp,
+            super::TransportKind::Tcp => &cfg.sip.tcp,
+        };
+        if !listeners.iter().any(|l| l.is_ipv4() == target.is_ipv4()) {
+            d.push(Diagnostic::new(
+                span.clone(),
+                format!(
+                    "{name} target {target} is {} over {} but no {} listener is {}: add one to [sip] {}",
+                    family(target.is_ipv4()),
+                    transport.as_str(),
+                    transport.as_str().to_uppercase(),
+                    family(target.is_ipv4()),
+                    transport.as_str()
+                ),
+            ));
+        }
+        let Some(ours) = ours.filter(|_| cfg.sip.advertise.is_none()) else {
+            continue;
+        };
+        let other = std::iter::once(target.ip())
+            .chain(sources.iter().map(|n| n.addr()))
+            .find(|ip| ip.is_ipv4() != ours.is_ipv4());
+        if let Some(ip) = other {
+            d.push(Diagnostic::new(
+                span,
+                format!(
+                    "{name} uses {} ({ip}) but Via and Record-Route carry the first listener, {ours} ({}): list a listener of its family first, or set sip.advertise to a name both sides resolve (one sidecar between an IPv4 and an IPv6 side is not supported yet)",
+                    family(ip.is_ipv4()),
+                    family(ours.is_ipv4())
+                ),
+            ));
+        }
+    }
+}
+
 fn check_region(r: &Spanned<String>, d: &mut Vec<Diagnostic>) {
     if phonenumber::country::Id::from_str(&r.get_ref().to_ascii_uppercase()).is_err() {
         d.push(Diagnostic::new(
@@ -251,6 +313,41 @@ sources = ["127.0.0.2/32"]
             "\n[admin]\n[[admin.tokens]]\nname = \"ops\"\nrole = \"edit\"\nsha256 = \"abc\"\n",
         );
         assert!(e[0].contains("sha256 must be 64 hex digits"), "{e:?}");
+    }
+
+    #[test]
+    fn peers_must_share_our_address_family() {
+        let e = errors("\n[sip]\nudp = [\"[::1]:5060\"]\ntcp = []\n");
+        assert!(
+            e.iter().any(|l| l.contains(
+                "pbx target 127.0.0.1:5080 is IPv4 over udp but no UDP listener is IPv4"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.contains("trunk \"carrier\" uses IPv4 (127.0.0.2)")),
+            "{e:?}"
+        );
+        let v6 = BASE
+            .replace("127.0.0.1:5080", "[::1]:5080")
+            .replace("127.0.0.1/32", "fd00::1/128")
+            .replace("127.0.0.2:5070", "[2001:db8::2]:5070")
+            .replace("127.0.0.2/32", "2001:db8::/64");
+        let text = format!("{v6}\n[sip]\nudp = [\"[::1]:5060\"]\ntcp = [\"[::1]:5060\"]\n");
+        assert!(from_toml(Path::new("c.toml"), text).is_ok());
+    }
+
+    #[test]
+    fn flood_limits_are_checked() {
+        let e = errors(
+            "\n[flood]\nunknown_limit = 0\nban_secs = 0\nipv6_prefix = 0\nuser_agents = [\"\"]\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            errors("\n[flood]\nwindow_ms = 1000\nunknown_limit = 20\nallow = [\"10.0.0.0/8\"]\n")
+                .is_empty()
+        );
     }
 
     #[test]
