@@ -42,6 +42,11 @@ fn bench(c: &mut Criterion) {
     let guard = FloodGuard::new(Arc::new(Metrics::new()), Clock::system());
     while guard.admit(&cfg, banned, false, true) != Admit::Drop {}
     let mut g = c.benchmark_group("flood");
+    // What reading the time costs here (admit reads the coarse clock).
+    g.bench_function("clock/now_ms", |b| b.iter(sipscreen::clock::now_ms));
+    g.bench_function("clock/coarse_ms", |b| {
+        b.iter(sipscreen::clock::coarse_now_ms)
+    });
     g.bench_function("admit/banned", |b| {
         b.iter(|| guard.admit(&cfg, banned, false, true))
     });

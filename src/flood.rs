@@ -27,7 +27,7 @@ use ipnet::IpNet;
 
 use crate::clock::Clock;
 use crate::config::FloodConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{FloodDrop, Metrics};
 
 /// Slots in the table (a power of two): 64 B each, 1 MiB in all.
 const SLOTS: usize = 1 << 14;
@@ -107,13 +107,13 @@ impl FloodGuard {
         }
         let net = key(ip, cfg.ipv6_prefix);
         let h = self.hash(&net);
-        let now = self.clock.now_ms();
+        let now = self.clock.coarse_ms();
         let window = (now.max(0) as u64 / cfg.window_ms.max(1)) as u32;
         let bannable = !peer || cfg.ban_peers;
         let slot = self.slot(h, window, now);
         if bannable && slot.until.load(Relaxed) > now {
             slot.seen.fetch_add(1, Relaxed);
-            self.metrics.flood().dropped("banned");
+            self.metrics.flood().dropped(FloodDrop::Banned);
             return Admit::Drop;
         }
         let limit = if peer {
@@ -129,11 +129,11 @@ impl FloodGuard {
             return Admit::Pass;
         }
         if !bannable {
-            self.metrics.flood().dropped("peer_limit");
+            self.metrics.flood().dropped(FloodDrop::PeerLimit);
             return Admit::OverLimit;
         }
         self.ban_slot(slot, net, ip, n, "flood", now, cfg.ban_secs);
-        self.metrics.flood().dropped("flood");
+        self.metrics.flood().dropped(FloodDrop::Flood);
         Admit::Drop
     }
 
@@ -149,10 +149,10 @@ impl FloodGuard {
         {
             return false;
         }
-        self.metrics.flood().dropped("user_agent");
+        self.metrics.flood().dropped(FloodDrop::UserAgent);
         if !peer && cfg.ban_scanners {
             let net = key(ip, cfg.ipv6_prefix);
-            let now = self.clock.now_ms();
+            let now = self.clock.coarse_ms();
             let window = (now.max(0) as u64 / cfg.window_ms.max(1)) as u32;
             let slot = self.slot(self.hash(&net), window, now);
             let n = count(slot, window);
@@ -168,7 +168,7 @@ impl FloodGuard {
             return false;
         }
         let h = self.hash(&key(ip, cfg.ipv6_prefix));
-        let now = self.clock.now_ms();
+        let now = self.clock.coarse_ms();
         self.set(h)
             .iter()
             .any(|s| s.key.load(Relaxed) == h && s.until.load(Relaxed) > now)
@@ -176,7 +176,7 @@ impl FloodGuard {
 
     /// Active bans, oldest first (expired ones are removed first).
     pub fn bans(&self) -> Vec<Ban> {
-        let now = self.clock.now_ms();
+        let now = self.clock.coarse_ms();
         let mut bans = self.lock();
         self.expire(&mut bans, now);
         let mut out: Vec<Ban> = bans
@@ -226,7 +226,7 @@ impl FloodGuard {
     /// Removes expired bans (the active-bans gauge follows); run every
     /// second by the server.
     pub fn sweep(&self) {
-        let now = self.clock.now_ms();
+        let now = self.clock.coarse_ms();
         let mut bans = self.lock();
         self.expire(&mut bans, now);
     }

@@ -75,6 +75,7 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "loop",
     "route",
     "no_trunk",
+    "peer_limit",
     // proxy: responses
     "response_unknown_source",
     "response_via",
@@ -165,8 +166,22 @@ pub struct FloodMetrics {
 
 /// Ban reasons (the `reason` label of `bans_total`).
 pub const BAN_REASONS: [&str; 2] = ["flood", "user_agent"];
-/// Drop reasons (the `reason` label of `flood_dropped_total`).
+/// Drop reasons (the `reason` label of `flood_dropped_total`), in
+/// [`FloodDrop`] order.
 pub const FLOOD_DROP_REASONS: [&str; 4] = ["banned", "flood", "user_agent", "peer_limit"];
+
+/// Why flood protection dropped (or refused) a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodDrop {
+    /// From a banned source.
+    Banned = 0,
+    /// The message that tripped a ban.
+    Flood = 1,
+    /// A scanner's User-Agent.
+    UserAgent = 2,
+    /// A peer's request over its limit.
+    PeerLimit = 3,
+}
 
 impl FloodMetrics {
     fn register(registry: &mut Registry) -> FloodMetrics {
@@ -195,11 +210,9 @@ impl FloodMetrics {
         }
     }
 
-    /// Counts a message dropped for `reason` (one of the drop reasons).
-    pub fn dropped(&self, reason: &str) {
-        if let Some(i) = FLOOD_DROP_REASONS.iter().position(|r| *r == reason) {
-            self.dropped[i].inc();
-        }
+    /// Counts a message dropped for `reason`.
+    pub fn dropped(&self, reason: FloodDrop) {
+        self.dropped[reason as usize].inc();
     }
 
     /// Counts a ban started for `reason`; `active` bans now.

@@ -253,7 +253,6 @@ impl Handler for Proxy {
     }
 
     fn on_message(&self, inb: Inbound, out: &Sender) {
-        let t0 = Instant::now();
         let rt = self.runtime.load();
         // Flood protection first, on the source address alone: a banned
         // source costs no scan.
@@ -266,6 +265,7 @@ impl Handler for Proxy {
             Admit::OverLimit => true,
             Admit::Drop => return,
         };
+        let t0 = Instant::now();
         let too_large = inb.data.len() > rt.loaded.config.sip.max_message_bytes;
         let msg = match Message::scan(inb.data) {
             Ok(m) => m,
