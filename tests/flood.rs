@@ -40,6 +40,25 @@ async fn api(h: &Harness, method: reqwest::Method, token: &str, path: &str) -> (
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A TCP connection to `to` from address `ip`.
+async fn connect_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+    s.connect(to).await.expect("the sidecar accepts")
+}
+
+/// A connection from `ip` (a banned source) is closed by the sidecar
+/// without a byte.
+async fn closed_at_once(ip: &str, to: SocketAddr) {
+    let mut c = connect_from(ip, to).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut c, &mut buf))
+        .await
+        .expect("the connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
 /// Polls `/metrics` until `line` is there (a condition, with a deadline).
 async fn wait_metric(h: &Harness, pred: impl Fn(&str) -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -126,7 +145,7 @@ async fn a_flood_from_one_address_leaves_the_trunks_calls_untouched() {
                 let _ = flood_sock.send_to(m.as_bytes(), target).await;
                 n += 1;
                 sent.store(n, Ordering::Relaxed);
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -137,9 +156,7 @@ async fn a_flood_from_one_address_leaves_the_trunks_calls_untouched() {
     // requests until the sidecar closes it.
     let tcp_target = h.sip_tcp;
     let tcp_flood = tokio::spawn(async move {
-        let s = TcpSocket::new_v4().unwrap();
-        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-        let mut c = s.connect(tcp_target).await.unwrap();
+        let mut c = connect_from("127.0.0.3", tcp_target).await;
         let local = c.local_addr().unwrap();
         let mut n = 0u64;
         loop {
@@ -152,7 +169,7 @@ async fn a_flood_from_one_address_leaves_the_trunks_calls_untouched() {
                 n < 10_000_000,
                 "the flooding TCP connection is never closed"
             );
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 tokio::task::yield_now().await;
             }
         }
@@ -188,15 +205,7 @@ async fn a_flood_from_one_address_leaves_the_trunks_calls_untouched() {
         "the flood must be thousands a second: {rate:.0}/s"
     );
     // A banned source's new TCP connection is closed at once.
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-    let mut c = s.connect(h.sip_tcp).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut c, &mut buf))
-        .await
-        .expect("the connection is closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    closed_at_once("127.0.0.3", h.sip_tcp).await;
 
     let dropped = metric(&h, "sipscreen_flood_dropped_total{reason=\"banned\"}");
     assert!(dropped > 1000.0, "{dropped}");
@@ -363,9 +372,7 @@ async fn a_peer_over_its_limit_gets_503_for_new_calls_and_keeps_its_dialogs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_flood_is_banned_and_its_connection_closed() {
     let h = Harness::start().await;
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.5:0".parse().unwrap()).unwrap();
-    let mut c = s.connect(h.sip_tcp).await.unwrap();
+    let mut c = connect_from("127.0.0.5", h.sip_tcp).await;
     let local = c.local_addr().unwrap();
     let mut n = 0u64;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -386,15 +393,7 @@ async fn a_tcp_flood_is_banned_and_its_connection_closed() {
     let (_, v) = api(&h, reqwest::Method::GET, VIEW, "/bans").await;
     assert_eq!(v["items"][0]["address"], "127.0.0.5", "{v}");
     assert_eq!(v["items"][0]["reason"], "flood", "{v}");
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.5:0".parse().unwrap()).unwrap();
-    let mut c = s.connect(h.sip_tcp).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut c, &mut buf))
-        .await
-        .expect("the connection is closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    closed_at_once("127.0.0.5", h.sip_tcp).await;
     // The trunk is not affected.
     let (_, got, _) = h
         .invite_from_trunk("+4917099988877", "+4930901820", "after-tcp", "")

@@ -4,6 +4,9 @@
 //! divided by the datagrams it dropped. Printed, and bounded.
 //!
 //! cargo test --test flood_cpu -- --nocapture
+//!
+//! `SIPSCREEN_FLOOD_BIN=target/release/sipscreen` measures that build
+//! instead of the test's (debug) one.
 
 mod common;
 
@@ -77,7 +80,10 @@ fn a_banned_flood_costs_bounded_cpu_per_datagram() {
         ),
     )
     .unwrap();
-    let run = Serving::start(&config);
+    let bin = std::env::var_os("SIPSCREEN_FLOOD_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::binary::BIN.into());
+    let run = Serving::start_bin(&bin, &config);
     let sip = run.addr("udp=[", ']');
     let admin = run.admin();
     let sock = UdpSocket::bind("127.0.0.3:0").unwrap();
@@ -97,7 +103,7 @@ fn a_banned_flood_costs_bounded_cpu_per_datagram() {
     let t0 = Instant::now();
     for i in 0..N {
         sock.send_to(msg.as_bytes(), sip).unwrap();
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             // Let the receiver keep up (the socket buffer is 4 MiB, the
             // kernel drops the rest: that costs the sidecar nothing).
             std::thread::yield_now();
@@ -108,7 +114,8 @@ fn a_banned_flood_costs_bounded_cpu_per_datagram() {
     let cpu = cpu_ns(pid) - cpu0;
     let per = cpu as f64 / dropped.max(1) as f64 / 1000.0;
     eprintln!(
-        "flood cpu: {dropped} of {N} datagrams dropped as banned (sent in {sent_in:?}, {:.0}/s); sidecar CPU {:.1} ms = {per:.2} us per dropped datagram",
+        "flood cpu ({}): {dropped} of {N} datagrams dropped as banned (sent in {sent_in:?}, {:.0}/s); sidecar CPU {:.1} ms = {per:.2} us per dropped datagram",
+        bin.display(),
         N as f64 / sent_in.as_secs_f64(),
         cpu as f64 / 1e6
     );
