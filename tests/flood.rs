@@ -401,3 +401,48 @@ async fn a_tcp_flood_is_banned_and_its_connection_closed() {
     assert_eq!(header(&got, "X-CRM-Verdict").as_deref(), Some("log"));
     h.stop().await;
 }
+
+/// A reload applies new `[flood]` settings at once and keeps the bans in
+/// force: with the scanner list emptied, a scanner's request is handled
+/// as any stranger's (403), and the earlier ban is still listed.
+#[tokio::test]
+async fn a_reload_applies_flood_settings_and_keeps_bans() {
+    let h = Harness::start().await;
+    let me = h.stranger.local_addr().unwrap();
+    h.stranger
+        .send_to(
+            options(me, h.sip_udp, "scan-r", "sipvicious").as_bytes(),
+            h.sip_udp,
+        )
+        .await
+        .unwrap();
+    wait_metric(
+        &h,
+        |l| l == "sipscreen_bans_total{reason=\"user_agent\"} 1",
+        "the scanner's ban",
+    )
+    .await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        format!("{text}\n[flood]\nuser_agents = []\n"),
+    )
+    .unwrap();
+    h.server.reload().expect("the new config is taken");
+    let other = UdpSocket::bind("127.0.0.4:0").await.unwrap();
+    let o = other.local_addr().unwrap();
+    other
+        .send_to(
+            options(o, h.sip_udp, "scan-r2", "sipvicious").as_bytes(),
+            h.sip_udp,
+        )
+        .await
+        .unwrap();
+    let (answer, _) = recv(&other).await;
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    let (_, v) = api(&h, reqwest::Method::GET, VIEW, "/bans").await;
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["address"], "127.0.0.3");
+    h.stop().await;
+}
