@@ -1,6 +1,7 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text format),
 //! `/healthz` (the process answers), `/readyz` (503 while draining) and
-//! the API under `/api/v1`. `/metrics` needs a token only with
+//! the API under `/api/v1`, and the web console under `/console` (`/`
+//! leads there). `/metrics` needs a token only with
 //! `[admin] protect_metrics = true`.
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 
 use crate::api::{self, ApiState};
@@ -34,13 +35,17 @@ pub struct AdminState {
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     let api = api::router(state.api.clone(), state.json_max_bytes);
+    let console = crate::console::router(state.api.clone());
+    let to_console = || async { Redirect::to(crate::console::BASE) };
     Router::new()
+        .route("/", get(to_console))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         .with_state(state)
         .nest("/api/v1", api)
+        .nest(crate::console::BASE, console)
 }
 
 async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> axum::response::Response {

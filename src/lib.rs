@@ -10,12 +10,14 @@
 //!   reloads on SIGHUP, shuts down in order.
 //! - `admin`: the HTTP listener (`/metrics`, `/healthz`, `/readyz`, and
 //!   `api` under `/api/v1`). `check`: what `check-config` runs.
+//! - `console`: the web console under `/console` (server-rendered pages,
+//!   sessions, CSRF, English and German) over the `api` functions.
 //! - `api`: the `/api/v1` handlers, tokens and roles, one paging rule.
 //! - `proxy`: the stateless proxy core: classify the source, route in
 //!   stages (refuse, next hop, forward edits, tag), local replies.
 //! - `calls`: the call tracker thread, the call log, calls kept across a
 //!   restart. `crm`: the durable outbox's workers, the Bitrix24 and webhook
-//!   sinks, their factory. `transport`: UDP and TCP; bytes in, bytes out.
+//!   sinks, their factory. `transport`: UDP, TCP and TLS; bytes in, bytes out.
 //!   `flood`: per-source rate limits and bans, the scanner filter (lock-free
 //!   counters the proxy consults before scanning a message).
 //! - `store`: the store traits, SQLite (one file per concern, schema
@@ -25,7 +27,8 @@
 //!   responsible person are decided.
 //! - `metrics`: one registry, passed in. `contacts`: the directory client
 //!   -> responsible. `events`: the CRM call event type (built by `calls`,
-//!   read by `crm`).
+//!   read by `crm`). `tls`: PEM certificates and keys, the rustls server
+//!   and per-peer client configs built from them.
 //! - `screening`: E.164 normalisation, the exception set, line settings,
 //!   verdict and tags.
 //! - `config`: TOML schema, load and validate with file:line:column errors.
@@ -39,6 +42,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod contacts;
 pub mod crm;
 pub mod events;
@@ -51,6 +55,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sip;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 /// An error and its causes as one line, "outer: inner: innermost" (a cause

@@ -32,7 +32,7 @@ type L4 = [(&'static str, &'static str); 4];
 /// for responses.
 const METHOD_SLOTS: usize = Method::Other as usize + 2;
 /// Slots of the message counter cache: transport x method x side.
-const MESSAGE_SLOTS: usize = 2 * METHOD_SLOTS * 3;
+const MESSAGE_SLOTS: usize = TransportKind::ALL.len() * METHOD_SLOTS * 3;
 
 /// Every reason `sip_error` is given, by where it comes from. Each is
 /// exported at 0 from the start; a reason missing here is still counted
@@ -96,10 +96,33 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "udp_receive",
     "tcp_connect",
     "tcp_limit",
+    // transport: TLS
+    "send_no_tls",
+    "tls_handshake",
+    // proxy: a forwarded request its next hop could not be reached for
+    "unreachable",
+];
+
+/// `reason` labels of `tls_handshakes` besides `ok` (see
+/// `crate::tls::failure_reason`), each exported at 0.
+pub const TLS_HANDSHAKE_RESULTS: &[&str] = &[
+    "ok",
+    "unknown_issuer",
+    "expired",
+    "bad_name",
+    "bad_certificate",
+    "no_client_certificate",
+    "alert",
+    "incompatible",
+    "timeout",
+    "closed",
+    "no_config",
+    "refused",
+    "other",
 ];
 
 /// Components whose panics are caught and counted.
-pub const PANIC_COMPONENTS: [&str; 2] = ["udp", "tcp"];
+pub const PANIC_COMPONENTS: [&str; 3] = ["udp", "tcp", "tls"];
 
 /// Every metric sipscreen exports (names are prefixed `sipscreen_`).
 #[derive(Debug)]
@@ -127,6 +150,11 @@ pub struct Metrics {
     /// Open TCP connections. Steady: the number of peers; a climb without
     /// more peers means connections are not being closed.
     tcp_connections: Gauge,
+    /// Open SIP TLS connections (after the handshake).
+    tls_connections: Gauge,
+    /// TLS handshakes by direction (`in`: accepted, `out`: opened) and
+    /// result (`ok` or why it failed).
+    tls_handshakes: Family<L2, Counter>,
     /// 1 while the last reload succeeded, 0 after a failed one.
     config_last_reload_ok: Gauge,
     /// Calls being tracked (dialogs between INVITE and end).
@@ -280,6 +308,23 @@ impl Metrics {
             "Open SIP TCP connections",
             tcp_connections.clone(),
         );
+        let tls_connections = Gauge::default();
+        registry.register(
+            "tls_connections",
+            "Open SIP TLS connections (handshake done)",
+            tls_connections.clone(),
+        );
+        let tls_handshakes = Family::<L2, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "SIP TLS handshakes, by direction (in/out) and result (ok, or the failure reason)",
+            tls_handshakes.clone(),
+        );
+        for d in ["in", "out"] {
+            for r in TLS_HANDSHAKE_RESULTS {
+                let _ = tls_handshakes.get_or_create(&[("direction", d), ("result", r)]);
+            }
+        }
         let config_last_reload_ok = Gauge::default();
         config_last_reload_ok.set(1);
         registry.register(
@@ -377,7 +422,7 @@ impl Metrics {
             .map(|&r| (r, sip_errors.get_or_create(&[("reason", r)]).clone()))
             .collect();
         let mut message_counters = Vec::with_capacity(MESSAGE_SLOTS);
-        for transport in [TransportKind::Udp, TransportKind::Tcp] {
+        for transport in TransportKind::ALL {
             for method in Method::ALL.map(Some).into_iter().chain([None]) {
                 for side in Origin::ALL {
                     debug_assert_eq!(
@@ -421,6 +466,8 @@ impl Metrics {
             sip_errors,
             error_counters,
             tcp_connections,
+            tls_connections,
+            tls_handshakes,
             config_last_reload_ok,
             panics,
             flood,
@@ -478,6 +525,22 @@ impl Metrics {
     /// The open TCP connection gauge (the transport moves it).
     pub fn tcp_connections(&self) -> &Gauge {
         &self.tcp_connections
+    }
+
+    /// The open connection gauge of a stream transport.
+    pub fn connections(&self, transport: TransportKind) -> &Gauge {
+        match transport {
+            TransportKind::Tls => &self.tls_connections,
+            _ => &self.tcp_connections,
+        }
+    }
+
+    /// Counts a TLS handshake (`result`: `ok` or a failure reason).
+    pub fn tls_handshake(&self, inbound: bool, result: &'static str) {
+        let d = if inbound { "in" } else { "out" };
+        self.tls_handshakes
+            .get_or_create(&[("direction", d), ("result", result)])
+            .inc();
     }
 
     pub fn set_active_calls(&self, n: usize) {
@@ -635,7 +698,7 @@ mod tests {
         let methods = Method::ALL;
         let mut want = Vec::new();
         let mut k = 0;
-        for t in [TransportKind::Udp, TransportKind::Tcp] {
+        for t in TransportKind::ALL {
             for method in methods.iter().copied().map(Some).chain([None]) {
                 for side in Origin::ALL {
                     k += 1;
@@ -685,7 +748,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let has = |l: String| assert!(lines.contains(&l.as_str()), "missing {l} in\n{text}");
         let mut messages = 0;
-        for t in ["udp", "tcp"] {
+        for t in ["udp", "tcp", "tls"] {
             for m in Method::ALL
                 .map(Method::label)
                 .into_iter()
@@ -711,6 +774,14 @@ mod tests {
         for c in PANIC_COMPONENTS {
             has(format!("sipscreen_panics_total{{component=\"{c}\"}} 0"));
         }
+        for d in ["in", "out"] {
+            for r in TLS_HANDSHAKE_RESULTS {
+                has(format!(
+                    "sipscreen_tls_handshakes_total{{direction=\"{d}\",result=\"{r}\"}} 0"
+                ));
+            }
+        }
+        has("sipscreen_tls_connections 0".to_string());
         for d in ["inbound", "outbound"] {
             for v in ["log", "exception"] {
                 has(format!(

@@ -50,6 +50,11 @@ pub struct Peer {
     pub sources: Vec<IpNet>,
     /// Whether its P-Asserted-Identity is believed.
     pub trust_pai: bool,
+    /// How to open TLS towards it (`transport = "tls"` only).
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Its TLS connections must present a client certificate `[tls] ca`
+    /// verifies.
+    pub verify_client: bool,
 }
 
 impl Peer {
@@ -70,27 +75,62 @@ pub struct Routing {
     pub default_trunk: Option<usize>,
 }
 
+/// A peer's TLS client side, built when its transport is TLS; an error
+/// is located at `span` (the trunk's name).
+fn peer_tls(
+    loaded: &Loaded,
+    transport: TransportKind,
+    tls: &crate::config::PeerTlsConfig,
+    target: SocketAddr,
+    who: &str,
+    span: std::ops::Range<usize>,
+) -> Result<Option<Arc<crate::tls::ClientTls>>, ConfigError> {
+    if transport != TransportKind::Tls {
+        return Ok(None);
+    }
+    let ca = loaded.config.tls.ca.as_ref().map(|c| c.get_ref().as_path());
+    crate::tls::client(tls, ca, target.ip())
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| loaded.error(vec![Diagnostic::new(span, format!("{who}: {e}"))]))
+}
+
 impl Routing {
     fn build(loaded: &Loaded) -> Result<Routing, ConfigError> {
         let cfg = &loaded.config;
+        let pbx_tls = cfg.pbx.tls();
         let pbx = Peer {
             name: "pbx".to_string(),
             target: cfg.pbx.target,
             transport: cfg.pbx.transport,
             sources: cfg.pbx.sources.clone(),
             trust_pai: true,
+            tls: peer_tls(
+                loaded,
+                cfg.pbx.transport,
+                &pbx_tls,
+                cfg.pbx.target,
+                "[pbx]",
+                0..0,
+            )?,
+            verify_client: pbx_tls.verify_client,
         };
-        let trunks: Vec<Peer> = cfg
+        let trunks = cfg
             .trunks
             .iter()
-            .map(|t| Peer {
-                name: t.name.get_ref().clone(),
-                target: t.target,
-                transport: t.transport,
-                sources: t.sources.clone(),
-                trust_pai: t.trust_pai,
+            .map(|t| {
+                let tls = t.tls();
+                let who = format!("trunk {:?}", t.name.get_ref());
+                Ok(Peer {
+                    name: t.name.get_ref().clone(),
+                    target: t.target,
+                    transport: t.transport,
+                    sources: t.sources.clone(),
+                    trust_pai: t.trust_pai,
+                    tls: peer_tls(loaded, t.transport, &tls, t.target, &who, t.name.span())?,
+                    verify_client: tls.verify_client,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Peer>, ConfigError>>()?;
         let default_trunk = match &cfg.defaults.trunk {
             Some(name) => Some(
                 trunks
@@ -153,6 +193,9 @@ pub struct Runtime {
     pub screener: Screener,
     /// Client -> responsible person (shared across reloads).
     pub contacts: Arc<crate::contacts::Directory>,
+    /// What the `[sip] tls` listeners present (read from `[tls]` by this
+    /// generation: a reload re-reads the files, new connections get them).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Runtime {
@@ -160,11 +203,13 @@ impl Runtime {
     pub fn build(loaded: Loaded, exceptions: Arc<ExceptionSet>) -> Result<Runtime, ConfigError> {
         let routing = Routing::build(&loaded)?;
         let screener = Screener::build(&loaded, exceptions)?;
+        let tls = server_tls(&loaded)?;
         Ok(Runtime {
             loaded,
             routing,
             screener,
             contacts: Arc::new(crate::contacts::Directory::new()),
+            tls,
         })
     }
 
@@ -173,6 +218,32 @@ impl Runtime {
         self.contacts = contacts;
         self
     }
+}
+
+/// The listeners' TLS side from `[tls]`, when `cert` and `key` are set;
+/// the error is located at the setting whose file failed.
+fn server_tls(loaded: &Loaded) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+    let t = &loaded.config.tls;
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Ok(None);
+    };
+    let ca = t.ca.as_ref();
+    crate::tls::server(
+        cert.get_ref(),
+        key.get_ref(),
+        ca.map(|c| c.get_ref().as_path()),
+    )
+    .map(Some)
+    .map_err(|e| {
+        let span = match &e {
+            crate::tls::TlsError::File { what, .. } if what.ends_with("key") => key.span(),
+            crate::tls::TlsError::File { what, .. } if what.ends_with("ca") => {
+                ca.map_or(0..0, |c| c.span())
+            }
+            _ => cert.span(),
+        };
+        loaded.error(vec![Diagnostic::new(span, e.to_string())])
+    })
 }
 
 /// The whole decision for one call: the screening (verdict, line, client,

@@ -76,6 +76,8 @@ pub struct Server {
     pub udp: Vec<SocketAddr>,
     /// Actual TCP listen addresses.
     pub tcp: Vec<SocketAddr>,
+    /// Actual TLS listen addresses.
+    pub tls: Vec<SocketAddr>,
     /// Actual admin listen address.
     pub admin: Option<SocketAddr>,
     config_path: PathBuf,
@@ -158,11 +160,13 @@ impl Server {
             })?;
         let udp = transports.udp_addrs();
         let tcp = transports.tcp_addrs();
+        let tls = transports.tls_addrs();
         let local = Local::new(
             cfg.sip.advertise.as_deref(),
             udp.first().copied(),
             tcp.first().copied(),
-        );
+        )
+        .with_tls(tls.first().copied());
         let admin_listener = match cfg.admin.listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
                 ServerError::Bind {
@@ -209,7 +213,7 @@ impl Server {
         let proxy = Arc::new(Proxy::new(runtime, local, metrics.clone()));
         proxy.track_calls(CallEvents::new(tx, metrics.clone()));
         // Last: everything that can refuse to start has been built.
-        tracing::info!(udp = ?udp, tcp = ?tcp, admin = ?admin, phones = p, emails = e, "sipscreen ready");
+        tracing::info!(udp = ?udp, tcp = ?tcp, tls = ?tls, admin = ?admin, phones = p, emails = e, "sipscreen ready");
         let server = Arc::new(Server {
             store,
             sinks,
@@ -220,6 +224,7 @@ impl Server {
             tokens: Arc::new(ArcSwap::from_pointee(tokens)),
             udp,
             tcp,
+            tls,
             admin,
             config_path: path.to_path_buf(),
         });
@@ -243,6 +248,7 @@ impl Server {
             let old = self.proxy.runtime();
             if old.loaded.config.sip.udp != runtime.loaded.config.sip.udp
                 || old.loaded.config.sip.tcp != runtime.loaded.config.sip.tcp
+                || old.loaded.config.sip.tls != runtime.loaded.config.sip.tls
                 || old.loaded.config.sip.udp_receivers != runtime.loaded.config.sip.udp_receivers
             {
                 tracing::warn!(
@@ -335,10 +341,12 @@ impl Bound {
         };
         let server = me.clone();
         let mut sd = shutdown.clone();
+        // Registered here, before anything is served: a SIGHUP that came
+        // before the task below first ran would otherwise still have its
+        // default action and end the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tasks.spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
+            let Ok(mut hup) = hup else {
                 return;
             };
             loop {

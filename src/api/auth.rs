@@ -84,6 +84,14 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
+    /// Whether a token named `name` with `role` is still configured (a
+    /// console session ends when its token is removed or changes role).
+    pub fn has(&self, name: &str, role: Role) -> bool {
+        self.entries
+            .iter()
+            .any(|t| t.name == name && t.role == role)
+    }
+
     /// Checks an `Authorization` header value for a token of `need`
     /// (`Role::View` is satisfied by either role).
     pub fn check(&self, authorization: Option<&[u8]>, need: Role) -> Result<Actor, Denied> {

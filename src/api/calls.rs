@@ -12,18 +12,27 @@ use crate::calls::log::{self, CallRecord, Filter};
 use crate::config::Role;
 use crate::screening::normalize::e164_string;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct CallsQuery {
     /// RFC 3339; calls that started at or after.
-    since: Option<String>,
+    pub since: Option<String>,
     /// RFC 3339; calls that started before.
-    until: Option<String>,
+    pub until: Option<String>,
     /// The line, any form (normalised).
-    line: Option<String>,
-    verdict: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
+    pub line: Option<String>,
+    pub verdict: Option<String>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+    /// `completed`, `failed`, `cancelled` or `expired`.
+    pub outcome: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// A query field as given, `None` when absent or blank.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
 fn time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -37,7 +46,13 @@ pub async fn list(
 ) -> Result<Json<Page<CallRecord>>, ApiError> {
     s.authorize(&headers, Role::View)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let line = match q.line.as_deref() {
+    list_page(&s, &q).await.map(Json)
+}
+
+/// The log filter a query names, every field checked (empty fields are
+/// no filter); the cursor and limit too.
+pub fn filter(s: &ApiState, q: &CallsQuery) -> Result<Filter, ApiError> {
+    let line = match given(&q.line) {
         Some(l) => {
             let rt = s.proxy.runtime();
             let n = rt
@@ -51,27 +66,39 @@ pub async fn list(
         }
         None => None,
     };
-    if let Some(v) = q.verdict.as_deref()
-        && v != "log"
-        && v != "exception"
-    {
-        return Err(ApiError::bad_request(format!(
-            "verdict {v:?}: use log or exception"
-        )));
-    }
-    let limit = page::limit(q.limit)?;
-    let filter = Filter {
-        since_ms: time("since", q.since.as_deref())?,
-        until_ms: time("until", q.until.as_deref())?,
-        line,
-        verdict: q.verdict,
-        after: q.cursor.clone(),
-        limit,
+    let one_of = |name: &str, v: Option<&str>, allowed: &[&str]| match v {
+        Some(v) if !allowed.contains(&v) => Err(ApiError::bad_request(format!(
+            "{name} {v:?}: use {}",
+            allowed.join(" or ")
+        ))),
+        v => Ok(v.map(str::to_string)),
     };
+    Ok(Filter {
+        since_ms: time("since", given(&q.since))?,
+        until_ms: time("until", given(&q.until))?,
+        line,
+        verdict: one_of("verdict", given(&q.verdict), &["log", "exception"])?,
+        direction: one_of("direction", given(&q.direction), &["inbound", "outbound"])?,
+        outcome: one_of(
+            "outcome",
+            given(&q.outcome),
+            &["completed", "failed", "cancelled", "expired"],
+        )?,
+        after: given(&q.cursor).map(str::to_string),
+        limit: page::limit(q.limit)?,
+    })
+}
+
+/// One page of the log for a query (the API and the console read through
+/// this).
+pub async fn list_page(s: &ApiState, q: &CallsQuery) -> Result<Page<CallRecord>, ApiError> {
+    let filter = filter(s, q)?;
+    let limit = filter.limit;
+    let cursor = filter.after.clone();
     let (dir, keep) = (s.calls_dir.clone(), s.calls_keep);
     let read = blocking(move || log::read(&dir, keep, &filter).map_err(ApiError::internal)).await?;
     if !read.cursor_found {
-        return Err(page::foreign(q.cursor.as_deref().unwrap_or_default()));
+        return Err(page::foreign(cursor.as_deref().unwrap_or_default()));
     }
-    Ok(Json(Page::new(read.records, limit, |r| r.call_id.clone())))
+    Ok(Page::new(read.records, limit, |r| r.call_id.clone()))
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Actor;
 use super::page::{self, Page};
 use super::{ApiError, ApiJson, ApiState, blocking, parse_rfc3339_ms};
 use crate::clock::rfc3339;
@@ -59,15 +60,17 @@ impl From<Entry> for EntryView {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     #[serde(rename = "type")]
-    kind: Option<String>,
-    q: Option<String>,
-    value: Option<String>,
-    prefix: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
+    pub kind: Option<String>,
+    pub q: Option<String>,
+    pub value: Option<String>,
+    pub prefix: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
 }
 
-fn parse_value(s: &ApiState, text: &str) -> Result<Value, ApiError> {
+/// A value as given (any number format, or an e-mail), read with the
+/// running config's normaliser.
+pub fn parse_value(s: &ApiState, text: &str) -> Result<Value, ApiError> {
     let rt = s.proxy.runtime();
     Value::parse(text, rt.screener.normalizer())
         .map_err(|why| ApiError::bad_request(format!("{text:?}: {why}")))
@@ -81,21 +84,32 @@ pub async fn list(
 ) -> Result<Json<Page<EntryView>>, ApiError> {
     s.authorize(&headers, Role::View)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let page = list_page(&s, q).await?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(EntryView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One page of the list for a query: the filters checked and normalised,
+/// read off the async threads (the API and the console list through this).
+pub async fn list_page(s: &ApiState, q: ListQuery) -> Result<Page<Entry>, ApiError> {
     let kind = q
         .kind
         .as_deref()
+        .filter(|k| !k.is_empty())
         .map(|k| {
             Kind::parse(k)
                 .ok_or_else(|| ApiError::bad_request(format!("type {k:?}: use phone or email")))
         })
         .transpose()?;
-    let value = match q.value.as_deref() {
-        Some(v) => Some(parse_value(&s, v)?.canonical()),
+    let value = match q.value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => Some(parse_value(s, v)?.canonical()),
         None => None,
     };
     // A phone prefix is written as the stored form is: `+4930`, also
     // accepted as `4930` or `004930`.
-    let prefix = q.prefix.map(|p| {
+    let prefix = q.prefix.filter(|p| !p.trim().is_empty()).map(|p| {
         let p = p.trim().to_lowercase();
         if p.contains('@') || p.starts_with('+') || !p.bytes().all(|b| b.is_ascii_digit()) {
             p
@@ -109,41 +123,41 @@ pub async fn list(
         comment: q.q.filter(|c| !c.is_empty()),
         value,
         prefix,
-        before: page::id_cursor(q.cursor.as_deref())?,
+        before: page::id_cursor(q.cursor.as_deref().filter(|c| !c.is_empty()))?,
         limit,
     };
     let store = s.exceptions.store().clone();
     let items = blocking(move || store.list(&filter).map_err(ApiError::internal)).await?;
-    let items: Vec<EntryView> = items.into_iter().map(EntryView::from).collect();
-    Ok(Json(Page::new(items, limit, |e| e.id.to_string())))
+    Ok(Page::new(items, limit, |e| e.id.to_string()))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct AddBody {
     /// One value…
-    value: Option<String>,
+    pub value: Option<String>,
     /// …or a CRM record (`lead:123`, `deal:45`, `contact:7`, `company:9`)
     /// with all its phones and e-mails.
-    entity: Option<String>,
+    pub entity: Option<String>,
     #[serde(default)]
-    phones: Vec<String>,
+    pub phones: Vec<String>,
     #[serde(default)]
-    emails: Vec<String>,
+    pub emails: Vec<String>,
     #[serde(default)]
-    comment: String,
+    pub comment: String,
     /// RFC 3339 time after which the entry no longer applies.
-    expires_at: Option<String>,
+    pub expires_at: Option<String>,
     /// Or: seconds from now.
-    ttl_seconds: Option<u64>,
+    pub ttl_seconds: Option<u64>,
 }
 
 #[derive(Serialize)]
 pub struct AddAnswer {
     #[serde(flatten)]
-    counts: Upserted,
+    pub counts: Upserted,
     /// The normalised values written.
-    values: Vec<String>,
+    pub values: Vec<String>,
 }
 
 fn check_entity(e: &str) -> Result<(), ApiError> {
@@ -162,7 +176,9 @@ fn check_entity(e: &str) -> Result<(), ApiError> {
     }
 }
 
-fn expiry(body: &AddBody, now: i64) -> Result<Option<i64>, ApiError> {
+/// The expiry `body` asks for (`expires_at` or `ttl_seconds`), checked
+/// to be in the future.
+pub fn expiry(body: &AddBody, now: i64) -> Result<Option<i64>, ApiError> {
     let at = match (&body.expires_at, body.ttl_seconds) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -188,6 +204,17 @@ pub async fn add(
     ApiJson(body): ApiJson<AddBody>,
 ) -> Result<(StatusCode, Json<AddAnswer>), ApiError> {
     let actor = s.authorize(&headers, Role::Edit)?;
+    let (status, answer) = add_values(&s, &actor, body).await?;
+    Ok((status, Json(answer)))
+}
+
+/// Writes what `body` names (the API's `POST /exceptions` and the
+/// console's record form): 201 when something was added, else 200.
+pub async fn add_values(
+    s: &ApiState,
+    actor: &Actor,
+    body: AddBody,
+) -> Result<(StatusCode, AddAnswer), ApiError> {
     let expires_at = expiry(&body, s.exceptions.clock().now_ms())?;
     let (texts, origin): (Vec<&String>, String) = match (&body.value, &body.entity) {
         (Some(v), None) if body.phones.is_empty() && body.emails.is_empty() => {
@@ -226,7 +253,7 @@ pub async fn add(
     let mut entries = Vec::with_capacity(texts.len());
     let mut bad = Vec::new();
     for t in texts {
-        match parse_value(&s, t) {
+        match parse_value(s, t) {
             Ok(v) => entries.push(NewEntry {
                 kind: v.kind(),
                 value: v.canonical(),
@@ -246,14 +273,14 @@ pub async fn add(
     }
     let values = entries.iter().map(|e| e.value.clone()).collect();
     let ex = s.exceptions.clone();
-    let counts =
-        blocking(move || ex.write(&entries, &actor.name).map_err(ApiError::internal)).await?;
+    let name = actor.name.clone();
+    let counts = blocking(move || ex.write(&entries, &name).map_err(ApiError::internal)).await?;
     let status = if counts.added > 0 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(AddAnswer { counts, values })))
+    Ok((status, AddAnswer { counts, values }))
 }
 
 /// `DELETE /exceptions/{value}`
@@ -263,12 +290,19 @@ pub async fn remove(
     Path(value): Path<String>,
 ) -> Result<Json<EntryView>, ApiError> {
     let actor = s.authorize(&headers, Role::Edit)?;
-    let v = parse_value(&s, &value)?.canonical();
+    remove_value(&s, &actor, &value)
+        .await
+        .map(|e| Json(EntryView::from(e)))
+}
+
+/// Removes one value given in any format; 404 when it is not listed.
+pub async fn remove_value(s: &ApiState, actor: &Actor, value: &str) -> Result<Entry, ApiError> {
+    let v = parse_value(s, value)?.canonical();
     let ex = s.exceptions.clone();
     let shown = v.clone();
-    let gone = blocking(move || ex.remove(&v, &actor.name).map_err(ApiError::internal)).await?;
-    gone.map(|e| Json(EntryView::from(e)))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{shown} is not on the list")))
+    let name = actor.name.clone();
+    let gone = blocking(move || ex.remove(&v, &name).map_err(ApiError::internal)).await?;
+    gone.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{shown} is not on the list")))
 }
 
 #[derive(Deserialize)]

@@ -8,11 +8,11 @@
 
 pub mod auth;
 mod bans;
-mod calls;
+pub mod calls;
 mod contacts;
-mod exceptions;
+pub mod exceptions;
 pub mod page;
-mod screen;
+pub mod screen;
 
 use std::sync::Arc;
 

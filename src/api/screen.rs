@@ -20,28 +20,28 @@ use crate::screening::source::check_email;
 pub struct NumberQuery {
     /// The client: caller of an inbound call, number dialled by an
     /// outbound one; empty or `anonymous` for a withheld caller.
-    number: String,
+    pub number: String,
     /// The line: the number dialled (inbound) or the PBX caller (outbound).
-    line: String,
-    direction: String,
+    pub line: String,
+    pub direction: String,
 }
 
 #[derive(Serialize)]
 pub struct NumberAnswer {
-    verdict: &'static str,
-    direction: &'static str,
-    client: String,
-    line: Option<String>,
-    create: &'static str,
-    source: String,
-    responsible: Option<String>,
+    pub verdict: &'static str,
+    pub direction: &'static str,
+    pub client: String,
+    pub line: Option<String>,
+    pub create: &'static str,
+    pub source: String,
+    pub responsible: Option<String>,
     /// The `X-CRM-*` headers an inbound INVITE would carry (without
     /// `X-CRM-Call-Id`: this is not a call).
-    tags: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
     /// On a `forward = "ruri"` line, the extension the Request-URI user
     /// becomes (the responsible's); absent when the R-URI is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
-    forward_to: Option<String>,
+    pub forward_to: Option<String>,
 }
 
 /// `POST /screen {"number", "line", "direction"}`
@@ -51,6 +51,13 @@ pub async fn number(
     ApiJson(q): ApiJson<NumberQuery>,
 ) -> Result<Json<NumberAnswer>, ApiError> {
     s.authorize(&headers, Role::View)?;
+    screen_number(&s, &q).map(Json)
+}
+
+/// What a call from `q.number` on `q.line` would get, from the live
+/// screening path (the API and the console's "what would this caller
+/// get?" box).
+pub fn screen_number(s: &ApiState, q: &NumberQuery) -> Result<NumberAnswer, ApiError> {
     let direction = match q.direction.as_str() {
         "inbound" | "in" | "incoming" => Direction::Inbound,
         "outbound" | "out" | "outgoing" => Direction::Outbound,
@@ -72,7 +79,7 @@ pub async fn number(
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Ok(Json(NumberAnswer {
+    Ok(NumberAnswer {
         verdict: sc.verdict.as_str(),
         direction: direction.as_str(),
         client: tags.get("X-CRM-Client").cloned().unwrap_or_default(),
@@ -82,7 +89,7 @@ pub async fn number(
         responsible: d.responsible().map(str::to_string),
         tags,
         forward_to: d.forward_to().map(str::to_string),
-    }))
+    })
 }
 
 #[derive(Deserialize)]

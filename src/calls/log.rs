@@ -117,9 +117,59 @@ pub struct Filter {
     /// E.164 with `+`.
     pub line: Option<String>,
     pub verdict: Option<String>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+    /// `completed`, `failed`, `cancelled`, `expired`.
+    pub outcome: Option<String>,
     /// Start after this call (`call_id`): the cursor of the page before.
     pub after: Option<String>,
     pub limit: usize,
+}
+
+impl Filter {
+    /// Whether `r` passes the filters (the cursor and limit aside).
+    pub fn matches(&self, r: &CallRecord) -> bool {
+        self.since_ms.is_none_or(|s| r.start_ms >= s)
+            && self.until_ms.is_none_or(|u| r.start_ms < u)
+            && self
+                .line
+                .as_ref()
+                .is_none_or(|l| r.line.as_ref() == Some(l))
+            && self.verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            && self.direction.as_ref().is_none_or(|d| &r.direction == d)
+            && self.outcome.as_ref().is_none_or(|o| &r.outcome == o)
+    }
+}
+
+/// Every record matching `f` (its cursor and limit ignored), oldest file
+/// first, each file in write order, handed to `visit` one at a time: for
+/// counts and exports over the whole log without holding it in memory.
+pub fn scan(
+    dir: &Path,
+    keep: usize,
+    f: &Filter,
+    mut visit: impl FnMut(&CallRecord),
+) -> std::io::Result<()> {
+    let base = log_path(dir);
+    let files = (1..=keep)
+        .rev()
+        .map(|i| PathBuf::from(format!("{}.{i}", base.display())))
+        .chain(std::iter::once(base.clone()));
+    for path in files {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            if let Ok(r) = serde_json::from_str::<CallRecord>(&line)
+                && f.matches(&r)
+            {
+                visit(&r);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records of one page, newest first, and whether `Filter::after` was
@@ -147,12 +197,7 @@ pub fn read(dir: &Path, keep: usize, f: &Filter) -> std::io::Result<Read> {
             .lines()
             .map_while(Result::ok)
             .filter_map(|l| serde_json::from_str(&l).ok())
-            .filter(|r: &CallRecord| {
-                f.since_ms.is_none_or(|s| r.start_ms >= s)
-                    && f.until_ms.is_none_or(|u| r.start_ms < u)
-                    && f.line.as_ref().is_none_or(|l| r.line.as_ref() == Some(l))
-                    && f.verdict.as_ref().is_none_or(|v| &r.verdict == v)
-            })
+            .filter(|r| f.matches(r))
             .collect();
         recs.reverse();
         if !cursor_found {
@@ -281,5 +326,60 @@ mod tests {
         )
         .unwrap();
         assert!(!gone.cursor_found && gone.records.is_empty());
+        // scan visits every match across the files, oldest first.
+        let mut scanned = Vec::new();
+        scan(
+            dir.path(),
+            2,
+            &Filter {
+                verdict: Some("exception".into()),
+                ..Default::default()
+            },
+            |r| scanned.push(r.start_ms),
+        )
+        .unwrap();
+        let mut want: Vec<i64> = all
+            .iter()
+            .filter(|r| r.verdict == "exception")
+            .map(|r| r.start_ms)
+            .collect();
+        want.reverse();
+        assert_eq!(scanned, want);
+    }
+
+    #[test]
+    fn filters_by_direction_and_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CallLog::open(dir.path(), 1 << 20, 2).unwrap();
+        for i in 0..6 {
+            let mut r = rec(i, "log");
+            if i % 2 == 1 {
+                r.direction = "outbound".into();
+            }
+            if i % 3 == 0 {
+                r.outcome = "completed".into();
+            }
+            log.append(&r).unwrap();
+        }
+        log.flush().unwrap();
+        let got = |f: Filter| -> Vec<i64> {
+            read(dir.path(), 2, &Filter { limit: 100, ..f })
+                .unwrap()
+                .records
+                .iter()
+                .map(|r| r.start_ms)
+                .collect()
+        };
+        let out = got(Filter {
+            direction: Some("outbound".into()),
+            ..Default::default()
+        });
+        assert_eq!(out, [5, 3, 1]);
+        let done_in = got(Filter {
+            direction: Some("inbound".into()),
+            outcome: Some("completed".into()),
+            ..Default::default()
+        });
+        assert_eq!(done_in, [0]);
     }
 }

@@ -50,6 +50,9 @@ pub struct Config {
     /// Flood protection: per-source rate limits, bans, scanner filter.
     #[serde(default)]
     pub flood: FloodConfig,
+    /// Our TLS certificate and the CA peers' certificates are checked against.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[flood]`: per-source request density limits (as Kamailio's pike),
@@ -114,6 +117,54 @@ impl Default for FloodConfig {
             user_agents: SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
             allow: Vec::new(),
             ipv6_prefix: 64,
+        }
+    }
+}
+
+/// `[tls]`: PEM files, re-read on every reload (SIGHUP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Our certificate chain (leaf first) for the `[sip] tls` listeners.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<Spanned<PathBuf>>,
+    /// CA certificates: verify client certificates (`tls_verify_client`)
+    /// and, for peers without their own `tls_ca`, servers instead of the
+    /// system roots.
+    pub ca: Option<Spanned<PathBuf>>,
+}
+
+/// A peer's TLS settings (`transport = "tls"`), as written in its table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerTlsConfig {
+    /// SNI and the name its certificate must carry (default: the target host).
+    pub server_name: Option<String>,
+    /// CA file its server certificate is verified against (default: `[tls]
+    /// ca`, else the system roots).
+    pub ca: Option<PathBuf>,
+    /// Our client certificate chain and key towards it (mutual TLS).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Its TLS connections to us must present a certificate that `[tls]
+    /// ca` verifies (Microsoft Teams Direct Routing).
+    pub verify_client: bool,
+}
+
+impl PeerTlsConfig {
+    /// From a peer table's `tls_server_name`, `[tls_ca, tls_cert,
+    /// tls_key]` and `tls_verify_client`.
+    fn of(
+        server_name: &Option<String>,
+        [ca, cert, key]: [&Option<PathBuf>; 3],
+        verify_client: bool,
+    ) -> Self {
+        PeerTlsConfig {
+            server_name: server_name.clone(),
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            verify_client,
         }
     }
 }
@@ -246,14 +297,26 @@ pub enum TransportKind {
     #[default]
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2): TCP framing inside a TLS stream.
+    Tls,
 }
 
 impl TransportKind {
+    /// Every transport, in discriminant order.
+    pub const ALL: [TransportKind; 3] =
+        [TransportKind::Udp, TransportKind::Tcp, TransportKind::Tls];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Udp => "udp",
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
         }
+    }
+
+    /// Whether it runs over a connection (framing, connection reuse).
+    pub fn is_stream(self) -> bool {
+        self != TransportKind::Udp
     }
 }
 
@@ -265,11 +328,13 @@ pub struct SipConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listen addresses.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses (need `[tls] cert` and `key`).
+    pub tls: Vec<SocketAddr>,
     /// Largest message accepted on any transport, in bytes (headers + body).
     pub max_message_bytes: usize,
     /// Host written into our Via and Record-Route; default: the listener's IP.
     pub advertise: Option<String>,
-    /// Most TCP connections at once (accepted + opened by us).
+    /// Most TCP and TLS connections at once (accepted + opened by us).
     pub max_tcp_connections: usize,
     /// A TCP connection silent for this long is closed, in seconds.
     pub tcp_idle_timeout_secs: u64,
@@ -282,6 +347,7 @@ impl Default for SipConfig {
         SipConfig {
             udp: vec!["127.0.0.1:5060".parse().expect("literal address")],
             tcp: vec!["127.0.0.1:5060".parse().expect("literal address")],
+            tls: Vec::new(),
             max_message_bytes: 65536,
             advertise: None,
             max_tcp_connections: 4096,
@@ -303,6 +369,24 @@ pub struct PbxConfig {
     /// Source networks whose requests are outbound calls.
     #[serde(default)]
     pub sources: Vec<IpNet>,
+    /// TLS towards the PBX (see [`PeerTlsConfig`]).
+    pub tls_server_name: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_verify_client: bool,
+}
+
+impl PbxConfig {
+    /// Its TLS settings as one value.
+    pub fn tls(&self) -> PeerTlsConfig {
+        PeerTlsConfig::of(
+            &self.tls_server_name,
+            [&self.tls_ca, &self.tls_cert, &self.tls_key],
+            self.tls_verify_client,
+        )
+    }
 }
 
 /// `[[trunk]]`
@@ -322,6 +406,24 @@ pub struct TrunkConfig {
     /// Whether this carrier's P-Asserted-Identity names the caller.
     #[serde(default)]
     pub trust_pai: bool,
+    /// TLS towards (and from) the trunk (see [`PeerTlsConfig`]).
+    pub tls_server_name: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_verify_client: bool,
+}
+
+impl TrunkConfig {
+    /// Its TLS settings as one value.
+    pub fn tls(&self) -> PeerTlsConfig {
+        PeerTlsConfig::of(
+            &self.tls_server_name,
+            [&self.tls_ca, &self.tls_cert, &self.tls_key],
+            self.tls_verify_client,
+        )
+    }
 }
 
 /// Verdict given to a call.

@@ -22,12 +22,13 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
     let mut d = Vec::new();
     let none = 0..0;
 
-    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() {
+    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() && cfg.sip.tls.is_empty() {
         d.push(Diagnostic::new(
             none.clone(),
-            "[sip] has no listener: set udp = [...] or tcp = [...]",
+            "[sip] has no listener: set udp = [...], tcp = [...] or tls = [...]",
         ));
     }
+    check_tls(cfg, &mut d);
     if !MESSAGE_LIMIT_RANGE.contains(&cfg.sip.max_message_bytes) {
         d.push(Diagnostic::new(
             none.clone(),
@@ -51,7 +52,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         ));
     }
     if cfg.sip.advertise.is_none() {
-        for a in cfg.sip.udp.iter().chain(&cfg.sip.tcp) {
+        for a in cfg.sip.udp.iter().chain(&cfg.sip.tcp).chain(&cfg.sip.tls) {
             if a.ip().is_unspecified() {
                 d.push(Diagnostic::new(
                     none.clone(),
@@ -214,8 +215,11 @@ fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
         let listeners = match transport {
             super::TransportKind::Udp => &cfg.sip.udp,
             super::TransportKind::Tcp => &cfg.sip.tcp,
+            super::TransportKind::Tls => &cfg.sip.tls,
         };
-        if !listeners.iter().any(|l| l.is_ipv4() == target.is_ipv4()) {
+        // No TLS listener at all is check_tls's to say.
+        let none_at_all = transport == super::TransportKind::Tls && listeners.is_empty();
+        if !none_at_all && !listeners.iter().any(|l| l.is_ipv4() == target.is_ipv4()) {
             d.push(Diagnostic::new(
                 span.clone(),
                 format!(
@@ -242,6 +246,69 @@ fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
                     family(ip.is_ipv4()),
                     family(ours.is_ipv4())
                 ),
+            ));
+        }
+    }
+}
+
+/// `[sip] tls` needs `[tls] cert` and `key`; a client certificate needs
+/// its key; `tls_verify_client` needs `[tls] ca` and a TLS listener; the
+/// other `tls_*` keys only mean something with `transport = "tls"`.
+fn check_tls(cfg: &Config, d: &mut Vec<Diagnostic>) {
+    let t = &cfg.tls;
+    let at = |s: &Option<Spanned<std::path::PathBuf>>| s.as_ref().map_or(0..0, |s| s.span());
+    match (&t.cert, &t.key) {
+        (Some(_), Some(_)) => {}
+        (None, None) if cfg.sip.tls.is_empty() => {}
+        (None, None) => d.push(Diagnostic::new(
+            0..0,
+            "[sip] tls listeners need [tls] cert and key (PEM files)",
+        )),
+        (c, _) => d.push(Diagnostic::new(
+            at(c).start..at(&t.key).end,
+            "[tls] needs both cert and key",
+        )),
+    }
+    let peers = std::iter::once((
+        "the pbx".to_string(),
+        0..0,
+        cfg.pbx.transport,
+        cfg.pbx.tls(),
+    ))
+    .chain(cfg.trunks.iter().map(|tr| {
+        (
+            format!("trunk {:?}", tr.name.get_ref()),
+            tr.name.span(),
+            tr.transport,
+            tr.tls(),
+        )
+    }));
+    for (who, span, transport, p) in peers {
+        if p.cert.is_some() != p.key.is_some() {
+            d.push(Diagnostic::new(
+                span.clone(),
+                format!("{who}: tls_cert and tls_key go together"),
+            ));
+        }
+        let outbound = p.server_name.is_some() || p.ca.is_some() || p.cert.is_some();
+        if outbound && transport != super::TransportKind::Tls {
+            d.push(Diagnostic::new(
+                span.clone(),
+                format!(
+                    "{who}: tls_server_name, tls_ca, tls_cert and tls_key need transport = \"tls\""
+                ),
+            ));
+        }
+        if transport == super::TransportKind::Tls && cfg.sip.tls.is_empty() {
+            d.push(Diagnostic::new(
+                span.clone(),
+                format!("{who}: transport = \"tls\" needs a [sip] tls listener (our Record-Route and Via name it for the peer's requests back)"),
+            ));
+        }
+        if p.verify_client && (t.ca.is_none() || cfg.sip.tls.is_empty()) {
+            d.push(Diagnostic::new(
+                span,
+                format!("{who}: tls_verify_client needs [tls] ca and a [sip] tls listener"),
             ));
         }
     }
@@ -335,6 +402,50 @@ sources = ["127.0.0.2/32"]
             .replace("127.0.0.2:5070", "[2001:db8::2]:5070")
             .replace("127.0.0.2/32", "2001:db8::/64");
         let text = format!("{v6}\n[sip]\nudp = [\"[::1]:5060\"]\ntcp = [\"[::1]:5060\"]\n");
+        assert!(from_toml(Path::new("c.toml"), text).is_ok());
+    }
+
+    #[test]
+    fn tls_settings_must_fit_together() {
+        let e = errors("\n[sip]\ntls = [\"127.0.0.1:5061\"]\n");
+        assert_eq!(
+            e,
+            vec!["c.toml:1:1: [sip] tls listeners need [tls] cert and key (PEM files)"]
+        );
+        let e = errors("\n[tls]\ncert = \"a.crt\"\n");
+        assert_eq!(e, vec!["c.toml:12:8: [tls] needs both cert and key"]);
+        let text = BASE.replace(
+            "sources = [\"127.0.0.2/32\"]",
+            "sources = [\"127.0.0.2/32\"]\ntls_server_name = \"sip.example\"\ntls_cert = \"c.crt\"\ntls_verify_client = true",
+        );
+        let e = from_toml(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string();
+        let e: Vec<&str> = e.lines().collect();
+        assert_eq!(
+            e,
+            vec![
+                "c.toml:7:8: trunk \"carrier\": tls_cert and tls_key go together",
+                "c.toml:7:8: trunk \"carrier\": tls_server_name, tls_ca, tls_cert and tls_key need transport = \"tls\"",
+                "c.toml:7:8: trunk \"carrier\": tls_verify_client needs [tls] ca and a [sip] tls listener",
+            ]
+        );
+        let text = BASE.replace(
+            "sources = [\"127.0.0.2/32\"]",
+            "sources = [\"127.0.0.2/32\"]\ntransport = \"tls\"\ntls_server_name = \"sip.example\"",
+        );
+        let e = from_toml(Path::new("c.toml"), text.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "c.toml:7:8: trunk \"carrier\": transport = \"tls\" needs a [sip] tls listener"
+            ),
+            "{e}"
+        );
+        let text = format!(
+            "{text}\n[sip]\ntls = [\"127.0.0.1:5061\"]\n[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n"
+        );
         assert!(from_toml(Path::new("c.toml"), text).is_ok());
     }
 

@@ -22,11 +22,13 @@ pub struct Local {
     pub udp: Option<SocketAddr>,
     /// Our TCP listener, if any.
     pub tcp: Option<SocketAddr>,
+    /// Our TLS listener, if any.
+    pub tls: Option<SocketAddr>,
     keys: [RandomState; 2],
-    /// `Via: SIP/2.0/UDP host:port;branch=` per transport (UDP, TCP).
-    via_prefix: [Vec<u8>; 2],
-    /// `Record-Route: <sip:host:port;lr>\r\n` per transport (UDP, TCP).
-    record_route: [Vec<u8>; 2],
+    /// `Via: SIP/2.0/UDP host:port;branch=` per transport (UDP, TCP, TLS).
+    via_prefix: [Vec<u8>; 3],
+    /// `Record-Route: <sip:host:port;lr>\r\n` per transport (UDP, TCP, TLS).
+    record_route: [Vec<u8>; 3],
 }
 
 impl Local {
@@ -45,22 +47,37 @@ impl Local {
             host,
             udp,
             tcp,
+            tls: None,
             keys: [RandomState::new(), RandomState::new()],
-            via_prefix: [Vec::new(), Vec::new()],
-            record_route: [Vec::new(), Vec::new()],
+            via_prefix: Default::default(),
+            record_route: Default::default(),
         };
-        for t in [TransportKind::Udp, TransportKind::Tcp] {
+        l.write_prefixes();
+        l
+    }
+
+    /// Adds our TLS listener (Via and Record-Route for TLS name it).
+    pub fn with_tls(mut self, tls: Option<SocketAddr>) -> Local {
+        self.tls = tls;
+        self.write_prefixes();
+        self
+    }
+
+    fn write_prefixes(&mut self) {
+        for t in TransportKind::ALL {
+            // RFC 5630: `sips:` is not needed for TLS on the next hop;
+            // `sip:...;transport=tls` says just that.
             let (name, param) = match t {
                 TransportKind::Udp => ("UDP", ""),
                 TransportKind::Tcp => ("TCP", ";transport=tcp"),
+                TransportKind::Tls => ("TLS", ";transport=tls"),
             };
-            let port = l.port(t);
-            l.via_prefix[t as usize] =
-                format!("Via: SIP/2.0/{name} {}:{port};branch=", l.host).into_bytes();
-            l.record_route[t as usize] =
-                format!("Record-Route: <sip:{}:{port}{param};lr>\r\n", l.host).into_bytes();
+            let port = self.port(t);
+            self.via_prefix[t as usize] =
+                format!("Via: SIP/2.0/{name} {}:{port};branch=", self.host).into_bytes();
+            self.record_route[t as usize] =
+                format!("Record-Route: <sip:{}:{port}{param};lr>\r\n", self.host).into_bytes();
         }
-        l
     }
 
     /// `Via: SIP/2.0/T host:port;branch=` for `transport`.
@@ -78,8 +95,16 @@ impl Local {
         let a = match transport {
             TransportKind::Udp => self.udp.or(self.tcp),
             TransportKind::Tcp => self.tcp.or(self.udp),
+            TransportKind::Tls => self.tls,
         };
-        a.map_or(5060, |a| a.port())
+        a.map_or(
+            if transport == TransportKind::Tls {
+                5061
+            } else {
+                5060
+            },
+            |a| a.port(),
+        )
     }
 
     /// Whether `host:port` names us.
@@ -88,7 +113,10 @@ impl Local {
             return false;
         }
         let p = port.unwrap_or(5060);
-        self.udp.is_some_and(|a| a.port() == p) || self.tcp.is_some_and(|a| a.port() == p)
+        let tls = port.unwrap_or(5061);
+        self.udp.is_some_and(|a| a.port() == p)
+            || self.tcp.is_some_and(|a| a.port() == p)
+            || self.tls.is_some_and(|a| a.port() == tls)
     }
 
     /// Whether a Via value is one we wrote.
@@ -197,6 +225,16 @@ mod tests {
         assert!(l.is_me(b"127.0.0.1", None));
         assert!(!l.is_me(b"127.0.0.1", Some(5080)));
         assert!(!l.is_me(b"127.0.0.2", Some(5060)));
+        let l = l.with_tls(Some("127.0.0.1:5071".parse().unwrap()));
+        assert!(l.is_me(b"127.0.0.1", Some(5071)));
+        assert_eq!(
+            l.record_route(TransportKind::Tls),
+            b"Record-Route: <sip:127.0.0.1:5071;transport=tls;lr>\r\n"
+        );
+        assert!(
+            l.via_prefix(TransportKind::Tls)
+                .starts_with(b"Via: SIP/2.0/TLS 127.0.0.1:5071;")
+        );
         let id = l.call_id(b"abc", b"t1");
         assert_eq!(id, l.call_id(b"abc", b"t1"));
         assert_ne!(id, l.call_id(b"abc", b"t2"));

@@ -207,6 +207,29 @@ fn report(
     });
 }
 
+/// RFC 5923: a request whose top Via carries `alias` lets requests
+/// towards its sent-by reuse the connection it came on. Honoured only when
+/// the sent-by is the connection's own IP (a peer cannot claim another
+/// address); only configured peers get here.
+fn connection_alias(msg: &Message, transport: TransportKind, remote: SocketAddr, out: &Sender) {
+    let Some(via) = msg.top_via() else { return };
+    if crate::sip::values::param(via.params, b"alias").is_none() {
+        return;
+    }
+    let Some(ip) = request::ip_literal(via.host).filter(|ip| *ip == remote.ip()) else {
+        return;
+    };
+    let default = if transport == TransportKind::Tls {
+        5061
+    } else {
+        5060
+    };
+    let sent_by = SocketAddr::new(ip, via.port.unwrap_or(default));
+    if sent_by != remote {
+        out.alias(transport, remote, sent_by);
+    }
+}
+
 /// The user part (or whole URI) of a REFER's `Refer-To` (`r`).
 fn refer_target(msg: &Message) -> Option<String> {
     let h = msg.headers().iter().find(|h| {
@@ -284,6 +307,9 @@ impl Handler for Proxy {
             return;
         }
         self.metrics.message(inb.transport, method, side.origin());
+        if inb.transport.is_stream() && method.is_some() && side != Side::Unknown {
+            connection_alias(&msg, inb.transport, inb.remote, out);
+        }
         let outcome = if limited && method.is_some_and(|m| refused_when_limited(&msg, m)) {
             Outcome::Reply {
                 code: 503,
@@ -348,6 +374,69 @@ impl Handler for Proxy {
                 tracing::debug!(remote = %inb.remote, reason, "message dropped");
                 self.metrics.sip_error(reason);
             }
+        }
+    }
+
+    fn tls_accept(&self, remote: SocketAddr) -> Option<Arc<rustls::ServerConfig>> {
+        let rt = self.runtime.load();
+        let tls = rt.tls.as_ref()?;
+        let peer = match rt.routing.classify(remote.ip()) {
+            Side::Trunk(i) => &rt.routing.trunks[i],
+            Side::Pbx => &rt.routing.pbx,
+            // A stranger's handshake is not worth the CPU: it would get a
+            // 403 after it.
+            Side::Unknown => return None,
+        };
+        if peer.verify_client {
+            tls.mutual.clone()
+        } else {
+            Some(tls.plain.clone())
+        }
+    }
+
+    fn tls_connect(&self, dest: SocketAddr) -> Option<crate::tls::ClientTls> {
+        let rt = self.runtime.load();
+        let r = &rt.routing;
+        let peer = if r.pbx.owns(dest.ip()) {
+            &r.pbx
+        } else {
+            r.trunk_owning(dest.ip())?
+        };
+        peer.tls.as_deref().cloned()
+    }
+
+    /// A request whose next hop could not be reached is answered 503 for
+    /// it, as the next hop would have (RFC 3261 §16.7 step 2): the 503
+    /// goes the way a response from there goes, so the caller learns at
+    /// once instead of after its timer B. Anything else is dropped.
+    fn on_undeliverable(
+        &self,
+        transport: TransportKind,
+        dest: SocketAddr,
+        data: Bytes,
+        out: &Sender,
+    ) {
+        self.metrics.sip_error("unreachable");
+        let Ok(req) = Message::scan(data) else { return };
+        if req.method().is_none_or(|m| m == Method::Ack) {
+            return;
+        }
+        tracing::info!(%dest, transport = transport.as_str(), "next hop unreachable: request answered 503");
+        let answer = reply::build(&req, 503, dest, &self.local, b"");
+        let Ok(resp) = Message::scan(answer) else {
+            return;
+        };
+        let rt = self.runtime.load();
+        if let Outcome::Forward {
+            dest,
+            transport,
+            data,
+            ..
+        } = response::route(&rt, &self.local, &resp, Side::Pbx)
+            && self.send(out, transport, dest, data)
+            && let Some(calls) = self.calls.get()
+        {
+            report(calls, &resp, None, Side::Pbx, None);
         }
     }
 

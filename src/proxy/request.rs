@@ -384,7 +384,7 @@ fn delete_values(msg: &Message, vals: &[(usize, Range<usize>)], e: &mut Edits) {
 }
 
 /// The `received` / `rport` a server adds to the top Via (RFC 3261
-/// §18.2.1, RFC 3581). Over TCP `rport` is always filled in, so that
+/// §18.2.1, RFC 3581). Over TCP and TLS `rport` is always filled in, so that
 /// responses find the request's connection again.
 fn received_edits(
     msg: &Message,
@@ -454,7 +454,7 @@ fn via_fixups(
         }
         _ => None,
     };
-    let add_rport = rport.is_none() && transport == TransportKind::Tcp;
+    let add_rport = rport.is_none() && transport.is_stream();
     let needs_received = via.received().is_none()
         && (rport.is_some() || add_rport || ip_literal(via.host) != Some(remote.ip()));
     (rport_at, needs_received.then_some(add_rport))

@@ -37,6 +37,8 @@ pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome<
         TransportKind::Udp
     } else if next.transport.eq_ignore_ascii_case(b"TCP") {
         TransportKind::Tcp
+    } else if next.transport.eq_ignore_ascii_case(b"TLS") {
+        TransportKind::Tls
     } else {
         return Outcome::Drop("response_transport");
     };

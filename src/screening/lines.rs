@@ -134,6 +134,13 @@ impl LineTable {
             .unwrap_or(&self.defaults)
     }
 
+    /// The `[[line]]` numbers and their settings, in number order.
+    pub fn configured(&self) -> Vec<(u64, &LineSettings)> {
+        let mut v: Vec<(u64, &LineSettings)> = self.lines.iter().map(|(n, s)| (*n, s)).collect();
+        v.sort_unstable_by_key(|(n, _)| *n);
+        v
+    }
+
     /// The defaults (numbers without a `[[line]]`).
     pub fn defaults(&self) -> &LineSettings {
         &self.defaults

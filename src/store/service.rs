@@ -251,10 +251,24 @@ impl Exceptions {
     /// On error the report says what was committed before it.
     pub fn import(
         &self,
+        r: impl BufRead,
+        normalizer: &Normalizer,
+        actor: &str,
+        origin: &str,
+        progress: impl FnMut(u64),
+    ) -> (ImportReport, Result<(), ImportError>) {
+        self.import_until(r, normalizer, actor, origin, None, progress)
+    }
+
+    /// As [`import`](Self::import), every entry written with `expires_at`
+    /// (the console's "Add to list" with an expiry).
+    pub fn import_until(
+        &self,
         mut r: impl BufRead,
         normalizer: &Normalizer,
         actor: &str,
         origin: &str,
+        expires_at: Option<i64>,
         mut progress: impl FnMut(u64),
     ) -> (ImportReport, Result<(), ImportError>) {
         let mut report = ImportReport::default();
@@ -287,7 +301,7 @@ impl Exceptions {
                     given,
                     comment,
                     origin: origin.to_string(),
-                    expires_at: None,
+                    expires_at,
                 }),
                 Ok(None) => {}
                 Err(reason) => {

@@ -3,8 +3,8 @@
 //! core as an [`Inbound`] and the core answers through a [`Sender`].
 //!
 //! UDP listeners are read by dedicated threads in a blocking, batched
-//! receive (the kernel wakes them directly, no runtime scheduling); TCP by
-//! async tasks.
+//! receive (the kernel wakes them directly, no runtime scheduling); TCP and
+//! TLS (one stream implementation, `tcp.rs`) by async tasks.
 //!
 //! Sending never blocks the caller: UDP sends from the listening socket with
 //! `MSG_DONTWAIT` (so peers see our well-known port), TCP pushes into a bounded
@@ -61,6 +61,31 @@ pub trait Handler: Send + Sync + 'static {
         head: &[u8],
         err: &FramingError,
     ) -> Option<Bytes>;
+
+    /// The server config for a TLS connection accepted from `remote`
+    /// (its certificate, and whether a client certificate is required);
+    /// `None` refuses the connection. Called once per connection.
+    fn tls_accept(&self, _remote: SocketAddr) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+
+    /// How to open TLS towards `dest` (roots, client certificate, server
+    /// name); `None`: no TLS settings for it, the connection is not opened.
+    fn tls_connect(&self, _dest: SocketAddr) -> Option<crate::tls::ClientTls> {
+        None
+    }
+
+    /// `data` was queued for `dest` but no connection could be opened
+    /// (refused, timed out, TLS handshake failed). Runs on a connection
+    /// task; must not block.
+    fn on_undeliverable(
+        &self,
+        _transport: TransportKind,
+        _dest: SocketAddr,
+        _data: Bytes,
+        _out: &Sender,
+    ) {
+    }
 }
 
 /// Hands `msg` to the handler, as every receive loop does. A panic in the
@@ -138,6 +163,7 @@ impl SendError {
 pub struct Sender {
     pub(crate) udp: Arc<udp::UdpSide>,
     pub(crate) tcp: Arc<tcp::TcpSide>,
+    pub(crate) tls: Arc<tcp::TcpSide>,
 }
 
 impl Sender {
@@ -152,6 +178,17 @@ impl Sender {
         match transport {
             TransportKind::Udp => self.udp.send(dest, data),
             TransportKind::Tcp => self.tcp.send(dest, data),
+            TransportKind::Tls => self.tls.send(dest, data),
+        }
+    }
+
+    /// RFC 5923: requests towards `alias` may use the connection from
+    /// `conn` (a stream transport; no-op for UDP or a closed connection).
+    pub fn alias(&self, transport: TransportKind, conn: SocketAddr, alias: SocketAddr) {
+        match transport {
+            TransportKind::Udp => {}
+            TransportKind::Tcp => self.tcp.alias(conn, alias),
+            TransportKind::Tls => self.tls.alias(conn, alias),
         }
     }
 
@@ -161,14 +198,16 @@ impl Sender {
         match transport {
             TransportKind::Udp => self.udp.local_addr(),
             TransportKind::Tcp => self.tcp.local_addr(),
+            TransportKind::Tls => self.tls.local_addr(),
         }
     }
 }
 
-/// The bound listeners of both transports.
+/// The bound listeners of every transport.
 pub struct Transports {
     udp: Arc<udp::UdpSide>,
     tcp: Arc<tcp::TcpSide>,
+    tls: Arc<tcp::TcpSide>,
 }
 
 /// Binds every listener in `cfg` now (fail fast; the error names the address).
@@ -178,17 +217,23 @@ pub async fn bind(
 ) -> std::io::Result<Transports> {
     let udp = udp::UdpSide::bind(&cfg.udp, cfg.udp_receivers, metrics.clone())?;
     let idle = std::time::Duration::from_secs(cfg.tcp_idle_timeout_secs.max(1));
-    let tcp = tcp::TcpSide::bind(
-        &cfg.tcp,
-        cfg.max_tcp_connections,
-        cfg.max_message_bytes,
-        idle,
-        metrics,
-    )
-    .await?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_tcp_connections.max(1)));
+    let stream = |kind, addrs| {
+        tcp::TcpSide::bind(
+            kind,
+            addrs,
+            permits.clone(),
+            cfg.max_message_bytes,
+            idle,
+            metrics.clone(),
+        )
+    };
+    let tcp = stream(TransportKind::Tcp, &cfg.tcp).await?;
+    let tls = stream(TransportKind::Tls, &cfg.tls).await?;
     Ok(Transports {
         udp: Arc::new(udp),
         tcp: Arc::new(tcp),
+        tls: Arc::new(tls),
     })
 }
 
@@ -198,6 +243,7 @@ impl Transports {
         Sender {
             udp: self.udp.clone(),
             tcp: self.tcp.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -211,6 +257,11 @@ impl Transports {
         self.tcp.addrs()
     }
 
+    /// Actual TLS listen addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls.addrs()
+    }
+
     /// Receives until `shutdown` fires, handing every message to `handler`.
     pub async fn run(self, handler: Arc<dyn Handler>, shutdown: crate::shutdown::Shutdown) {
         let sender = self.sender();
@@ -218,7 +269,10 @@ impl Transports {
             self.udp
                 .clone()
                 .run(handler.clone(), sender.clone(), shutdown.clone()),
-            self.tcp.clone().run(handler, sender, shutdown),
+            self.tcp
+                .clone()
+                .run(handler.clone(), sender.clone(), shutdown.clone()),
+            self.tls.clone().run(handler, sender, shutdown),
         );
     }
 }
@@ -287,18 +341,28 @@ pub(crate) mod testing {
             let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
             let pick = |on: bool| if on { vec![lo] } else { vec![] };
             let udp = udp::UdpSide::bind(&pick(with_udp), 1, metrics.clone()).unwrap();
-            let tcp = tcp::TcpSide::bind(
-                &pick(with_tcp),
-                16,
-                65536,
-                Duration::from_secs(60),
-                metrics.clone(),
-            )
-            .await
-            .unwrap();
+            let permits = Arc::new(tokio::sync::Semaphore::new(16));
+            let stream = |kind, addrs: Vec<SocketAddr>| {
+                let (permits, metrics) = (permits.clone(), metrics.clone());
+                async move {
+                    tcp::TcpSide::bind(
+                        kind,
+                        &addrs,
+                        permits,
+                        65536,
+                        Duration::from_secs(60),
+                        metrics,
+                    )
+                    .await
+                    .unwrap()
+                }
+            };
+            let tcp = stream(TransportKind::Tcp, pick(with_tcp)).await;
+            let tls = stream(TransportKind::Tls, vec![]).await;
             let transports = super::Transports {
                 udp: Arc::new(udp),
                 tcp: Arc::new(tcp),
+                tls: Arc::new(tls),
             };
             let (udp, tcp) = (
                 transports.udp_addrs().first().copied(),

@@ -1,9 +1,17 @@
-//! TCP: accepted and opened connections share one table keyed by the
-//! peer's address; a response to a request that came over TCP goes back
-//! on that connection. Each connection has a reader (framing + handler)
-//! and a writer draining a bounded queue, so `send` never waits. A
-//! framing error closes only its own connection, after writing the
-//! handler's answer. A semaphore caps connections.
+//! Stream transports, TCP and TLS, in one implementation generic over the
+//! stream: TLS is a TCP connection with a rustls handshake first and a
+//! stream wrapper after it; framing, the connection table, queues,
+//! keep-alives and limits are the same code.
+//!
+//! Accepted and opened connections share one table keyed by the peer's
+//! address (plus the RFC 5923 aliases its requests announced); a response
+//! to a request that came over a connection goes back on that connection.
+//! Each connection has a reader (framing + handler) and a writer draining a
+//! bounded queue, so `send` never waits. A framing error closes only its
+//! own connection, after writing the handler's answer. A semaphore (shared
+//! by TCP and TLS) caps connections. A connection that cannot be opened
+//! (refused, timed out, TLS handshake failed) hands every message queued
+//! for it back to the handler ([`Handler::on_undeliverable`]).
 //!
 //! A panic while handling one message is caught ([`super::deliver`]) and
 //! the connection goes on; one in the framing of a stream closes that
@@ -17,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -28,8 +36,15 @@ use crate::sip::framing::{Decoder, Frame};
 
 /// Messages queued per connection before `send` reports it full.
 const QUEUE: usize = 256;
-/// How long opening a connection may take.
+/// How long opening a connection (and its TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection just opened: plain, or TLS after its handshake; with our
+/// local address.
+enum Stream {
+    Plain(TcpStream, SocketAddr),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>, SocketAddr),
+}
 
 /// What connection tasks need, set once `run` starts.
 struct Ctx {
@@ -38,8 +53,10 @@ struct Ctx {
     shutdown: Shutdown,
 }
 
-/// The TCP listeners and connection table.
+/// The listeners and connection table of one stream transport.
 pub struct TcpSide {
+    /// `Tcp` or `Tls`.
+    kind: TransportKind,
     listeners: Mutex<Vec<TcpListener>>,
     addrs: Vec<SocketAddr>,
     conns: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
@@ -51,10 +68,12 @@ pub struct TcpSide {
 }
 
 impl TcpSide {
-    /// Binds every address.
+    /// Binds every address for `kind` (`Tcp` or `Tls`); `permits` is
+    /// the connection limit shared with the other stream transport.
     pub async fn bind(
+        kind: TransportKind,
         addrs: &[SocketAddr],
-        max_connections: usize,
+        permits: Arc<Semaphore>,
         max_message: usize,
         idle: Duration,
         metrics: Arc<Metrics>,
@@ -62,17 +81,18 @@ impl TcpSide {
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
         for a in addrs {
-            let l = TcpListener::bind(a)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("tcp {a}: {e}")))?;
+            let l = TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{} {a}: {e}", kind.as_str()))
+            })?;
             bound.push(l.local_addr()?);
             listeners.push(l);
         }
         Ok(TcpSide {
+            kind,
             listeners: Mutex::new(listeners),
             addrs: bound,
             conns: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            permits,
             max_message,
             idle,
             metrics,
@@ -122,29 +142,97 @@ impl TcpSide {
         conns.insert(dest, tx.clone());
         let me = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dest)).await {
-                Ok(Ok(stream)) => me.serve(stream, dest, tx, rx, permit).await,
-                Ok(Err(e)) => {
-                    tracing::warn!(%dest, error = %e, "tcp connect failed");
-                    me.forget(dest, &tx);
-                    me.metrics.sip_error("tcp_connect");
-                }
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, me.connect(dest)).await;
+            match opened {
+                Ok(Ok(opened)) => match opened {
+                    Stream::Plain(s, local) => me.serve(s, local, dest, tx, rx, permit).await,
+                    Stream::Tls(s, local) => me.serve(*s, local, dest, tx, rx, permit).await,
+                },
+                Ok(Err(e)) => me.unreachable(dest, &e.to_string(), tx, rx),
                 Err(_) => {
-                    tracing::warn!(%dest, "tcp connect timed out");
-                    me.forget(dest, &tx);
-                    me.metrics.sip_error("tcp_connect");
+                    if me.kind == TransportKind::Tls {
+                        me.metrics.tls_handshake(false, "timeout");
+                    }
+                    me.unreachable(dest, "timed out", tx, rx);
                 }
             }
         });
         Ok(())
     }
 
-    /// Removes `dest`'s entry if it is still this connection's.
+    /// Opens a connection to `dest` (and for TLS, handshakes).
+    async fn connect(&self, dest: SocketAddr) -> std::io::Result<Stream> {
+        let tcp = TcpStream::connect(dest).await?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr()?;
+        if self.kind != TransportKind::Tls {
+            return Ok(Stream::Plain(tcp, local));
+        }
+        let ctx = self
+            .ctx
+            .get()
+            .ok_or_else(|| std::io::Error::other("not running"))?;
+        let Some(tls) = ctx.handler.tls_connect(dest) else {
+            self.metrics.tls_handshake(false, "no_config");
+            self.metrics.sip_error("send_no_tls");
+            return Err(std::io::Error::other("no TLS settings for this peer"));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config);
+        match connector.connect(tls.server_name, tcp).await {
+            Ok(s) => {
+                self.metrics.tls_handshake(false, "ok");
+                Ok(Stream::Tls(
+                    Box::new(tokio_rustls::TlsStream::Client(s)),
+                    local,
+                ))
+            }
+            Err(e) => {
+                self.metrics
+                    .tls_handshake(false, crate::tls::failure_reason(&e));
+                self.metrics.sip_error("tls_handshake");
+                Err(std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))
+            }
+        }
+    }
+
+    /// A connection to `dest` could not be opened: forget it and hand
+    /// what was queued for it back to the handler.
+    fn unreachable(
+        &self,
+        dest: SocketAddr,
+        why: &str,
+        tx: mpsc::Sender<Bytes>,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) {
+        let kind = self.kind.as_str();
+        tracing::warn!(%dest, error = why, "{kind} connection could not be opened");
+        self.metrics.sip_error("tcp_connect");
+        self.forget(dest, &tx);
+        drop(tx);
+        rx.close();
+        let Some(ctx) = self.ctx.get() else { return };
+        while let Ok(data) = rx.try_recv() {
+            ctx.handler
+                .on_undeliverable(self.kind, dest, data, &ctx.sender);
+        }
+    }
+
+    /// Also reaches the connection from `conn` under `alias` (RFC 5923:
+    /// the peer's Via announced it for requests towards its sent-by).
+    pub fn alias(&self, conn: SocketAddr, alias: SocketAddr) {
+        let mut conns = lock(&self.conns);
+        if let Some(tx) = conns.get(&conn).cloned() {
+            conns.entry(alias).or_insert(tx);
+        }
+    }
+
+    /// Removes `dest`'s entry (and the aliases) if still this connection's.
     fn forget(&self, dest: SocketAddr, tx: &mpsc::Sender<Bytes>) {
         let mut conns = lock(&self.conns);
         if conns.get(&dest).is_some_and(|t| t.same_channel(tx)) {
             conns.remove(&dest);
         }
+        conns.retain(|_, t| !t.same_channel(tx));
     }
 
     /// Accept loops, until shutdown.
@@ -171,14 +259,14 @@ impl TcpSide {
                         r = l.accept() => match r {
                             Ok(x) => x,
                             Err(e) => {
-                                tracing::warn!(error = %e, "tcp accept failed");
+                                tracing::warn!(error = %e, "{} accept failed", me.kind.as_str());
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 continue;
                             }
                         },
                     };
                     if me.ctx.get().is_some_and(|c| !c.handler.admit(remote)) {
-                        tracing::debug!(%remote, "tcp connection from a banned source refused");
+                        tracing::debug!(%remote, "{} connection from a banned source refused", me.kind.as_str());
                         drop(stream);
                         continue;
                     }
@@ -187,10 +275,8 @@ impl TcpSide {
                         drop(stream);
                         continue;
                     };
-                    let (tx, rx) = mpsc::channel(QUEUE);
-                    lock(&me.conns).insert(remote, tx.clone());
                     let me2 = me.clone();
-                    tokio::spawn(async move { me2.serve(stream, remote, tx, rx, permit).await });
+                    tokio::spawn(async move { me2.accepted(stream, remote, permit).await });
                 }
             });
         }
@@ -199,28 +285,68 @@ impl TcpSide {
             // handler; should it panic all the same, say so.
             if let Err(e) = done {
                 if e.is_panic() {
-                    self.metrics.panic("tcp");
+                    self.metrics.panic(self.kind.as_str());
                 }
-                tracing::error!(error = %e, "a TCP accept loop ended");
+                tracing::error!(error = %e, "a {} accept loop ended", self.kind.as_str());
             }
         }
     }
 
-    /// Runs one connection until it closes, errs, idles out or shutdown.
-    async fn serve(
+    /// An accepted connection: for TLS the handshake first (bounded by
+    /// the connect timeout), with the server config the handler picks for
+    /// the peer; then it is entered in the table and served.
+    async fn accepted(
         self: Arc<Self>,
         stream: TcpStream,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(remote);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        if self.kind != TransportKind::Tls {
+            lock(&self.conns).insert(remote, tx.clone());
+            return self.serve(stream, local, remote, tx, rx, permit).await;
+        }
+        let Some(ctx) = self.ctx.get() else { return };
+        let Some(config) = ctx.handler.tls_accept(remote) else {
+            self.metrics.tls_handshake(true, "refused");
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let reason = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => {
+                self.metrics.tls_handshake(true, "ok");
+                lock(&self.conns).insert(remote, tx.clone());
+                let s = tokio_rustls::TlsStream::Server(s);
+                return self.serve(s, local, remote, tx, rx, permit).await;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "TLS handshake from a client failed");
+                crate::tls::failure_reason(&e)
+            }
+            Err(_) => "timeout",
+        };
+        self.metrics.tls_handshake(true, reason);
+        self.metrics.sip_error("tls_handshake");
+    }
+
+    /// Runs one connection until it closes, errs, idles out or shutdown.
+    async fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        local: SocketAddr,
         remote: SocketAddr,
         tx: mpsc::Sender<Bytes>,
         mut rx: mpsc::Receiver<Bytes>,
         _permit: OwnedSemaphorePermit,
-    ) {
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let Some(ctx) = self.ctx.get() else { return };
-        let gauge = self.metrics.tcp_connections();
+        let gauge = self.metrics.connections(self.kind);
         gauge.inc();
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(remote);
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let writer = tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
@@ -241,17 +367,18 @@ impl TcpSide {
                 Ok(false) => break,
                 Err(payload) => {
                     // The stream's framing state is unknown now: close it.
-                    self.metrics.panic("tcp");
+                    self.metrics.panic(self.kind.as_str());
                     tracing::error!(
                         %remote,
                         panic = panic_text(&*payload),
-                        "panic while framing a TCP stream: connection closed, listener goes on"
+                        "panic while framing a {} stream: connection closed, listener goes on",
+                        self.kind.as_str()
                     );
                     break;
                 }
             }
             if !ctx.handler.admit(remote) {
-                tracing::debug!(%remote, "tcp connection from a banned source closed");
+                tracing::debug!(%remote, "{} connection from a banned source closed", self.kind.as_str());
                 break;
             }
             if buf.capacity() - buf.len() < 4096 {
@@ -265,7 +392,7 @@ impl TcpSide {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    tracing::debug!(%remote, "tcp connection idle, closing");
+                    tracing::debug!(%remote, "{} connection idle, closing", self.kind.as_str());
                     break;
                 }
             }
@@ -298,14 +425,14 @@ impl TcpSide {
                 Ok(Some(Frame::Message(data))) => deliver(
                     &*ctx.handler,
                     Inbound {
-                        transport: TransportKind::Tcp,
+                        transport: self.kind,
                         local,
                         remote,
                         data,
                     },
                     &ctx.sender,
                     &self.metrics,
-                    "tcp",
+                    self.kind.as_str(),
                 ),
                 Ok(Some(Frame::Ping)) => {
                     let _ = tx.try_send(Bytes::from_static(b"\r\n"));
@@ -313,11 +440,11 @@ impl TcpSide {
                 Ok(Some(Frame::Pong)) => {}
                 Ok(None) => return true,
                 Err(e) => {
-                    tracing::debug!(%remote, error = %e, "tcp framing error, closing");
+                    tracing::debug!(%remote, error = %e, "{} framing error, closing", self.kind.as_str());
                     self.metrics.sip_error(e.reason());
-                    if let Some(answer) =
-                        ctx.handler
-                            .on_framing_error(TransportKind::Tcp, local, remote, buf, &e)
+                    if let Some(answer) = ctx
+                        .handler
+                        .on_framing_error(self.kind, local, remote, buf, &e)
                     {
                         let _ = tx.try_send(answer);
                     }

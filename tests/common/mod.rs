@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod crm;
+pub mod tls;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use sipscreen::server::Server;
 use sipscreen::shutdown::{self, Trigger};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 
 pub const WAIT: Duration = Duration::from_secs(3);
 
@@ -31,6 +32,8 @@ pub struct Harness {
     pub pbx_tcp: TcpListener,
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
+    /// The TLS listener, when the config has one.
+    pub sip_tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub task: tokio::task::JoinHandle<()>,
@@ -120,6 +123,18 @@ impl Harness {
     }
 
     async fn start_full(pbx_transport: &str, admin: &str, sip: &str, extra: &str) -> Harness {
+        Self::start_edited(pbx_transport, admin, sip, extra, |t, _| t).await
+    }
+
+    /// As `start_with`, the config text passed through `edit` (with the
+    /// harness's directory) before it is written.
+    pub async fn start_edited(
+        pbx_transport: &str,
+        admin: &str,
+        sip: &str,
+        extra: &str,
+        edit: impl FnOnce(String, &std::path::Path) -> String,
+    ) -> Harness {
         let trunk = UdpSocket::bind("127.0.0.2:0").await.expect("bind trunk");
         let pbx = UdpSocket::bind("127.0.0.1:0").await.expect("bind pbx");
         let stranger = UdpSocket::bind("127.0.0.3:0").await.expect("bind stranger");
@@ -147,6 +162,7 @@ impl Harness {
                 &format!("tcp = [\"127.0.0.1:0\"]\n{sip}"),
             )
             + extra;
+        let text = edit(text, dir.path());
         let config_path = dir.path().join("sipscreen.toml");
         std::fs::write(&config_path, text).unwrap();
         let bound = Server::bind(&config_path).await.expect("server starts");
@@ -156,6 +172,7 @@ impl Harness {
         Harness {
             sip_udp: server.udp[0],
             sip_tcp: server.tcp[0],
+            sip_tls: server.tls.first().copied(),
             server,
             trigger,
             trunk,
@@ -278,7 +295,7 @@ pub async fn nothing(sock: &UdpSocket, ms: u64) {
 }
 
 /// Reads one SIP message (headers + Content-Length body) from a stream.
-pub async fn read_sip(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+pub async fn read_sip<S: AsyncRead + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> String {
     loop {
         if let Some(end) = find(pending, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end]).to_string();
@@ -300,7 +317,7 @@ pub async fn read_sip(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
     }
 }
 
-pub async fn write_all(stream: &mut TcpStream, data: &[u8]) {
+pub async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, data: &[u8]) {
     stream.write_all(data).await.expect("write");
 }
 

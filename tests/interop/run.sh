@@ -26,6 +26,14 @@
 #      to build the chroot, g fails.
 #   h. the systemd unit in deploy/systemd passes `systemd-analyze verify`
 #      and scores a sandboxing exposure of at most 2.0.
+#   i. Kamailio with its TLS module as a TLS carrier: SIPp carrier (UDP) ->
+#      Kamailio -> TLS -> sipscreen -> SIPp PBX (UDP); every call completes
+#      with the tags the CSV expects, ACK and BYE through both Record-Route
+#      pairs over the TLS hop. Certificates made here with openssl: sipscreen
+#      verifies Kamailio's against the test CA under its name, Kamailio
+#      sipscreen's against the CA.
+#   j. baresip over TLS: the UA calls sipscreen's TLS listener, the SIPp
+#      PBX checks the tags, answers, and its BYE reaches the UA over TLS.
 #
 # Every scenario starts its own sipscreen with its own config in a temp
 # dir, on loopback ports of its own (checked free first), and stops every
@@ -36,6 +44,7 @@
 #   INTEROP_KEEP=1       keep the temp dir (logs of every peer)
 #   INTEROP_ASTERISK_ROOT=dir  the Asterisk chroot (built there when absent)
 #   INTEROP_DEBIAN_MIRROR=url  the mirror it is built from (deb.debian.org)
+#   INTEROP_ONLY=letters run only these scenarios (e.g. `ij`)
 #
 # The last line printed is `interop: N passed, M failed`; the exit code is
 # non-zero when anything failed.
@@ -56,6 +65,9 @@ install_peers() {
   local need=()
   command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
   command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  # Kamailio's tls.so (scenario i)
+  ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
   command -v ss >/dev/null 2>&1 || need+=(iproute2)
   command -v setsid >/dev/null 2>&1 || need+=(util-linux)
@@ -73,7 +85,7 @@ install_peers() {
       log "apt-get install ${need[*]} failed"
   fi
   local ok=1
-  for tool in sipp kamailio baresip ss setsid systemd-analyze; do
+  for tool in sipp kamailio baresip ss setsid systemd-analyze openssl; do
     command -v "$tool" >/dev/null 2>&1 || { log "missing: $tool"; ok=0; }
   done
   [ "$ok" = 1 ]
@@ -262,7 +274,7 @@ start_sipscreen() {
     fail "check-config refused the generated config: $(cat check-config.out)"
     return 1
   }
-  start sipscreen env RUST_LOG=info "$BIN" serve --config "$cfg"
+  start sipscreen env RUST_LOG="${INTEROP_SIPSCREEN_LOG:-info}" "$BIN" serve --config "$cfg"
   SIPSCREEN_PID=$LAST_PID
   for ((i = 0; i < 200; i++)); do
     grep -q "sipscreen ready" sipscreen.out 2>/dev/null && break
@@ -460,6 +472,37 @@ scenario_outbound() {
   [ "$lg" -ge 2 ] || fail "outbound log count $lg, want >= 2"
 }
 
+# kamailio_in_dialog: the start of a request_route both Kamailio configs
+# share: Max-Forwards, in-dialog requests by loose routing, CANCEL.
+kamailio_in_dialog() {
+  cat <<'EOF'
+    if (!mf_process_maxfwd_header("10")) {
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }
+    if (has_totag()) {
+        if (loose_route()) {
+            t_relay();
+            exit;
+        }
+        if (is_method("ACK")) {
+            if (t_check_trans()) {
+                t_relay();
+            }
+            exit;
+        }
+        sl_send_reply("404", "Not Here");
+        exit;
+    }
+    if (is_method("CANCEL")) {
+        if (t_check_trans()) {
+            t_relay();
+        }
+        exit;
+    }
+EOF
+}
+
 # d: Kamailio between sipscreen and the PBX.
 scenario_kamailio() {
   local sip admin kam uas trunk nlog nexc ndirect
@@ -493,30 +536,7 @@ loadmodule "xlog.so"
 import_file "$REPO/deploy/kamailio/sipscreen-route.cfg"
 
 request_route {
-    if (!mf_process_maxfwd_header("10")) {
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }
-    if (has_totag()) {
-        if (loose_route()) {
-            t_relay();
-            exit;
-        }
-        if (is_method("ACK")) {
-            if (t_check_trans()) {
-                t_relay();
-            }
-            exit;
-        }
-        sl_send_reply("404", "Not Here");
-        exit;
-    }
-    if (is_method("CANCEL")) {
-        if (t_check_trans()) {
-            t_relay();
-        }
-        exit;
-    }
+$(kamailio_in_dialog)
     if (!is_method("INVITE")) {
         sl_send_reply("405", "Method Not Allowed");
         exit;
@@ -600,19 +620,17 @@ EOF
   [ "$seen" -ge $((nlog + nexc + ndirect)) ] || fail "Kamailio logged $seen INVITEs, want $((nlog + nexc + ndirect))"
 }
 
-# e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
-scenario_baresip() {
-  local sip admin pbx ua rtp
-  port sip admin pbx ua rtp
-  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
-  # baresip calls from 127.0.0.4, a second trunk source
-  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
-    "127.0.0.4:$ua" '"127.0.0.2/32", "127.0.0.4/32"'
-  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+# baresip_config UA_PORT RTP_PORT URI_PARAMS EXTRA_LINES: baresip/config
+# (listening on 127.0.0.4:UA_PORT, media on RTP_PORT..+9, EXTRA_LINES
+# added) and baresip/accounts (the caller +4917099988877, URI_PARAMS after
+# its host).
+baresip_config() {
+  local ua=$1 rtp=$2 params=$3 extra=$4
   mkdir -p baresip
   cat >baresip/config <<EOF
 poll_method		epoll
 sip_listen		127.0.0.4:$ua
+$extra
 call_local_timeout	10
 call_max_calls		1
 audio_player		aubridge,interop
@@ -625,14 +643,20 @@ module			aubridge.so
 module_app		account.so
 module_app		menu.so
 EOF
-  echo '<sip:+4917099988877@127.0.0.4>;regint=0' >baresip/accounts
+  echo "<sip:+4917099988877@127.0.0.4$params>;regint=0" >baresip/accounts
+}
 
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i 127.0.0.1 -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
+# baresip_call PBX_IP PBX_PORT URI: the SIPp PBX on PBX_IP:PBX_PORT expects
+# the unlisted caller's tags; baresip dials URI, the PBX answers and hangs
+# up; both must end well and the BYE must have reached the UA.
+baresip_call() {
+  local pbx_ip=$1 pbx=$2 uri=$3
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas_bye.xml" -i "$pbx_ip" -p "$pbx" -m 1 "${SIPP_COMMON[@]}" \
     -set want "verdict=log,direction=inbound,client=+4917099988877,line=+4930901820,create=offer,source=ADVERTISING,responsible=101"
   local uas=$LAST_PID
-  wait_port udp 127.0.0.1 "$pbx" || return 1
+  wait_port udp "$pbx_ip" "$pbx" || return 1
   # -t: baresip quits after 6 s; the PBX hangs up 1.5 s after answering.
-  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial sip:+4930901820@127.0.0.1:$sip"
+  start baresip timeout 15 baresip -4 -f "$PWD/baresip" -t 6 -e "/dial $uri"
   local ua_pid=$LAST_PID
   wait_exit "$uas" "PBX (sipp UAS: tags, answer, BYE to the UA)"
   wait_exit "$ua_pid" "baresip"
@@ -641,6 +665,21 @@ EOF
   grep -q ": OK, the UA answered our BYE" pbx_uas_bye_*_logs.log 2>/dev/null ||
     fail "the PBX's BYE did not reach baresip through sipscreen"
   grep -q "MISMATCH" pbx_uas_bye_*_logs.log 2>/dev/null && fail "the PBX saw other tags than expected"
+  return 0
+}
+
+# e: baresip calls through sipscreen; the PBX checks tags, answers, hangs up.
+scenario_baresip() {
+  local sip admin pbx ua rtp
+  port sip admin pbx ua rtp
+  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
+  # baresip calls from 127.0.0.4, a second trunk source
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
+    "127.0.0.4:$ua" '"127.0.0.2/32", "127.0.0.4/32"'
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  baresip_config "$ua" "$rtp" "" ""
+
+  baresip_call 127.0.0.1 "$pbx" "sip:+4930901820@127.0.0.1:$sip" || return 1
   log "    baresip: $(grep -o 'Call established[^\r]*' baresip.out | head -1 | cut -c1-80); $(grep -o 'terminated (duration[^)]*)' baresip.out | head -1)"
   local got
   got=$(metric "$admin" 'sipscreen_calls_screened_total{direction="inbound",verdict="log"}')
@@ -891,6 +930,200 @@ EOF
   done
 }
 
+# ---------------------------------------------------------------- TLS
+
+# make_certs: a test CA (ca.crt) and, signed by it, sidecar.crt/.key (IP
+# 127.0.0.1, DNS sidecar.test), kamailio.crt/.key (IP 127.0.0.2, DNS
+# kamailio.test) and ua.crt/.key (IP 127.0.0.4, DNS ua.test); P-256 keys.
+make_certs() {
+  local name san
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=sipscreen interop CA" -keyout ca.key -out ca.crt \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    >certs.out 2>&1 || { fail "openssl: cannot make the CA: $(tail -2 certs.out)"; return 1; }
+  for name in sidecar:127.0.0.1 kamailio:127.0.0.2 ua:127.0.0.4; do
+    san="subjectAltName=IP:${name#*:},DNS:${name%%:*}.test"
+    name=${name%%:*}
+    printf '%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$name.ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=$name.test" -keyout "$name.key" -out "$name.csr" >>certs.out 2>&1 &&
+      openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile "$name.ext" -out "$name.crt" >>certs.out 2>&1 ||
+      { fail "openssl: cannot make $name.crt: $(tail -2 certs.out)"; return 1; }
+  done
+}
+
+# tls_config FILE TLS_PORT TRUNK_TLS_NAME: adds a TLS listener and the
+# [tls] table to a write_config file, and makes the trunk a TLS peer
+# verified against the test CA under that name.
+tls_config() {
+  local file=$1 tls=$2 name=$3 dir
+  dir=$(dirname "$file")
+  sed -i -e "s|^tcp = \(.*\)$|tcp = \1\ntls = [\"127.0.0.1:$tls\"]|" \
+    -e "/^name = \"carrier\"/,/^trust_pai/ s|^transport = \"udp\"|transport = \"tls\"\ntls_server_name = \"$name\"\ntls_ca = \"$dir/ca.crt\"|" \
+    "$file"
+  printf '\n[tls]\ncert = "%s/sidecar.crt"\nkey = "%s/sidecar.key"\nca = "%s/ca.crt"\n' \
+    "$dir" "$dir" "$dir" >>"$file"
+}
+
+# tls_metrics ADMIN: sets HS_OK (handshakes ok, both directions), HS_FAILED
+# (every other result) and TLS_MSGS (SIP messages received over TLS).
+tls_metrics() {
+  local all
+  all=$(metric_sum "$1" '^sipscreen_tls_handshakes_total[{]')
+  HS_OK=$(($(metric "$1" 'sipscreen_tls_handshakes_total{direction="in",result="ok"}') +
+    $(metric "$1" 'sipscreen_tls_handshakes_total{direction="out",result="ok"}')))
+  HS_FAILED=$((all - HS_OK))
+  TLS_MSGS=$(metric_sum "$1" '^sipscreen_sip_messages_total[{].*transport="tls"')
+}
+
+# i: SIPp carrier -> Kamailio (UDP in, TLS out) -> sipscreen -> SIPp PBX,
+# then outbound: SIPp PBX -> sipscreen -> TLS -> Kamailio -> SIPp carrier.
+scenario_kamailio_tls() {
+  local sip tls admin pbx kam kamtls trunk carrier pbxuac n
+  port sip tls admin pbx kam kamtls trunk carrier pbxuac
+  make_certs || return 1
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
+    "127.0.0.2:$kamtls" '"127.0.0.2/32"'
+  tls_config "$PWD/sipscreen.toml" "$tls" kamailio.test
+  cat >kamailio-tls.cfg <<EOF
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+private_key = $PWD/kamailio.key
+certificate = $PWD/kamailio.crt
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+ca_list = $PWD/ca.crt
+EOF
+  cat >kamailio.cfg <<EOF
+#!KAMAILIO
+# generated by tests/interop/run.sh: a carrier's edge proxy, TLS towards
+# its customer's SBC (sipscreen), UDP inside its own network (SIPp).
+debug=2
+log_stderror=yes
+# one UDP worker: SIPp answers 180 and 200 back to back, and two workers
+# may relay them onto the TLS connection in either order
+children=1
+auto_aliases=no
+enable_tls=yes
+listen=udp:127.0.0.2:$kam
+listen=tls:127.0.0.2:$kamtls
+# connections it opens come from its own address (the trunk's source)
+tcp_source_ipv4=127.0.0.2
+
+loadmodule "tls.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+modparam("tls", "config", "$PWD/kamailio-tls.cfg")
+
+request_route {
+$(kamailio_in_dialog)
+    record_route();
+    if (proto == TLS) {
+        # an outbound call from the customer (sipscreen): into the network
+        xlog("L_NOTICE", "interop: \$ci from sipscreen over TLS\n");
+        \$du = "sip:127.0.0.2:$carrier";
+    } else {
+        xlog("L_NOTICE", "interop: \$ci to sipscreen over TLS\n");
+        \$du = "sip:127.0.0.1:$tls;transport=tls";
+    }
+    t_relay();
+    exit;
+}
+EOF
+  mkdir -p kamailio-run
+  kamailio -c -f kamailio.cfg >kamailio-check.out 2>&1 ||
+    { fail "kamailio -c refused the config: $(tail -3 kamailio-check.out)"; return 1; }
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  wait_port tcp 127.0.0.1 "$tls" 5 || return 1
+  start kamailio kamailio -DD -E -f kamailio.cfg -Y "$PWD/kamailio-run"
+  wait_port udp 127.0.0.2 "$kam" && wait_port tcp 127.0.0.2 "$kamtls" || return 1
+  n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
+
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
+  local uas=$LAST_PID
+  wait_port udp 127.0.0.1 "$pbx" || return 1
+  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.2:$kam" -m "$n" -r 10 "${SIPP_COMMON[@]}"
+  local uac=$LAST_PID
+  wait_exit "$uac" "carrier (sipp UAC, through Kamailio)"
+  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
+
+  local ok mism
+  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
+  log "    $ok of $n calls through Kamailio over TLS completed with the expected tags, $mism mismatched"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX"
+  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+
+  # Outbound: sipscreen opens TLS to Kamailio (its certificate verified
+  # against the CA as kamailio.test).
+  local m
+  m=$(($(wc -l <"$SCEN/outbound.csv") - 1))
+  start carrier timeout 30 sipp -sf "$SCEN/trunk_uas.xml" -i 127.0.0.2 -p "$carrier" -m "$m" "${SIPP_COMMON[@]}"
+  uas=$LAST_PID
+  wait_port udp 127.0.0.2 "$carrier" || return 1
+  start pbxuac timeout 30 sipp -sf "$SCEN/pbx_uac.xml" -inf "$SCEN/outbound.csv" \
+    -i 127.0.0.1 -p "$pbxuac" "127.0.0.1:$sip" -m "$m" -r 10 "${SIPP_COMMON[@]}"
+  uac=$LAST_PID
+  wait_exit "$uac" "PBX (sipp UAC)"
+  wait_exit "$uas" "carrier (sipp UAS behind Kamailio, refuses X-CRM-*)"
+  ok=$(cat trunk_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  log "    $ok of $m outbound calls over TLS to Kamailio completed, no X-CRM-* at the carrier"
+  [ "$ok" -eq "$m" ] || fail "$ok of $m outbound calls completed at the carrier"
+  local out_ok
+  out_ok=$(metric "$admin" 'sipscreen_tls_handshakes_total{direction="out",result="ok"}')
+  [ "$out_ok" -ge 1 ] || fail "sipscreen opened no TLS connection to Kamailio"
+
+  tls_metrics "$admin"
+  log "    /metrics: tls handshakes ok=$HS_OK (out $out_ok) failed=$HS_FAILED, sip_messages_total over tls = $TLS_MSGS"
+  [ "$HS_OK" -ge 1 ] || fail "no TLS handshake with Kamailio was counted"
+  [ "$HS_FAILED" -eq 0 ] || fail "$HS_FAILED TLS handshakes failed"
+  # per call INVITE, ACK and BYE come over TLS
+  [ "$TLS_MSGS" -ge $((n * 3)) ] || fail "sip_messages_total over tls is $TLS_MSGS, want >= $((n * 3))"
+}
+
+# j: baresip calls sipscreen over TLS; the PBX answers and hangs up. The
+# UA's TLS connection comes from 127.0.0.1 (it binds no source address), so
+# here the trunk's source is 127.0.0.1 and the SIPp PBX sits on 127.0.0.5.
+# The PBX's BYE goes to the UA's Contact: sipscreen opens TLS to baresip's
+# listener and verifies its certificate as ua.test.
+scenario_baresip_tls() {
+  local sip tls admin pbx ua rtp
+  port sip tls admin pbx ua rtp
+  NEXT_PORT=$((NEXT_PORT + 10)) # rtp .. rtp+9 for baresip's media
+  make_certs || return 1
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.5:$pbx" udp \
+    "127.0.0.4:$ua" '"127.0.0.1/32", "127.0.0.4/32"' '"127.0.0.5/32"'
+  tls_config "$PWD/sipscreen.toml" "$tls" ua.test
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  wait_port tcp 127.0.0.1 "$tls" 5 || return 1
+  mkdir -p baresip
+  cat ua.crt ua.key >baresip/cert.pem
+  baresip_config "$ua" "$rtp" ";transport=tls" \
+    "$(printf 'sip_certificate\t\t%s\nsip_cafile\t\t%s' "$PWD/baresip/cert.pem" "$PWD/ca.crt")"
+
+  # the account's ;transport=tls makes the call TLS
+  baresip_call 127.0.0.5 "$pbx" "sip:+4930901820@127.0.0.1:$tls" || return 1
+  tls_metrics "$admin"
+  log "    baresip over TLS: $(grep -o 'Call established[^\r]*' baresip.out | head -1 | cut -c1-80); handshakes ok=$HS_OK failed=$HS_FAILED, sip_messages over tls=$TLS_MSGS"
+  [ "$HS_OK" -ge 1 ] || fail "no TLS handshake with baresip was counted"
+  [ "$HS_FAILED" -eq 0 ] || fail "$HS_FAILED TLS handshakes failed"
+  # INVITE, ACK and the 200 to the PBX's BYE come over TLS
+  [ "$TLS_MSGS" -ge 3 ] || fail "sip_messages_total over tls is $TLS_MSGS, want >= 3"
+}
+
 # ---------------------------------------------------------------- runner
 
 TMP=$(mktemp -d /tmp/sipscreen-interop.XXXXXX)
@@ -903,6 +1136,9 @@ run() {
   local name=$1
   shift
   SCENARIO_NO=$((SCENARIO_NO + 1))
+  if [ -n "${INTEROP_ONLY:-}" ] && [[ "$INTEROP_ONLY" != *"${name%%.*}"* ]]; then
+    return 0
+  fi
   local dir=$TMP/${name%%.*}
   mkdir -p "$dir"
   log "== $name"
@@ -955,6 +1191,8 @@ else
 fi
 run "g. Asterisk 22 (deploy/asterisk, Debian sid chroot) between sipscreen and SIPp agents" scenario_asterisk
 run "h. systemd unit (deploy/systemd): verify, sandboxing exposure <= 2.0" scenario_systemd
+run "i. Kamailio TLS carrier: SIPp -> Kamailio -> TLS -> sipscreen -> SIPp PBX" scenario_kamailio_tls
+run "j. baresip over TLS through sipscreen" scenario_baresip_tls
 
 [ "$FAILED" -gt 0 ] && KEEP=1
 [ "$KEEP" = 1 ] && log "logs kept in $TMP"
