@@ -154,6 +154,23 @@ fn in_dialog(
     )
 }
 
+/// An in-dialog request as the PBX gets it: to its Contact, our Route
+/// popped.
+fn forwarded_in_dialog(fwd: &str, method: &str, pbx: SocketAddr) {
+    valid(fwd.as_bytes());
+    assert!(
+        fwd.starts_with(&format!("{method} sip:agent@{pbx} SIP/2.0\r\n")),
+        "{fwd}"
+    );
+    assert!(headers(fwd, "Route").is_empty(), "{fwd}");
+}
+
+/// The PBX's 200 to the BYE, as the trunk gets it.
+fn bye_answered(back: &str) {
+    assert!(back.starts_with("SIP/2.0 200 OK"), "{back}");
+    assert!(back.contains("CSeq: 2 BYE"), "{back}");
+}
+
 /// What the INVITE must look like at the PBX: our bracketed Via on top,
 /// the trunk's below with `rport` filled in, a bracketed Record-Route, the
 /// tags.
@@ -232,18 +249,12 @@ async fn a_call_over_ipv6_udp_with_bye_through_the_record_route() {
         trunk.send_to(req.as_bytes(), sip).await.unwrap();
         let (fwd, from) = recv(&pbx).await;
         assert_eq!(from, sip);
-        valid(fwd.as_bytes());
-        assert!(
-            fwd.starts_with(&format!("{method} sip:agent@{p} SIP/2.0\r\n")),
-            "{fwd}"
-        );
-        assert!(headers(&fwd, "Route").is_empty(), "{fwd}");
+        forwarded_in_dialog(&fwd, method, p);
         if method == "BYE" {
             let ok = response_to(&fwd, 200, "OK", "", "");
             pbx.send_to(ok.as_bytes(), sip).await.unwrap();
             let (back, _) = recv(&trunk).await;
-            assert!(back.starts_with("SIP/2.0 200 OK"), "{back}");
-            assert!(back.contains("CSeq: 2 BYE"), "{back}");
+            bye_answered(&back);
         }
     }
 
@@ -309,18 +320,12 @@ async fn a_call_over_ipv6_tcp_with_bye_through_the_record_route() {
         let req = in_dialog(method, cseq, p, t, "TCP", &route, "v6-tcp");
         write_all(&mut conn, req.as_bytes()).await;
         let fwd = read_sip(&mut pbx_conn, &mut at_pbx).await;
-        valid(fwd.as_bytes());
-        assert!(
-            fwd.starts_with(&format!("{method} sip:agent@{p} SIP/2.0\r\n")),
-            "{fwd}"
-        );
-        assert!(headers(&fwd, "Route").is_empty(), "{fwd}");
+        forwarded_in_dialog(&fwd, method, p);
         if method == "BYE" {
             let ok = response_to(&fwd, 200, "OK", "", "");
             write_all(&mut pbx_conn, ok.as_bytes()).await;
             let back = read_sip(&mut conn, &mut from_sidecar).await;
-            assert!(back.starts_with("SIP/2.0 200 OK"), "{back}");
-            assert!(back.contains("CSeq: 2 BYE"), "{back}");
+            bye_answered(&back);
         }
     }
     v6.stop().await;
