@@ -448,3 +448,60 @@ async fn a_reload_applies_flood_settings_and_keeps_bans() {
     assert_eq!(items[0]["address"], "127.0.0.3");
     h.stop().await;
 }
+
+/// A banned source's TLS connection is closed before the handshake (no
+/// handshake CPU spent on it, not even counted as a refused handshake as
+/// an unbanned stranger's is); the trunk still gets its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_source_gets_no_tls_handshake() {
+    let ca = common::tls::Ca::new("test ca");
+    let cert = ca.issue("sidecar", &["127.0.0.1"], false);
+    let h = Harness::start_edited("udp", "", "tls = [\"127.0.0.1:0\"]\n", "", |text, dir| {
+        let (crt, key) = cert.write(dir, "sidecar");
+        format!(
+            "{text}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            crt.display(),
+            key.display()
+        )
+    })
+    .await;
+    let tls = h.sip_tls.expect("a TLS listener");
+    let me = h.stranger.local_addr().unwrap();
+    for i in 0..100 {
+        let m = options(me, h.sip_udp, &format!("b-{i}"), "Flooder/1.0");
+        h.stranger.send_to(m.as_bytes(), h.sip_udp).await.unwrap();
+    }
+    wait_metric(
+        &h,
+        |l| l == "sipscreen_bans_total{reason=\"flood\"} 1",
+        "the stranger's ban",
+    )
+    .await;
+    let connector = common::tls::connector(&ca, None);
+    // An unbanned stranger: refused by the TLS side, and counted so.
+    let _ = common::tls::connect_from("127.0.0.4", tls, "127.0.0.1", &connector).await;
+    let refused = "sipscreen_tls_handshakes_total{direction=\"in\",result=\"refused\"}";
+    wait_metric(
+        &h,
+        |l| l == format!("{refused} 1"),
+        "the stranger's refusal",
+    )
+    .await;
+    // The banned one: closed at accept, before the TLS side sees it.
+    let banned = common::tls::connect_from("127.0.0.3", tls, "127.0.0.1", &connector).await;
+    assert!(banned.is_err(), "a banned source got a TLS handshake");
+    common::tls::connect_from("127.0.0.2", tls, "127.0.0.1", &connector)
+        .await
+        .expect("the trunk gets its handshake");
+    wait_metric(
+        &h,
+        |l| l == "sipscreen_tls_handshakes_total{direction=\"in\",result=\"ok\"} 1",
+        "the trunk's handshake",
+    )
+    .await;
+    // Had the banned connection reached the TLS side, its refusal would
+    // have been counted before the connection closed, which the client
+    // saw above.
+    assert_eq!(metric(&h, refused), 1.0, "{}", h.server.metrics.encode());
+    h.stop().await;
+}
