@@ -18,6 +18,8 @@
 //! - `calls`: the call tracker thread, the call log, calls kept across a
 //!   restart. `crm`: the durable outbox's workers, the Bitrix24 and webhook
 //!   sinks, their factory. `transport`: UDP, TCP and TLS; bytes in, bytes out.
+//!   `flood`: per-source rate limits and bans, the scanner filter (lock-free
+//!   counters the proxy consults before scanning a message).
 //! - `store`: the store traits, SQLite (one file per concern, schema
 //!   migrations) and the store + set service. `runtime`: what one config
 //!   builds (routing, screener, contacts), swapped whole on reload, and
@@ -47,6 +49,7 @@ pub mod contacts;
 pub mod crm;
 pub mod dns;
 pub mod events;
+pub mod flood;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -78,6 +78,7 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "no_trunk",
     "verstat_failed",
     "no_target",
+    "peer_limit",
     // proxy: responses
     "response_unknown_source",
     "response_via",
@@ -190,6 +191,8 @@ pub struct Metrics {
     crm_connected: Family<Vec<(&'static str, String)>, Gauge>,
     /// Registers whose answer carried a `LEAD_CREATION_ERROR`, by sink.
     crm_lead_creation_errors: Family<Vec<(&'static str, String)>, Counter>,
+    /// Flood protection's series.
+    flood: FloodMetrics,
     /// Resolved targets and their failover state (`crate::dns`).
     pub dns: DnsMetrics,
 }
@@ -240,6 +243,79 @@ impl DnsMetrics {
             m.target_up.clone(),
         );
         m
+    }
+}
+
+/// Flood protection's series (`crate::flood`): bans started by reason,
+/// bans active, messages dropped by reason. Every series is fetched once.
+#[derive(Debug)]
+pub struct FloodMetrics {
+    bans: [Counter; 2],
+    active: Gauge,
+    dropped: [Counter; 4],
+}
+
+/// Ban reasons (the `reason` label of `bans_total`).
+pub const BAN_REASONS: [&str; 2] = ["flood", "user_agent"];
+/// Drop reasons (the `reason` label of `flood_dropped_total`), in
+/// [`FloodDrop`] order.
+pub const FLOOD_DROP_REASONS: [&str; 4] = ["banned", "flood", "user_agent", "peer_limit"];
+
+/// Why flood protection dropped (or refused) a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodDrop {
+    /// From a banned source.
+    Banned = 0,
+    /// The message that tripped a ban.
+    Flood = 1,
+    /// A scanner's User-Agent.
+    UserAgent = 2,
+    /// A peer's request over its limit.
+    PeerLimit = 3,
+}
+
+impl FloodMetrics {
+    fn register(registry: &mut Registry) -> FloodMetrics {
+        let bans = Family::<L1, Counter>::default();
+        registry.register(
+            "bans",
+            "Sources banned by flood protection, by reason (flood/user_agent)",
+            bans.clone(),
+        );
+        let active = Gauge::default();
+        registry.register(
+            "bans_active",
+            "Sources banned now. Steady: 0; a climb is an attack (see GET /api/v1/bans)",
+            active.clone(),
+        );
+        let dropped = Family::<L1, Counter>::default();
+        registry.register(
+            "flood_dropped",
+            "SIP messages dropped or refused by flood protection, by reason (banned source, flood: the message that tripped a ban, user_agent: a scanner, peer_limit: a peer over its limit, answered 503 or passed if in-dialog)",
+            dropped.clone(),
+        );
+        FloodMetrics {
+            bans: BAN_REASONS.map(|r| bans.get_or_create(&[("reason", r)]).clone()),
+            active,
+            dropped: FLOOD_DROP_REASONS.map(|r| dropped.get_or_create(&[("reason", r)]).clone()),
+        }
+    }
+
+    /// Counts a message dropped for `reason`.
+    pub fn dropped(&self, reason: FloodDrop) {
+        self.dropped[reason as usize].inc();
+    }
+
+    /// Counts a ban started for `reason`; `active` bans now.
+    pub fn banned(&self, reason: &str, active: usize) {
+        if let Some(i) = BAN_REASONS.iter().position(|r| *r == reason) {
+            self.bans[i].inc();
+        }
+        self.set_active(active);
+    }
+
+    pub fn set_active(&self, n: usize) {
+        self.active.set(n as i64);
     }
 }
 
@@ -405,6 +481,7 @@ impl Metrics {
             "Panics caught while handling a SIP message, by component (udp/tcp): the message was dropped, the receiver went on",
             panics.clone(),
         );
+        let flood = FloodMetrics::register(&mut registry);
         // Known label sets start at 0, so dashboards and rate() see a
         // series before the first event.
         let mut screened_counters: [Counter; 4] = Default::default();
@@ -485,6 +562,7 @@ impl Metrics {
             tls_handshakes,
             config_last_reload_ok,
             panics,
+            flood,
             crm_connected,
             crm_lead_creation_errors,
         }
@@ -646,6 +724,11 @@ impl Metrics {
     /// Counts a panic caught in `component` (one of [`PANIC_COMPONENTS`]).
     pub fn panic(&self, component: &'static str) {
         self.panics.get_or_create(&[("component", component)]).inc();
+    }
+
+    /// Flood protection's series.
+    pub fn flood(&self) -> &FloodMetrics {
+        &self.flood
     }
 
     /// The Prometheus text exposition of every metric.
@@ -858,6 +941,13 @@ mod tests {
         for t in ["phone", "email"] {
             has(format!("sipscreen_exception_entries{{type=\"{t}\"}} 0"));
         }
+        for r in BAN_REASONS {
+            has(format!("sipscreen_bans_total{{reason=\"{r}\"}} 0"));
+        }
+        for r in FLOOD_DROP_REASONS {
+            has(format!("sipscreen_flood_dropped_total{{reason=\"{r}\"}} 0"));
+        }
+        has("sipscreen_bans_active 0".to_string());
         for l in [
             "sipscreen_calls_expired_total 0",
             "sipscreen_call_events_dropped_total 0",

@@ -449,6 +449,7 @@ impl Bound {
                 ));
             }
         }
+        tasks.spawn(sweep_bans(me.proxy.clone(), shutdown.clone()));
         let outbox: Arc<dyn OutboxStore> = me.store.clone();
         // The CRM workers stop on their own signal: after the tracker's
         // last batch is queued, they get the grace to deliver it.
@@ -526,6 +527,18 @@ impl Bound {
             );
         }
         tracing::info!("sipscreen stopped");
+    }
+}
+
+/// Ends expired flood bans every second (the active-bans gauge and the
+/// ban list follow; the SIP path itself already lets them through).
+async fn sweep_bans(proxy: Arc<Proxy>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => proxy.flood().sweep(),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "contacts", "events", "tls"],
     &["dns"],
     &["store", "runtime"],
-    &["calls", "crm", "transport"],
+    &["calls", "crm", "transport", "flood"],
     &["proxy"],
     &["api"],
     &["console"],

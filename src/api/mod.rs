@@ -7,6 +7,7 @@
 //! and screening requests read the same runtime snapshot live calls do.
 
 pub mod auth;
+mod bans;
 pub mod calls;
 mod contacts;
 pub mod crm;
@@ -86,6 +87,8 @@ pub fn router(state: ApiState, json_max_bytes: usize) -> Router {
         )
         .route("/screen", post(screen::number))
         .route("/screen/email", post(screen::email))
+        .route("/bans", get(bans::list))
+        .route("/bans/{addr}", delete(bans::remove))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(json_max_bytes))
         .with_state(state)

@@ -50,9 +50,78 @@ pub struct Config {
     /// Resolving targets written as names, and the destination blocklist.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Flood protection: per-source rate limits, bans, scanner filter.
+    #[serde(default)]
+    pub flood: FloodConfig,
     /// Our TLS certificate and the CA peers' certificates are checked against.
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+/// `[flood]`: per-source request density limits (as Kamailio's pike),
+/// bans, and the scanner User-Agent filter. The defaults ban an unknown
+/// source that sends more than `unknown_limit` messages in a window and
+/// never ban a configured peer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FloodConfig {
+    /// Sampling window, in milliseconds.
+    pub window_ms: u64,
+    /// Messages an unknown source may send per window before it is banned.
+    pub unknown_limit: u32,
+    /// Requests a configured peer (trunk, PBX) may send per window; over
+    /// it new calls and out-of-dialog requests get 503 with Retry-After
+    /// (in-dialog requests always pass). 0: no limit.
+    pub peer_limit: u32,
+    /// How long a ban lasts, in seconds.
+    pub ban_secs: u64,
+    /// Whether a peer over its limit is banned too (off: only limited).
+    pub ban_peers: bool,
+    /// Whether an unknown source sending a scanner User-Agent is banned.
+    pub ban_scanners: bool,
+    /// User-Agent substrings (case-insensitive) whose requests are dropped
+    /// without an answer.
+    pub user_agents: Vec<String>,
+    /// Networks never counted, limited or banned.
+    pub allow: Vec<IpNet>,
+    /// IPv6 sources are counted and banned per prefix of this length (a
+    /// host owns a /64, and can send from any address in it).
+    pub ipv6_prefix: u8,
+}
+
+/// Scanner User-Agents, from the lists fail2ban's asterisk filter,
+/// Kamailio's secfilter and OpenSIPS deployments block: SIPVicious
+/// (`friendly-scanner`, `sipvicious`), sipcli, sip-scan, SIPVicious' forks
+/// and the usual toll-fraud tools.
+pub const SCANNER_USER_AGENTS: &[&str] = &[
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipscan",
+    "sundayddr",
+    "iWar",
+    "VaxSIPUserAgent",
+    "VaxIPUserAgent",
+    "SIVuS",
+    "sipsploit",
+    "siparmyknife",
+];
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        FloodConfig {
+            window_ms: 2000,
+            unknown_limit: 60,
+            peer_limit: 20_000,
+            ban_secs: 300,
+            ban_peers: false,
+            ban_scanners: true,
+            user_agents: SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
+            allow: Vec::new(),
+            ipv6_prefix: 64,
+        }
+    }
 }
 
 /// `[tls]`: PEM files, re-read on every reload (SIGHUP).

@@ -63,6 +63,40 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
 
+    check_families(cfg, &mut d);
+
+    let f = &cfg.flood;
+    if !(100..=3_600_000).contains(&f.window_ms) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.window_ms = {} is outside 100..=3600000", f.window_ms),
+        ));
+    }
+    if f.unknown_limit == 0 {
+        d.push(Diagnostic::new(
+            none.clone(),
+            "flood.unknown_limit = 0 would ban every unknown source at its first message",
+        ));
+    }
+    if f.ban_secs == 0 || f.ban_secs > 30 * 86400 {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.ban_secs = {} is outside 1..=2592000", f.ban_secs),
+        ));
+    }
+    if !(1..=128).contains(&f.ipv6_prefix) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            format!("flood.ipv6_prefix = {} is outside 1..=128", f.ipv6_prefix),
+        ));
+    }
+    if f.user_agents.iter().any(|u| u.trim().is_empty()) {
+        d.push(Diagnostic::new(
+            none.clone(),
+            "flood.user_agents has an empty entry: it would match every User-Agent",
+        ));
+    }
+
     check_region(&cfg.screening.default_region, &mut d);
     if let Some(r) = &cfg.defaults.region {
         check_region(r, &mut d);
@@ -154,6 +188,92 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         }
     }
     d
+}
+
+/// IPv4 and IPv6: a peer is reached from a listener of its target's
+/// family and transport, and our Via / Record-Route (the first listener's
+/// address unless `advertise` names us) must be reachable in the family
+/// every peer uses, or its responses and in-dialog requests go nowhere.
+/// Targets written as IP literals are checked here; a name's addresses
+/// are known only once resolved.
+fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
+    use super::target::{TargetHost, TargetSpec};
+    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+    let ours = cfg.sip.udp.first().or(cfg.sip.tcp.first());
+    let mut peers = vec![(
+        "pbx".to_string(),
+        0..0,
+        super::target_entries(&cfg.pbx.target, &cfg.pbx.targets),
+        cfg.pbx.transport,
+        &cfg.pbx.sources,
+    )];
+    for t in &cfg.trunks {
+        peers.push((
+            format!("trunk {:?}", t.name.get_ref()),
+            t.name.span(),
+            super::target_entries(&t.target, &t.targets),
+            t.transport,
+            &t.sources,
+        ));
+    }
+    for (name, span, entries, peer_transport, sources) in peers {
+        let literal: Vec<(std::net::IpAddr, super::TransportKind, &str)> = entries
+            .iter()
+            .filter_map(|e| {
+                let spec = TargetSpec::parse(e.target.get_ref()).ok()?;
+                let TargetHost::Ip(ip) = spec.host else {
+                    return None;
+                };
+                let transport = match spec.transport {
+                    Some(super::target::TargetTransport::Udp) => super::TransportKind::Udp,
+                    Some(super::target::TargetTransport::Tcp) => super::TransportKind::Tcp,
+                    Some(super::target::TargetTransport::Tls) => super::TransportKind::Tls,
+                    None => peer_transport,
+                };
+                Some((ip, transport, e.target.get_ref().as_str()))
+            })
+            .collect();
+        for &(ip, transport, target) in &literal {
+            let listeners = match transport {
+                super::TransportKind::Udp => &cfg.sip.udp,
+                super::TransportKind::Tcp => &cfg.sip.tcp,
+                super::TransportKind::Tls => &cfg.sip.tls,
+            };
+            // No TLS listener at all is check_tls's to say.
+            let none_at_all = transport == super::TransportKind::Tls && listeners.is_empty();
+            if !none_at_all && !listeners.iter().any(|l| l.is_ipv4() == ip.is_ipv4()) {
+                d.push(Diagnostic::new(
+                    span.clone(),
+                    format!(
+                        "{name} target {target} is {} over {} but no {} listener is {}: add one to [sip] {}",
+                        family(ip.is_ipv4()),
+                        transport.as_str(),
+                        transport.as_str().to_uppercase(),
+                        family(ip.is_ipv4()),
+                        transport.as_str()
+                    ),
+                ));
+            }
+        }
+        let Some(ours) = ours.filter(|_| cfg.sip.advertise.is_none()) else {
+            continue;
+        };
+        let other = literal
+            .iter()
+            .map(|(ip, _, _)| *ip)
+            .chain(sources.iter().map(|n| n.addr()))
+            .find(|ip| ip.is_ipv4() != ours.is_ipv4());
+        if let Some(ip) = other {
+            d.push(Diagnostic::new(
+                span,
+                format!(
+                    "{name} uses {} ({ip}) but Via and Record-Route carry the first listener, {ours} ({}): list a listener of its family first, or set sip.advertise to a name both sides resolve (one sidecar between an IPv4 and an IPv6 side is not supported yet)",
+                    family(ip.is_ipv4()),
+                    family(ours.is_ipv4())
+                ),
+            ));
+        }
+    }
 }
 
 /// `[sip] tls` needs `[tls] cert` and `key`; a client certificate needs
@@ -294,6 +414,29 @@ sources = ["127.0.0.2/32"]
     }
 
     #[test]
+    fn peers_must_share_our_address_family() {
+        let e = errors("\n[sip]\nudp = [\"[::1]:5060\"]\ntcp = []\n");
+        assert!(
+            e.iter().any(|l| l.contains(
+                "pbx target 127.0.0.1:5080 is IPv4 over udp but no UDP listener is IPv4"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.contains("trunk \"carrier\" uses IPv4 (127.0.0.2)")),
+            "{e:?}"
+        );
+        let v6 = BASE
+            .replace("127.0.0.1:5080", "[::1]:5080")
+            .replace("127.0.0.1/32", "fd00::1/128")
+            .replace("127.0.0.2:5070", "[2001:db8::2]:5070")
+            .replace("127.0.0.2/32", "2001:db8::/64");
+        let text = format!("{v6}\n[sip]\nudp = [\"[::1]:5060\"]\ntcp = [\"[::1]:5060\"]\n");
+        assert!(from_toml(Path::new("c.toml"), text).is_ok());
+    }
+
+    #[test]
     fn tls_settings_must_fit_together() {
         let e = errors("\n[sip]\ntls = [\"127.0.0.1:5061\"]\n");
         assert_eq!(
@@ -335,6 +478,18 @@ sources = ["127.0.0.2/32"]
             "{text}\n[sip]\ntls = [\"127.0.0.1:5061\"]\n[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n"
         );
         assert!(from_toml(Path::new("c.toml"), text).is_ok());
+    }
+
+    #[test]
+    fn flood_limits_are_checked() {
+        let e = errors(
+            "\n[flood]\nunknown_limit = 0\nban_secs = 0\nipv6_prefix = 0\nuser_agents = [\"\"]\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            errors("\n[flood]\nwindow_ms = 1000\nunknown_limit = 20\nallow = [\"10.0.0.0/8\"]\n")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::calls::{CallEvents, NewCall, RequestKind, SipEvent};
 use crate::config::TransportKind;
+use crate::flood::{Admit, FloodGuard};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, Side};
 use crate::sip::framing::FramingError;
@@ -51,10 +52,13 @@ pub struct Proxy {
     forbidden: AtomicU64,
     /// Process start, the clock for the reply budget.
     epoch: Instant,
+    /// Per-source counters and bans (kept across reloads).
+    flood: FloodGuard,
 }
 
 impl Proxy {
     pub fn new(runtime: Runtime, local: Local, metrics: Arc<Metrics>) -> Proxy {
+        let metrics_for_flood = metrics.clone();
         Proxy {
             runtime: ArcSwap::from_pointee(runtime),
             local,
@@ -62,7 +66,13 @@ impl Proxy {
             calls: std::sync::OnceLock::new(),
             forbidden: AtomicU64::new(0),
             epoch: Instant::now(),
+            flood: FloodGuard::new(metrics_for_flood, crate::clock::Clock::system()),
         }
+    }
+
+    /// Flood protection: counters and bans.
+    pub fn flood(&self) -> &FloodGuard {
+        &self.flood
     }
 
     /// The generation in use.
@@ -236,10 +246,53 @@ fn refer_target(msg: &Message) -> Option<String> {
     Some(String::from_utf8_lossy(user).into_owned())
 }
 
+/// The `User-Agent` value of `msg`, if it has one.
+fn user_agent(msg: &Message) -> Option<&[u8]> {
+    let h = msg.headers().iter().find(|h| {
+        msg.slice(h.start as usize..h.name_end as usize)
+            .eq_ignore_ascii_case(b"user-agent")
+    })?;
+    Some(msg.value(h))
+}
+
+/// Whether a peer over its limit gets 503 for this request: new calls and
+/// out-of-dialog requests do; ACK, CANCEL and in-dialog requests (To tag)
+/// pass, so calls in progress are never cut by a limit.
+fn refused_when_limited(msg: &Message, method: Method) -> bool {
+    !matches!(method, Method::Ack | Method::Cancel)
+        && msg
+            .name_addr(crate::sip::HeaderName::To)
+            .is_none_or(|to| to.tag().is_none())
+}
+
+/// `Retry-After: <one window, in seconds, at least 1>\r\n`.
+fn retry_after(window_ms: u64) -> Vec<u8> {
+    format!("Retry-After: {}\r\n", window_ms.div_ceil(1000).max(1)).into_bytes()
+}
+
 impl Handler for Proxy {
-    fn on_message(&self, inb: Inbound, out: &Sender) {
-        let t0 = Instant::now();
+    fn admit(&self, remote: SocketAddr) -> bool {
         let rt = self.runtime.load();
+        let peer = rt.routing.classify(remote.ip()) != Side::Unknown;
+        !self
+            .flood
+            .is_banned(&rt.loaded.config.flood, remote.ip(), peer)
+    }
+
+    fn on_message(&self, inb: Inbound, out: &Sender) {
+        let rt = self.runtime.load();
+        // Flood protection first, on the source address alone: a banned
+        // source costs no scan.
+        let side = rt.routing.classify(inb.remote.ip());
+        let flood = &rt.loaded.config.flood;
+        let peer = side != Side::Unknown;
+        let request = !inb.data.starts_with(b"SIP/");
+        let limited = match self.flood.admit(flood, inb.remote.ip(), peer, request) {
+            Admit::Pass => false,
+            Admit::OverLimit => true,
+            Admit::Drop => return,
+        };
+        let t0 = Instant::now();
         let too_large = inb.data.len() > rt.loaded.config.sip.max_message_bytes;
         let msg = match Message::scan(inb.data) {
             Ok(m) => m,
@@ -249,13 +302,25 @@ impl Handler for Proxy {
                 return;
             }
         };
-        let side = rt.routing.classify(inb.remote.ip());
         let method = msg.method();
+        if method.is_some()
+            && let Some(ua) = user_agent(&msg)
+            && self.flood.scanner(flood, inb.remote.ip(), peer, ua)
+        {
+            tracing::debug!(remote = %inb.remote, "scanner User-Agent: request dropped");
+            return;
+        }
         self.metrics.message(inb.transport, method, side.origin());
         if inb.transport.is_stream() && method.is_some() && side != Side::Unknown {
             connection_alias(&msg, inb.transport, inb.remote, out);
         }
-        let outcome = if too_large {
+        let outcome = if limited && method.is_some_and(|m| refused_when_limited(&msg, m)) {
+            Outcome::Reply {
+                code: 503,
+                reason: "peer_limit",
+                extra: Some(retry_after(flood.window_ms)),
+            }
+        } else if too_large {
             if method.is_some() {
                 Outcome::Reply {
                     code: 513,

@@ -442,8 +442,9 @@ fn push_num(a: &mut Vec<u8>, n: u32) {
     a.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Appends an IP address as a Via `received` value (IPv6 in brackets,
-/// RFC 5118 §4.5 accepts both).
+/// Appends an IP address as a Via `received` value: IPv6 without
+/// brackets, as RFC 3261's ABNF has it (`IPv6address`; RFC 5118 §4.5 asks
+/// receivers to take both forms, and `ip_literal` does).
 fn push_ip(a: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
@@ -455,7 +456,7 @@ fn push_ip(a: &mut Vec<u8>, ip: IpAddr) {
             }
         }
         IpAddr::V6(v6) => {
-            let _ = write!(a, "[{v6}]");
+            let _ = write!(a, "{v6}");
         }
     }
 }

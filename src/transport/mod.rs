@@ -43,6 +43,13 @@ pub trait Handler: Send + Sync + 'static {
     /// A complete message. Must not block: it runs on the receive loop.
     fn on_message(&self, msg: Inbound, out: &Sender);
 
+    /// Whether a stream from `remote` may be accepted or go on (false: a
+    /// banned source; its connection is closed). Must be cheap: asked at
+    /// accept and before every read.
+    fn admit(&self, _remote: SocketAddr) -> bool {
+        true
+    }
+
     /// A TCP stream broke framing (message over the limit, garbage, bad
     /// Content-Length). `head` holds what was buffered of the offending
     /// message. The answer, if any, is written before the connection is closed.

@@ -267,6 +267,11 @@ impl TcpSide {
                             }
                         },
                     };
+                    if me.ctx.get().is_some_and(|c| !c.handler.admit(remote)) {
+                        tracing::debug!(%remote, "{} connection from a banned source refused", me.kind.as_str());
+                        drop(stream);
+                        continue;
+                    }
                     let Ok(permit) = me.permits.clone().try_acquire_owned() else {
                         me.metrics.sip_error("tcp_limit");
                         drop(stream);
@@ -373,6 +378,10 @@ impl TcpSide {
                     );
                     break;
                 }
+            }
+            if !ctx.handler.admit(remote) {
+                tracing::debug!(%remote, "{} connection from a banned source closed", self.kind.as_str());
+                break;
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8192);

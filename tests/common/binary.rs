@@ -23,7 +23,13 @@ pub struct Serving {
 impl Serving {
     /// Starts `serve --config config` and waits until it is ready.
     pub fn start(config: &Path) -> Serving {
-        let mut child = Command::new(BIN)
+        Self::start_bin(Path::new(BIN), config)
+    }
+
+    /// The same with another build of the binary (a release build, to
+    /// measure it).
+    pub fn start_bin(bin: &Path, config: &Path) -> Serving {
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
