@@ -7,7 +7,8 @@
 //! checks that a view session has no edit controls and that its direct
 //! POSTs (with and without the CSRF token) and an edit session's POST
 //! without one are 403, that signing out kills the cookie, and that a
-//! German browser gets German. Takes the screenshots in docs/screenshots.
+//! German browser gets German. Takes the screenshots (into docs/screenshots
+//! with SIPSCREEN_UPDATE_SCREENSHOTS=1).
 
 mod common;
 
@@ -152,8 +153,15 @@ async fn click(c: &Client, css: &str) {
     .await;
 }
 
+/// Where the screenshots go: the README's `docs/screenshots` with
+/// `SIPSCREEN_UPDATE_SCREENSHOTS=1`, else cargo's temporary directory for
+/// tests (a test run leaves the checkout as it was).
 fn shots() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+    let d = if std::env::var_os("SIPSCREEN_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
     std::fs::create_dir_all(&d).unwrap();
     d
 }
