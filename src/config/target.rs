@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn every_target_form_and_the_targets_list_load() {
         let e = config_errors(
-            "target = \"sip:pbx.test;transport=tcp\"\n[[trunk]]\nname = \"c\"\nsources = [\"127.0.0.2/32\"]\ntargets = [{ target = \"carrier.test\", priority = 1 }, { target = \"[::1]:5070\", priority = 2, weight = 5 }]\n[dns]\nservers = [\"127.0.0.1:5353\", \"::1\"]\n",
+            "target = \"sip:pbx.test;transport=tcp\"\n[[trunk]]\nname = \"c\"\nsources = [\"127.0.0.2/32\"]\ntargets = [{ target = \"carrier.test\", priority = 1 }, { target = \"192.0.2.7:5070\", priority = 2, weight = 5 }]\n[dns]\nservers = [\"127.0.0.1:5353\", \"::1\"]\n",
         );
         assert_eq!(e, "");
     }

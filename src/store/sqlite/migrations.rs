@@ -339,7 +339,7 @@ mod tests {
         s.set_crm_tokens("portal", &t, 1).unwrap();
         assert_eq!(s.crm_tokens("portal").unwrap(), Some(t));
         drop(s);
-        assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), 3);
+        assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), VERSION);
     }
 
     #[test]
