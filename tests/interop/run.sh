@@ -41,6 +41,11 @@
 #      is down, so the first INVITE meets ICMP port unreachable and every
 #      call completes at the second (priority 20); /api/v1/peers shows the
 #      first blocked.
+#   l. flood: a SIPp stranger on 127.0.0.3 sends 20000 OPTIONS at 5000/s
+#      (no [flood] configuration: the defaults must ban it) while the
+#      carrier's calls of scenario a run; every call completes with its
+#      tags, the stranger is banned and listed in /api/v1/bans, and the
+#      sidecar's CPU per dropped message is printed.
 #
 # Every scenario starts its own sipscreen with its own config in a temp
 # dir, on loopback ports of its own (checked free first), and stops every
@@ -523,6 +528,57 @@ scenario_srv() {
   echo "$peers" >peers.json
   grep -q "\"address\":\"127.0.0.2:$dead\",\"transport\":\"udp\",\"priority\":10,\"weight\":1,\"state\":\"blocked\"" peers.json ||
     fail "/api/v1/peers does not show the first target blocked: $(tail -c 600 peers.json)"
+}
+
+# l: one stranger (SIPp on 127.0.0.3) floods sipscreen with OPTIONS at
+# thousands a second, with no [flood] configuration, while the carrier's
+# calls run: every call completes at the PBX with the expected tags, the
+# stranger is banned (listed in /api/v1/bans), its messages are dropped,
+# and the sidecar's CPU per dropped message is reported.
+scenario_flood() {
+  local sip admin pbx trunk flood n
+  port sip admin pbx trunk flood
+  write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
+    "127.0.0.2:$trunk" '"127.0.0.2/32"'
+  printf '\n[[admin.tokens]]\nname = "ops"\nrole = "view"\nsha256 = "%s"\n' \
+    5e17bb983b1ff3b4acbcaa8451a4173faa5575c682e7cf8615e2ed5e50fad7bd >>"$PWD/sipscreen.toml"
+  start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
+  local cpu0
+  cpu0=$(awk '{ print $14 + $15 }' "/proc/$SIPSCREEN_PID/stat")
+  n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
+  start flooder timeout 30 sipp -sf "$SCEN/flood_uac.xml" -i 127.0.0.3 -p "$flood" \
+    "127.0.0.1:$sip" -m 20000 -r 5000 "${SIPP_COMMON[@]}"
+  local flooder=$LAST_PID
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
+  local uas=$LAST_PID
+  wait_port udp 127.0.0.1 "$pbx" || return 1
+  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" \
+    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
+  local uac=$LAST_PID
+  wait_exit "$uac" "carrier (sipp UAC)"
+  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
+  wait_exit "$flooder" "flooder (sipp, 20000 OPTIONS)"
+  local cpu1 hz
+  cpu1=$(awk '{ print $14 + $15 }' "/proc/$SIPSCREEN_PID/stat")
+  hz=$(getconf CLK_TCK)
+
+  local ok mism
+  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
+  log "    $ok of $n calls completed with the expected tags during the flood, $mism mismatched"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX during the flood"
+  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+  local dropped banned
+  dropped=$(metric_sum "$admin" '^sipscreen_flood_dropped_total[{]reason="(banned|flood)"')
+  banned=$(metric "$admin" 'sipscreen_bans_active')
+  log "    /metrics: flood_dropped_total{banned,flood} = $dropped, bans_active = $banned"
+  [ "$dropped" -ge 15000 ] || fail "only $dropped of the 20000 flood messages dropped"
+  [ "$banned" -eq 1 ] || fail "bans_active is $banned, want 1"
+  http_get 127.0.0.1 "$admin" /api/v1/bans view-token >bans.json
+  grep -q '"address":"127.0.0.3"' bans.json || fail "/api/v1/bans does not list 127.0.0.3: $(tail -c 400 bans.json)"
+  # The sidecar's CPU (user + system, calls included) over the flood.
+  awk -v t=$((cpu1 - cpu0)) -v hz="$hz" -v d="$dropped" \
+    'BEGIN { printf "    sidecar CPU during the flood and the calls: %.2f s, %.1f us per dropped message\n", t / hz, d ? t / hz * 1e6 / d : 0 }'
 }
 
 # kamailio_in_dialog: the start of a request_route both Kamailio configs
@@ -1247,6 +1303,7 @@ run "h. systemd unit (deploy/systemd): verify, sandboxing exposure <= 2.0" scena
 run "i. Kamailio TLS carrier: SIPp -> Kamailio -> TLS -> sipscreen -> SIPp PBX" scenario_kamailio_tls
 run "j. baresip over TLS through sipscreen" scenario_baresip_tls
 run "k. SRV trunk (dnsmasq): first target down, calls complete at the second" scenario_srv
+run "l. a SIPp flood from one address while the carrier's calls run" scenario_flood
 
 [ "$FAILED" -gt 0 ] && KEEP=1
 [ "$KEEP" = 1 ] && log "logs kept in $TMP"
