@@ -418,6 +418,32 @@ show_logs() {
 # ---------------------------------------------------------------- scenarios
 
 # a, b: carrier -> sipscreen -> PBX over $1 (udp or tcp).
+# inbound_calls PBX TRUNK TO WHERE [SIPP OPTION...]: a SIPp PBX on
+# 127.0.0.1:PBX that checks every tag, and a SIPp carrier on
+# 127.0.0.2:TRUNK placing inbound.csv's calls to TO; fails unless every
+# call completes at the PBX with the expected tags (WHERE says how in the
+# log). The options (e.g. -t t1) go to both.
+inbound_calls() {
+  local pbx=$1 trunk=$2 to=$3 where=$4 n transport=udp
+  shift 4
+  [ "${1:-}" = -t ] && transport=tcp
+  n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
+  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" "$@" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
+  local uas=$LAST_PID
+  wait_port "$transport" 127.0.0.1 "$pbx" || return 1
+  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" "$@" \
+    -i 127.0.0.2 -p "$trunk" "$to" -m "$n" -r 10 "${SIPP_COMMON[@]}"
+  local uac=$LAST_PID
+  wait_exit "$uac" "carrier (sipp UAC)"
+  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
+  local ok mism
+  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
+  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
+  log "    $ok of $n calls $where completed with the expected tags, $mism mismatched"
+  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX"
+  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+}
+
 scenario_inbound() {
   local transport=$1 sip admin pbx trunk n t_opt=()
   port sip admin pbx trunk
@@ -426,22 +452,7 @@ scenario_inbound() {
     "127.0.0.2:$trunk" '"127.0.0.2/32"'
   start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
   n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
-
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" "${t_opt[@]}" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
-  local uas=$LAST_PID
-  wait_port "$transport" 127.0.0.1 "$pbx" || return 1
-  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" "${t_opt[@]}" \
-    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
-  local uac=$LAST_PID
-  wait_exit "$uac" "carrier (sipp UAC)"
-  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
-
-  local ok mism
-  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
-  log "    $ok of $n calls completed with the expected tags, $mism mismatched"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX"
-  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+  inbound_calls "$pbx" "$trunk" "127.0.0.1:$sip" "over $transport" "${t_opt[@]}"
 
   # The sidecar counted what it screened (UDP: a retransmitted INVITE is
   # screened again, so at least; TCP: exactly).
@@ -536,7 +547,7 @@ scenario_srv() {
 # stranger is banned (listed in /api/v1/bans), its messages are dropped,
 # and the sidecar's CPU per dropped message is reported.
 scenario_flood() {
-  local sip admin pbx trunk flood n
+  local sip admin pbx trunk flood
   port sip admin pbx trunk flood
   write_config "$PWD/sipscreen.toml" "$sip" "$admin" "127.0.0.1:$pbx" udp \
     "127.0.0.2:$trunk" '"127.0.0.2/32"'
@@ -545,29 +556,14 @@ scenario_flood() {
   start_sipscreen "$PWD/sipscreen.toml" "$admin" "$sip" || return 1
   local cpu0
   cpu0=$(awk '{ print $14 + $15 }' "/proc/$SIPSCREEN_PID/stat")
-  n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
   start flooder timeout 30 sipp -sf "$SCEN/flood_uac.xml" -i 127.0.0.3 -p "$flood" \
     "127.0.0.1:$sip" -m 20000 -r 5000 "${SIPP_COMMON[@]}"
   local flooder=$LAST_PID
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
-  local uas=$LAST_PID
-  wait_port udp 127.0.0.1 "$pbx" || return 1
-  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" \
-    -i 127.0.0.2 -p "$trunk" "127.0.0.1:$sip" -m "$n" -r 10 "${SIPP_COMMON[@]}"
-  local uac=$LAST_PID
-  wait_exit "$uac" "carrier (sipp UAC)"
-  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
+  inbound_calls "$pbx" "$trunk" "127.0.0.1:$sip" "during the flood"
   wait_exit "$flooder" "flooder (sipp, 20000 OPTIONS)"
   local cpu1 hz
   cpu1=$(awk '{ print $14 + $15 }' "/proc/$SIPSCREEN_PID/stat")
   hz=$(getconf CLK_TCK)
-
-  local ok mism
-  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
-  log "    $ok of $n calls completed with the expected tags during the flood, $mism mismatched"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX during the flood"
-  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
   local dropped banned
   dropped=$(metric_sum "$admin" '^sipscreen_flood_dropped_total[{]reason="(banned|flood)"')
   banned=$(metric "$admin" 'sipscreen_bans_active')
@@ -1159,22 +1155,7 @@ EOF
   start kamailio kamailio -DD -E -f kamailio.cfg -Y "$PWD/kamailio-run"
   wait_port udp 127.0.0.2 "$kam" && wait_port tcp 127.0.0.2 "$kamtls" || return 1
   n=$(($(wc -l <"$SCEN/inbound.csv") - 1))
-
-  start pbx timeout 30 sipp -sf "$SCEN/pbx_uas.xml" -i 127.0.0.1 -p "$pbx" -m "$n" "${SIPP_COMMON[@]}"
-  local uas=$LAST_PID
-  wait_port udp 127.0.0.1 "$pbx" || return 1
-  start trunk timeout 30 sipp -sf "$SCEN/trunk_uac.xml" -inf "$SCEN/inbound.csv" \
-    -i 127.0.0.2 -p "$trunk" "127.0.0.2:$kam" -m "$n" -r 10 "${SIPP_COMMON[@]}"
-  local uac=$LAST_PID
-  wait_exit "$uac" "carrier (sipp UAC, through Kamailio)"
-  wait_exit "$uas" "PBX (sipp UAS, checks the tags)"
-
-  local ok mism
-  ok=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c ": OK$")
-  mism=$(cat pbx_uas_*_logs.log 2>/dev/null | grep -c "MISMATCH")
-  log "    $ok of $n calls through Kamailio over TLS completed with the expected tags, $mism mismatched"
-  [ "$ok" -eq "$n" ] || fail "$ok of $n calls completed at the PBX"
-  [ "$mism" -eq 0 ] || fail "$mism calls had unexpected tags"
+  inbound_calls "$pbx" "$trunk" "127.0.0.2:$kam" "through Kamailio over TLS"
 
   # Outbound: sipscreen opens TLS to Kamailio (its certificate verified
   # against the CA as kamailio.test).
