@@ -2,8 +2,8 @@
 //! through chromedriver (WebDriver, from Rust with fantoccini) against the
 //! real `sipscreen` binary with real SIP on loopback. Signs in with each
 //! role, adds lines with a bad one (and sees it refused with its number),
-//! filters, removes with the confirmation, watches a call made through
-//! the proxy appear on the Calls page with its verdict within a second,
+//! filters, removes with the confirmation, watches a call placed with real SIPp
+//! (trunk UAC from 127.0.0.2, PBX UAS) through the proxy appear on the Calls page with its verdict within a second,
 //! checks that a view session has no edit controls and that its direct
 //! POSTs (with and without the CSRF token) and an edit session's POST
 //! without one are 403, that signing out kills the cookie, and that a
@@ -18,10 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::Serving;
-use common::{invite, recv, response_to, tools};
+use common::tools;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use tokio::net::UdpSocket;
 
 const EDIT: &str = "edit-token";
 const VIEW: &str = "view-token";
@@ -190,23 +189,106 @@ async fn post_from_page(c: &Client, path: &str, with_csrf: bool, fields: Value) 
     v.as_u64().unwrap_or_else(|| panic!("fetch failed: {v}"))
 }
 
-/// One call from the trunk, refused busy by the PBX; returns when the
-/// trunk has the 486 (the call is over).
-async fn busy_call(trunk: &UdpSocket, pbx: &UdpSocket, sip: SocketAddr, caller: &str, id: &str) {
-    let inv = invite(
-        sip,
-        trunk.local_addr().unwrap(),
-        "+4930901820",
-        caller,
-        id,
-        "",
+/// A free UDP port on `ip` (bound, read, released for SIPp to take).
+fn free_udp(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Real SIPp, as tests/interop/run.sh drives it: the trunk (a UAC from
+/// 127.0.0.2, tests/interop/sipp/trunk_uac.xml) calls through the sidecar
+/// to the PBX (a UAS on 127.0.0.1, pbx_uas.xml, which checks the X-CRM-*
+/// tags against `expect`). Returns when the trunk's SIPp has exited
+/// successfully (the call is over: answered, BYE'd).
+async fn sipp_call(
+    sipp: &Path,
+    dir: &Path,
+    sip: SocketAddr,
+    pbx: u16,
+    trunk: u16,
+    caller: &str,
+    expect: &str,
+) {
+    let scen = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sipp");
+    let csv = dir.join(format!("call-{caller}.csv"));
+    std::fs::write(
+        &csv,
+        format!(
+            "SEQUENTIAL\n{caller};+4930901820;{expect};X-Interop-Case: console;No-TN-Validation\n"
+        ),
+    )
+    .unwrap();
+    let common = [
+        "-nostdin",
+        "-trace_err",
+        "-trace_logs",
+        "-timeout",
+        "20s",
+        "-timeout_error",
+        "-recv_timeout",
+        "8s",
+        "-m",
+        "1",
+    ];
+    let mut uas = tokio::process::Command::new(sipp)
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(scen.join("pbx_uas.xml"))
+        .args(["-i", "127.0.0.1", "-p", &pbx.to_string()])
+        .args(common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sipp (PBX) starts");
+    // Listening once its port is taken.
+    until(
+        Duration::from_secs(10),
+        "the SIPp PBX listening",
+        || async { std::net::UdpSocket::bind(("127.0.0.1", pbx)).is_err() },
+    )
+    .await;
+    let uac = tokio::process::Command::new(sipp)
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(scen.join("trunk_uac.xml"))
+        .arg("-inf")
+        .arg(&csv)
+        .args(["-i", "127.0.0.2", "-p", &trunk.to_string()])
+        .arg(sip.to_string())
+        .args(common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .expect("sipp (trunk) runs");
+    let logs = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        uac.success(),
+        "the SIPp trunk's call failed ({uac}):\n{}",
+        logs()
     );
-    trunk.send_to(inv.as_bytes(), sip).await.unwrap();
-    let (got, _) = recv(pbx).await;
-    let busy = response_to(&got, 486, "Busy Here", "t-1", "sip:agent@127.0.0.1");
-    pbx.send_to(busy.as_bytes(), sip).await.unwrap();
-    let (resp, _) = recv(trunk).await;
-    assert!(resp.starts_with("SIP/2.0 486"), "{resp}");
+    let pbx_ok = tokio::time::timeout(Duration::from_secs(10), uas.wait())
+        .await
+        .expect("the SIPp PBX exits")
+        .unwrap();
+    assert!(
+        pbx_ok.success(),
+        "the SIPp PBX failed ({pbx_ok}):\n{}",
+        logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +299,10 @@ async fn the_console_in_chromium() {
     let Some(chromium) = tools::tool("chromium", "chromium") else {
         return;
     };
-    let trunk = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let Some(sipp) = tools::tool("sipp", "sip-tester") else {
+        return;
+    };
+    let (pbx, trunk) = (free_udp("127.0.0.1"), free_udp("127.0.0.2"));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sipscreen.toml");
     std::fs::write(
@@ -228,11 +312,11 @@ async fn the_console_in_chromium() {
 udp = ["127.0.0.1:0"]
 tcp = []
 [pbx]
-target = "{}"
+target = "127.0.0.1:{}"
 sources = ["127.0.0.1/32"]
 [[trunk]]
 name = "carrier"
-target = "{}"
+target = "127.0.0.2:{}"
 sources = ["127.0.0.2/32"]
 [screening]
 default_region = "DE"
@@ -262,8 +346,8 @@ crm_mode = "simple"
 create_for = "incoming"
 source = "WEB"
 "#,
-            pbx.local_addr().unwrap(),
-            trunk.local_addr().unwrap(),
+            pbx,
+            trunk,
             sha(EDIT),
             sha(VIEW),
             dir.path().join("data").display()
@@ -369,7 +453,10 @@ source = "WEB"
     // Calls: one logged call before, then the page open while an exception
     // caller calls; its row appears with its verdict within a second of
     // the call's end, without a reload.
-    busy_call(&trunk, &pbx, sip, "+4917099999999", "browser-log-1").await;
+    let sipp_dir = dir.path().join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap();
+    sipp_call(&sipp, &sipp_dir, sip, pbx, trunk, "+4917099999999",
+        "verdict=log,direction=inbound,client=+4917099999999,line=+4930901820,create=offer,source=ADVERTISING,responsible=101,kamailio=,reason=,attest=none").await;
     c.goto(&format!("{base}/calls")).await.unwrap();
     until(
         Duration::from_secs(3),
@@ -377,7 +464,8 @@ source = "WEB"
         || async { count(&c, "tr[data-client='+4917099999999']").await == 1 },
     )
     .await;
-    busy_call(&trunk, &pbx, sip, "+49301234567", "browser-ex-1").await;
+    sipp_call(&sipp, &sipp_dir, sip, pbx, trunk, "+49301234567",
+        "verdict=exception,direction=inbound,client=+49301234567,line=+4930901820,create=,source=,responsible=101,kamailio=,reason=listed,attest=none").await;
     let ended = Instant::now();
     until(
         Duration::from_secs(1),
