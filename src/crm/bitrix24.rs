@@ -52,6 +52,9 @@ pub struct Bitrix24 {
     resets: Mutex<HashMap<String, f64>>,
     /// Per method: paused until (the tokio clock).
     paused: Mutex<HashMap<String, Instant>>,
+    /// The portal's leaky bucket, shared by every request to it (delivery,
+    /// line sync, directory sync, lookups): together they stay within it.
+    bucket: Mutex<Option<super::Bucket>>,
 }
 
 impl Bitrix24 {
@@ -75,7 +78,47 @@ impl Bitrix24 {
             http,
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
+            bucket: Mutex::new(None),
         })
+    }
+
+    /// Paces every request to the portal by one leaky bucket of `rate`
+    /// requests a second, bursts up to `burst`.
+    pub fn with_rate(self, rate: f64, burst: u32) -> Self {
+        *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(super::Bucket::new(rate, burst));
+        self
+    }
+
+    /// Waits for a token of the portal's bucket (none configured: at once).
+    pub async fn pace(&self) {
+        loop {
+            let wait = match self
+                .bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                Some(b) => b.reserve(Instant::now()),
+                None => return,
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The portal said "too many": its bucket starts from empty.
+    fn drain(&self) {
+        if let Some(b) = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            b.drain();
+        }
     }
 
     /// Registers calls without a responsible person for `user`.
@@ -223,6 +266,7 @@ impl Bitrix24 {
                 }
             };
             params["auth"] = Value::String(token.clone());
+            self.pace().await;
             let resp = self
                 .http
                 .post(self.app.method_url(method))
@@ -247,6 +291,7 @@ impl Bitrix24 {
                 return Err(Delivery::Retry(self.pause(method)));
             }
             if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
+                self.drain();
                 return Err(Delivery::Retry(CrmError::RateLimited { method }));
             }
             if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND") && attempt == 0
@@ -736,6 +781,60 @@ mod tests {
             sink.request(&corrupt),
             Err(CrmError::BadPayload(_))
         ));
+    }
+
+    /// Two users of one portal (say the line sync and the directory sync,
+    /// each calling through the same sink) share its bucket: after the
+    /// burst their requests go 1 / rate apart in total, not each (paused
+    /// tokio clock).
+    #[tokio::test(start_paused = true)]
+    async fn every_request_to_a_portal_takes_from_one_bucket() {
+        let app = App::new(
+            AppConfig {
+                sink: "portal".into(),
+                rest_url: "http://127.0.0.1:9/rest/".into(),
+                oauth_url: "http://127.0.0.1:9/oauth/token/".into(),
+                client_id: "app".into(),
+                client_secret: "secret".into(),
+                timeout: Duration::from_secs(1),
+            },
+            None,
+            None,
+        )
+        .unwrap();
+        let sink = Arc::new(
+            Bitrix24::new("portal", Arc::new(app), "USER_ID", Duration::from_secs(1))
+                .unwrap()
+                .with_rate(2.0, 2),
+        );
+        let t0 = Instant::now();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let user = |who: &'static str| {
+            let (sink, sent) = (sink.clone(), sent.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    sink.pace().await;
+                    sent.lock().unwrap().push((who, t0.elapsed().as_secs_f64()));
+                }
+            })
+        };
+        let (a, b) = (user("lines"), user("directory"));
+        a.await.unwrap();
+        b.await.unwrap();
+        let mut at: Vec<f64> = sent.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        at.sort_by(f64::total_cmp);
+        assert_eq!(at.len(), 8);
+        // Two at once (the burst), then one every 0.5 s across both.
+        for (i, t) in at.iter().enumerate() {
+            let due = i.saturating_sub(1) as f64 * 0.5;
+            assert!(
+                (t - due).abs() < 0.01,
+                "request {i} at {t} s, due {due} s: {at:?}"
+            );
+        }
+        let users: std::collections::HashSet<_> =
+            sent.lock().unwrap().iter().map(|(w, _)| *w).collect();
+        assert_eq!(users.len(), 2, "both users sent");
     }
 
     #[test]
