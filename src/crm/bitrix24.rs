@@ -352,6 +352,9 @@ enum Request {
     /// A method on the registered call (finish, hide); `CALL_ID` from the
     /// store, or from a register earlier in the same batch.
     ForCall(&'static str, Value),
+    /// An offered call that ended unanswered: its card hidden (hide
+    /// parameters), then its finish.
+    HideThenFinish(Value, Value),
 }
 
 impl Bitrix24 {
@@ -380,6 +383,13 @@ impl Bitrix24 {
                     "STATUS_CODE": status_code(v.direction, end),
                 });
                 self.user(&v, &mut p);
+                // Shown and never answered (an answered call was hidden
+                // on its answer): hidden now, before the finish.
+                if v.offer && !end.answered && self.user_field == "USER_ID" {
+                    if let Some(u) = p.get("USER_ID").cloned() {
+                        return Ok(Request::HideThenFinish(json!({"USER_ID": u}), p));
+                    }
+                }
                 Request::ForCall(FINISH, p)
             }
             // The card was shown (`create = "offer"`): hidden once the
@@ -558,6 +568,29 @@ impl Sink for Bitrix24 {
                 Ok(r) => self.keep_crm_id(ev, store, &r).await,
                 Err(d) => d,
             },
+            Ok(Request::HideThenFinish(mut hide, mut p)) => {
+                let id = match self.crm_id(ev, store).await {
+                    Ok(id) => id,
+                    Err(d) => return d,
+                };
+                hide["CALL_ID"] = Value::String(id.clone());
+                match self.call(HIDE, hide).await {
+                    Ok(_) => {}
+                    Err(Delivery::Rejected(e)) => {
+                        // The card stays shown; the call is still finished.
+                        tracing::warn!(sink = %self.name, call = %ev.call, error = %e, "Bitrix24 refused to hide the call's card");
+                    }
+                    Err(d) => return d,
+                }
+                p["CALL_ID"] = Value::String(id);
+                match self.call(FINISH, p).await {
+                    Ok(_) => {
+                        self.keep_finished(ev, store).await;
+                        Delivery::Ok
+                    }
+                    Err(d) => d,
+                }
+            }
             Ok(Request::ForCall(method, mut p)) => {
                 match self.crm_id(ev, store).await {
                     Ok(id) => p["CALL_ID"] = Value::String(id),
@@ -610,6 +643,11 @@ impl Sink for Bitrix24 {
                 Request::None => {
                     keys.push(None);
                     continue;
+                }
+                // Two requests: on its own (first in a run) or in the next run.
+                Request::HideThenFinish(..) => {
+                    usable = i;
+                    break;
                 }
                 Request::Register(p) => {
                     registered.insert(&ev.call, key.clone());
