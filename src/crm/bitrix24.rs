@@ -385,10 +385,12 @@ impl Bitrix24 {
                 self.user(&v, &mut p);
                 // Shown and never answered (an answered call was hidden
                 // on its answer): hidden now, before the finish.
-                if v.offer && !end.answered && self.user_field == "USER_ID" {
-                    if let Some(u) = p.get("USER_ID").cloned() {
-                        return Ok(Request::HideThenFinish(json!({"USER_ID": u}), p));
-                    }
+                if v.offer
+                    && !end.answered
+                    && self.user_field == "USER_ID"
+                    && let Some(u) = p.get("USER_ID").cloned()
+                {
+                    return Ok(Request::HideThenFinish(json!({"USER_ID": u}), p));
                 }
                 Request::ForCall(FINISH, p)
             }
