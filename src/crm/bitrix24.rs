@@ -740,11 +740,9 @@ mod tests {
         );
     }
 
-    /// What register and finish send for a call event, field by field.
-    #[test]
-    fn register_and_finish_parameters_come_from_the_event() {
-        use crate::events::Create;
-        let app = App::new(
+    /// An application of a portal nobody listens on.
+    fn test_app() -> App {
+        App::new(
             AppConfig {
                 sink: "portal".into(),
                 rest_url: "http://127.0.0.1:9/rest/".into(),
@@ -756,7 +754,14 @@ mod tests {
             None,
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// What register and finish send for a call event, field by field.
+    #[test]
+    fn register_and_finish_parameters_come_from_the_event() {
+        use crate::events::Create;
+        let app = test_app();
         let sink = Bitrix24::new(
             "portal",
             Arc::new(app),
@@ -829,19 +834,7 @@ mod tests {
     /// tokio clock).
     #[tokio::test(start_paused = true)]
     async fn every_request_to_a_portal_takes_from_one_bucket() {
-        let app = App::new(
-            AppConfig {
-                sink: "portal".into(),
-                rest_url: "http://127.0.0.1:9/rest/".into(),
-                oauth_url: "http://127.0.0.1:9/oauth/token/".into(),
-                client_id: "app".into(),
-                client_secret: "secret".into(),
-                timeout: Duration::from_secs(1),
-            },
-            None,
-            None,
-        )
-        .unwrap();
+        let app = test_app();
         let sink = Arc::new(
             Bitrix24::new("portal", Arc::new(app), "USER_ID", Duration::from_secs(1))
                 .unwrap()
