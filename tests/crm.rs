@@ -133,6 +133,48 @@ impl<'a> Call<'a> {
     }
 }
 
+/// The first call's card was hidden once, for user 101, between its
+/// register and its finish.
+fn hidden_once_before_the_finish(crm: &Crm) {
+    let hides = crm.calls("telephony.externalcall.hide");
+    assert_eq!(hides.len(), 1, "{hides:?}");
+    assert_eq!(hides[0]["CALL_ID"], "externalCall.0");
+    assert_eq!(hides[0]["USER_ID"], "101");
+    let order: Vec<String> = crm
+        .seen()
+        .iter()
+        .filter(|s| s.refused.is_none() && s.method.starts_with("telephony."))
+        .map(|s| s.method.clone())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "telephony.externalcall.register",
+            "telephony.externalcall.hide",
+            "telephony.externalcall.finish"
+        ]
+    );
+    assert_eq!(
+        crm.calls.lock().unwrap()["externalCall.0"].hidden_for,
+        ["101"]
+    );
+}
+
+#[tokio::test]
+async fn cancelled_offered_call_is_hidden_before_its_finish() {
+    let (crm, addr) = Crm::start().await;
+    let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
+    let call = Call::inbound(&h, "+4917011111112", "+4930901820", "crm-cancelled").await;
+    call.respond(180, "Ringing").await;
+    call.cancel().await;
+    crm.wait_for("telephony.externalcall.finish", 1).await;
+    let fin = &crm.calls("telephony.externalcall.finish")[0];
+    assert_eq!(fin["STATUS_CODE"], "304", "{fin}");
+    // Shown to the responsible (SHOW=1), never answered: hidden at the
+    // end, once, before the finish.
+    hidden_once_before_the_finish(&crm);
+}
+
 #[tokio::test]
 async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     let (crm, addr) = Crm::start().await;
@@ -172,28 +214,7 @@ async fn answered_inbound_call_registers_and_finishes_with_its_duration() {
     assert_eq!(fin["STATUS_CODE"], "200");
     // The card offered to the responsible is hidden once answered,
     // before the finish.
-    let hides = crm.calls("telephony.externalcall.hide");
-    assert_eq!(hides.len(), 1, "{hides:?}");
-    assert_eq!(hides[0]["CALL_ID"], "externalCall.0");
-    assert_eq!(hides[0]["USER_ID"], "101");
-    let order: Vec<String> = crm
-        .seen()
-        .iter()
-        .filter(|s| s.refused.is_none() && s.method.starts_with("telephony."))
-        .map(|s| s.method.clone())
-        .collect();
-    assert_eq!(
-        order,
-        [
-            "telephony.externalcall.register",
-            "telephony.externalcall.hide",
-            "telephony.externalcall.finish"
-        ]
-    );
-    assert_eq!(
-        crm.calls.lock().unwrap()["externalCall.0"].hidden_for,
-        ["101"]
-    );
+    hidden_once_before_the_finish(&crm);
     let duration = fin["DURATION"].as_u64().unwrap();
     assert!(
         (inner.as_secs()..=outer.as_secs()).contains(&duration),

@@ -52,6 +52,9 @@ pub struct Bitrix24 {
     resets: Mutex<HashMap<String, f64>>,
     /// Per method: paused until (the tokio clock).
     paused: Mutex<HashMap<String, Instant>>,
+    /// The portal's leaky bucket, shared by every request to it (delivery,
+    /// line sync, directory sync, lookups): together they stay within it.
+    bucket: Mutex<Option<super::Bucket>>,
 }
 
 impl Bitrix24 {
@@ -75,7 +78,47 @@ impl Bitrix24 {
             http,
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
+            bucket: Mutex::new(None),
         })
+    }
+
+    /// Paces every request to the portal by one leaky bucket of `rate`
+    /// requests a second, bursts up to `burst`.
+    pub fn with_rate(self, rate: f64, burst: u32) -> Self {
+        *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(super::Bucket::new(rate, burst));
+        self
+    }
+
+    /// Waits for a token of the portal's bucket (none configured: at once).
+    pub async fn pace(&self) {
+        loop {
+            let wait = match self
+                .bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                Some(b) => b.reserve(Instant::now()),
+                None => return,
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The portal said "too many": its bucket starts from empty.
+    fn drain(&self) {
+        if let Some(b) = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            b.drain();
+        }
     }
 
     /// Registers calls without a responsible person for `user`.
@@ -223,6 +266,7 @@ impl Bitrix24 {
                 }
             };
             params["auth"] = Value::String(token.clone());
+            self.pace().await;
             let resp = self
                 .http
                 .post(self.app.method_url(method))
@@ -247,6 +291,7 @@ impl Bitrix24 {
                 return Err(Delivery::Retry(self.pause(method)));
             }
             if error == "QUERY_LIMIT_EXCEEDED" || status == 429 {
+                self.drain();
                 return Err(Delivery::Retry(CrmError::RateLimited { method }));
             }
             if matches!(error, "expired_token" | "invalid_token" | "NO_AUTH_FOUND") && attempt == 0
@@ -307,6 +352,9 @@ enum Request {
     /// A method on the registered call (finish, hide); `CALL_ID` from the
     /// store, or from a register earlier in the same batch.
     ForCall(&'static str, Value),
+    /// An offered call that ended unanswered: its card hidden (hide
+    /// parameters), then its finish.
+    HideThenFinish(Value, Value),
 }
 
 impl Bitrix24 {
@@ -335,6 +383,15 @@ impl Bitrix24 {
                     "STATUS_CODE": status_code(v.direction, end),
                 });
                 self.user(&v, &mut p);
+                // Shown and never answered (an answered call was hidden
+                // on its answer): hidden now, before the finish.
+                if v.offer
+                    && !end.answered
+                    && self.user_field == "USER_ID"
+                    && let Some(u) = p.get("USER_ID").cloned()
+                {
+                    return Ok(Request::HideThenFinish(json!({"USER_ID": u}), p));
+                }
                 Request::ForCall(FINISH, p)
             }
             // The card was shown (`create = "offer"`): hidden once the
@@ -513,6 +570,29 @@ impl Sink for Bitrix24 {
                 Ok(r) => self.keep_crm_id(ev, store, &r).await,
                 Err(d) => d,
             },
+            Ok(Request::HideThenFinish(mut hide, mut p)) => {
+                let id = match self.crm_id(ev, store).await {
+                    Ok(id) => id,
+                    Err(d) => return d,
+                };
+                hide["CALL_ID"] = Value::String(id.clone());
+                match self.call(HIDE, hide).await {
+                    Ok(_) => {}
+                    Err(Delivery::Rejected(e)) => {
+                        // The card stays shown; the call is still finished.
+                        tracing::warn!(sink = %self.name, call = %ev.call, error = %e, "Bitrix24 refused to hide the call's card");
+                    }
+                    Err(d) => return d,
+                }
+                p["CALL_ID"] = Value::String(id);
+                match self.call(FINISH, p).await {
+                    Ok(_) => {
+                        self.keep_finished(ev, store).await;
+                        Delivery::Ok
+                    }
+                    Err(d) => d,
+                }
+            }
             Ok(Request::ForCall(method, mut p)) => {
                 match self.crm_id(ev, store).await {
                     Ok(id) => p["CALL_ID"] = Value::String(id),
@@ -565,6 +645,11 @@ impl Sink for Bitrix24 {
                 Request::None => {
                     keys.push(None);
                     continue;
+                }
+                // Two requests: on its own (first in a run) or in the next run.
+                Request::HideThenFinish(..) => {
+                    usable = i;
+                    break;
                 }
                 Request::Register(p) => {
                     registered.insert(&ev.call, key.clone());
@@ -655,11 +740,9 @@ mod tests {
         );
     }
 
-    /// What register and finish send for a call event, field by field.
-    #[test]
-    fn register_and_finish_parameters_come_from_the_event() {
-        use crate::events::Create;
-        let app = App::new(
+    /// An application of a portal nobody listens on.
+    fn test_app() -> App {
+        App::new(
             AppConfig {
                 sink: "portal".into(),
                 rest_url: "http://127.0.0.1:9/rest/".into(),
@@ -671,7 +754,14 @@ mod tests {
             None,
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// What register and finish send for a call event, field by field.
+    #[test]
+    fn register_and_finish_parameters_come_from_the_event() {
+        use crate::events::Create;
+        let app = test_app();
         let sink = Bitrix24::new(
             "portal",
             Arc::new(app),
@@ -736,6 +826,48 @@ mod tests {
             sink.request(&corrupt),
             Err(CrmError::BadPayload(_))
         ));
+    }
+
+    /// Two users of one portal (say the line sync and the directory sync,
+    /// each calling through the same sink) share its bucket: after the
+    /// burst their requests go 1 / rate apart in total, not each (paused
+    /// tokio clock).
+    #[tokio::test(start_paused = true)]
+    async fn every_request_to_a_portal_takes_from_one_bucket() {
+        let app = test_app();
+        let sink = Arc::new(
+            Bitrix24::new("portal", Arc::new(app), "USER_ID", Duration::from_secs(1))
+                .unwrap()
+                .with_rate(2.0, 2),
+        );
+        let t0 = Instant::now();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let user = |who: &'static str| {
+            let (sink, sent) = (sink.clone(), sent.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    sink.pace().await;
+                    sent.lock().unwrap().push((who, t0.elapsed().as_secs_f64()));
+                }
+            })
+        };
+        let (a, b) = (user("lines"), user("directory"));
+        a.await.unwrap();
+        b.await.unwrap();
+        let mut at: Vec<f64> = sent.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        at.sort_by(f64::total_cmp);
+        assert_eq!(at.len(), 8);
+        // Two at once (the burst), then one every 0.5 s across both.
+        for (i, t) in at.iter().enumerate() {
+            let due = i.saturating_sub(1) as f64 * 0.5;
+            assert!(
+                (t - due).abs() < 0.01,
+                "request {i} at {t} s, due {due} s: {at:?}"
+            );
+        }
+        let users: std::collections::HashSet<_> =
+            sent.lock().unwrap().iter().map(|(w, _)| *w).collect();
+        assert_eq!(users.len(), 2, "both users sent");
     }
 
     #[test]

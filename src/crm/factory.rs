@@ -199,7 +199,8 @@ pub fn build_sinks(
                 error,
             })?
             .with_default_user(b.default_user.clone())
-            .with_metrics(metrics.cloned()),
+            .with_metrics(metrics.cloned())
+            .with_rate(b.rate_per_sec, b.burst),
         );
         out.bitrix24.push((sink.clone(), b.clone()));
         out.workers.push((sink, worker(b.rate_per_sec, b.burst)));
