@@ -369,7 +369,7 @@ pub async fn remove(
     let actor = s.authorize(&headers, Role::Edit)?;
     let v = parse_value(&s, &value)?;
     let range = matches!(v, Value::Range(..));
-    let gone = remove_value(&s, &actor, &value).await?;
+    let gone = remove_parsed(&s, &actor, &v, &value).await?;
     let views: Vec<EntryView> = gone.into_iter().map(EntryView::from).collect();
     Ok(if range {
         Json(Removed { removed: views }).into_response()
@@ -385,7 +385,16 @@ pub async fn remove_value(
     actor: &Actor,
     value: &str,
 ) -> Result<Vec<Entry>, ApiError> {
-    let v = parse_value(s, value)?;
+    remove_parsed(s, actor, &parse_value(s, value)?, value).await
+}
+
+/// [`remove_value`] of a value already parsed from `value`.
+async fn remove_parsed(
+    s: &ApiState,
+    actor: &Actor,
+    v: &Value,
+    value: &str,
+) -> Result<Vec<Entry>, ApiError> {
     let values: Vec<String> = v.stored().into_iter().map(|(_, v)| v).collect();
     if values.len() > MAX_STORED {
         return Err(ApiError::bad_request(format!(
