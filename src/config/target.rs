@@ -51,6 +51,16 @@ impl From<super::TransportKind> for TargetTransport {
     }
 }
 
+impl From<TargetTransport> for super::TransportKind {
+    fn from(t: TargetTransport) -> Self {
+        match t {
+            TargetTransport::Udp => super::TransportKind::Udp,
+            TargetTransport::Tcp => super::TransportKind::Tcp,
+            TargetTransport::Tls => super::TransportKind::Tls,
+        }
+    }
+}
+
 /// The host part of a target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TargetHost {
@@ -125,6 +135,12 @@ impl TargetSpec {
             transport,
             sips,
         })
+    }
+
+    /// The transport an address of it gets when DNS does not say: the
+    /// URI's, else the peer's.
+    pub fn transport_or(&self, peer: super::TransportKind) -> super::TransportKind {
+        self.transport.map_or(peer, Into::into)
     }
 
     /// Whether resolving it needs DNS.

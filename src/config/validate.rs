@@ -224,13 +224,11 @@ fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
                 let TargetHost::Ip(ip) = spec.host else {
                     return None;
                 };
-                let transport = match spec.transport {
-                    Some(super::target::TargetTransport::Udp) => super::TransportKind::Udp,
-                    Some(super::target::TargetTransport::Tcp) => super::TransportKind::Tcp,
-                    Some(super::target::TargetTransport::Tls) => super::TransportKind::Tls,
-                    None => peer_transport,
-                };
-                Some((ip, transport, e.target.get_ref().as_str()))
+                Some((
+                    ip,
+                    spec.transport_or(peer_transport),
+                    e.target.get_ref().as_str(),
+                ))
             })
             .collect();
         for &(ip, transport, target) in &literal {

@@ -158,18 +158,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The transport an address gets when DNS does not say: the URI's, else
-/// the peer's.
-fn transport_of(spec: &TargetSpec, peer: TransportKind) -> TransportKind {
-    use crate::config::target::TargetTransport as T;
-    match spec.transport {
-        Some(T::Udp) => TransportKind::Udp,
-        Some(T::Tcp) => TransportKind::Tcp,
-        Some(T::Tls) => TransportKind::Tls,
-        None => peer,
-    }
-}
-
 impl PeerTargets {
     /// A peer's targets from validated config entries: IP literals are
     /// resolved at once, names wait for the resolver task.
@@ -185,18 +173,17 @@ impl PeerTargets {
         for e in entries {
             let spec = TargetSpec::parse(e.target.get_ref()).map_err(|m| (e.target.span(), m))?;
             let answer = match &spec.host {
-                TargetHost::Ip(ip) => AnswerState {
-                    answer: Some(Answer::literal(
-                        SocketAddr::new(
-                            *ip,
-                            spec.port
-                                .unwrap_or(default_port(transport_of(&spec, transport))),
-                        ),
-                        transport_of(&spec, transport),
-                    )),
-                    expires_ms: i64::MAX,
-                    ..Default::default()
-                },
+                TargetHost::Ip(ip) => {
+                    let t = spec.transport_or(transport);
+                    AnswerState {
+                        answer: Some(Answer::literal(
+                            SocketAddr::new(*ip, spec.port.unwrap_or(default_port(t))),
+                            t,
+                        )),
+                        expires_ms: i64::MAX,
+                        ..Default::default()
+                    }
+                }
                 TargetHost::Name(_) => AnswerState::default(),
             };
             configured.push(Configured {

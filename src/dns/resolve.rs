@@ -12,7 +12,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
-use crate::config::target::{TargetHost, TargetSpec, TargetTransport, parse_server};
+use crate::config::target::{TargetHost, TargetSpec, parse_server};
 use crate::config::{DnsConfig, TransportKind};
 
 /// One resolved address.
@@ -92,12 +92,7 @@ impl Resolver {
         };
         let fqdn = format!("{name}.");
         let mut ttl = u32::MAX;
-        let explicit = match spec.transport {
-            Some(TargetTransport::Udp) => Some(TransportKind::Udp),
-            Some(TargetTransport::Tcp) => Some(TransportKind::Tcp),
-            Some(TargetTransport::Tls) => Some(TransportKind::Tls),
-            None => None,
-        };
+        let explicit = spec.transport.map(TransportKind::from);
         if let Some(port) = spec.port {
             let dests = self
                 .addresses(&fqdn, port, explicit.unwrap_or(peer), 0, 1, &mut ttl)
