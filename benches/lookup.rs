@@ -5,18 +5,40 @@
 //! Run: `cargo bench --bench lookup`. Prints the phone table's heap bytes
 //! per entry at each size.
 //!
+//! `exact/*`: at 1M and 10M exact entries, one `contains_phone` for a hit
+//! and for a miss against one step of a pointer chase over a buffer of the
+//! phone table's size, side by side (`cargo bench --bench lookup --
+//! exact/`). Each is timed alone: a load fence (`lfence`) after every
+//! lookup and every chase step keeps the next one from starting early, so
+//! the time is one lookup's latency (a lookup's answer comes from a branch
+//! the CPU would otherwise predict and run ahead of). `lookup/*` are the
+//! same lookups unfenced, back to back (throughput).
+//!
+//! Instructions per lookup (valgrind): `SIPSCREEN_CALLGRIND=hit` (or
+//! `miss`, `prefix`) builds the 1M set and runs 100,000 lookups inside
+//! `callgrind_loop`, then exits:
+//!
+//! ```text
+//! cargo bench --bench lookup --no-run
+//! SIPSCREEN_CALLGRIND=hit valgrind --tool=callgrind --collect-atstart=no \
+//!   --toggle-collect='*callgrind_loop*' target/release/deps/lookup-HASH
+//! ```
+//!
+//! and divide the `summary` Ir by 100,000.
+//!
 //! `prefix/*`: with 1M prefix rules loaded, one `match_phone` against one
 //! step of a pointer chase (a random cyclic permutation of cache lines)
 //! over a buffer of the prefix table's size: the machine's random-access
-//! latency at that size. Both are latency-bound chains (the next query
-//! depends on the previous answer), so the ratio of the two times is what
+//! latency at that size. `prefix/lookup/1M` and `prefix/chase/1M` are
+//! chains (the next query depends on the previous answer); `prefix/fenced/*`
+//! time each alone, as `exact/*` do. The ratio of lookup to chase is what
 //! the target (≤ 2) is about: `cargo bench --bench lookup -- prefix/`.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use phonenumber::country::Id;
 use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
 use sipscreen::screening::normalize::Normalizer;
@@ -41,33 +63,75 @@ impl Rng {
     }
 }
 
-fn lookups(c: &mut Criterion) {
+/// Waits until every earlier load has completed before any later one
+/// starts (x86-64 `lfence`): each timed step is then one step alone.
+#[inline(always)]
+fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: lfence has no operands and no effect but ordering.
+    unsafe {
+        std::arch::x86_64::_mm_lfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A set of `n` random exact entries, with `QUERIES` hits and misses.
+fn exact_set(n: usize) -> (ExceptionSet, Vec<u64>, Vec<u64>) {
+    let mut rng = Rng(n as u64);
+    let keys: Vec<u64> = (0..n).map(|_| rng.phone()).collect();
+    let set = ExceptionSet::new();
+    set.replace_all(keys.clone(), Vec::new());
+    let hits: Vec<u64> = (0..QUERIES)
+        .map(|_| keys[(rng.next() % n as u64) as usize])
+        .collect();
+    let misses: Vec<u64> = (0..QUERIES)
+        .map(|_| {
+            loop {
+                let k = rng.phone();
+                if !set.contains_phone(k) {
+                    break k;
+                }
+            }
+        })
+        .collect();
+    (set, hits, misses)
+}
+
+/// Exact lookups, each timed alone, beside the pointer chase over a
+/// buffer of the table's size.
+fn exact(c: &mut Criterion) {
     for (label, n) in [("1M", 1_000_000usize), ("10M", 10_000_000)] {
-        let mut rng = Rng(n as u64);
-        let keys: Vec<u64> = (0..n).map(|_| rng.phone()).collect();
-        let set = ExceptionSet::new();
-        set.replace_all(keys.clone(), Vec::new());
+        let (set, hits, misses) = exact_set(n);
+        let bytes = set.phone_table_bytes();
         let (phones, _) = set.counts();
         eprintln!(
-            "exceptions {label}: {phones} phones, table {} bytes = {:.1} bytes/entry (whole set {:.1} bytes/entry)",
-            set.phone_table_bytes(),
-            set.phone_table_bytes() as f64 / phones as f64,
+            "exceptions {label}: {phones} phones, table {bytes} bytes = {:.1} bytes/entry (whole set {:.1} bytes/entry); the chase runs over {bytes} bytes",
+            bytes as f64 / phones as f64,
             set.heap_bytes() as f64 / phones as f64,
         );
-        let hits: Vec<u64> = (0..QUERIES)
-            .map(|_| keys[(rng.next() % n as u64) as usize])
-            .collect();
-        let misses: Vec<u64> = (0..QUERIES)
-            .map(|_| {
-                loop {
-                    let k = rng.phone();
-                    if !set.contains_phone(k) {
-                        break k;
-                    }
-                }
+        let buf = chase_buffer(bytes, 3);
+        let mut at = 0usize;
+        c.bench_function(&format!("exact/chase/{label}"), |b| {
+            b.iter(|| {
+                at = buf[at][0];
+                fence();
+                black_box(at)
             })
-            .collect();
-        drop(keys);
+        });
+        drop(buf);
+        for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
+            let mut i = 0;
+            c.bench_function(&format!("exact/{kind}/{label}"), |b| {
+                b.iter(|| {
+                    let k = queries[i & (QUERIES - 1)];
+                    i += 1;
+                    let r = set.contains_phone(black_box(k));
+                    fence();
+                    black_box(r)
+                })
+            });
+        }
         for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
             let mut i = 0;
             c.bench_function(&format!("lookup/{kind}/{label}"), |b| {
@@ -212,7 +276,61 @@ fn prefixes(c: &mut Criterion) {
             i = i.wrapping_add(1 + usize::from(black_box(m).is_some()));
         })
     });
+    c.bench_function("prefix/fenced/chase/1M", |b| {
+        b.iter(|| {
+            at = buf[at][0];
+            fence();
+            black_box(at)
+        })
+    });
+    c.bench_function("prefix/fenced/lookup/1M", |b| {
+        b.iter(|| {
+            let m = set.match_phone(queries[i & (QUERIES - 1)]);
+            i = i.wrapping_add(1);
+            fence();
+            black_box(m)
+        })
+    });
 }
 
-criterion_group!(benches, lookups, normalisation, screen, prefixes);
-criterion_main!(benches);
+/// Lookups under callgrind.
+const CALLGRIND_LOOKUPS: usize = 100_000;
+
+/// Looks up the first `CALLGRIND_LOOKUPS` of `queries`; what callgrind
+/// counts.
+#[inline(never)]
+fn callgrind_loop(set: &ExceptionSet, queries: &[u64]) -> usize {
+    queries[..CALLGRIND_LOOKUPS]
+        .iter()
+        .filter(|&&q| black_box(set.match_phone(black_box(q))).is_some())
+        .count()
+}
+
+fn callgrind(kind: &str) {
+    let (set, queries) = match kind {
+        "hit" | "miss" => {
+            let (set, hits, misses) = exact_set(1_000_000);
+            (set, if kind == "hit" { hits } else { misses })
+        }
+        "prefix" => {
+            let (rules, queries) = prefix_rules(1_000_000, 11);
+            let set = ExceptionSet::new();
+            set.replace_items(rules);
+            (set, queries)
+        }
+        other => panic!("SIPSCREEN_CALLGRIND={other:?}: use hit, miss or prefix"),
+    };
+    let found = callgrind_loop(&set, &queries);
+    eprintln!("callgrind {kind}: {CALLGRIND_LOOKUPS} lookups, {found} found");
+}
+
+criterion_group!(benches, exact, normalisation, screen, prefixes);
+
+fn main() {
+    if let Ok(kind) = std::env::var("SIPSCREEN_CALLGRIND") {
+        callgrind(&kind);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

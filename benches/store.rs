@@ -1,10 +1,17 @@
 //! The durable list end to end, one measured run per figure (these are
 //! seconds-long operations, not micro-benchmarks):
 //!
-//! - `import`: 1M `VALUE; comment` lines over HTTP into a running server
-//!   (in-process, real socket, real SQLite file), timed from the first byte
-//!   sent to the answer; the answer means committed to disk and published
-//!   to the screening set, which the bench checks.
+//! - `import`: 1M `VALUE; comment` lines through `Exceptions::import` as
+//!   the API's import calls it (parse, normalise, store in batched
+//!   transactions, publish to the screening set) into a running server's
+//!   store (real SQLite file, `synchronous=FULL`), beside the SQLite
+//!   floor: the same rows (read back from that store) inserted with one
+//!   prepared `INSERT` in one transaction into a fresh file of the same
+//!   schema and settings. Prints both and their ratio.
+//! - `http`: the same 1M lines over HTTP into the running server (real
+//!   socket), timed from the first byte sent to the answer; the answer
+//!   means committed to disk and published to the screening set, which the
+//!   bench checks.
 //! - `screening under import`: latency of the screening call on another
 //!   thread while a 100k-line import runs, against the same with no import.
 //! - `startup`: a 10M-entry store (built directly with SQL), then the real
@@ -12,7 +19,7 @@
 //!   memory.
 //!
 //! cargo bench --bench store            (all)
-//! cargo bench --bench store -- import  (one part: import, concurrency, startup)
+//! cargo bench --bench store -- import  (one part: import, http, concurrency, startup)
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -77,7 +84,78 @@ fn percentiles(mut v: Vec<u64>) -> String {
     )
 }
 
-async fn import_and_concurrency(run_import: bool, run_concurrency: bool) {
+/// The entries rows of the store at `db`, in insertion order.
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    String,
+    String,
+);
+
+fn rows_of(db: &Path) -> Vec<Row> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare(
+            "SELECT kind, value, given, comment, origin, created_at, created_by, expires_at, pattern, action
+             FROM entries ORDER BY id",
+        )
+        .unwrap();
+    st.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The SQLite floor: `rows` inserted with one prepared statement in one
+/// transaction into a fresh file with the store's schema and settings;
+/// seconds.
+fn sqlite_floor(dir: &Path, rows: &[Row]) -> f64 {
+    let db = dir.join("floor.db");
+    drop(sipscreen::store::sqlite::SqliteStore::open(&db).unwrap());
+    let mut c = rusqlite::Connection::open(&db).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
+    let t = Instant::now();
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO entries (kind, value, given, comment, origin, created_at, created_by,
+                                      expires_at, pattern, action)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .unwrap();
+        for r in rows {
+            st.execute(rusqlite::params![
+                r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrency: bool) {
     let dir = tempfile::tempdir().unwrap();
     let bound = Server::bind(&config(dir.path())).await.unwrap();
     let server = bound.server.clone();
@@ -86,6 +164,43 @@ async fn import_and_concurrency(run_import: bool, run_concurrency: bool) {
     let admin = server.admin.unwrap();
 
     if run_import {
+        let body = lines(1_000_000, 4_914_000_000_000);
+        let list = server.list.clone();
+        let rt = server.proxy.runtime_arc();
+        let (secs, report) = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let (report, done) = list.import(
+                std::io::BufReader::with_capacity(1 << 16, body.as_bytes()),
+                &rt.screener,
+                "bench",
+                "import",
+                |_| {},
+            );
+            done.unwrap();
+            (t.elapsed().as_secs_f64(), report)
+        })
+        .await
+        .unwrap();
+        assert_eq!(report.added, 1_000_000, "{report:?}");
+        assert!(
+            server
+                .exceptions
+                .contains_phone(4_914_000_000_000 + 999_999 * 7)
+        );
+        let rows = rows_of(server.store.path());
+        assert_eq!(rows.len(), 1_000_000);
+        let floor = sqlite_floor(dir.path(), &rows);
+        println!(
+            "import: 1000000 lines through Exceptions::import -> SQLite (synchronous=FULL) -> visible: {secs:.2} s ({:.0} lines/s)",
+            1e6 / secs
+        );
+        println!(
+            "import floor: the same 1000000 rows, one prepared INSERT in one transaction into a fresh file: {floor:.2} s; import / floor = {:.2}",
+            secs / floor
+        );
+    }
+
+    if run_http {
         let body = lines(1_000_000, 4_915_000_000_000);
         let bytes = body.len();
         let t = Instant::now();
@@ -217,8 +332,12 @@ fn main() {
         .collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    if want("import") || want("concurrency") {
-        rt.block_on(import_and_concurrency(want("import"), want("concurrency")));
+    if want("import") || want("http") || want("concurrency") {
+        rt.block_on(import_and_concurrency(
+            want("import"),
+            want("http"),
+            want("concurrency"),
+        ));
     }
     if want("startup") {
         startup();
