@@ -19,13 +19,15 @@
 //! into elementary segments: a sorted array of boundary keys, each with
 //! the rule in force from there to the next boundary (0: none). A lookup
 //! is one predecessor search, done in a static B+-tree: leaves of eight
-//! keys and their eight labels (128 bytes, two adjacent cache lines), and
-//! above them levels of nodes of eight separator keys (one cache line,
-//! nine children) addressed by arithmetic, no pointers. With 1M prefixes
-//! (~2M boundaries) the leaves are 32 MB and the levels above them ~4 MB;
-//! a lookup reads ~7 cache lines, of which only the leaf (and the lowest
-//! internal level) are usually not in cache. `benches/lookup.rs` measures
-//! it against a pointer chase over a buffer of the table's size.
+//! boundaries (one cache line: each boundary's key and the label of its
+//! rule packed in one `u64`, see [`PrefixTable`]), and above them levels
+//! of nodes of eight separator keys (one cache line, nine children)
+//! addressed by arithmetic, no pointers, all in one allocation backed by
+//! huge pages. With 1M prefixes (~2M boundaries) the leaves are 16 MB and
+//! the levels above them ~2 MB; a lookup reads one line per level, of which
+//! only the leaf (and the lowest internal level) are usually not in cache.
+//! `benches/lookup.rs` measures it against a pointer chase over a buffer
+//! of the table's size.
 
 /// Longest E.164 number, in digits.
 pub const MAX_DIGITS: u32 = 15;
@@ -207,29 +209,87 @@ pub fn range_cover(lo: u64, hi: u64) -> Vec<(u64, u32)> {
     out
 }
 
-/// Leaf of the B+-tree: boundary keys and the rule from each on.
-#[derive(Clone, Copy)]
-#[repr(C, align(128))]
-struct Leaf {
-    keys: [u64; 8],
-    labels: [u64; 8],
-}
-
-/// Internal node: the first keys of children 1..=8 (child 0 needs none).
+/// One cache line of the search structure: a node's eight separator
+/// keys, or a leaf's eight boundaries (see [`PrefixTable`]).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Node([u64; 8]);
+struct Line([u64; 8]);
 
 /// Children per internal node.
 const FANOUT: usize = 9;
 
+/// Bits of a packed boundary holding its label (see [`PrefixTable`]).
+const LABEL_BITS: u32 = 6;
+const LABEL_MASK: u64 = (1 << LABEL_BITS) - 1;
+const LABEL_EXACT: u64 = 1 << 4;
+const LABEL_ALLOW: u64 = 1 << 5;
+/// A packed boundary of no rule; above every key (`u64::MAX` keys are
+/// `> x` for every query).
+const PAST: u64 = u64::MAX;
+
 /// The static longest-rule table; see the module doc.
+///
+/// Each boundary is one `u64`: its key shifted up by [`LABEL_BITS`], and
+/// below it the label of the rule in force from there on, in six bits:
+/// its length (bits 0..4, 0 = no rule), exact (bit 4), allow (bit 5). The
+/// rule itself need not be stored: the rule in force at a boundary covers
+/// it, so its digits are the first `length` digits of the boundary's key
+/// (a prefix interval holds exactly the keys that start with its digits).
+/// A leaf is one cache line of eight boundaries, a lookup reads one line
+/// per level, and every line lives in one allocation backed by huge pages.
 pub struct PrefixTable {
-    /// Internal levels, the root first.
-    levels: Vec<Box<[Node]>>,
-    leaves: Box<[Leaf]>,
+    /// Internal levels (root first), then the leaves.
+    lines: Box<[Line]>,
+    /// Index in `lines` of each internal level's first node, root first.
+    levels: Vec<usize>,
+    /// Index in `lines` of the first leaf.
+    leaves: usize,
     /// The rules, sorted (membership, rebuilding).
     rules: Box<[Rule]>,
+}
+
+/// A rule's label (see [`PrefixTable`]).
+fn label_of(r: u64) -> u64 {
+    if r == 0 {
+        return 0;
+    }
+    let r = Rule(r);
+    let mut l = u64::from(r.len());
+    if r.is_exact() {
+        l |= LABEL_EXACT;
+    }
+    if r.allow() {
+        l |= LABEL_ALLOW;
+    }
+    l
+}
+
+/// The rule in force from the packed boundary `b`: its label's length of
+/// the boundary key's leading digits.
+#[inline]
+fn rule_at(b: u64) -> Option<Rule> {
+    let label = b & LABEL_MASK;
+    let len = (label & 15) as u32;
+    if len == 0 {
+        return None;
+    }
+    let padded = b >> (LABEL_BITS + LEN_BITS);
+    let digits = padded / POW10[(MAX_DIGITS - len) as usize];
+    let mut r = key(digits, len);
+    if label & LABEL_EXACT != 0 {
+        r |= EXACT;
+    }
+    if label & LABEL_ALLOW != 0 {
+        r |= ALLOW;
+    }
+    Some(Rule(r))
+}
+
+/// Number of slots of `line` at or below `x` (slots are sorted).
+#[inline(always)]
+fn rank(line: &Line, x: u64) -> usize {
+    // Branch-free over the line: the compiler turns it into SIMD.
+    line.0.iter().filter(|&&k| k <= x).count()
 }
 
 impl PrefixTable {
@@ -249,31 +309,51 @@ impl PrefixTable {
             keep
         });
         rules.sort_unstable();
-        let bounds = segments(&rules);
-        let leaves = leaves_of(&bounds);
-        let mut levels = Vec::new();
-        let mut firsts: Vec<u64> = leaves.iter().map(|l| l.keys[0]).collect();
-        while firsts.len() > 1 {
-            let n = firsts.len().div_ceil(FANOUT);
-            let mut level = Vec::with_capacity(n);
-            let mut up = Vec::with_capacity(n);
+        let bounds: Vec<u64> = segments(&rules)
+            .into_iter()
+            .map(|(k, r)| k << LABEL_BITS | label_of(r))
+            .collect();
+        let leaves = bounds.len().div_ceil(8).max(1);
+        // Level sizes, bottom up: nodes over the leaves, then over those.
+        let mut sizes = Vec::new();
+        let mut below = leaves;
+        while below > 1 {
+            below = below.div_ceil(FANOUT);
+            sizes.push(below);
+        }
+        sizes.reverse();
+        let total = sizes.iter().sum::<usize>() + leaves;
+        let mut lines: Vec<Line> = Vec::with_capacity(total);
+        crate::screening::exceptions::advise_huge_pages(lines.as_mut_ptr() as usize, total * 64);
+        lines.resize(total, Line([PAST; 8]));
+        let mut levels = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for n in &sizes {
+            levels.push(at);
+            at += n;
+        }
+        let first_leaf = at;
+        for (l, chunk) in bounds.chunks(8).enumerate() {
+            lines[first_leaf + l].0[..chunk.len()].copy_from_slice(chunk);
+        }
+        // Each level's nodes hold the first keys of their children 1..=8,
+        // filled bottom up (a child's first key is its subtree's first).
+        let mut firsts: Vec<u64> = (0..leaves).map(|l| lines[first_leaf + l].0[0]).collect();
+        for (d, &n) in sizes.iter().enumerate().rev() {
+            let start = levels[d];
             for k in 0..n {
-                let mut node = Node([u64::MAX; 8]);
-                for (s, slot) in node.0.iter_mut().enumerate() {
+                for s in 0..8 {
                     if let Some(&f) = firsts.get(k * FANOUT + s + 1) {
-                        *slot = f;
+                        lines[start + k].0[s] = f;
                     }
                 }
-                level.push(node);
-                up.push(firsts[k * FANOUT]);
             }
-            levels.push(level.into_boxed_slice());
-            firsts = up;
+            firsts = (0..n).map(|k| firsts[k * FANOUT]).collect();
         }
-        levels.reverse();
         PrefixTable {
+            lines: lines.into_boxed_slice(),
             levels,
-            leaves,
+            leaves: first_leaf,
             rules: rules.into_boxed_slice(),
         }
     }
@@ -284,17 +364,16 @@ impl PrefixTable {
         if self.rules.is_empty() {
             return None;
         }
+        // Every packed boundary at key `x` sorts at or below this.
+        let x = x << LABEL_BITS | LABEL_MASK;
         let mut i = 0usize;
-        for level in &self.levels {
-            let node = &level[i];
-            let c = node.0.iter().filter(|&&k| k <= x).count();
-            i = i * FANOUT + c;
+        for &start in &self.levels {
+            i = i * FANOUT + rank(&self.lines[start + i], x);
         }
-        let leaf = &self.leaves[i];
-        let j = leaf.keys.iter().filter(|&&k| k <= x).count();
+        let leaf = &self.lines[self.leaves + i];
         // Every leaf starts at or below the keys routed to it.
-        let label = leaf.labels[j.max(1) - 1];
-        (label != 0).then_some(Rule(label))
+        let j = rank(leaf, x);
+        rule_at(leaf.0[j.max(1) - 1])
     }
 
     /// The innermost rule covering the number `n`.
@@ -325,12 +404,7 @@ impl PrefixTable {
 
     /// Bytes a lookup searches: the leaves and the levels above them.
     pub fn search_bytes(&self) -> usize {
-        self.leaves.len() * std::mem::size_of::<Leaf>()
-            + self
-                .levels
-                .iter()
-                .map(|l| l.len() * std::mem::size_of::<Node>())
-                .sum::<usize>()
+        self.lines.len() * std::mem::size_of::<Line>()
     }
 }
 
@@ -369,30 +443,6 @@ fn segments(rules: &[Rule]) -> Vec<(u64, u64)> {
         emit(top.end() + 1, under, &mut out);
     }
     out
-}
-
-fn leaves_of(bounds: &[(u64, u64)]) -> Box<[Leaf]> {
-    let n = bounds.len().div_ceil(8).max(1);
-    let mut v: Vec<Leaf> = Vec::with_capacity(n);
-    crate::screening::exceptions::advise_huge_pages(v.as_mut_ptr() as usize, n * 128);
-    for chunk in bounds.chunks(8) {
-        let mut leaf = Leaf {
-            keys: [u64::MAX; 8],
-            labels: [0; 8],
-        };
-        for (s, &(k, l)) in chunk.iter().enumerate() {
-            leaf.keys[s] = k;
-            leaf.labels[s] = l;
-        }
-        v.push(leaf);
-    }
-    if v.is_empty() {
-        v.push(Leaf {
-            keys: [u64::MAX; 8],
-            labels: [0; 8],
-        });
-    }
-    v.into_boxed_slice()
 }
 
 /// The longest rule covering `n` by brute force (tests).

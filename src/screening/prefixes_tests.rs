@@ -112,6 +112,39 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Long rules (up to 15 digits) and the edges of the key space: rules
+    /// of nines end where no key follows, and a rule's digits are read
+    /// back from the boundary's key (the table stores only its label).
+    #[test]
+    fn long_rules_and_nines_answer_like_brute_force(
+        rules in proptest::collection::vec(
+            (100_000_000_000_000u64..999_999_999_999_999, 1u32..=15, any::<bool>(), any::<bool>(), any::<bool>()),
+            1..200,
+        ),
+        queries in proptest::collection::vec(1u64..999_999_999_999_999, 1..200),
+    ) {
+        let rules: Vec<Rule> = rules
+            .into_iter()
+            .map(|(n, len, allow, exact, nines)| {
+                let n = if nines { 999_999_999_999_999 } else { n };
+                let d = n / 10u64.pow(15 - len);
+                if exact { Rule::exact(d, allow).unwrap() } else { Rule::prefix(d, len, allow).unwrap() }
+            })
+            .collect();
+        let t = PrefixTable::build(rules);
+        let kept = t.rules().to_vec();
+        let edges = kept.iter().flat_map(|r| {
+            let d = r.digits();
+            let rest = 15 - r.len();
+            [d, d * 10u64.pow(rest), (d + 1) * 10u64.pow(rest) - 1, (d + 1) * 10u64.pow(rest), d.saturating_sub(1)]
+        });
+        for q in queries.into_iter().chain(edges) {
+            prop_assert_eq!(t.longest(q), longest_naive(&kept, q), "query {}", q);
+        }
+    }
+}
+
 #[test]
 fn allow_wins_over_a_shorter_block_and_a_longer_block_over_allow() {
     let t = PrefixTable::build(vec![
