@@ -10,12 +10,17 @@
 //! - **Phones: base + delta.** The base is a compact open-addressing table
 //!   of `u64` ([`PhoneTable`]): the key itself is the slot (0 = empty, no
 //!   E.164 number is 0), in buckets of eight keys = one 64-byte cache line,
-//!   linear probing from bucket to bucket, load factor 0.70 with an exact
+//!   linear probing from bucket to bucket, load factor 0.60 with an exact
 //!   (not power-of-two) bucket count, bucket = `fastrange(key * φ⁻¹·2⁶⁴)`
 //!   (Fibonacci hashing spreads the consecutive number blocks carriers
-//!   hand out). That is ~11.4 bytes per entry; a hit or a miss reads one
-//!   cache line (a miss ends at the first empty slot of the line, so the
-//!   long probe runs of plain linear probing at this load are gone). On
+//!   hand out). That is ~13.3 bytes per entry. A bucket that a key had to
+//!   pass on its way to a later one is marked (the top bit of its last
+//!   slot: E.164 numbers need 50 bits), so a lookup reads the next bucket
+//!   only when the key can be there: a miss in an unmarked bucket (93 % of
+//!   buckets at this load, even full ones) reads one cache line, and so
+//!   does a hit on the ~98 % of keys in their home bucket (1.03 lines per
+//!   hit, 1.09 per miss on average).
+//!   [`ExceptionSet::prefetch`] starts loading that line early. On
 //!   Linux the table is backed by transparent huge pages (`MADV_HUGEPAGE`),
 //!   so a lookup in a 10M table does not also pay a page walk.
 //!   On top of the base sits a small delta: `added` (not in the base) and
@@ -287,6 +292,16 @@ impl ExceptionSet {
     #[inline]
     pub fn contains_phone(&self, e164: u64) -> bool {
         self.inner.current.load().phones.contains(&e164)
+    }
+
+    /// Starts loading the cache line a lookup of `e164` reads, so that a
+    /// [`match_phone`](Self::match_phone) issued later (after other work on
+    /// the same message) finds it in cache. A hint: never blocks, reads
+    /// nothing, costs a few instructions; only the exact table (a prefix
+    /// lookup's line depends on its upper levels).
+    #[inline]
+    pub fn prefetch(&self, e164: u64) {
+        self.inner.current.load().phones.base.prefetch(e164);
     }
 
     /// Hot path: the entry deciding this number: an exact block entry,
@@ -628,12 +643,18 @@ fn email_key(email: &str) -> Box<str> {
 /// module doc.
 pub struct PhoneTable {
     /// Keys in place, 8 per 64-byte bucket; 0 = empty. Within a bucket the
-    /// keys come first (the base is never deleted from), so an empty slot
-    /// ends every probe.
+    /// keys come first (the base is never deleted from); a full bucket some
+    /// key went past has [`PASSED`] in its last slot.
     buckets: Box<[Bucket]>,
     /// Number of keys.
     len: usize,
+    /// Keys with the top bit set (no E.164 number; a corrupt store could
+    /// hold one): kept aside, the bit marks passed buckets.
+    big: Box<[u64]>,
 }
+
+/// In a bucket's last slot: a key was placed past this bucket.
+const PASSED: u64 = 1 << 63;
 
 /// One cache line of keys.
 #[derive(Clone, Copy, Default)]
@@ -643,14 +664,33 @@ struct Bucket([u64; 8]);
 /// 2⁶⁴ / φ: Fibonacci hashing.
 const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// Load factor of a built table, in eighths of a bucket: 0.70.
-const LOAD: f64 = 0.70;
+/// Load factor of a built table: 0.60. At 0.70 (~11.4 bytes per entry)
+/// a miss read 1.27 lines on average (the runs of full buckets are long);
+/// at 0.60 a hit reads 1.03 lines and a miss 1.09, for 13.3 bytes per
+/// entry.
+const LOAD: f64 = 0.60;
 
 impl PhoneTable {
     #[inline]
     fn bucket(&self, k: u64) -> usize {
         let h = k.wrapping_mul(FIB);
         ((u128::from(h) * self.buckets.len() as u128) >> 64) as usize
+    }
+
+    /// Starts loading the line a lookup of `k` reads first.
+    #[inline]
+    fn prefetch(&self, k: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let line = self.buckets[self.bucket(k)].0.as_ptr();
+            // SAFETY: a prefetch is a hint: it reads nothing into the
+            // program and the address lies inside the table.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(line.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = k;
     }
 
     /// `n` zeroed buckets; on Linux the memory is asked to be backed by
@@ -686,22 +726,23 @@ impl Base for PhoneTable {
 
     #[inline]
     fn has(&self, &k: &u64) -> bool {
-        if k == 0 {
-            return false;
+        if k == 0 || k & PASSED != 0 {
+            return k != 0 && self.big.contains(&k);
         }
         let n = self.buckets.len();
         let mut b = self.bucket(k);
         loop {
+            let line = &self.buckets[b].0;
             // Branch-free over the line: the compiler turns it into SIMD.
-            let (mut found, mut empty) = (false, false);
-            for &s in &self.buckets[b].0 {
-                found |= s == k;
-                empty |= s == 0;
+            let mut found = false;
+            for &s in line {
+                found |= s & !PASSED == k;
             }
             if found {
                 return true;
             }
-            if empty {
+            // No key went past this bucket: none of its home is further on.
+            if line[7] & PASSED == 0 {
                 return false;
             }
             b += 1;
@@ -717,15 +758,24 @@ impl Base for PhoneTable {
         let mut t = PhoneTable {
             buckets: Self::zeroed(n),
             len: 0,
+            big: Box::new([]),
         };
+        let mut big = Vec::new();
         for k in keys {
             if k == 0 {
+                continue;
+            }
+            if k & PASSED != 0 {
+                if !big.contains(&k) {
+                    big.push(k);
+                    t.len += 1;
+                }
                 continue;
             }
             let mut b = t.bucket(k);
             'probe: loop {
                 for s in t.buckets[b].0.iter_mut() {
-                    if *s == k {
+                    if *s & !PASSED == k {
                         break 'probe;
                     }
                     if *s == 0 {
@@ -734,20 +784,24 @@ impl Base for PhoneTable {
                         break 'probe;
                     }
                 }
+                // Full: `k` goes past this bucket, so lookups must too.
+                t.buckets[b].0[7] |= PASSED;
                 b += 1;
                 if b == n {
                     b = 0;
                 }
             }
         }
+        t.big = big.into_boxed_slice();
         t
     }
 
     fn keys(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.len);
         for b in self.buckets.iter() {
-            out.extend(b.0.iter().copied().filter(|&k| k != 0));
+            out.extend(b.0.iter().map(|&k| k & !PASSED).filter(|&k| k != 0));
         }
+        out.extend_from_slice(&self.big);
         out
     }
 
@@ -756,7 +810,7 @@ impl Base for PhoneTable {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.buckets.len() * std::mem::size_of::<Bucket>()
+        self.buckets.len() * std::mem::size_of::<Bucket>() + self.big.len() * 8
     }
 }
 
