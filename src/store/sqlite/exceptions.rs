@@ -92,6 +92,22 @@ fn audit_row(tx: &Connection, act: &Act<'_>, e: Subject<'_>) -> Result<(), rusql
     Ok(())
 }
 
+/// Audits the entries with rowids `first..=last` as added: their own
+/// columns are the audit row's (an added entry's `created_at` and
+/// `created_by` are the write's time and actor), copied in one statement.
+fn audit_added(tx: &Connection, added: Option<(i64, i64)>) -> Result<(), rusqlite::Error> {
+    let Some((first, last)) = added else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT INTO audit (at, actor, action, kind, value, comment, origin, entry_action)
+         SELECT created_at, created_by, 'add', kind, value, comment, origin, action
+         FROM entries WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    )?
+    .execute([first, last])?;
+    Ok(())
+}
+
 /// Deletes what `sql` selects (with `RETURNING` the entry columns) and
 /// audits each removal as `action`.
 fn delete_returning(
@@ -160,6 +176,11 @@ impl ExceptionStore for SqliteStore {
                  WHERE value = ?1 AND (comment IS NOT ?2 OR expires_at IS NOT ?3 OR action IS NOT ?5)
                  RETURNING origin",
             )?;
+            // Added rows not audited yet: the rowids `first..=last`. Their
+            // audit rows are copied from them in one statement (rows added
+            // one after another get consecutive rowids), before any other
+            // audit row so that the trail keeps the order of the writes.
+            let mut pending: Option<(i64, i64)> = None;
             for e in entries {
                 let n = insert.execute(params![
                     e.kind.as_str(),
@@ -175,17 +196,19 @@ impl ExceptionStore for SqliteStore {
                 ])?;
                 if n == 1 {
                     out.added += 1;
-                    audit_row(
-                        &tx,
-                        &Act {
-                            at: now,
-                            actor,
-                            action: "add",
-                        },
-                        Subject::of(e, &e.origin),
-                    )?;
+                    let id = tx.last_insert_rowid();
+                    pending = match pending {
+                        Some((first, last)) if last.checked_add(1) == Some(id) => Some((first, id)),
+                        other => {
+                            audit_added(&tx, other)?;
+                            Some((id, id))
+                        }
+                    };
                     continue;
                 }
+                // The update may change a row added earlier in this batch:
+                // its add is audited with what was added.
+                audit_added(&tx, pending.take())?;
                 let origin: Option<String> = update
                     .query_row(
                         params![e.value, e.comment, e.expires_at, now, action_str(e.allow)],
@@ -208,6 +231,7 @@ impl ExceptionStore for SqliteStore {
                     None => out.unchanged += 1,
                 }
             }
+            audit_added(&tx, pending)?;
         }
         tx.commit()?;
         Ok(out)
@@ -381,6 +405,56 @@ mod tests {
         let items = s.load_active(3).unwrap();
         assert_eq!(items.len(), 2);
         assert!(items.iter().all(|i| matches!(i, Item::Phone(_))));
+    }
+
+    #[test]
+    fn a_batch_audits_every_add_in_order_with_what_was_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        s.upsert(&[phone("+4930901800", "old")], "t", 1).unwrap();
+        // Adds, an update of an earlier add, an update of an old entry and
+        // adds again in one batch.
+        let batch = [
+            phone("+4930901801", "one"),
+            phone("+4930901802", "two"),
+            phone("+4930901801", "one, changed"),
+            phone("+4930901803", "three"),
+            phone("+4930901800", "old, changed"),
+            phone("+4930901804", "four"),
+        ];
+        let r = s.upsert(&batch, "alice", 2).unwrap();
+        assert_eq!((r.added, r.updated, r.unchanged), (4, 2, 0));
+        let mut trail = s.audit(None, None, 100).unwrap();
+        trail.reverse();
+        let got: Vec<(&str, &str, &str, i64, &str)> = trail
+            .iter()
+            .map(|a| {
+                (
+                    a.action.as_str(),
+                    a.value.as_str(),
+                    a.comment.as_str(),
+                    a.at,
+                    a.actor.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("add", "+4930901800", "old", 1, "t"),
+                ("add", "+4930901801", "one", 2, "alice"),
+                ("add", "+4930901802", "two", 2, "alice"),
+                ("update", "+4930901801", "one, changed", 2, "alice"),
+                ("add", "+4930901803", "three", 2, "alice"),
+                ("update", "+4930901800", "old, changed", 2, "alice"),
+                ("add", "+4930901804", "four", 2, "alice"),
+            ]
+        );
+        assert!(
+            trail
+                .iter()
+                .all(|a| a.origin == "api" && a.entry_action == "block")
+        );
     }
 
     #[test]
