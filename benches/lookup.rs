@@ -12,7 +12,10 @@
 //! lookup and every chase step keeps the next one from starting early, so
 //! the time is one lookup's latency (a lookup's answer comes from a branch
 //! the CPU would otherwise predict and run ahead of). `lookup/*` are the
-//! same lookups unfenced, back to back (throughput).
+//! same lookups unfenced, back to back (throughput). Before criterion's
+//! runs, each size prints a `side by side` line: lookups and chase steps
+//! (fenced) in alternating blocks of 4096, the median time of each and the
+//! median ratio, which a shared machine's changing load moves least.
 //!
 //! Instructions per lookup (valgrind): `SIPSCREEN_CALLGRIND=hit` (or
 //! `miss`, `prefix`) builds the 1M set and runs 100,000 lookups inside
@@ -98,6 +101,44 @@ fn exact_set(n: usize) -> (ExceptionSet, Vec<u64>, Vec<u64>) {
     (set, hits, misses)
 }
 
+/// Operations per timed block of [`side_by_side`].
+const BLOCK: usize = 4096;
+
+/// Blocks of `chase` steps and of `lookup`s, alternating for `rounds`
+/// rounds, each operation fenced; prints the median nanoseconds per
+/// operation of each and the median of the rounds' ratios. On a shared
+/// machine whose load moves from second to second, criterion's runs of one
+/// function after the other compare different moments; alternating blocks
+/// of a millisecond or so compare the same ones.
+fn side_by_side(name: &str, rounds: usize, mut chase: impl FnMut(), mut lookup: impl FnMut()) {
+    let time = |f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        for _ in 0..BLOCK {
+            f();
+            fence();
+        }
+        t.elapsed().as_nanos() as f64 / BLOCK as f64
+    };
+    let (mut c, mut l, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let a = time(&mut chase);
+        let b = time(&mut lookup);
+        c.push(a);
+        l.push(b);
+        r.push(b / a);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "side by side {name}: lookup {:.1} ns, chase {:.1} ns (medians of {rounds} alternating blocks of {BLOCK}); lookup / chase = {:.2} (median of the rounds' ratios)",
+        median(&mut l),
+        median(&mut c),
+        median(&mut r)
+    );
+}
+
 /// Exact lookups, each timed alone, beside the pointer chase over a
 /// buffer of the table's size.
 fn exact(c: &mut Criterion) {
@@ -111,6 +152,18 @@ fn exact(c: &mut Criterion) {
             set.heap_bytes() as f64 / phones as f64,
         );
         let buf = chase_buffer(bytes, 3);
+        for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
+            let (mut at, mut i) = (0usize, 0usize);
+            side_by_side(
+                &format!("exact/{kind}/{label}"),
+                400,
+                || at = black_box(buf[at][0]),
+                || {
+                    black_box(set.contains_phone(black_box(queries[i & (QUERIES - 1)])));
+                    i += 1;
+                },
+            );
+        }
         let mut at = 0usize;
         c.bench_function(&format!("exact/chase/{label}"), |b| {
             b.iter(|| {
@@ -261,6 +314,18 @@ fn prefixes(c: &mut Criterion) {
         100.0 * hits as f64 / queries.len() as f64
     );
     let buf = chase_buffer(bytes, 5);
+    {
+        let (mut at, mut i) = (0usize, 0usize);
+        side_by_side(
+            "prefix/1M",
+            400,
+            || at = black_box(buf[at][0]),
+            || {
+                black_box(set.match_phone(black_box(queries[i & (QUERIES - 1)])));
+                i += 1;
+            },
+        );
+    }
     let mut at = 0usize;
     c.bench_function("prefix/chase/1M", |b| {
         b.iter(|| {
