@@ -110,7 +110,14 @@ const BLOCK: usize = 4096;
 /// machine whose load moves from second to second, criterion's runs of one
 /// function after the other compare different moments; alternating blocks
 /// of a millisecond or so compare the same ones.
-fn side_by_side(name: &str, rounds: usize, mut chase: impl FnMut(), mut lookup: impl FnMut()) {
+fn side_by_side(name: &str, buf: &[[usize; 8]], queries: &[u64], mut lookup: impl FnMut(u64)) {
+    let rounds = 400;
+    let (mut at, mut i) = (0usize, 0usize);
+    let mut chase = || at = black_box(buf[at][0]);
+    let mut lookup = || {
+        lookup(black_box(queries[i % queries.len()]));
+        i += 1;
+    };
     let time = |f: &mut dyn FnMut()| {
         let t = std::time::Instant::now();
         for _ in 0..BLOCK {
@@ -153,16 +160,9 @@ fn exact(c: &mut Criterion) {
         );
         let buf = chase_buffer(bytes, 3);
         for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
-            let (mut at, mut i) = (0usize, 0usize);
-            side_by_side(
-                &format!("exact/{kind}/{label}"),
-                400,
-                || at = black_box(buf[at][0]),
-                || {
-                    black_box(set.contains_phone(black_box(queries[i & (QUERIES - 1)])));
-                    i += 1;
-                },
-            );
+            side_by_side(&format!("exact/{kind}/{label}"), &buf, queries, |k| {
+                black_box(set.contains_phone(k));
+            });
         }
         let mut at = 0usize;
         c.bench_function(&format!("exact/chase/{label}"), |b| {
@@ -314,18 +314,9 @@ fn prefixes(c: &mut Criterion) {
         100.0 * hits as f64 / queries.len() as f64
     );
     let buf = chase_buffer(bytes, 5);
-    {
-        let (mut at, mut i) = (0usize, 0usize);
-        side_by_side(
-            "prefix/1M",
-            400,
-            || at = black_box(buf[at][0]),
-            || {
-                black_box(set.match_phone(black_box(queries[i & (QUERIES - 1)])));
-                i += 1;
-            },
-        );
-    }
+    side_by_side("prefix/1M", &buf, &queries, |k| {
+        black_box(set.match_phone(k));
+    });
     let mut at = 0usize;
     c.bench_function("prefix/chase/1M", |b| {
         b.iter(|| {
