@@ -60,7 +60,7 @@ fn pg_bin_dirs() -> Vec<PathBuf> {
             Some((n, e.path().join("bin")))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v.into_iter().map(|(_, p)| p).collect()
 }
 
