@@ -17,6 +17,7 @@
 //! [`service::Exceptions`] puts the store and the in-memory set together:
 //! write to the store first, then publish to the set.
 
+pub mod migrate;
 pub mod open;
 pub mod postgres;
 pub mod service;
