@@ -316,3 +316,116 @@ fn an_unreachable_server_is_unavailable_and_the_password_never_shown() {
     assert!(!msg.contains("s3cret-pw"), "{msg}");
     assert!(msg.contains("connect"), "{msg}");
 }
+
+#[test]
+fn migrate_copies_every_table_of_a_sqlite_store_in_order() {
+    use sipscreen::store::sqlite::SqliteStore;
+    use sipscreen::store::{
+        ActiveCall, CallStore, CrmTokens, NewEvent, OutboxStore, TokenStore, migrate,
+    };
+    let Some((_, url)) = db() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ev = |call: &str, kind: &str| NewEvent {
+        sink: "portal".into(),
+        call: call.into(),
+        kind: kind.into(),
+        payload: format!("{{\"k\":\"{kind}\\n\\\\\"}}"),
+    };
+    let tokens = CrmTokens {
+        access: "acc".into(),
+        refresh: "ref".into(),
+        expires_at: 9,
+        member_id: "m".into(),
+        application_token: "at".into(),
+        domain: "d.example".into(),
+    };
+    let active = ActiveCall {
+        sip_call_id: b"abc\x00\xff@host".to_vec(),
+        call: "crm-a".into(),
+        state: "{\"s\":1}".into(),
+        last_ms: 5,
+    };
+    {
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        let mut tab = phone("+4930901820", "tab\there");
+        tab.expires_at = Some(10_000);
+        s.upsert(&[tab, phone("+4930901821", "")], "alice", 1).unwrap();
+        s.remove("+4930901821", "bob", 2).unwrap();
+        s.set_meta("file", "abc").unwrap();
+        s.save_calls(
+            &[ev("crm-a", "call.started"), ev("crm-a", "call.answered")],
+            std::slice::from_ref(&active),
+            &[],
+            3,
+        )
+        .unwrap();
+        s.enqueue(&[ev("crm-b", "call.started"), ev("crm-b", "call.ended")], 4)
+            .unwrap();
+        let head = s.head("portal", 10).unwrap();
+        s.retry_later(head[0].id, 99, "refused").unwrap();
+        s.dead(&[head[3].id], "gone", 5).unwrap();
+        s.set_crm_call("portal", "crm-a", "ext.1").unwrap();
+        s.set_crm_finished("portal", "crm-a", 6).unwrap();
+        s.set_crm_tokens("portal", &tokens, 7).unwrap();
+        s.set_crm_answer("portal", "crm-a", "{\"lead\":1}", 8).unwrap();
+        s.upsert_contacts(
+            &[Contact {
+                client: "+4917000000001".into(),
+                user_id: "7".into(),
+                extension: "".into(),
+            }],
+            "api",
+            9,
+        )
+        .unwrap();
+    }
+    let pg = PgStore::open(&url, None, 2).unwrap();
+    let copied = migrate::sqlite_to_postgres(dir.path(), &pg, false).unwrap();
+    assert_eq!(
+        copied.to_string(),
+        "1 entries, 3 audit rows, 1 contacts, 1 meta keys, 3 undelivered CRM events, \
+         1 dead letters, 1 CRM call ids, 1 CRM tokens, 1 CRM answers, 1 calls in progress"
+    );
+    let e = &pg
+        .list(&sipscreen::store::ListFilter {
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap()[0];
+    assert_eq!(
+        (e.comment.as_str(), e.created_by.as_str(), e.expires_at),
+        ("tab\there", "alice", Some(10_000))
+    );
+    let acts: Vec<String> = pg
+        .audit(None, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|a| format!("{} {}", a.action, a.actor))
+        .collect();
+    assert_eq!(acts, ["remove bob", "add alice", "add alice"]);
+    let head = pg.head("portal", 10).unwrap();
+    let got: Vec<(String, String, i64, i64)> = head
+        .iter()
+        .map(|e| (e.call.clone(), e.kind.clone(), e.attempts, e.next_at))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("crm-a".into(), "call.started".into(), 1, 99),
+            ("crm-a".into(), "call.answered".into(), 0, 3),
+            ("crm-b".into(), "call.started".into(), 0, 4),
+        ]
+    );
+    assert_eq!(head[0].payload, "{\"k\":\"call.started\\n\\\\\"}");
+    assert_eq!(pg.active_calls().unwrap(), [active]);
+    assert_eq!(pg.crm_call("portal", "crm-a").unwrap().as_deref(), Some("ext.1"));
+    assert!(pg.crm_finished("portal", "crm-a").unwrap());
+    assert_eq!(pg.crm_tokens("portal").unwrap(), Some(tokens));
+    assert_eq!(pg.crm_answers(&["crm-a".into()]).unwrap().len(), 1);
+    assert_eq!(pg.meta("file").unwrap().as_deref(), Some("abc"));
+    assert_eq!(pg.all_contacts().unwrap().len(), 1);
+    // Refused the second time; nothing doubled.
+    let e = migrate::sqlite_to_postgres(dir.path(), &pg, false).unwrap_err();
+    assert!(e.to_string().contains("already holds 1 entries"), "{e}");
+    assert_eq!(pg.outbox_stats().unwrap().0, 3);
+}
