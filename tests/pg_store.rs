@@ -349,7 +349,8 @@ fn migrate_copies_every_table_of_a_sqlite_store_in_order() {
         let s = SqliteStore::open_dir(dir.path()).unwrap();
         let mut tab = phone("+4930901820", "tab\there");
         tab.expires_at = Some(10_000);
-        s.upsert(&[tab, phone("+4930901821", "")], "alice", 1).unwrap();
+        s.upsert(&[tab, phone("+4930901821", "")], "alice", 1)
+            .unwrap();
         s.remove("+4930901821", "bob", 2).unwrap();
         s.set_meta("file", "abc").unwrap();
         s.save_calls(
@@ -367,7 +368,8 @@ fn migrate_copies_every_table_of_a_sqlite_store_in_order() {
         s.set_crm_call("portal", "crm-a", "ext.1").unwrap();
         s.set_crm_finished("portal", "crm-a", 6).unwrap();
         s.set_crm_tokens("portal", &tokens, 7).unwrap();
-        s.set_crm_answer("portal", "crm-a", "{\"lead\":1}", 8).unwrap();
+        s.set_crm_answer("portal", "crm-a", "{\"lead\":1}", 8)
+            .unwrap();
         s.upsert_contacts(
             &[Contact {
                 client: "+4917000000001".into(),
@@ -418,7 +420,10 @@ fn migrate_copies_every_table_of_a_sqlite_store_in_order() {
     );
     assert_eq!(head[0].payload, "{\"k\":\"call.started\\n\\\\\"}");
     assert_eq!(pg.active_calls().unwrap(), [active]);
-    assert_eq!(pg.crm_call("portal", "crm-a").unwrap().as_deref(), Some("ext.1"));
+    assert_eq!(
+        pg.crm_call("portal", "crm-a").unwrap().as_deref(),
+        Some("ext.1")
+    );
     assert!(pg.crm_finished("portal", "crm-a").unwrap());
     assert_eq!(pg.crm_tokens("portal").unwrap(), Some(tokens));
     assert_eq!(pg.crm_answers(&["crm-a".into()]).unwrap().len(), 1);
@@ -428,4 +433,51 @@ fn migrate_copies_every_table_of_a_sqlite_store_in_order() {
     let e = migrate::sqlite_to_postgres(dir.path(), &pg, false).unwrap_err();
     assert!(e.to_string().contains("already holds 1 entries"), "{e}");
     assert_eq!(pg.outbox_stats().unwrap().0, 3);
+}
+
+/// The issue's store figures (a benchmark, not a timed test): 1M entries
+/// imported in IMPORT_BATCH-line transactions (each with its audit and
+/// change rows), then `load_active` of all of them.
+///
+/// cargo test --test pg_store -- --ignored --nocapture one_million
+#[test]
+#[ignore]
+fn one_million_entries_import_and_load() {
+    let Some((c, url)) = db() else { return };
+    let s = PgStore::open(&url, None, 4).unwrap();
+    const N: usize = 1_000_000;
+    let batch = sipscreen::store::service::IMPORT_BATCH;
+    let all: Vec<NewEntry> = (0..N)
+        .map(|i| phone(&format!("+4915{:09}", i * 7), "bench entry"))
+        .collect();
+    let t = std::time::Instant::now();
+    for chunk in all.chunks(batch) {
+        assert_eq!(s.upsert(chunk, "bench", 1).unwrap().added, chunk.len());
+    }
+    let import = t.elapsed();
+    let t = std::time::Instant::now();
+    let items = s.load_active(2).unwrap();
+    let load = t.elapsed();
+    assert_eq!(items.len(), N);
+    let name = common::pg::db_name(&url);
+    assert_eq!(
+        c.query_one(name, "SELECT count(*)::text FROM changes")
+            .as_deref(),
+        Some("1000000")
+    );
+    // Unchanged lines cost a read, not a write.
+    let t = std::time::Instant::now();
+    for chunk in all.chunks(batch) {
+        assert_eq!(s.upsert(chunk, "bench", 2).unwrap().unchanged, chunk.len());
+    }
+    let again = t.elapsed();
+    println!(
+        "postgres store, {N} entries: import {:.2} s ({:.0} lines/s, {} per transaction), \
+         load_active {:.2} s, re-import unchanged {:.2} s",
+        import.as_secs_f64(),
+        N as f64 / import.as_secs_f64(),
+        batch,
+        load.as_secs_f64(),
+        again.as_secs_f64()
+    );
 }
