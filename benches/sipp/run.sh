@@ -28,7 +28,8 @@
 # KAM_ARGS ("-x fm -X fm"), KAM_SANITY (1), KAM_SHM_MB (512),
 # VERDICT_CALLS (60), PROXIES ("relay sipscreen kamailio"), KEEP (0),
 # SYSCALLS (1), CAPACITY (0), CAP_RATES, CAP_SECS, CLIENTS (1), CRM_RATE
-# (2: the webhook sink's deliveries a second), UDP_RECEIVERS (1: sipscreen's
+# (2: the webhook sink's deliveries a second), CRM_EVENTS (1: 0 leaves the
+# sink out), UDP_RECEIVERS (1: sipscreen's
 # [sip] udp_receivers), PERF (0:
 # with 1, `perf record -e cpu-clock` samples the proxy's processes during
 # each load run and the top symbols are printed; the sampling costs CPU
@@ -47,7 +48,7 @@
 # sipscreen/relay (target <= 1.5) and sipscreen/kamailio (target <= 0.5).
 #
 # Capacity (--capacity): per proxy, runs of CAP_SECS (10) seconds at each
-# rate of CAP_RATES ("2000 4000 6000 8000 10000 12000 14000") until a run has
+# rate of CAP_RATES ("1000 2000 3000 4000 5000 6000 8000 10000") until a run has
 # failed calls or retransmissions; reports the highest rate with neither,
 # and for the first rate that failed (or the last one run) what each
 # component used of a core: the proxy, the SIPp UAC(s), the SIPp UAS.
@@ -73,7 +74,7 @@ VERDICT_CALLS=${VERDICT_CALLS:-60}
 PROXIES=${PROXIES:-"relay sipscreen kamailio"}
 SYSCALLS=${SYSCALLS:-1}
 CAPACITY=${CAPACITY:-0}
-CAP_RATES=${CAP_RATES:-"2000 4000 6000 8000 10000 12000 14000"}
+CAP_RATES=${CAP_RATES:-"1000 2000 3000 4000 5000 6000 8000 10000"}
 CAP_SECS=${CAP_SECS:-10}
 CLIENTS=${CLIENTS:-1}
 KEEP=${KEEP:-0}
@@ -88,6 +89,7 @@ TRUNK_PORT=${TRUNK_PORT:-15070}
 ADMIN_PORT=${ADMIN_PORT:-18080}
 CRM_PORT=${CRM_PORT:-18090}
 CRM_RATE=${CRM_RATE:-2}
+CRM_EVENTS=${CRM_EVENTS:-1}
 UDP_RECEIVERS=${UDP_RECEIVERS:-1}
 SIPSCREEN_BIN=${SIPSCREEN_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/sipscreen}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/examples/null_relay}
@@ -123,7 +125,7 @@ while [ $# -gt 0 ]; do
     *) usage >&2; exit 2 ;;
   esac
 done
-for v in RATE CALLS LISTED REPEAT CALL_MS KAM_CHILDREN VERDICT_CALLS CAP_SECS CLIENTS CRM_RATE UDP_RECEIVERS; do
+for v in RATE CALLS LISTED REPEAT CALL_MS KAM_CHILDREN VERDICT_CALLS CAP_SECS CLIENTS CRM_RATE CRM_EVENTS UDP_RECEIVERS; do
   case "${!v}" in '' | *[!0-9]*) echo "$v must be a number, not '${!v}'" >&2; exit 2 ;; esac
 done
 [ "$LISTED" -ge 1 ] && [ "$CALLS" -ge 1 ] && [ "$RATE" -ge 1 ] && [ "$REPEAT" -ge 1 ] ||
@@ -185,11 +187,14 @@ gen_inputs "$LISTED" "$ROWS" "$VERDICT_CALLS" "$WORK/kamdb"
 # CRM_RATE deliveries a second (2: a Bitrix24 portal's default bucket), so
 # that every `log` call's events are queued in the durable outbox as in
 # production while the delivery itself stays a small, fixed cost.
+# CRM_EVENTS=0 leaves the sink out (no events queued: the figures of the
+# earlier README tables).
 LOAD_CRM_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export LOAD_CRM_SECRET
 {
   sipscreen_toml benches/sipp/run.sh
-  cat <<EOF
+  if [ "$CRM_EVENTS" = 1 ]; then
+    cat <<EOF
 
 [[crm.webhook]]
 name = "standin"
@@ -199,6 +204,7 @@ timeout_ms = 5000
 rate_per_sec = $CRM_RATE
 burst = $CRM_RATE
 EOF
+  fi
 } >"$WORK/sipscreen.toml"
 # sipscreen's UDP receiver threads ([sip] udp_receivers)
 sed -i "s/^tcp = \[\]\$/&\nudp_receivers = $UDP_RECEIVERS/" "$WORK/sipscreen.toml"
@@ -383,6 +389,10 @@ ctx_switches() { # pid...
   done | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
 }
 HZ=$(getconf CLK_TCK)
+# All CPUs' busy and total ticks since boot (/proc/stat), "busy total".
+machine_ticks() {
+  awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
 
 # The proxy under test: its processes (PROXY_PIDS, one per relay instance
 # for the relay with two clients) and the port client k (0 or 1) sends to.
@@ -466,7 +476,7 @@ verdict_run() { # name -> $WORK/tags_<name>.txt, SIPp's exit code in VRC
 # --- load run -------------------------------------------------------------
 # One line per run in $RESULTS (tab-separated): name rep ok failed
 # retrans wall cpu us/call sipp-exit pbx-failed ctxsw/call syscalls/call
-# rate proxy%core uac%core uas%core.
+# rate proxy%core uac%core uas%core machine%busy.
 RESULTS=$WORK/results.tsv
 CAPACITY_RESULTS=$WORK/capacity.tsv
 : >"$RESULTS"
@@ -513,6 +523,8 @@ load_run() { # name rep rate calls
   # shellcheck disable=SC2086
   c0=$(cpu_ticks $PROXY_PIDS)
   w0=$(date +%s.%N)
+  local m0 m1
+  m0=$(machine_ticks)
   # the UAC(s); bash's `time` gives each one's CPU
   local uacs=()
   for k in $(seq 0 $((CLIENTS - 1))); do
@@ -531,6 +543,7 @@ load_run() { # name rep rate calls
     wait "${uacs[$k]}" || rc=$?
   done
   w1=$(date +%s.%N)
+  m1=$(machine_ticks)
   # shellcheck disable=SC2086
   c1=$(cpu_ticks $PROXY_PIDS)
   # shellcheck disable=SC2086
@@ -554,7 +567,7 @@ load_run() { # name rep rate calls
     kill $(tree_pids "$uas" | grep -vx "$uas") 2>/dev/null || true
   fi
   wait "$uas" 2>/dev/null || true
-  local ok=0 failed=0 retrans=0 var pbxfailed wall cpu us cs sc v f uacpct uaspct proxypct
+  local ok=0 failed=0 retrans=0 var pbxfailed wall cpu us cs sc v f uacpct uaspct proxypct busypct
   for k in $(seq 0 $((CLIENTS - 1))); do
     for f in ok:SuccessfulCall failed:FailedCall retrans:Retransmissions; do
       var=${f%%:*}
@@ -586,8 +599,11 @@ load_run() { # name rep rate calls
   uacpct=$(cat "$pre".uac*.time 2>/dev/null | awk -v a="$w0" -v b="$w1" '
     NF == 2 && $1 ~ /^[0-9.]+$/ { s += $1 + $2 } END { printf "%.0f", s / (b - a) * 100 }')
   uaspct=$(awk -v a="$w0" -v b="$w1" 'NF == 2 && $1 ~ /^[0-9.]+$/ { s += $1 + $2 } END { printf "%.0f", s / (b - a) * 100 }' "$pre.uas.time" 2>/dev/null)
-  LAST_RUN="$name	$rep	$ok	$failed	$retrans	$wall	$cpu	$us	$rc	$pbxfailed	$cs	$sc	$rate	$proxypct	$uacpct	$uaspct"
-  say "$name run $rep: $rate calls/s, $ok ok, $failed failed ($pbxfailed at the PBX), $retrans retransmissions, ${wall} s, CPU ${cpu} s = ${us} us/call, $cs context switches/call, $sc syscalls/call, % of a core: proxy $proxypct, SIPp UAC $uacpct, UAS $uaspct, sipp exit $rc"
+  # and the whole machine (every process, other users' too), % of all CPUs
+  busypct=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    printf "%.0f", (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) * 100 : 0 }')
+  LAST_RUN="$name	$rep	$ok	$failed	$retrans	$wall	$cpu	$us	$rc	$pbxfailed	$cs	$sc	$rate	$proxypct	$uacpct	$uaspct	$busypct"
+  say "$name run $rep: $rate calls/s, $ok ok, $failed failed ($pbxfailed at the PBX), $retrans retransmissions, ${wall} s, CPU ${cpu} s = ${us} us/call, $cs context switches/call, $sc syscalls/call, % of a core: proxy $proxypct, SIPp UAC $uacpct, UAS $uaspct; machine $busypct % busy; sipp exit $rc"
 }
 
 # a run is clean when every call succeeded, at both ends, with no
@@ -695,29 +711,29 @@ if [ "$VERDICT_ONLY" != 1 ]; then
     echo
     echo "| proxy | highest rate with 0 failed calls and 0 retransmissions (calls/s) | first rate that failed | % of a core there: proxy / SIPp UAC / SIPp UAS | saturated |"
     echo "| --- | --- | --- | --- | --- |"
-    while IFS=$'\t' read -r name rep best _ _ _ bfailed bretrans _ _ _ _ _ _ _ brate bproxy buac buas; do
-      sat="the machine (both cores busy)"
-      total=$((bproxy + buac + buas))
+    while IFS=$'\t' read -r name rep best _ _ _ bfailed bretrans _ _ _ _ _ _ _ brate bproxy buac buas bbusy; do
       if [ "$bproxy" -ge 95 ]; then
         sat="the proxy (its thread at $bproxy % of a core)"
       elif [ "$buac" -ge $((95 * CLIENTS)) ] || [ "$buas" -ge 95 ]; then
         sat="SIPp (UAC $buac %, UAS $buas %)"
-      elif [ "$total" -lt 180 ]; then
-        sat="none at 95 % (total $total % of 200)"
+      elif [ "$bbusy" -ge 90 ]; then
+        sat="the machine ($bbusy % of all CPUs busy, other processes included; the test's own: $((bproxy + buac + buas)) % of a core)"
+      else
+        sat="none of them (machine $bbusy % busy)"
       fi
       if [ "$brate" = "$best" ]; then
-        echo "| $name | $best (every rate clean) | - | $bproxy / $buac / $buas | $sat |"
+        echo "| $name | $best (every rate clean) | - | $bproxy / $buac / $buas | not reached (machine $bbusy % busy) |"
       else
         echo "| $name | $best | $brate ($bfailed failed, $bretrans retransmissions) | $bproxy / $buac / $buas | $sat |"
       fi
     done <"$CAPACITY_RESULTS"
   else
     echo
-    echo "| proxy | CPU µs/call, median (runs) | ctxsw/call | syscalls/call | failed calls |"
+    echo "| proxy | CPU µs/call, median (runs) | ctxsw/call | syscalls/call | failed calls (trunk / PBX) |"
     echo "| --- | --- | --- | --- | --- |"
     for name in $PROXIES; do
       runs=$(awk -F'\t' -v n="$name" '$1 == n { printf "%s%s", sep, $8; sep = ", " }' "$RESULTS")
-      nfail=$(awk -F'\t' -v n="$name" '$1 == n { s += ($4 ~ /^[0-9]+$/ ? $4 : 0) + ($10 ~ /^[0-9]+$/ ? $10 : 0) } END { print s + 0 }' "$RESULTS")
+      nfail=$(awk -F'\t' -v n="$name" '$1 == n { s += ($4 ~ /^[0-9]+$/ ? $4 : 0); p += ($10 ~ /^[0-9]+$/ ? $10 : 0) } END { print s + 0 " / " p + 0 }' "$RESULTS")
       echo "| $name | **$(median "$name" 8)** ($runs) | $(median "$name" 11) | $(median "$name" 12) | $nfail |"
     done
     s=$(median sipscreen 8)
