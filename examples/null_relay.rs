@@ -16,7 +16,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 
-use sipscreen::transport::batch::Batch;
+use sipscreen::transport::batch::{self, Batch};
 
 /// Where each datagram goes: by its source's IP address.
 struct Route {
@@ -71,13 +71,7 @@ fn relay(socket: &UdpSocket, route: &Route, mut keep_going: impl FnMut() -> bool
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if batch::nothing_received(&e) => {}
             // ECONNREFUSED of an earlier send (a peer not yet up): go on.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
             Err(e) => {
