@@ -326,7 +326,12 @@ fn tag<'r>(
 }
 
 /// A screened call with its `X-CRM-Call-Id` (from Call-ID and From tag).
-fn screened<'r>(local: &Local, msg: &Message, p: &Parsed<'_>, decision: Decision<'r>) -> Screened<'r> {
+fn screened<'r>(
+    local: &Local,
+    msg: &Message,
+    p: &Parsed<'_>,
+    decision: Decision<'r>,
+) -> Screened<'r> {
     let call_id = local.call_id(msg.call_id(), p.from.tag().unwrap_or(b""));
     Screened { decision, call_id }
 }
