@@ -311,6 +311,22 @@ async fn metric_reaches(h: &Harness, line: &str) -> bool {
     }
 }
 
+/// Polls `GET query` until the call log has the call `sip_call_id`; the
+/// page's items.
+async fn logged(api: &Api, query: &str, sip_call_id: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = api.get(VIEW, query).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|r| r["sip_call_id"] == sip_call_id) {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{sip_call_id} never logged: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_others() {
     let h = Harness::start_with("udp", EXTRA).await;
@@ -430,18 +446,11 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
     let busy = response_to(&got, 486, "Busy Here", "pbx-6", "");
     h.pbx.send_to(busy.as_bytes(), h.sip_udp).await.unwrap();
     let api = Api::new(&h);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let record = loop {
-        let (_, v) = api.get(VIEW, "/calls?verdict=exception").await;
-        let found = v["items"]
-            .as_array()
-            .and_then(|a| a.iter().find(|r| r["sip_call_id"] == "vs-6").cloned());
-        if let Some(r) = found {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "vs-6 never logged: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let items = logged(&api, "/calls?verdict=exception", "vs-6").await;
+    let record = items
+        .into_iter()
+        .find(|r| r["sip_call_id"] == "vs-6")
+        .unwrap();
     assert_eq!(
         (record["reason"].as_str(), record["attest"].as_str()),
         (Some("verstat"), Some("failed")),
@@ -489,17 +498,7 @@ async fn a_call_rejected_for_its_verification_is_logged_without_crm_events() {
     // The tracker handles events in order: once the later call is in the
     // log, so is whatever the rejected one gave.
     let api = Api::new(&h);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let items = loop {
-        let (s, v) = api.get(VIEW, "/calls").await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        if items.iter().any(|r| r["sip_call_id"] == "fwd-1") {
-            break items;
-        }
-        assert!(Instant::now() < deadline, "fwd-1 never logged: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let items = logged(&api, "/calls", "fwd-1").await;
     let rejected: Vec<&serde_json::Value> = items
         .iter()
         .filter(|r| r["sip_call_id"] == "rej-1")
