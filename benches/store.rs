@@ -187,7 +187,11 @@ async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrenc
                 .exceptions
                 .contains_phone(4_914_000_000_000 + 999_999 * 7)
         );
-        let rows = rows_of(server.store.path());
+        let rows = rows_of(
+            &dir.path()
+                .join("data")
+                .join(sipscreen::store::sqlite::FILE_NAME),
+        );
         assert_eq!(rows.len(), 1_000_000);
         let floor = sqlite_floor(dir.path(), &rows);
         println!(

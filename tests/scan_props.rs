@@ -186,7 +186,9 @@ proptest! {
         prop_assert_eq!(m.max_forwards(), Some(69));
         let data = match from_trunk(&rt, &m) {
             Outcome::Forward { data, .. } => data,
-            Outcome::Reply { code, reason, .. } => panic!("answered {code} ({reason})"),
+            Outcome::Reply { code, reason, .. } | Outcome::Refused { code, reason, .. } => {
+                panic!("answered {code} ({reason})")
+            }
             Outcome::Drop(reason) => panic!("dropped ({reason})"),
         };
         let fwd = String::from_utf8(data.to_vec()).unwrap();

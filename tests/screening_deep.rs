@@ -311,6 +311,22 @@ async fn metric_reaches(h: &Harness, line: &str) -> bool {
     }
 }
 
+/// Polls `GET query` until the call log has the call `sip_call_id`; the
+/// page's items.
+async fn logged(api: &Api, query: &str, sip_call_id: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = api.get(VIEW, query).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|r| r["sip_call_id"] == sip_call_id) {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{sip_call_id} never logged: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_others() {
     let h = Harness::start_with("udp", EXTRA).await;
@@ -430,22 +446,126 @@ async fn verstat_from_a_trusted_trunk_decides_per_line_and_is_ignored_from_other
     let busy = response_to(&got, 486, "Busy Here", "pbx-6", "");
     h.pbx.send_to(busy.as_bytes(), h.sip_udp).await.unwrap();
     let api = Api::new(&h);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let record = loop {
-        let (_, v) = api.get(VIEW, "/calls?verdict=exception").await;
-        let found = v["items"]
-            .as_array()
-            .and_then(|a| a.iter().find(|r| r["sip_call_id"] == "vs-6").cloned());
-        if let Some(r) = found {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "vs-6 never logged: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let items = logged(&api, "/calls?verdict=exception", "vs-6").await;
+    let record = items
+        .into_iter()
+        .find(|r| r["sip_call_id"] == "vs-6")
+        .unwrap();
     assert_eq!(
         (record["reason"].as_str(), record["attest"].as_str()),
         (Some("verstat"), Some("failed")),
         "{record}"
     );
+    h.stop().await;
+}
+
+/// A call refused with 608 for its failed verification is in the call log
+/// (the file and `/api/v1/calls`) with its verdict, reason, attestation and
+/// status, once however often its INVITE is retransmitted, and queues no
+/// CRM event; a forwarded call beside it does (the webhook is down, so
+/// queued events stay in the outbox to be counted).
+#[tokio::test]
+async fn a_call_rejected_for_its_verification_is_logged_without_crm_events() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap();
+    drop(closed);
+    let extra =
+        format!("{EXTRA}\n[crm]\n[[crm.webhook]]\nname = \"hook\"\nurl = \"http://{down}/hook\"\n");
+    let h = Harness::start_with("udp", &extra).await;
+    let caller = "+12155550113";
+    let inv = invite(
+        h.sip_udp,
+        h.trunk.local_addr().unwrap(),
+        "+4969000002",
+        caller,
+        "rej-1",
+        &pai(caller, "TN-Validation-Failed-A"),
+    );
+    // The INVITE and a retransmission of it: 608 to each.
+    for _ in 0..2 {
+        h.trunk.send_to(inv.as_bytes(), h.sip_udp).await.unwrap();
+        let (answer, _) = recv(&h.trunk).await;
+        assert!(answer.starts_with("SIP/2.0 608 Rejected\r\n"), "{answer}");
+    }
+    h.nothing_more_at_pbx().await;
+    // A forwarded call after it, refused by the PBX: a `log` call.
+    let (_, got, _) = h
+        .invite_from_trunk(caller, "+4930901820", "fwd-1", "")
+        .await;
+    let busy = response_to(&got, 486, "Busy Here", "pbx-1", "");
+    h.pbx.send_to(busy.as_bytes(), h.sip_udp).await.unwrap();
+
+    // The tracker handles events in order: once the later call is in the
+    // log, so is whatever the rejected one gave.
+    let api = Api::new(&h);
+    let items = logged(&api, "/calls", "fwd-1").await;
+    let rejected: Vec<&serde_json::Value> = items
+        .iter()
+        .filter(|r| r["sip_call_id"] == "rej-1")
+        .collect();
+    assert_eq!(rejected.len(), 1, "one record for rej-1: {items:?}");
+    let r = rejected[0];
+    let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        (
+            field("verdict"),
+            field("reason"),
+            field("attest"),
+            field("outcome"),
+            field("direction"),
+            field("line"),
+            field("client"),
+        ),
+        (
+            "exception".to_string(),
+            "verstat".to_string(),
+            "failed".to_string(),
+            "failed".to_string(),
+            "inbound".to_string(),
+            "+4969000002".to_string(),
+            caller.to_string(),
+        ),
+        "{r}"
+    );
+    assert_eq!(r["status"], 608, "{r}");
+    assert_eq!(r["duration"], 0, "{r}");
+    assert!(r["answer"].is_null(), "{r}");
+    let call_id = field("call_id");
+    assert!(
+        call_id.len() == 32 && call_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{r}"
+    );
+    // The API filters find it as they find any failed exception call.
+    let (_, v) = api
+        .get(VIEW, "/calls?verdict=exception&outcome=failed")
+        .await;
+    let listed = v["items"].as_array().cloned().unwrap_or_default();
+    assert!(listed.iter().any(|x| x["sip_call_id"] == "rej-1"), "{v}");
+
+    // The file has the one line the API read.
+    let log = std::fs::read_to_string(h.dir.path().join("data/calls.jsonl")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("\"rej-1\"")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("\"status\":608"), "{}", lines[0]);
+
+    // CRM events: the forwarded call's are queued, the rejected one's not.
+    let fwd = items
+        .iter()
+        .find(|r| r["sip_call_id"] == "fwd-1")
+        .and_then(|r| r["call_id"].as_str())
+        .unwrap()
+        .to_string();
+    let db = h.dir.path().join("data/sipscreen.db");
+    let queued = |call: &str| -> i64 {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM outbox WHERE call = ?1",
+            [call],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(queued(&fwd), 2, "call.started and call.ended of fwd-1");
+    assert_eq!(queued(&call_id), 0, "no CRM event for the rejected call");
     h.stop().await;
 }

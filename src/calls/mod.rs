@@ -8,7 +8,8 @@
 //! duration, transfers by REFER. State is bounded: a call with no activity
 //! for `[calls] max_call_secs` is ended as `expired`, and the number of
 //! calls tracked at once is capped. Every call, exception calls included,
-//! is written to the call log ([`log`]); CRM events go to the durable
+//! is written to the call log ([`log`]), and so is an INVITE the proxy
+//! refused itself (608 for a failed verification); CRM events go to the durable
 //! outbox for `log` calls only. Calls in progress are kept in the store
 //! ([`saved`]) in the same transaction as their events, and restored at
 //! start: a restart (SIGTERM, crash, kill -9) ends no call and loses none.
@@ -64,6 +65,17 @@ pub enum SipEvent {
     Invite {
         sip_call_id: Bytes,
         call: Box<NewCall>,
+        at: SystemTime,
+    },
+    /// A dialog-creating INVITE was answered by the proxy itself with
+    /// final status `code` instead of being forwarded (608: a failed
+    /// verification on a `reject` line). The call goes to the call log as
+    /// it is, never to the CRM; retransmissions of the INVITE are reported
+    /// again and logged once.
+    Refused {
+        sip_call_id: Bytes,
+        call: Box<NewCall>,
+        code: u16,
         at: SystemTime,
     },
     /// A response to an INVITE was forwarded.

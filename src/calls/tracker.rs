@@ -38,6 +38,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// Calls tracked at once; beyond this, new calls are not tracked (counted).
 pub const MAX_CALLS: usize = 200_000;
 
+/// How long a refused INVITE's Call-ID is remembered, so that its
+/// retransmissions are not logged again: 64 × T1, the time a client
+/// retransmits an INVITE for (RFC 3261 timer B).
+const REFUSED_MEMORY: Duration = Duration::from_secs(32);
+
 struct Call {
     new: NewCall,
     start: SystemTime,
@@ -102,6 +107,9 @@ pub struct Tracker {
     dirty: HashSet<Box<[u8]>>,
     /// Calls ended since the last flush (to remove).
     ended: Vec<Box<[u8]>>,
+    /// Call-IDs of INVITEs refused (and logged) in the last
+    /// `REFUSED_MEMORY`, at most `MAX_CALLS` of them.
+    refused: HashMap<Box<[u8]>, Instant>,
 }
 
 impl Tracker {
@@ -120,6 +128,7 @@ impl Tracker {
             pending: Vec::new(),
             dirty: HashSet::new(),
             ended: Vec::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -278,6 +287,12 @@ impl Tracker {
                 self.calls.insert(sip_call_id[..].into(), call);
                 self.touch(&sip_call_id);
             }
+            SipEvent::Refused {
+                sip_call_id,
+                call,
+                code,
+                at,
+            } => self.refused(&sip_call_id, *call, code, at),
             SipEvent::InviteResponse {
                 sip_call_id,
                 code,
@@ -384,8 +399,39 @@ impl Tracker {
         }
     }
 
-    /// Ends calls idle for longer than the limit.
+    /// An INVITE the proxy answered itself: one call log line (a
+    /// retransmission of it, or of a call in progress, adds none), no CRM
+    /// event whatever its verdict.
+    fn refused(&mut self, sip_call_id: &[u8], new: NewCall, code: u16, at: SystemTime) {
+        let now = Instant::now();
+        if self.calls.contains_key(sip_call_id) || self.refused.contains_key(sip_call_id) {
+            return;
+        }
+        if self.refused.len() < MAX_CALLS {
+            self.refused.insert(sip_call_id.into(), now);
+        }
+        let call = Call {
+            responsible: new.responsible.clone(),
+            new,
+            start: at,
+            ringing: false,
+            answer: None,
+            cancelled: false,
+            transfers: Vec::new(),
+            last: now,
+        };
+        let rec = record(sip_call_id, &call, code, "failed", at, 0);
+        if let Err(e) = self.log.append(&rec) {
+            tracing::error!(error = %e, "writing the call log failed");
+        }
+        self.metrics.call_finished(&rec.verdict, "failed");
+    }
+
+    /// Ends calls idle for longer than the limit, and forgets refused
+    /// INVITEs whose retransmissions are over.
     pub fn expire(&mut self, now: Instant) {
+        self.refused
+            .retain(|_, at| now.duration_since(*at) < REFUSED_MEMORY);
         let idle: Vec<Box<[u8]>> = self
             .calls
             .iter()
@@ -587,6 +633,50 @@ mod tests {
             refer_to: to.map(str::to_string),
             at,
         }
+    }
+
+    /// A refused INVITE is one call log line with its status and no CRM
+    /// event, even with a `log` verdict; its retransmissions within timer
+    /// B add nothing, a new INVITE with its Call-ID after that is logged.
+    #[test]
+    fn a_refused_invite_is_logged_once_and_never_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut t, store) = tracker(dir.path(), Duration::from_secs(3600));
+        let refused = |at| {
+            let SipEvent::Invite {
+                sip_call_id, call, ..
+            } = invite("r1", at)
+            else {
+                unreachable!()
+            };
+            SipEvent::Refused {
+                sip_call_id,
+                call,
+                code: 608,
+                at,
+            }
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        t.handle(refused(t0));
+        t.handle(refused(t0 + Duration::from_millis(500)));
+        t.expire(Instant::now() + REFUSED_MEMORY - Duration::from_secs(1));
+        t.handle(refused(t0 + Duration::from_secs(4)));
+        t.flush();
+        let recs = records(dir.path());
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(
+            (recs[0].status, recs[0].outcome.as_str(), recs[0].duration),
+            (608, "failed", 0)
+        );
+        assert_eq!(recs[0].start, recs[0].end);
+        assert_eq!(t.active(), 0, "a refused call is not in progress");
+        assert!(kinds(&store).is_empty(), "{:?}", kinds(&store));
+        // Past timer B the Call-ID is forgotten: a new INVITE is a new call.
+        t.expire(Instant::now() + REFUSED_MEMORY);
+        t.handle(refused(t0 + Duration::from_secs(60)));
+        t.flush();
+        assert_eq!(records(dir.path()).len(), 2);
+        assert!(kinds(&store).is_empty());
     }
 
     fn kinds(store: &SqliteStore) -> Vec<String> {

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::config::target::{TargetHost, TargetSpec};
+use crate::config::target::{TargetHost, TargetSpec, TargetTransport};
 use crate::config::{TargetEntry, TransportKind};
 use crate::metrics::DnsMetrics;
 
@@ -177,7 +177,10 @@ impl PeerTargets {
                     let t = spec.transport_or(transport);
                     AnswerState {
                         answer: Some(Answer::literal(
-                            SocketAddr::new(*ip, spec.port.unwrap_or(default_port(t))),
+                            SocketAddr::new(
+                                *ip,
+                                spec.port.unwrap_or(TargetTransport::from(t).default_port()),
+                            ),
                             t,
                         )),
                         expires_ms: i64::MAX,
@@ -527,10 +530,6 @@ impl PeerTargets {
 }
 
 /// The port a target without one uses (RFC 3263 §4.2).
-fn default_port(t: TransportKind) -> u16 {
-    if t == TransportKind::Tls { 5061 } else { 5060 }
-}
-
 /// `transport:address`, the `target` label of an address.
 fn dest_label(d: &Dest) -> String {
     addr_label(d.addr, d.transport)

@@ -113,6 +113,29 @@ impl Proxy {
         next & 0xffff_ffff <= FORBIDDEN_PER_SECOND
     }
 
+    /// Answers request `msg` itself with `code` (counted under `reason`;
+    /// `extra`: header lines to add); whether the answer was sent (never to
+    /// an ACK, nor to unknown sources beyond the reply budget).
+    fn answer(
+        &self,
+        msg: &Message,
+        side: Side,
+        (transport, remote): (TransportKind, SocketAddr),
+        out: &Sender,
+        (code, reason): (u16, &'static str),
+        extra: Option<&[u8]>,
+    ) -> bool {
+        self.metrics.sip_error(reason);
+        let refuse = msg.method() == Some(Method::Ack)
+            || (side == Side::Unknown && !self.forbidden_allowed());
+        if refuse {
+            return false;
+        }
+        tracing::debug!(%remote, code, reason, "request refused");
+        let data = reply::build(msg, code, remote, &self.local, extra.unwrap_or(b""));
+        self.send(out, transport, remote, data)
+    }
+
     fn send(&self, out: &Sender, transport: TransportKind, dest: SocketAddr, data: Bytes) -> bool {
         match out.send(transport, dest, data) {
             Ok(()) => true,
@@ -138,25 +161,9 @@ fn report(
     let at = std::time::SystemTime::now();
     let sip_call_id = || msg.buf().slice_ref(msg.call_id());
     if let Some(s) = screened {
-        let sc = &s.decision.screening;
-        let new = NewCall {
-            call_id: String::from_utf8_lossy(&s.call_id).into_owned(),
-            direction: sc.direction,
-            verdict: sc.verdict,
-            client: sc.client,
-            line: sc.line,
-            create: sc.create(),
-            source: sc.settings.source.clone(),
-            reason: sc.reason,
-            attest: sc.attest,
-            responsible: s.decision.responsible().map(str::to_string),
-            change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
-            update_directory_on_transfer: sc.settings.update_directory_on_transfer,
-            offer: sc.settings.create == crate::config::CreateMode::Offer,
-        };
         calls.send(SipEvent::Invite {
             sip_call_id: sip_call_id(),
-            call: Box::new(new),
+            call: Box::new(new_call(s)),
             at,
         });
         return;
@@ -209,6 +216,26 @@ fn report(
         refer_to,
         at,
     });
+}
+
+/// What the tracker keeps of a screened INVITE.
+fn new_call(s: &Screened<'_>) -> NewCall {
+    let sc = &s.decision.screening;
+    NewCall {
+        call_id: String::from_utf8_lossy(&s.call_id).into_owned(),
+        direction: sc.direction,
+        verdict: sc.verdict,
+        client: sc.client,
+        line: sc.line,
+        create: sc.create(),
+        source: sc.settings.source.clone(),
+        reason: sc.reason,
+        attest: sc.attest,
+        responsible: s.decision.responsible().map(str::to_string),
+        change_responsible_on_transfer: sc.settings.change_responsible_on_transfer,
+        update_directory_on_transfer: sc.settings.update_directory_on_transfer,
+        offer: sc.settings.create == crate::config::CreateMode::Offer,
+    }
 }
 
 /// RFC 5923: a request whose top Via carries `alias` lets requests
@@ -345,6 +372,7 @@ impl Handler for Proxy {
             }
             response::route(&rt, &self.local, &msg, side)
         };
+        let from = (inb.transport, inb.remote);
         match outcome {
             Outcome::Forward {
                 dest,
@@ -371,25 +399,21 @@ impl Handler for Proxy {
                 reason,
                 extra,
             } => {
-                self.metrics.sip_error(reason);
-                if reason == "verstat_failed" {
-                    let failed = crate::screening::verstat::Attest::Failed;
-                    self.metrics.attested(failed, "rejected");
+                self.answer(&msg, side, from, out, (code, reason), extra.as_deref());
+            }
+            Outcome::Refused { code, reason, call } => {
+                let sc = &call.decision.screening;
+                self.metrics.attested(sc.attest, "rejected");
+                if self.answer(&msg, side, from, out, (code, reason), None)
+                    && let Some(calls) = self.calls.get()
+                {
+                    calls.send(SipEvent::Refused {
+                        sip_call_id: msg.buf().slice_ref(msg.call_id()),
+                        call: Box::new(new_call(&call)),
+                        code,
+                        at: std::time::SystemTime::now(),
+                    });
                 }
-                let refuse = method == Some(Method::Ack)
-                    || (side == Side::Unknown && !self.forbidden_allowed());
-                if refuse {
-                    return;
-                }
-                tracing::debug!(remote = %inb.remote, code, reason, "request refused");
-                let data = reply::build(
-                    &msg,
-                    code,
-                    inb.remote,
-                    &self.local,
-                    extra.as_deref().unwrap_or(b""),
-                );
-                self.send(out, inb.transport, inb.remote, data);
             }
             Outcome::Drop(reason) => {
                 tracing::debug!(remote = %inb.remote, reason, "message dropped");

@@ -39,6 +39,14 @@ pub enum Outcome<'r> {
         reason: &'static str,
         extra: Option<Vec<u8>>,
     },
+    /// Answer the sender with final status `code` instead of forwarding
+    /// the dialog-creating INVITE that `call` screened (608: a failed
+    /// verification on a `reject` line); the call is reported as refused.
+    Refused {
+        code: u16,
+        reason: &'static str,
+        call: Screened<'r>,
+    },
     /// Drop silently (counted under `reason`).
     Drop(&'static str),
 }
@@ -107,11 +115,18 @@ fn forward<'r>(
     // requests; only dialog-creating INVITEs are counted and tagged.
     let decision =
         (routes.popped.is_empty() || dialog_creating).then(|| decide(rt, msg, &p, ruri, side));
-    if dialog_creating && decision.as_ref().is_some_and(|d| d.screening.reject) {
+    let decision = match decision {
         // A trusted trunk's verification failed and the line rejects such
         // calls: 608 Rejected (RFC 8688), the call is not forwarded.
-        return Err(reply(608, "verstat_failed"));
-    }
+        Some(d) if dialog_creating && d.screening.reject => {
+            return Ok(Outcome::Refused {
+                code: 608,
+                reason: "verstat_failed",
+                call: screened(local, msg, &p, d),
+            });
+        }
+        d => d,
+    };
     let (dest, transport) = next_hop(rt, msg, &routes, ruri, side, decision.as_ref())?;
     let mut e = Edits::new();
     let hop = Hop {
@@ -297,16 +312,27 @@ fn tag<'r>(
     decision: Decision<'r>,
     e: &mut Edits,
 ) -> Screened<'r> {
-    let call_id = local.call_id(msg.call_id(), p.from.tag().unwrap_or(b""));
-    if decision.screening.direction == Direction::Inbound {
-        let id = std::str::from_utf8(&call_id).expect("hex digits");
-        e.insert_with(msg.header_end(), |a| decision.write_tags(Some(id), a));
-        if let (Some(ext), Some(user)) = (decision.forward_to(), ruri.user) {
+    let s = screened(local, msg, p, decision);
+    if s.decision.screening.direction == Direction::Inbound {
+        let id = std::str::from_utf8(&s.call_id).expect("hex digits");
+        e.insert_with(msg.header_end(), |a| s.decision.write_tags(Some(id), a));
+        if let (Some(ext), Some(user)) = (s.decision.forward_to(), ruri.user) {
             let at = user.as_ptr() as usize - msg.buf().as_ptr() as usize;
             e.insert_with(at, |a| a.extend_from_slice(ext.as_bytes()));
             e.delete(at..at + user.len());
         }
     }
+    s
+}
+
+/// A screened call with its `X-CRM-Call-Id` (from Call-ID and From tag).
+fn screened<'r>(
+    local: &Local,
+    msg: &Message,
+    p: &Parsed<'_>,
+    decision: Decision<'r>,
+) -> Screened<'r> {
+    let call_id = local.call_id(msg.call_id(), p.from.tag().unwrap_or(b""));
     Screened { decision, call_id }
 }
 

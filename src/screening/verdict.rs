@@ -339,8 +339,12 @@ impl Screening<'_> {
     /// characters in `call_id` and `responsible` are dropped (config
     /// strings were checked when the line table was built).
     pub fn write_tags(&self, call_id: Option<&str>, responsible: Option<&str>, out: &mut Vec<u8>) {
-        header(out, b"X-CRM-Verdict", self.verdict.as_str().as_bytes());
-        header(out, b"X-CRM-Direction", self.direction.as_str().as_bytes());
+        header(out, b"X-CRM-Verdict: ", self.verdict.as_str().as_bytes());
+        header(
+            out,
+            b"X-CRM-Direction: ",
+            self.direction.as_str().as_bytes(),
+        );
         out.extend_from_slice(b"X-CRM-Client: ");
         match self.client {
             Client::Number(n) => write_e164(n, out),
@@ -353,21 +357,21 @@ impl Screening<'_> {
             out.extend_from_slice(b"\r\n");
         }
         if self.verdict == Verdict::Log {
-            header(out, b"X-CRM-Create", self.create().as_str().as_bytes());
+            header(out, b"X-CRM-Create: ", self.create().as_str().as_bytes());
             if !self.settings.source.is_empty() {
-                header(out, b"X-CRM-Source", self.settings.source.as_bytes());
+                header(out, b"X-CRM-Source: ", self.settings.source.as_bytes());
             }
         }
         if let Some(r) = responsible {
             // Directory values come from the API: no control characters
             // may reach the wire.
             out.extend_from_slice(b"X-CRM-Responsible: ");
-            out.extend(r.bytes().filter(|b| !b.is_ascii_control()));
+            push_clean(out, r);
             out.extend_from_slice(b"\r\n");
         }
         if let Some(id) = call_id {
             out.extend_from_slice(b"X-CRM-Call-Id: ");
-            out.extend(id.bytes().filter(|b| !b.is_ascii_control()));
+            push_clean(out, id);
             out.extend_from_slice(b"\r\n");
         }
         if let Some(r) = self.reason {
@@ -376,14 +380,24 @@ impl Screening<'_> {
             out.extend_from_slice(b"\r\n");
         }
         if self.direction == Direction::Inbound {
-            header(out, b"X-CRM-Attest", self.attest.as_str().as_bytes());
+            header(out, b"X-CRM-Attest: ", self.attest.as_str().as_bytes());
         }
     }
 }
 
+/// Appends `s` without its control characters (one copy when it has
+/// none, as nearly every value).
+fn push_clean(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b.is_ascii_control()) {
+        out.extend(s.bytes().filter(|b| !b.is_ascii_control()));
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// One header line; `name` ends with its `": "`.
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }

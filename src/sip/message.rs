@@ -236,6 +236,9 @@ pub struct Message {
     terminated: bool,
     /// First byte after the blank line.
     body_start: usize,
+    /// The first Content-Length, read once by the scan (`None`: absent or
+    /// not a number).
+    content_length: Option<usize>,
 }
 
 impl Message {
@@ -274,16 +277,21 @@ impl Message {
                 }
                 h.end = next as u32;
             } else {
-                let colon =
-                    line.start + memchr(b':', &b[line.clone()]).ok_or(ScanError::HeaderLine)?;
-                let mut name_end = colon;
-                while name_end > line.start && matches!(b[name_end - 1], b' ' | b'\t') {
-                    name_end -= 1;
+                // The name (token characters), optional blanks, the colon:
+                // one walk over the name instead of a colon search and a
+                // token check.
+                let mut name_end = line.start;
+                while name_end < line.end && is_token(b[name_end]) {
+                    name_end += 1;
                 }
-                let name = &b[line.start..name_end];
-                if name.is_empty() || !name.iter().all(|&c| is_token(c)) {
+                let mut colon = name_end;
+                while colon < line.end && matches!(b[colon], b' ' | b'\t') {
+                    colon += 1;
+                }
+                if name_end == line.start || colon == line.end || b[colon] != b':' {
                     return Err(ScanError::HeaderLine);
                 }
+                let name = &b[line.start..name_end];
                 if headers.len() >= MAX_HEADERS {
                     return Err(ScanError::TooManyHeaders);
                 }
@@ -310,6 +318,11 @@ impl Message {
                 count[k] += 1;
             }
         }
+        let k = HeaderName::ContentLength as usize;
+        let content_length = (first[k] != NONE)
+            .then(|| parse_u64(&b[headers[usize::from(first[k])].value_range()]))
+            .flatten()
+            .map(|n| n as usize);
         Ok(Message {
             buf,
             start,
@@ -319,6 +332,7 @@ impl Message {
             header_end,
             terminated,
             body_start,
+            content_length,
         })
     }
 
@@ -394,7 +408,28 @@ impl Message {
 
     /// Every header named `name`, in order.
     pub fn all(&self, name: HeaderName) -> impl Iterator<Item = &Header> {
-        self.headers.iter().filter(move |h| h.name == name)
+        self.of_name(name)
+    }
+
+    /// The headers named `name`, walked from the first one of a tracked
+    /// name (none: no walk at all).
+    fn of_name(&self, name: HeaderName) -> impl Iterator<Item = &Header> {
+        self.headers[self.first_index(name)..]
+            .iter()
+            .filter(move |h| h.name == name)
+    }
+
+    /// Where a walk for `name` starts: its first header (tracked names),
+    /// past the end if it has none, else 0.
+    fn first_index(&self, name: HeaderName) -> usize {
+        let k = name as usize;
+        if k >= TRACKED {
+            0
+        } else if self.first[k] == NONE {
+            self.headers.len()
+        } else {
+            usize::from(self.first[k])
+        }
     }
 
     /// The value of header `h`.
@@ -410,22 +445,39 @@ impl Message {
     /// Each comma-separated value of every header named `name`, with the
     /// index of the header it is in.
     pub fn values(&self, name: HeaderName) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
-        self.headers
+        let from = self.first_index(name);
+        self.headers[from..]
             .iter()
             .enumerate()
             .filter(move |(_, h)| h.name == name)
-            .flat_map(move |(i, h)| split_commas(&self.buf, h.value_range()).map(move |r| (i, r)))
+            .flat_map(move |(i, h)| {
+                split_commas(&self.buf, h.value_range()).map(move |r| (from + i, r))
+            })
+    }
+
+    /// The first comma-separated value of the first header named `name`
+    /// (tracked names: no walk over the others).
+    fn first_element(&self, name: HeaderName) -> Option<Range<usize>> {
+        if (name as usize) < TRACKED {
+            // A header whose value is empty has no element: the next
+            // header of the name holds the first one.
+            let h = self.first(name)?;
+            if h.value.0 < h.value.1 {
+                return split_commas(&self.buf, h.value_range()).next();
+            }
+        }
+        self.values(name).next().map(|(_, r)| r)
     }
 
     /// The topmost Via value, parsed.
     pub fn top_via(&self) -> Option<values::Via<'_>> {
-        let (_, r) = self.values(HeaderName::Via).next()?;
+        let r = self.first_element(HeaderName::Via)?;
         values::Via::parse(&self.buf, r).ok()
     }
 
     /// From, To or P-Asserted-Identity (first value), parsed.
     pub fn name_addr(&self, name: HeaderName) -> Option<NameAddr<'_>> {
-        let (_, r) = self.values(name).next()?;
+        let r = self.first_element(name)?;
         NameAddr::parse(&self.buf[r]).ok()
     }
 
@@ -452,7 +504,7 @@ impl Message {
 
     /// Declared Content-Length (`None` if absent or not a number).
     pub fn content_length(&self) -> Option<usize> {
-        parse_u64(self.first_value(HeaderName::ContentLength)?).map(|n| n as usize)
+        self.content_length
     }
 
     /// Where new header lines are inserted (start of the blank line).
@@ -484,6 +536,8 @@ impl Message {
             return Err(bad("headers_unterminated"));
         }
         let mut ruri = None;
+        let mut cseq = None;
+        let max_forwards;
         match &self.start {
             StartLine::Request {
                 method,
@@ -516,11 +570,13 @@ impl Message {
                         return Err(missing);
                     }
                 }
-                let (_, cseq_method) = self.cseq().ok_or(bad("cseq"))?;
-                if cseq_method != &self.buf[method_range.clone()] {
+                let c = self.cseq().ok_or(bad("cseq"))?;
+                if c.1 != &self.buf[method_range.clone()] {
                     return Err(bad("cseq_method"));
                 }
-                if self.count(MaxForwards) > 0 && self.max_forwards().is_none_or(|n| n > 255) {
+                cseq = Some(c);
+                max_forwards = self.max_forwards();
+                if self.count(MaxForwards) > 0 && max_forwards.is_none_or(|n| n > 255) {
                     return Err(bad("max_forwards"));
                 }
                 if *method == Method::Invite {
@@ -536,9 +592,13 @@ impl Message {
                 if self.count(Via) == 0 {
                     return Err(bad("response_headers"));
                 }
+                max_forwards = self.max_forwards();
             }
         }
-        let cseq = self.cseq().ok_or(bad("cseq"))?;
+        let cseq = match cseq {
+            Some(c) => c,
+            None => self.cseq().ok_or(bad("cseq"))?,
+        };
         for h in [From, To, CallId, CSeq, MaxForwards, ContentLength] {
             if self.count(h) > 1 {
                 return Err(bad("duplicate_header"));
@@ -547,12 +607,14 @@ impl Message {
         let from = self.single_name_addr(From)?;
         let to = self.single_name_addr(To)?;
         let mut top_via = None;
-        for (_, r) in self.values(Via) {
-            if r.is_empty() {
-                return Err(bad("via"));
-            }
-            if top_via.is_none() {
-                top_via = Some(values::Via::parse(&self.buf, r).map_err(|_| bad("via"))?);
+        for h in self.of_name(Via) {
+            for r in split_commas(&self.buf, h.value_range()) {
+                if r.is_empty() {
+                    return Err(bad("via"));
+                }
+                if top_via.is_none() {
+                    top_via = Some(values::Via::parse(&self.buf, r).map_err(|_| bad("via"))?);
+                }
             }
         }
         let top_via = top_via.ok_or(bad("via"))?;
@@ -567,8 +629,8 @@ impl Message {
         {
             return Err(bad("date"));
         }
-        if self.count(Contact) > 0 {
-            for (_, r) in self.values(Contact) {
+        for h in self.of_name(Contact) {
+            for r in split_commas(&self.buf, h.value_range()) {
                 let v = &self.buf[r];
                 if v.is_empty() || (!v.contains(&b'<') && v.contains(&b'?')) {
                     return Err(bad("contact"));
@@ -581,7 +643,7 @@ impl Message {
             from,
             to,
             cseq,
-            max_forwards: self.max_forwards(),
+            max_forwards,
         })
     }
 
@@ -709,10 +771,19 @@ fn parse_start_line(b: &[u8], line: Range<usize>) -> Result<StartLine, ScanError
 pub fn parse_u64(v: &[u8]) -> Option<u64> {
     let r = trim(v, 0..v.len());
     let d = &v[r];
-    if d.is_empty() || d.len() > 19 || !d.iter().all(u8::is_ascii_digit) {
+    if d.is_empty() || d.len() > 19 {
         return None;
     }
-    Some(d.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0')))
+    // One pass: 19 digits never overflow.
+    let mut n = 0u64;
+    for &c in d {
+        let digit = c.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(digit);
+    }
+    Some(n)
 }
 
 #[cfg(test)]

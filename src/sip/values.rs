@@ -35,28 +35,7 @@ pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<u
             return None;
         }
         let start = pos;
-        let mut i = pos;
-        // Jump from one interesting byte to the next instead of walking.
-        loop {
-            match memchr::memchr3(b',', b'"', b'<', &buf[i..end]) {
-                None => {
-                    i = end;
-                    break;
-                }
-                Some(o) => {
-                    i += o;
-                    match buf[i] {
-                        b',' => break,
-                        b'"' => i = skip_quoted(buf, i + 1, end),
-                        _ => i = memchr::memchr(b'>', &buf[i..end]).map_or(end, |o| i + o + 1),
-                    }
-                    if i >= end {
-                        i = end;
-                        break;
-                    }
-                }
-            }
-        }
+        let i = next_comma(buf, pos, end);
         if i >= end {
             done = true;
         } else {
@@ -64,6 +43,28 @@ pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<u
         }
         Some(trim(buf, start..i))
     })
+}
+
+/// The top-level comma ending the element that starts at `i` (or `end`),
+/// jumping from one interesting byte to the next (a byte-by-byte walk
+/// measured dearer under callgrind even for 60-byte values).
+fn next_comma(buf: &[u8], mut i: usize, end: usize) -> usize {
+    loop {
+        match memchr::memchr3(b',', b'"', b'<', &buf[i..end]) {
+            None => return end,
+            Some(o) => {
+                i += o;
+                match buf[i] {
+                    b',' => return i,
+                    b'"' => i = skip_quoted(buf, i + 1, end),
+                    _ => i = memchr::memchr(b'>', &buf[i..end]).map_or(end, |o| i + o + 1),
+                }
+                if i >= end {
+                    return end;
+                }
+            }
+        }
+    }
 }
 
 /// Index just past the closing quote of a quoted string whose body starts
@@ -80,18 +81,28 @@ fn skip_quoted(buf: &[u8], mut i: usize, end: usize) -> usize {
 }
 
 /// Value of `;name=value` (or `Some(b"")` for a bare `;name`) in a param list.
+/// `name` holds no `=`, `;` or LWS.
 pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    for p in params.split(|&b| b == b';') {
-        let p = trim_slice(p);
-        let (k, v) = match p.iter().position(|&b| b == b'=') {
-            Some(eq) => (trim_slice(&p[..eq]), trim_slice(&p[eq + 1..])),
-            None => (p, &p[p.len()..]),
+    let mut rest = params;
+    loop {
+        let (piece, next) = match rest.iter().position(|&b| b == b';') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
         };
-        if k.eq_ignore_ascii_case(name) {
-            return Some(v);
+        // Compare the name in place; only a candidate is looked at further.
+        let p = trim_slice(piece);
+        if p.len() >= name.len() && p[..name.len()].eq_ignore_ascii_case(name) {
+            let after = &p[name.len()..];
+            if after.is_empty() {
+                return Some(after);
+            }
+            let lws = after.iter().take_while(|&&b| is_lws(b)).count();
+            if after[lws] == b'=' {
+                return Some(trim_slice(&after[lws + 1..]));
+            }
         }
+        rest = next?;
     }
-    None
 }
 
 fn trim_slice(s: &[u8]) -> &[u8] {
@@ -200,10 +211,18 @@ fn split2(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 
 /// Parses a decimal u16 (no sign, no spaces).
 pub fn parse_u16(s: &[u8]) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+    if s.is_empty() || s.len() > 5 {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    let mut n = 0u32;
+    for &c in s {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n * 10 + u32::from(d);
+    }
+    u16::try_from(n).ok()
 }
 
 /// Splits `host[:port]` (IPv6 in brackets). The host must not be empty and
@@ -221,16 +240,17 @@ pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
             _ => None,
         };
     }
-    match s.iter().filter(|&&b| b == b':').count() {
-        0 => Some((s, None)),
-        1 => {
-            let (h, p) = split2(s, b':')?;
+    match s.iter().position(|&b| b == b':') {
+        None => Some((s, None)),
+        Some(i) => {
+            let (h, p) = (&s[..i], &s[i + 1..]);
+            // A second colon (unbracketed IPv6) is refused; so is a port
+            // that is not a number, which any colon left in it is not.
             if h.is_empty() {
                 return None;
             }
             Some((h, Some(parse_u16(p)?)))
         }
-        _ => None,
     }
 }
 
@@ -411,6 +431,7 @@ impl<'a> NameAddr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn via(s: &str) -> Result<Via<'_>, ValueError> {
         Via::parse(s.as_bytes(), 0..s.len())
@@ -431,6 +452,100 @@ mod tests {
         assert!(via("SIP/2.0/UDP 192.0.2.15;;").is_err());
         assert!(via("SIP/2.0/UDP").is_err());
         assert!(via("SIP/3.0/UDP h").is_err());
+    }
+
+    /// The parsers as they were before the one-walk versions: the fast
+    /// paths must agree with them on every input.
+    mod reference {
+        use super::super::*;
+
+        pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+            for p in params.split(|&b| b == b';') {
+                let p = trim_slice(p);
+                let (k, v) = match p.iter().position(|&b| b == b'=') {
+                    Some(eq) => (trim_slice(&p[..eq]), trim_slice(&p[eq + 1..])),
+                    None => (p, &p[p.len()..]),
+                };
+                if k.eq_ignore_ascii_case(name) {
+                    return Some(v);
+                }
+            }
+            None
+        }
+
+        pub fn parse_u16(s: &[u8]) -> Option<u16> {
+            if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(s).ok()?.parse().ok()
+        }
+
+        pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
+            if s.is_empty() || s.iter().any(|&b| is_lws(b)) {
+                return None;
+            }
+            if s[0] == b'[' {
+                let close = s.iter().position(|&b| b == b']')?;
+                let host = &s[..=close];
+                return match &s[close + 1..] {
+                    [] => Some((host, None)),
+                    [b':', port @ ..] => Some((host, Some(parse_u16(port)?))),
+                    _ => None,
+                };
+            }
+            match s.iter().filter(|&&b| b == b':').count() {
+                0 => Some((s, None)),
+                1 => {
+                    let (h, p) = split2(s, b':')?;
+                    if h.is_empty() {
+                        return None;
+                    }
+                    Some((h, Some(parse_u16(p)?)))
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// Bytes SIP values are made of, separators over-represented.
+    fn sip_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b';'),
+                Just(b'='),
+                Just(b':'),
+                Just(b' '),
+                Just(b'@'),
+                Just(b'['),
+                Just(b']'),
+                Just(b'<'),
+                Just(b'>'),
+                Just(b'?'),
+                Just(b'\t'),
+                prop::sample::select(b"0123456789".to_vec()),
+                prop::sample::select(b"abrBRtagnchport".to_vec()),
+                any::<u8>(),
+            ],
+            0..40,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn param_agrees_with_the_reference(v in sip_bytes(), name in prop::sample::select(vec!["branch", "rport", "received", "tag", "lr", "b", "R"])) {
+            let got = param(&v, name.as_bytes());
+            let want = reference::param(&v, name.as_bytes());
+            prop_assert_eq!(got, want);
+            if let (Some(g), Some(w)) = (got, want) {
+                prop_assert_eq!(g.as_ptr(), w.as_ptr(), "the same bytes of the input");
+            }
+        }
+
+        #[test]
+        fn numbers_and_host_ports_agree_with_the_reference(v in sip_bytes()) {
+            prop_assert_eq!(parse_u16(&v), reference::parse_u16(&v));
+            prop_assert_eq!(host_port(&v), reference::host_port(&v));
+        }
     }
 
     #[test]

@@ -113,6 +113,15 @@ impl Batch {
     }
 }
 
+/// Whether a receive error only means nothing came: the socket's read
+/// timeout (`WouldBlock` / `TimedOut`) or a signal (`Interrupted`).
+pub fn nothing_received(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// The address the kernel wrote into `s` (`len` bytes of it).
 #[cfg(target_os = "linux")]
 fn socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {

@@ -12,7 +12,7 @@
 //! queue drops the message and counts it; SIP over UDP loses packets too,
 //! and the sender retransmits).
 
-mod batch;
+pub mod batch;
 mod tcp;
 mod udp;
 

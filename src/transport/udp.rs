@@ -227,13 +227,7 @@ fn receive(
                     );
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if super::batch::nothing_received(&e) => {}
             // An ICMP error of an earlier send: queued (IP_RECVERR) and
             // read here.
             Err(_) if drain_errors(bound, Some(handler)) > 0 => {}

@@ -29,10 +29,16 @@ impl Serving {
     /// The same with another build of the binary (a release build, to
     /// measure it).
     pub fn start_bin(bin: &Path, config: &Path) -> Serving {
+        Self::start_env(bin, config, &[])
+    }
+
+    /// The same with extra environment variables (a store URL).
+    pub fn start_env(bin: &Path, config: &Path, env: &[(&str, &str)]) -> Serving {
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
