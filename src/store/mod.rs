@@ -15,6 +15,7 @@
 //! [`service::Exceptions`] puts the store and the in-memory set together:
 //! write to the store first, then publish to the set.
 
+pub mod fleet;
 pub mod service;
 pub mod sqlite;
 
@@ -278,6 +279,27 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Whether the CRM has been told the call ended (Bitrix24 finish).
     fn crm_finished(&self, sink: &str, call: &str) -> Result<bool, StoreError>;
     fn set_crm_finished(&self, sink: &str, call: &str, now: i64) -> Result<(), StoreError>;
+
+    /// In a fleet: the oldest `limit` events of `sink` among the calls no
+    /// other node holds a live lease on, in order (so per call strictly in
+    /// order, oldest calls first), taking or renewing this node's lease on
+    /// each of their calls until `now` + [`OutboxStore::lease`]. A store
+    /// one process owns holds every lease: [`OutboxStore::head`].
+    fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+        let _ = now;
+        self.head(sink, limit)
+    }
+    /// Gives back this node's leases on `calls` (after a retry is
+    /// scheduled or an event dead-lettered) so another node may take them.
+    fn release(&self, sink: &str, calls: &[String]) -> Result<(), StoreError> {
+        let _ = (sink, calls);
+        Ok(())
+    }
+    /// How long a claim holds (`None`: no other node takes events from
+    /// this store; a claim holds for ever).
+    fn lease(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A call in progress as the tracker keeps it across restarts.
