@@ -330,6 +330,12 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every call in progress.
     fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;
+    /// The calls in progress among `sip_call_ids` (in a fleet: another
+    /// node's, whose BYE reached this one after a failover).
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        let _ = sip_call_ids;
+        Ok(Vec::new())
+    }
 }
 
 /// The durable contacts directory.

@@ -55,6 +55,28 @@ impl CallStore for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT sip_call_id, call, state, last_ms FROM active_calls WHERE sip_call_id = ?1",
+        )?;
+        let mut out = Vec::new();
+        for k in sip_call_ids {
+            let mut rows = st.query_map([&k[..]], |r| {
+                Ok(ActiveCall {
+                    sip_call_id: r.get(0)?,
+                    call: r.get(1)?,
+                    state: r.get(2)?,
+                    last_ms: r.get(3)?,
+                })
+            })?;
+            if let Some(row) = rows.next() {
+                out.push(row?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
