@@ -27,7 +27,6 @@ use crate::screening::exceptions::ExceptionSet;
 use crate::shutdown::Shutdown;
 use crate::store::OutboxStore;
 use crate::store::service::Exceptions;
-use crate::store::sqlite::SqliteStore;
 use crate::transport;
 use std::sync::mpsc::Receiver;
 
@@ -71,7 +70,7 @@ pub struct Server {
     /// API tokens, swapped on reload.
     pub tokens: Arc<ArcSwap<Tokens>>,
     /// The store (exceptions, outbox).
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn crate::store::Store>,
     /// CRM sinks (their workers are started by `run`).
     sinks: Vec<SinkWorker>,
     /// The Bitrix24 sinks again, with their config (connect, install,
@@ -146,10 +145,10 @@ impl Server {
         let runtime = Runtime::build_with(loaded, exceptions.clone(), &target_env(&metrics))?;
         let mut resolving = start_resolver(&runtime)?;
         let tokens = Tokens::from_config(&runtime.loaded.config)?;
-        let data_dir = runtime.loaded.config.store.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open_dir(&data_dir)).await??;
-        tracing::info!(store = %store.path().display(), "store open");
-        let store = Arc::new(store);
+        let store_cfg = runtime.loaded.config.store.clone();
+        let store =
+            tokio::task::spawn_blocking(move || crate::store::open::open(&store_cfg)).await??;
+        tracing::info!(store = %store.describe(), "store open");
         let contacts = Arc::new(crate::contacts::Directory::new());
         {
             let st = store.clone();

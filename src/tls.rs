@@ -124,6 +124,24 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+/// A client config that verifies the server's certificate and name
+/// against the CA certificates in `ca` (named `what` in errors), else the
+/// system roots; no client certificate.
+pub fn verifying_client_config(
+    ca: Option<&Path>,
+    what: &'static str,
+) -> Result<ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(ca) => roots(what, ca)?,
+        None => system_roots()?,
+    };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Other(format!("TLS protocol versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// What the `[sip] tls` listeners present: one config for every client
 /// and, with `[tls] ca`, one that demands a client certificate it verifies
 /// (used for trunks with `tls_verify_client`).

@@ -244,6 +244,47 @@ sources = ["127.0.0.2/32"]
     }
 
     #[test]
+    fn store_kind_defaults_to_sqlite_and_postgres_needs_url_env() {
+        let l = parse(MINIMAL).expect("valid");
+        assert_eq!(*l.config.store.kind.get_ref(), StoreKind::Sqlite);
+        assert_eq!(*l.config.store.pool_size.get_ref(), DEFAULT_POOL_SIZE);
+        let pg = format!(
+            "{MINIMAL}\n[store]\nkind = \"postgres\"\nurl_env = \"SIPSCREEN_PG\"\npool_size = 3\n"
+        );
+        let l = parse(&pg).expect("valid");
+        assert_eq!(*l.config.store.kind.get_ref(), StoreKind::Postgres);
+        assert_eq!(
+            l.config.store.url_env.as_ref().unwrap().get_ref(),
+            "SIPSCREEN_PG"
+        );
+        assert_eq!(*l.config.store.pool_size.get_ref(), 3);
+
+        let missing = format!("{MINIMAL}\n[store]\nkind = \"postgres\"\n");
+        let err = parse(&missing).unwrap_err();
+        assert!(
+            err.to_string().starts_with("test.toml:12:8: ")
+                && err.to_string().contains("needs url_env"),
+            "{err}"
+        );
+        let unknown = format!("{MINIMAL}\n[store]\nkind = \"mysql\"\n");
+        let err = parse(&unknown).unwrap_err();
+        assert!(
+            err.to_string().starts_with("test.toml:12:8: ") && err.to_string().contains("mysql"),
+            "{err}"
+        );
+        let stray = format!("{MINIMAL}\n[store]\nurl_env = \"X\"\n");
+        let err = parse(&stray).unwrap_err();
+        assert!(err.to_string().contains("only with kind"), "{err}");
+        let pool =
+            format!("{MINIMAL}\n[store]\nkind = \"postgres\"\nurl_env = \"X\"\npool_size = 0\n");
+        let err = parse(&pool).unwrap_err();
+        assert!(
+            err.to_string().contains("pool_size = 0 is outside"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn line_col_counts_characters() {
         assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
         assert_eq!(line_col("", 0), (1, 1));

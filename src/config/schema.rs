@@ -665,12 +665,40 @@ pub struct TokenConfig {
 pub struct StoreConfig {
     /// Directory for the embedded store (created if missing).
     pub data_dir: PathBuf,
+    /// `sqlite` (the embedded file, default) or `postgres` (shared by a
+    /// fleet).
+    pub kind: Spanned<StoreKind>,
+    /// With `kind = "postgres"`: the environment variable holding the
+    /// `postgres://` URL (the URL itself is never in the config).
+    pub url_env: Option<Spanned<String>>,
+    /// Connections in the PostgreSQL pool.
+    pub pool_size: Spanned<usize>,
+    /// CA certificates (PEM) the PostgreSQL server's certificate must
+    /// chain to, with `sslmode=require` or `verify-full` in the URL
+    /// (default: the system roots).
+    pub ca: Option<Spanned<PathBuf>>,
 }
+
+/// `[store] kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// `[store] pool_size` when not set.
+pub const DEFAULT_POOL_SIZE: usize = 8;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             data_dir: PathBuf::from("data"),
+            kind: Spanned::new(0..0, StoreKind::Sqlite),
+            url_env: None,
+            pool_size: Spanned::new(0..0, DEFAULT_POOL_SIZE),
+            ca: None,
         }
     }
 }

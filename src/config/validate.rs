@@ -29,6 +29,7 @@ pub(super) fn validate(cfg: &Config) -> Vec<Diagnostic> {
         ));
     }
     check_tls(cfg, &mut d);
+    check_store(cfg, &mut d);
     if !MESSAGE_LIMIT_RANGE.contains(&cfg.sip.max_message_bytes) {
         d.push(Diagnostic::new(
             none.clone(),
@@ -277,6 +278,42 @@ fn check_families(cfg: &Config, d: &mut Vec<Diagnostic>) {
 /// `[sip] tls` needs `[tls] cert` and `key`; a client certificate needs
 /// its key; `tls_verify_client` needs `[tls] ca` and a TLS listener; the
 /// other `tls_*` keys only mean something with `transport = "tls"`.
+/// `[store] pool_size` accepted.
+pub const POOL_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+
+fn check_store(cfg: &Config, d: &mut Vec<Diagnostic>) {
+    use super::schema::StoreKind;
+    let s = &cfg.store;
+    match (s.kind.get_ref(), &s.url_env) {
+        (StoreKind::Postgres, None) => d.push(Diagnostic::new(
+            s.kind.span(),
+            "[store] kind = \"postgres\" needs url_env = \"VARIABLE\" (the environment \
+             variable holding the postgres:// URL)",
+        )),
+        (StoreKind::Postgres, Some(v)) if v.get_ref().is_empty() || v.get_ref().contains('=') => d
+            .push(Diagnostic::new(
+                v.span(),
+                "[store] url_env is the name of an environment variable",
+            )),
+        (StoreKind::Sqlite, Some(v)) => d.push(Diagnostic::new(
+            v.span(),
+            "[store] url_env applies only with kind = \"postgres\"",
+        )),
+        _ => {}
+    }
+    if !POOL_SIZE_RANGE.contains(s.pool_size.get_ref()) {
+        d.push(Diagnostic::new(
+            s.pool_size.span(),
+            format!(
+                "[store] pool_size = {} is outside {}..={}",
+                s.pool_size.get_ref(),
+                POOL_SIZE_RANGE.start(),
+                POOL_SIZE_RANGE.end()
+            ),
+        ));
+    }
+}
+
 fn check_tls(cfg: &Config, d: &mut Vec<Diagnostic>) {
     let t = &cfg.tls;
     let at = |s: &Option<Spanned<std::path::PathBuf>>| s.as_ref().map_or(0..0, |s| s.span());

@@ -12,7 +12,7 @@ use super::bitrix24::{App, Bitrix24};
 use super::webhook::Webhook;
 use super::{CrmError, Sink, WorkerConfig};
 use crate::config::{Bitrix24Sink, CrmConfig};
-use crate::store::{CrmTokens, ExceptionStore, StoreError, TokenStore, sqlite::SqliteStore};
+use crate::store::{CrmTokens, Store, StoreError, TokenStore};
 
 /// Why the `[crm]` sinks cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ pub fn check_sinks(cfg: &CrmConfig) -> Result<usize, SinkConfigError> {
 /// (`None`: only checking).
 pub fn build_sinks(
     cfg: &CrmConfig,
-    store: Option<&Arc<SqliteStore>>,
+    store: Option<&Arc<dyn Store>>,
     metrics: Option<&Arc<crate::metrics::Metrics>>,
 ) -> Result<Sinks, SinkConfigError> {
     let worker = |rate_per_sec: f64, burst: u32| WorkerConfig {

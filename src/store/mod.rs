@@ -1,8 +1,10 @@
 //! The durable exception list: the product's data.
 //!
-//! [`ExceptionStore`] is the small interface the rest of the sidecar uses;
-//! [`sqlite::SqliteStore`] is the embedded default (a shared database
-//! server for several sidecars can implement the same trait later).
+//! [`ExceptionStore`], [`OutboxStore`], [`CallStore`], [`ContactStore`]
+//! and [`TokenStore`] are the small interfaces the rest of the sidecar
+//! uses; [`Store`] is all of them, chosen by `[store] kind`:
+//! [`sqlite::SqliteStore`] is the embedded default, [`postgres::PgStore`]
+//! is one PostgreSQL database shared by a fleet of sidecars.
 //!
 //! Contract of every implementation:
 //! - a write returns only once it is durable (survives kill -9 and power
@@ -16,6 +18,9 @@
 //! write to the store first, then publish to the set.
 
 pub mod fleet;
+pub mod follow;
+pub mod open;
+pub mod postgres;
 pub mod service;
 pub mod sqlite;
 
@@ -198,6 +203,86 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// PostgreSQL refused or failed a statement (the message has no URL
+    /// or password).
+    #[error("store (postgres): {0}")]
+    Postgres(String),
+    /// The database cannot be reached now (connection refused or lost,
+    /// pool timed out): the caller may answer 503 and retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "store (postgres {database}): schema version {found} is newer than this sipscreen \
+         knows ({known}): a later release migrated the database; run that release"
+    )]
+    PgTooNew {
+        database: String,
+        found: i64,
+        known: i64,
+    },
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (rather than refusing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Every store interface: what the server, the CRM workers, the API and
+/// the CLI hold (`Arc<dyn Store>`), chosen by `[store] kind`.
+pub trait Store: ExceptionStore + OutboxStore + CallStore + ContactStore + TokenStore {
+    /// Where the store is, for logs (a file path, or the PostgreSQL host
+    /// and database: never a password).
+    fn describe(&self) -> String;
+}
+
+/// One row of the PostgreSQL change log: a write to the list or the
+/// contacts directory, with everything a node needs to apply it to its
+/// in-memory set or directory without another query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The log's sequence number (`bigserial`): apply in this order.
+    pub seq: i64,
+    /// Unix milliseconds of the write.
+    pub at: i64,
+    pub op: ChangeOp,
+}
+
+/// What one [`Change`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOp {
+    /// An entry was added or updated (its value, action and expiry now).
+    Upsert {
+        kind: Kind,
+        value: String,
+        allow: bool,
+        expires_at: Option<i64>,
+    },
+    /// An entry was removed (by the API or its expiry).
+    Remove {
+        kind: Kind,
+        value: String,
+        allow: bool,
+    },
+    /// A contact was added or replaced.
+    ContactUpsert(crate::contacts::Contact),
+    /// A contact was removed.
+    ContactRemove { client: String },
+}
+
+impl Change {
+    /// The in-memory set's item of an entry change (`None` for contacts,
+    /// or a value the set cannot read).
+    pub fn item(&self) -> Option<crate::screening::exceptions::Item> {
+        match &self.op {
+            ChangeOp::Upsert {
+                kind, value, allow, ..
+            }
+            | ChangeOp::Remove { kind, value, allow } => item_of(*kind, value, *allow),
+            _ => None,
+        }
+    }
 }
 
 /// The durable exception list.

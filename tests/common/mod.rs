@@ -7,6 +7,7 @@
 pub mod api;
 pub mod binary;
 pub mod crm;
+pub mod pg;
 pub mod tls;
 pub mod tools;
 

@@ -11,7 +11,15 @@ use std::path::PathBuf;
 /// The tool's path on `PATH`, or `None` (after saying so) when it is absent
 /// outside CI. Panics in CI (`SIPSCREEN_CI=1`) when absent.
 pub fn tool(name: &str, debian_package: &str) -> Option<PathBuf> {
-    if let Some(path) = find(name) {
+    tool_in(name, debian_package, &[])
+}
+
+/// [`tool`], also looking in `dirs` (after `PATH`): e.g. Debian's
+/// `/usr/lib/postgresql/15/bin`, which is not on `PATH`.
+pub fn tool_in(name: &str, debian_package: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(path) =
+        find(name).or_else(|| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()))
+    {
         return Some(path);
     }
     let msg = format!(

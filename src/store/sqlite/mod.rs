@@ -106,3 +106,9 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
         .open(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
+
+impl super::Store for SqliteStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
