@@ -235,6 +235,12 @@ pub trait Store: ExceptionStore + OutboxStore + CallStore + ContactStore + Token
     /// Where the store is, for logs (a file path, or the PostgreSQL host
     /// and database: never a password).
     fn describe(&self) -> String;
+
+    /// The PostgreSQL store behind this one, for what only a fleet has
+    /// (the change-log follower, shared portal allowances).
+    fn as_postgres(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<postgres::PgStore>> {
+        None
+    }
 }
 
 /// One row of the PostgreSQL change log: a write to the list or the

@@ -74,4 +74,8 @@ impl CallStore for PgStore {
                 .collect())
         })
     }
+
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        self.find_active_calls(sip_call_ids)
+    }
 }

@@ -183,4 +183,17 @@ impl OutboxStore for PgStore {
             Ok(())
         })
     }
+
+    // Leases: the fleet's (fleet.rs).
+    fn claim(&self, sink: &str, _now: i64, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+        self.claim_events(sink, limit)
+    }
+
+    fn release(&self, sink: &str, calls: &[String]) -> Result<(), StoreError> {
+        self.release_calls(sink, calls)
+    }
+
+    fn lease(&self) -> Option<std::time::Duration> {
+        Some(self.node().lease())
+    }
 }
