@@ -29,9 +29,16 @@ impl Serving {
     /// The same with another build of the binary (a release build, to
     /// measure it).
     pub fn start_bin(bin: &Path, config: &Path) -> Serving {
+        Self::start_env(bin, config, &[])
+    }
+
+    /// The same with environment variables set for the child (a store
+    /// URL named by `[store] url_env`).
+    pub fn start_env(bin: &Path, config: &Path, env: &[(&str, &str)]) -> Serving {
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

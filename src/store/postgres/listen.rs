@@ -56,6 +56,8 @@ pub async fn run(target: Target, tx: Sender<Signal>, mut shutdown: Shutdown) {
                     Ok(()) => {
                         if failing {
                             tracing::info!(store = %target.shown, "listening to the change log again");
+                        } else {
+                            tracing::info!(store = %target.shown, "listening to the change log");
                         }
                         backoff = Duration::from_millis(100);
                         if tx.send(Signal::Listening).await.is_err() {
