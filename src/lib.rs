@@ -20,8 +20,9 @@
 //!   sinks, their factory. `transport`: UDP, TCP and TLS; bytes in, bytes out.
 //!   `flood`: per-source rate limits and bans, the scanner filter (lock-free
 //!   counters the proxy consults before scanning a message).
-//! - `store`: the store traits, SQLite (one file per concern, schema
-//!   migrations) and the store + set service. `runtime`: what one config
+//! - `store`: the store traits (`Store`: all of them), SQLite and
+//!   PostgreSQL (one file per concern, schema migrations; PostgreSQL's
+//!   change log), `store migrate` and the store + set service. `runtime`: what one config
 //!   builds (routing, screener, contacts), swapped whole on reload, and
 //!   `Runtime::decide`, the one place a call's verdict, tags and
 //!   responsible person are decided.

@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: CrmCommand,
     },
+    /// The store itself (run on the machine, not through the API).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Screen a number as a live call would be (through the API).
     Screen {
         /// The client: the caller (inbound) or the number dialled (outbound).
@@ -92,6 +97,34 @@ struct ApiArgs {
     /// API token (better: the SIPSCREEN_TOKEN environment variable).
     #[arg(long, global = true, env = "SIPSCREEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a single machine's SQLite store into PostgreSQL (one
+    /// transaction): entries, audit, contacts, meta, the undelivered
+    /// outbox, dead letters, CRM calls, tokens and answers, calls in
+    /// progress. Stop the sidecar that uses the SQLite file first.
+    Migrate {
+        /// `sqlite:PATH`: the store file, or the data directory holding
+        /// sipscreen.db.
+        #[arg(long)]
+        from: String,
+        /// `postgres`: the database at the URL in the --url-env variable.
+        #[arg(long)]
+        to: String,
+        /// The environment variable holding the postgres:// URL (default:
+        /// the config's [store] url_env).
+        #[arg(long)]
+        url_env: Option<String>,
+        /// Config file (for [store] url_env, pool and CA).
+        #[arg(long, short, default_value = "config/sipscreen.toml")]
+        config: PathBuf,
+        /// Copy even if the target already holds entries (values in both
+        /// take the SQLite row).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +276,16 @@ fn main() -> ExitCode {
                 command: Bitrix24Command::Connect { sink, code },
             } => c.bitrix24_connect(&sink, code),
         }),
+        Command::Store {
+            command:
+                StoreCommand::Migrate {
+                    from,
+                    to,
+                    url_env,
+                    config,
+                    force,
+                },
+        } => store_migrate(&from, &to, url_env, &config, force),
         Command::Screen {
             number,
             line,
@@ -250,6 +293,71 @@ fn main() -> ExitCode {
             json,
             api,
         } => client(&api, |c| c.screen(&number, &line, &direction, json)),
+    }
+}
+
+/// `store migrate`: 0 when copied, 1 when the copy failed or was refused
+/// (nothing written), 2 on bad arguments.
+fn store_migrate(
+    from: &str,
+    to: &str,
+    url_env: Option<String>,
+    config: &std::path::Path,
+    force: bool,
+) -> ExitCode {
+    use sipscreen::store::{migrate, open, postgres::PgStore};
+    let usage = |msg: String| {
+        eprintln!("sipscreen store migrate: {msg}");
+        ExitCode::from(2)
+    };
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return usage(format!("--from {from:?}: expected sqlite:PATH"));
+    };
+    if to != "postgres" {
+        return usage(format!("--to {to:?}: expected postgres"));
+    }
+    // The config gives url_env (unless --url-env), the pool size and CA.
+    let cfg = if config.exists() {
+        match config::load(config) {
+            Ok(l) => Some(l.config.store),
+            Err(e) => return usage(e.to_string()),
+        }
+    } else {
+        None
+    };
+    let var = match url_env.or_else(|| {
+        cfg.as_ref()
+            .and_then(|c| c.url_env.as_ref().map(|v| v.get_ref().clone()))
+    }) {
+        Some(v) => v,
+        None => {
+            return usage(format!(
+                "no --url-env, and {} has no [store] url_env",
+                config.display()
+            ));
+        }
+    };
+    let fail = |msg: String| {
+        eprintln!("sipscreen store migrate: {msg}");
+        ExitCode::from(1)
+    };
+    let url = match open::url_from_env(&var) {
+        Ok(u) => u,
+        Err(e) => return fail(e.to_string()),
+    };
+    let ca = cfg
+        .as_ref()
+        .and_then(|c| c.ca.as_ref().map(|p| p.get_ref().clone()));
+    let pg = match PgStore::open(&url, ca.as_deref(), 2) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    match migrate::sqlite_to_postgres(std::path::Path::new(path), &pg, force) {
+        Ok(copied) => {
+            println!("copied from {path} to postgres {}: {copied}", pg.shown());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
     }
 }
 

@@ -367,8 +367,14 @@ impl Server {
                     "listener addresses or udp_receivers changed: they take effect after a restart"
                 );
             }
-            if old.loaded.config.store.data_dir != runtime.loaded.config.store.data_dir {
-                tracing::warn!("[store] data_dir changed: it takes effect after a restart");
+            let (was, now) = (&old.loaded.config.store, &runtime.loaded.config.store);
+            if was.data_dir != now.data_dir
+                || was.kind.get_ref() != now.kind.get_ref()
+                || was.url_env.as_ref().map(|v| v.get_ref())
+                    != now.url_env.as_ref().map(|v| v.get_ref())
+                || was.pool_size.get_ref() != now.pool_size.get_ref()
+            {
+                tracing::warn!("[store] changed: it takes effect after a restart");
             }
             import_file(&self.list, &runtime)?;
             // Names keep serving what they resolved to (and their

@@ -563,7 +563,6 @@ async fn oauth_tokens_are_refreshed_and_rotated() {
         !crm.refused_with("expired_token").is_empty(),
         "the expired token was refused once"
     );
-    use sipscreen::store::TokenStore;
     let kept = h.server.store.crm_tokens("app").unwrap().unwrap();
     assert_eq!(
         (
@@ -712,7 +711,7 @@ async fn an_unreachable_crm_is_explained_without_the_url_secret() {
 #[tokio::test]
 async fn a_payload_that_is_not_a_call_event_is_dead_lettered_with_its_reason() {
     use sipscreen::clock::now_ms;
-    use sipscreen::store::{NewEvent, OutboxStore};
+    use sipscreen::store::NewEvent;
     let (crm, addr) = Crm::start().await;
     let h = Harness::start_with("udp", &sinks(addr, 50.0, 50)).await;
     let bad = |sink: &str, kind: &str, payload: &str| NewEvent {

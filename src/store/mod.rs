@@ -19,6 +19,7 @@
 
 pub mod fleet;
 pub mod follow;
+pub mod migrate;
 pub mod open;
 pub mod postgres;
 pub mod service;

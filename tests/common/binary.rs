@@ -32,14 +32,13 @@ impl Serving {
         Self::start_env(bin, config, &[])
     }
 
-    /// The same with environment variables set for the child (a store
-    /// URL named by `[store] url_env`).
+    /// The same with extra environment variables (a store URL).
     pub fn start_env(bin: &Path, config: &Path, env: &[(&str, &str)]) -> Serving {
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster for the tests of one test binary: Debian's
 //! `initdb`/`pg_ctl` (package `postgresql`; under `SIPSCREEN_CI=1` a missing
-//! tool fails the test), run as the `postgres` system user (initdb refuses
-//! root), its data and socket directories in a temp dir, listening on
+//! tool fails the test), run as the `postgres` system user when we are root
+//! (initdb refuses root; `runuser`), else as ourselves, its data and socket directories in a temp dir, listening on
 //! 127.0.0.1 and a free port with trust auth for the role `sipscreen`.
 //! Each test takes a fresh database ([`Cluster::database`]). The cluster is
 //! stopped (`pg_ctl stop -m immediate`) and its directory removed when the
@@ -60,7 +60,7 @@ fn pg_bin_dirs() -> Vec<PathBuf> {
             Some((n, e.path().join("bin")))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.0));
     v.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -72,14 +72,29 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs `cmd args` as the `postgres` user; panics with its output on failure.
+/// Whether we are root (then the server runs as `postgres`: initdb
+/// refuses root); otherwise it runs as us.
+fn root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `tool` as the server's user.
+fn command(tool: &Path) -> Command {
+    if root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+/// Runs `tool args` as the server's user; panics with its output on failure.
 fn as_postgres(tool: &Path, args: &[&str]) -> String {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(tool)
+    let out = command(tool)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("runuser {}: {e}", tool.display()));
+        .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -96,12 +111,14 @@ impl Cluster {
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
-        let status = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "chown {}", dir.display());
+        if root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown {}", dir.display());
+        }
         let data = dir.join("data");
         as_postgres(
             &bin.join("initdb"),
@@ -272,9 +289,7 @@ impl Cluster {
     }
 
     fn destroy(&self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
+        let _ = command(&self.bin.join("pg_ctl"))
             .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

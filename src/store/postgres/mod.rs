@@ -275,7 +275,13 @@ impl PgStore {
     }
 
     /// Runs `f` to completion on the calling (blocking) thread, its I/O
-    /// driven by the store's runtime.
+    /// driven by the store's runtime (for work beyond the traits, e.g.
+    /// `store migrate`; never call it from an async task).
+    pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
+        self.handle.block_on(f)
+    }
+
+    /// [`PgStore::block_on`] for store calls.
     pub(crate) fn run<T>(
         &self,
         f: impl Future<Output = Result<T, StoreError>>,
@@ -338,9 +344,7 @@ impl PgStore {
 
 /// Ends a transaction that wrote change rows: notifies the last sequence
 /// number (delivered at commit).
-pub(crate) async fn notify_changes(
-    tx: &deadpool_postgres::Transaction<'_>,
-) -> Result<(), StoreError> {
+pub async fn notify_changes(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute(
         "SELECT pg_notify('sipscreen_changes', max(seq)::text) FROM changes",
         &[],
@@ -350,9 +354,7 @@ pub(crate) async fn notify_changes(
 }
 
 /// Takes the change-log lock for the rest of `tx`.
-pub(crate) async fn lock_changes(
-    tx: &deadpool_postgres::Transaction<'_>,
-) -> Result<(), StoreError> {
+pub async fn lock_changes(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGES_LOCK])
         .await?;
     Ok(())
