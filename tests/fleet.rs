@@ -510,3 +510,29 @@ async fn a_bye_through_the_standby_ends_a_call_the_dead_node_had() {
     let log = std::fs::read_to_string(b.dir.path().join("data/calls.jsonl")).unwrap_or_default();
     assert!(log.contains(id) && log.contains("completed"), "{log}");
 }
+
+/// A node whose database does not answer at start refuses to start (it
+/// has no list to serve) with an error naming the cause, not the password.
+#[test]
+fn a_node_refuses_to_start_without_its_database() {
+    let p = Peers::new();
+    let n = node(&p, "", "");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&n.config)
+        .env(
+            URL_ENV,
+            format!("postgres://sipscreen:s3cretpw@127.0.0.1:{port}/fleet"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("store unavailable"), "{err}");
+    assert!(!err.contains("s3cretpw"), "{err}");
+}
