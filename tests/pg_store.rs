@@ -66,7 +66,7 @@ fn a_database_from_a_later_release_is_refused_and_left_alone() {
     drop(PgStore::open(&url, None, 1).unwrap());
     let name = common::pg::db_name(&url);
     c.exec(name, "INSERT INTO schema_version VALUES (99, 0)");
-    let e = PgStore::open(&url, None, 1).err().expect("refused");
+    let e = PgStore::open(&url, None, 1).expect_err("refused");
     let msg = e.to_string();
     assert!(
         msg.contains(&format!(
@@ -203,7 +203,7 @@ fn a_failed_batch_writes_no_entries_audit_or_changes() {
     let s = PgStore::open(&url, None, 2).unwrap();
     // PostgreSQL refuses NUL in text: the last entry fails the batch.
     let batch = [phone("+4930901820", "ok"), phone("+4930901821", "bad\0")];
-    let e = s.upsert(&batch, "t", 1).err().expect("refused");
+    let e = s.upsert(&batch, "t", 1).expect_err("refused");
     assert!(matches!(e, StoreError::Postgres(_)), "{e:?}");
     let name = common::pg::db_name(&url);
     for t in ["entries", "audit", "changes"] {
@@ -310,7 +310,7 @@ fn an_unreachable_server_is_unavailable_and_the_password_never_shown() {
         .unwrap()
         .port();
     let url = format!("postgres://alice:s3cret-pw@127.0.0.1:{port}/x");
-    let e = PgStore::open(&url, None, 1).err().expect("refused");
+    let e = PgStore::open(&url, None, 1).expect_err("refused");
     assert!(e.is_unavailable(), "{e:?}");
     let msg = format!("{e} {e:?}");
     assert!(!msg.contains("s3cret-pw"), "{msg}");

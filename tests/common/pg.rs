@@ -223,9 +223,40 @@ impl Cluster {
     }
 
     fn try_exec(&self, db: &str, sql: &str) -> Result<(), String> {
-        let url = self.url(db);
         let sql = sql.to_string();
-        // A thread of its own: callers may be on an async runtime.
+        self.with_client(db, move |client| async move {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| format!("{e}: {:?}", e.as_db_error().map(|d| d.message())))
+        })?
+    }
+
+    /// The first column of the first row of `sql` in `db`, as text.
+    pub fn query_one(&self, db: &str, sql: &str) -> Option<String> {
+        let sql = sql.to_string();
+        self.with_client(db, move |client| async move {
+            let rows = client.simple_query(&sql).await.unwrap();
+            rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+        })
+        .unwrap()
+    }
+
+    /// Runs `f` with a client of database `db` on a thread of its own
+    /// (callers may be on an async runtime); `Err` if no connection.
+    fn with_client<T, F>(
+        &self,
+        db: &str,
+        f: impl FnOnce(tokio_postgres::Client) -> F + Send + 'static,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let url = self.url(db);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -236,38 +267,9 @@ impl Cluster {
                     .await
                     .map_err(|e| e.to_string())?;
                 let task = tokio::spawn(conn);
-                let r = client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| format!("{e}: {:?}", e.as_db_error().map(|d| d.message())));
-                drop(client);
+                let out = f(client).await;
                 let _ = task.await;
-                r
-            })
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// The first column of the first row of `sql` in `db`, as text.
-    pub fn query_one(&self, db: &str, sql: &str) -> Option<String> {
-        let url = self.url(db);
-        let sql = sql.to_string();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let rows = client.simple_query(&sql).await.unwrap();
-                rows.into_iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
+                Ok(out)
             })
         })
         .join()

@@ -102,44 +102,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn calls_and_their_events_are_written_together_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SqliteStore::open_dir(dir.path()).unwrap();
-            s.save_calls(
-                &[ev("crm-a", "call.started"), ev("crm-b", "call.started")],
-                &[call("a", "{\"x\":1}"), call("b", "{}")],
-                &[],
-                1,
-            )
-            .unwrap();
-            // b ends; a changes.
-            s.save_calls(
-                &[ev("crm-b", "call.ended")],
-                &[call("a", "{\"x\":2}")],
-                &["b".as_bytes().into()],
-                2,
-            )
-            .unwrap();
-        }
-        let s = SqliteStore::open_dir(dir.path()).unwrap();
-        assert_eq!(s.active_calls().unwrap(), [call("a", "{\"x\":2}")]);
-        let kinds: Vec<String> = s
-            .head("portal", 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| format!("{} {}", e.call, e.kind))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "crm-a call.started",
-                "crm-b call.started",
-                "crm-b call.ended"
-            ]
-        );
-    }
+    // Calls and their events written together, surviving a reopen:
+    // tests/store_contract.rs (both backends).
 
     #[test]
     fn a_failed_batch_writes_neither_events_nor_calls() {
