@@ -1,7 +1,6 @@
 //! What a fleet of sidecars shares in PostgreSQL beyond the single-node
 //! traits: per-call leases on the outbox, a request allowance per CRM
-//! portal, the change log as a follower reads and prunes it, and the
-//! active calls another node kept.
+//! portal, the change log as a follower reads and prunes it.
 //!
 //! Times of leases and allowances are the database's clock
 //! (`clock_timestamp()`), so nodes whose clocks differ still agree on when
@@ -11,9 +10,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::PgStore;
+use super::outbox::out_event;
 use crate::store::fleet::AllowanceStore;
 use crate::store::follow::ChangeLog;
-use crate::store::{ActiveCall, Change, OutEvent, StoreError};
+use crate::store::{Change, OutEvent, StoreError};
 
 /// Version 2: outbox leases and portal allowances.
 pub(crate) const V2: &str = r#"
@@ -81,18 +81,6 @@ impl Node {
 impl Default for Node {
     fn default() -> Self {
         Node::new()
-    }
-}
-
-fn out_event(r: &tokio_postgres::Row) -> OutEvent {
-    OutEvent {
-        id: r.get(0),
-        call: r.get(1),
-        kind: r.get(2),
-        payload: r.get(3),
-        created_at: r.get(4),
-        attempts: r.get(5),
-        next_at: r.get(6),
     }
 }
 
@@ -205,34 +193,6 @@ impl PgStore {
             )
             .await?;
             Ok(())
-        })
-    }
-
-    /// [`crate::store::CallStore::find_calls`].
-    pub(crate) fn find_active_calls(
-        &self,
-        sip_call_ids: &[Box<[u8]>],
-    ) -> Result<Vec<ActiveCall>, StoreError> {
-        if sip_call_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<&[u8]> = sip_call_ids.iter().map(|k| &k[..]).collect();
-        self.run(async {
-            let c = self.conn().await?;
-            Ok(c.query(
-                "SELECT sip_call_id, call, state, last_ms FROM active_calls
-                  WHERE sip_call_id = ANY($1) ORDER BY ord",
-                &[&keys],
-            )
-            .await?
-            .iter()
-            .map(|r| ActiveCall {
-                sip_call_id: r.get(0),
-                call: r.get(1),
-                state: r.get(2),
-                last_ms: r.get(3),
-            })
-            .collect())
         })
     }
 }
