@@ -481,3 +481,27 @@ fn one_million_entries_import_and_load() {
         again.as_secs_f64()
     );
 }
+
+/// A store call made on an async thread (start-up code, a test) blocks
+/// that thread as SQLite's does, and never panics "runtime within runtime".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_multi_thread_runtime_worker_does_not_panic() {
+    let Some((_, url)) = db() else { return };
+    let u = url.clone();
+    let s = tokio::task::spawn_blocking(move || PgStore::open(&u, None, 1).unwrap())
+        .await
+        .unwrap();
+    s.upsert(&[phone("+4930901820", "")], "t", 1).unwrap();
+    assert_eq!(s.load_active(2).unwrap().len(), 1);
+    // Opened on the worker itself, too.
+    let t = PgStore::open(&url, None, 1).unwrap();
+    assert_eq!(t.meta("x").unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_call_on_a_current_thread_runtime_does_not_panic() {
+    let Some((_, url)) = db() else { return };
+    let s = PgStore::open(&url, None, 1).unwrap();
+    s.set_meta("k", "v").unwrap();
+    assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));
+}

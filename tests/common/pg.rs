@@ -143,6 +143,24 @@ impl Cluster {
         c
     }
 
+    /// The cluster's directory (data, socket, log), owned by the server's
+    /// user.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Gives `path` to the server's user (a key file it must own).
+    pub fn give(&self, path: &Path) {
+        if root() {
+            let ok = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown {}", path.display());
+        }
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }

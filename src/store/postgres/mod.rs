@@ -68,10 +68,10 @@ pub struct Target {
 /// against `ca` (PEM), else the system roots; any other mode (or none)
 /// connects without TLS. Errors never repeat the URL.
 pub fn target(url: &str, ca: Option<&Path>) -> Result<Target, StoreError> {
-    let bad = |why: &str| StoreError::Postgres(format!("the store URL is not usable: {why}"));
-    let mut parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let unusable = |why: &str| StoreError::Postgres(format!("the store URL is not usable: {why}"));
+    let mut parsed = url::Url::parse(url).map_err(|e| unusable(&e.to_string()))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(bad("it must start with postgres://"));
+        return Err(unusable("it must start with postgres://"));
     }
     let mut tls = false;
     let kept: Vec<(String, String)> = parsed
@@ -94,7 +94,7 @@ pub fn target(url: &str, ca: Option<&Path>) -> Result<Target, StoreError> {
     let mut config: tokio_postgres::Config = parsed
         .as_str()
         .parse()
-        .map_err(|e: tokio_postgres::Error| bad(&error_text(&e)))?;
+        .map_err(|e: tokio_postgres::Error| unusable(&error_text(&e)))?;
     config.ssl_mode(if tls {
         SslMode::Require
     } else {
@@ -281,12 +281,28 @@ impl PgStore {
         self.handle.block_on(f)
     }
 
-    /// [`PgStore::block_on`] for store calls.
-    pub(crate) fn run<T>(
+    /// [`PgStore::block_on`] for store calls, safe from any thread: a
+    /// blocking thread (the normal case) waits on its own; an async worker
+    /// of a multi-thread runtime (a call that should have been on a
+    /// blocking thread: start-up, tests) is handed over to blocking with
+    /// `block_in_place`; the thread of a current-thread runtime has the
+    /// call run on a scoped thread. None of them panics.
+    pub(crate) fn run<T: Send>(
         &self,
-        f: impl Future<Output = Result<T, StoreError>>,
+        f: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
-        self.handle.block_on(f)
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.handle.block_on(f),
+            Ok(RuntimeFlavor::CurrentThread) => std::thread::scope(|s| {
+                s.spawn(|| self.handle.block_on(f))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }),
+            // A blocking-pool thread runs the closure as it is; a worker
+            // becomes a blocking thread meanwhile.
+            Ok(_) => tokio::task::block_in_place(|| self.handle.block_on(f)),
+        }
     }
 
     /// A pooled connection.
