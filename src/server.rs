@@ -109,18 +109,6 @@ pub struct Bound {
     fleet: Option<(Arc<crate::store::postgres::PgStore>, i64)>,
 }
 
-/// Runs `f`, which uses the store, on this (async) thread: the
-/// PostgreSQL store blocks on its own runtime, which a thread driving
-/// tasks may not do, so on a multi-threaded runtime the thread is handed
-/// over to blocking work first (a current-thread runtime, as in tests with
-/// the embedded store, runs it as it is).
-fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// Imports the config's exceptions file into the store if it changed
 /// since the last import; refused lines are logged with their numbers.
 fn import_file(list: &Exceptions, runtime: &Runtime) -> Result<(), ServerError> {
@@ -204,7 +192,7 @@ impl Server {
             ms = started.elapsed().as_millis() as u64,
             "exception list loaded from the store"
         );
-        blocking_here(|| import_file(&list, &runtime))?;
+        import_file(&list, &runtime)?;
         let (p, e) = exceptions.counts();
         let cfg = runtime.loaded.config.clone();
         let transports = transport::bind(&cfg.sip, metrics.clone())
@@ -235,7 +223,7 @@ impl Server {
         let crm::Sinks {
             workers: sinks,
             bitrix24,
-        } = blocking_here(|| crm::build_sinks(&cfg.crm, Some(&store), Some(&metrics)))?;
+        } = crm::build_sinks(&cfg.crm, Some(&store), Some(&metrics))?;
         for (s, _) in &sinks {
             metrics.register_sink(s.name());
             metrics.set_crm_connected(s.name(), s.connected());
