@@ -30,6 +30,8 @@ pub struct AdminState {
     pub protect_metrics: bool,
     /// Largest JSON body.
     pub json_max_bytes: usize,
+    /// A shared store's reachability (`None`: the embedded store).
+    pub store_health: Option<Arc<crate::store::follow::StoreHealth>>,
 }
 
 /// The admin routes.
@@ -78,7 +80,7 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     }
     let rt = s.api.proxy.runtime();
     let missing: Vec<&str> = rt.routing.unresolved().collect();
-    let (status, mut body) = if missing.is_empty() {
+    let (mut status, mut body) = if missing.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         (
@@ -86,6 +88,21 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
             format!("degraded: no target resolved for {}\n", missing.join(", ")),
         )
     };
+    if let Some(h) = &s.store_health
+        && let Some(since) = h.down_since()
+    {
+        let secs = (crate::clock::now_ms() - since).max(0) / 1000;
+        let line = format!(
+            "degraded: the store ({}) is unreachable for {secs} s: screening serves the last list, changes are refused\n",
+            h.shown
+        );
+        if status == StatusCode::OK {
+            body = line;
+        } else {
+            body.push_str(&line);
+        }
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
     for a in s.api.crm.apps.iter().filter(|a| !a.connected()) {
         body.push_str(&format!(
             "crm sink {:?}: not connected, events are kept in the outbox (sipscreen crm bitrix24 connect --sink {})\n",

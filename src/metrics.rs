@@ -177,6 +177,11 @@ pub struct Metrics {
     call_events_dropped: Counter,
     /// CRM events waiting in the outbox.
     crm_outbox_depth: Gauge,
+    /// 1 while the store answers (and, on PostgreSQL, the change-log
+    /// listener is connected); 0: serving the last list, writes refused.
+    store_connected: Gauge,
+    /// How far this node's list may be behind the store, seconds.
+    store_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Age of the oldest undelivered CRM event, seconds.
     crm_outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// CRM delivery attempts by sink and result.
@@ -445,6 +450,20 @@ impl Metrics {
             "CRM events waiting for delivery",
             crm_outbox_depth.clone(),
         );
+        let store_connected = Gauge::default();
+        registry.register(
+            "store_connected",
+            "1 while the store answers and this node follows its change log; 0: serving the last list, writes refused",
+            store_connected.clone(),
+        );
+        // The embedded store is always there; a follower sets it otherwise.
+        store_connected.set(1);
+        let store_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "store_lag_seconds",
+            "0 while this node has applied every change the store notified; else seconds since it last had",
+            store_lag.clone(),
+        );
         let crm_outbox_oldest_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "crm_outbox_oldest_age_seconds",
@@ -545,6 +564,8 @@ impl Metrics {
             calls_restored,
             call_events_dropped,
             crm_outbox_depth,
+            store_connected,
+            store_lag,
             crm_outbox_oldest_age,
             crm_deliveries,
             crm_dead_letters,
@@ -668,6 +689,12 @@ impl Metrics {
 
     pub fn call_event_dropped(&self) {
         self.call_events_dropped.inc();
+    }
+
+    /// The store's reachability and this node's lag behind its changes.
+    pub fn set_store(&self, connected: bool, lag_secs: f64) {
+        self.store_connected.set(i64::from(connected));
+        self.store_lag.set(lag_secs);
     }
 
     pub fn set_outbox(&self, depth: i64, oldest_age_secs: f64) {

@@ -86,6 +86,8 @@ pub struct Server {
     pub tls: Vec<SocketAddr>,
     /// Actual admin listen address.
     pub admin: Option<SocketAddr>,
+    /// A shared store's reachability (`None`: the embedded store).
+    pub store_health: Option<Arc<crate::store::follow::StoreHealth>>,
     config_path: PathBuf,
 }
 
@@ -103,6 +105,8 @@ pub struct Bound {
     tracker: (Tracker, Receiver<SipEvent>),
     /// The Bitrix24 install handlers, bound.
     install: Vec<(Arc<crm::bitrix24::App>, tokio::net::TcpListener)>,
+    /// A fleet's store and the change-log position its follower starts at.
+    fleet: Option<(Arc<crate::store::postgres::PgStore>, i64)>,
 }
 
 /// Imports the config's exceptions file into the store if it changed
@@ -149,6 +153,22 @@ impl Server {
         let store =
             tokio::task::spawn_blocking(move || crate::store::open::open(&store_cfg)).await??;
         tracing::info!(store = %store.describe(), "store open");
+        // A fleet: the change-log position before anything is loaded (what
+        // is written meanwhile is applied again, harmlessly).
+        let fleet = match store.clone().as_postgres() {
+            Some(pg) => {
+                let p = pg.clone();
+                p.node().set_lease(Duration::from_secs(
+                    *runtime.loaded.config.store.lease_secs.get_ref(),
+                ));
+                let pos = tokio::task::spawn_blocking(move || {
+                    crate::store::follow::ChangeLog::latest_change(&*p)
+                })
+                .await??;
+                Some((pg, pos))
+            }
+            None => None,
+        };
         let contacts = Arc::new(crate::contacts::Directory::new());
         {
             let st = store.clone();
@@ -243,10 +263,19 @@ impl Server {
             },
         );
         // Calls in progress when the last run stopped, before any SIP
-        // event can reach the tracker.
+        // event can reach the tracker. In a fleet the store holds every
+        // node's calls: each comes back to the node its next request
+        // reaches (the tracker looks it up then), none is taken at start.
         let st = store.clone();
-        let kept = tokio::task::spawn_blocking(move || crate::store::CallStore::active_calls(&*st))
-            .await??;
+        let shared = fleet.is_some();
+        let kept = tokio::task::spawn_blocking(move || {
+            if shared {
+                Ok(Vec::new())
+            } else {
+                crate::store::CallStore::active_calls(&*st)
+            }
+        })
+        .await??;
         let found = kept.len();
         let restored = tracker.restore(kept, crate::clock::now_ms());
         if found > 0 {
@@ -291,6 +320,9 @@ impl Server {
             tcp,
             tls,
             admin,
+            store_health: fleet
+                .as_ref()
+                .map(|(pg, _)| Arc::new(crate::store::follow::StoreHealth::new(pg.shown()))),
             config_path: path.to_path_buf(),
         });
         Ok(Bound {
@@ -299,6 +331,7 @@ impl Server {
             admin_listener,
             tracker: (tracker, rx),
             install,
+            fleet,
         })
     }
 
@@ -383,6 +416,7 @@ impl Bound {
             admin_listener,
             tracker: (tracker, rx),
             install,
+            fleet,
         } = self;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = admin_listener {
@@ -404,6 +438,7 @@ impl Bound {
                 },
                 protect_metrics: cfg.protect_metrics,
                 json_max_bytes: cfg.json_max_bytes,
+                store_health: me.store_health.clone(),
             });
             let mut sd = shutdown.clone();
             tasks.spawn(async move {
@@ -413,6 +448,20 @@ impl Bound {
             });
         }
         tasks.spawn(me.list.clone().run_expiry(shutdown.clone()));
+        if let (Some((pg, pos)), Some(health)) = (fleet, &me.store_health) {
+            let cfg = me.proxy.runtime().loaded.config.store.clone();
+            crate::store::follow::spawn(
+                &mut tasks,
+                pg,
+                pos,
+                me.list.clone(),
+                me.proxy.runtime().contacts.clone(),
+                health.clone(),
+                me.metrics.clone(),
+                &cfg,
+                shutdown.clone(),
+            );
+        }
         for (app, l) in install {
             let mut sd = shutdown.clone();
             tasks.spawn(async move {

@@ -315,7 +315,9 @@ fn deploy_texts() -> Vec<(std::path::PathBuf, String)> {
 /// send), the exceptions file's one phone and one email, 0 for the rest.
 fn fresh_value(name: &str, labels: &[(String, String)]) -> f64 {
     match name {
-        "sipscreen_config_last_reload_ok" | "sipscreen_crm_connected" => 1.0,
+        "sipscreen_config_last_reload_ok"
+        | "sipscreen_crm_connected"
+        | "sipscreen_store_connected" => 1.0,
         // Every resolved target is up until something fails.
         "sipscreen_target_up" => 1.0,
         "sipscreen_exception_entries" => {

@@ -115,7 +115,28 @@ impl ApiError {
 
     /// A store or task failure: logged, answered as 500 without details
     /// beyond the store's own message.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
+    /// A store that cannot be reached is 503: nothing was changed, the
+    /// caller may try again once it is back.
+    pub fn internal(e: impl std::fmt::Display + 'static) -> Self {
+        let any = &e as &dyn std::any::Any;
+        let unavailable = any
+            .downcast_ref::<crate::store::StoreError>()
+            .or_else(
+                || match any.downcast_ref::<crate::store::service::ImportError>() {
+                    Some(crate::store::service::ImportError::Store(s)) => Some(s),
+                    _ => None,
+                },
+            )
+            .is_some_and(|s| s.is_unavailable());
+        if unavailable {
+            tracing::warn!(error = %e, "API request refused: the store is unreachable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the store is unreachable: nothing was read or changed; try again once it is back (screening goes on with the last list): {e}"
+                ),
+            );
+        }
         tracing::error!(error = %e, "API request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }

@@ -42,6 +42,13 @@ pub const MAX_CALLS: usize = 200_000;
 /// retransmissions are not logged again: 64 × T1, the time a client
 /// retransmits an INVITE for (RFC 3261 timer B).
 const REFUSED_MEMORY: Duration = Duration::from_secs(32);
+/// Events of unknown calls waiting for their look-up in the store; beyond
+/// this they are dropped (a flood of stray BYEs costs one query a tick).
+const MAX_DEFERRED: usize = 1_000;
+
+/// Call-IDs looked up and not found, kept so a repeated stray request is
+/// not looked up again; forgotten past this many, and every minute.
+const MAX_UNKNOWN: usize = 10_000;
 
 struct Call {
     new: NewCall,
@@ -110,6 +117,11 @@ pub struct Tracker {
     /// Call-IDs of INVITEs refused (and logged) in the last
     /// `REFUSED_MEMORY`, at most `MAX_CALLS` of them.
     refused: HashMap<Box<[u8]>, Instant>,
+    /// In-dialog events of calls not tracked here, to look up in the store
+    /// (another node's calls after a failover), in arrival order.
+    deferred: Vec<SipEvent>,
+    /// Call-IDs the store did not have either.
+    unknown: HashSet<Box<[u8]>>,
 }
 
 impl Tracker {
@@ -129,6 +141,8 @@ impl Tracker {
             dirty: HashSet::new(),
             ended: Vec::new(),
             refused: HashMap::new(),
+            deferred: Vec::new(),
+            unknown: HashSet::new(),
         }
     }
 
@@ -178,6 +192,7 @@ impl Tracker {
     pub fn run(mut self, rx: Receiver<SipEvent>, stop: Arc<AtomicBool>) {
         let mut last_flush = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_forget = Instant::now();
         loop {
             std::thread::sleep(TICK);
             let mut gone = false;
@@ -191,9 +206,16 @@ impl Tracker {
                     }
                 }
             }
+            self.take_over();
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 self.expire(Instant::now());
                 last_sweep = Instant::now();
+                if last_forget.elapsed() >= Duration::from_secs(60) {
+                    // A call another node had not written yet when its
+                    // stray request came is looked up again.
+                    self.unknown.clear();
+                    last_forget = Instant::now();
+                }
             }
             if last_flush.elapsed() >= Duration::from_millis(100) || self.pending.len() > 10_000 {
                 self.flush();
@@ -254,8 +276,23 @@ impl Tracker {
         }
     }
 
-    /// Handles one event (public for tests that drive it directly).
+    /// Handles one event (public for tests that drive it directly). An
+    /// in-dialog event of a call not tracked here waits for
+    /// [`Tracker::take_over`].
     pub fn handle(&mut self, ev: SipEvent) {
+        if let SipEvent::InviteResponse { sip_call_id, .. } | SipEvent::Request { sip_call_id, .. } =
+            &ev
+            && !self.calls.contains_key(&sip_call_id[..])
+        {
+            // A refused INVITE's ACK is not another node's call.
+            if !self.unknown.contains(&sip_call_id[..])
+                && !self.refused.contains_key(&sip_call_id[..])
+                && self.deferred.len() < MAX_DEFERRED
+            {
+                self.deferred.push(ev);
+            }
+            return;
+        }
         match ev {
             SipEvent::Invite {
                 sip_call_id,
@@ -396,6 +433,53 @@ impl Tracker {
                     }
                 }
             }
+        }
+    }
+
+    /// Looks the calls of the deferred events up in the store, in one
+    /// query (on the tracker's thread, never the SIP path), takes the ones
+    /// found over as [`Tracker::restore`] does, and handles the events: a
+    /// BYE that reached this node after another one failed ends the call
+    /// (its `call.ended` queued, its row removed). A store that cannot be
+    /// read keeps them for the next tick.
+    pub fn take_over(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        for ev in &self.deferred {
+            if let SipEvent::InviteResponse { sip_call_id, .. }
+            | SipEvent::Request { sip_call_id, .. } = ev
+                && !keys.iter().any(|k| k[..] == sip_call_id[..])
+            {
+                keys.push(sip_call_id[..].into());
+            }
+        }
+        // Ended here but not flushed yet: the store still has the row.
+        let (just_ended, keys): (Vec<_>, Vec<_>) =
+            keys.into_iter().partition(|k| self.ended.contains(k));
+        self.unknown.extend(just_ended);
+        let rows = match self.store.find_calls(&keys) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, calls = keys.len(), "looking up calls another node kept failed; trying again");
+                return;
+            }
+        };
+        if !rows.is_empty() {
+            let n = self.restore(rows, now_ms());
+            tracing::info!(calls = n, "took over calls another node kept");
+        }
+        if self.unknown.len() + keys.len() > MAX_UNKNOWN {
+            self.unknown.clear();
+        }
+        for k in keys {
+            if !self.calls.contains_key(&k) {
+                self.unknown.insert(k);
+            }
+        }
+        for ev in std::mem::take(&mut self.deferred) {
+            self.handle(ev);
         }
     }
 
@@ -744,6 +828,61 @@ mod tests {
                 "crm-a call.responsible_changed",
                 "crm-a call.ended"
             ]
+        );
+    }
+
+    /// Two nodes on one store: the call goes through `a`, which stops
+    /// without ending it (killed); its BYE reaches `b`, which never saw the
+    /// call: `b` looks it up, ends it once and removes it from the store.
+    #[test]
+    fn a_bye_for_a_call_another_node_kept_ends_it_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(30);
+        let (mut a, store) = tracker(dir.path(), Duration::from_secs(3600));
+        a.handle(invite("x", t0));
+        a.handle(answer("x", t0 + Duration::from_secs(1)));
+        a.flush();
+        drop(a);
+        let b_dir = tempfile::tempdir().unwrap();
+        let mut b = Tracker::new(
+            CallLog::open(b_dir.path(), 1 << 20, 2).unwrap(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle: Duration::from_secs(3600),
+                sinks: vec!["portal".into()],
+                directory: None,
+            },
+        );
+        let bye = |at| request("x", RequestKind::Bye, None, at);
+        b.handle(bye(t0 + Duration::from_secs(11)));
+        // A stray BYE of a call nobody has: looked up once, dropped.
+        b.handle(request("nobody", RequestKind::Bye, None, t0));
+        assert_eq!(b.active(), 0, "nothing handled before the look-up");
+        b.take_over();
+        b.handle(request("nobody", RequestKind::Bye, None, t0));
+        assert!(
+            b.deferred.is_empty(),
+            "an unknown call is not looked up twice"
+        );
+        // The BYE's retransmission once the call is gone.
+        b.handle(bye(t0 + Duration::from_secs(12)));
+        b.take_over();
+        b.flush();
+        assert!(store.active_calls().unwrap().is_empty());
+        assert_eq!(
+            kinds(&store),
+            [
+                "crm-x call.started",
+                "crm-x call.answered",
+                "crm-x call.ended"
+            ]
+        );
+        let recs = records(b_dir.path());
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            (recs[0].outcome.as_str(), recs[0].duration),
+            ("completed", 10)
         );
     }
 

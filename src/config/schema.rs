@@ -677,6 +677,15 @@ pub struct StoreConfig {
     /// chain to, with `sslmode=require` or `verify-full` in the URL
     /// (default: the system roots).
     pub ca: Option<Spanned<PathBuf>>,
+    /// With `kind = "postgres"`: how often a node reads the change log
+    /// even without a notification (a missed one costs at most this).
+    pub poll_secs: Spanned<u64>,
+    /// With `kind = "postgres"`: how long change-log rows are kept (a node
+    /// away for longer reloads the whole list when it comes back).
+    pub changes_keep_secs: u64,
+    /// With `kind = "postgres"`: how long a node's claim on a call's CRM
+    /// events holds; a node that dies loses its calls to another after it.
+    pub lease_secs: Spanned<u64>,
 }
 
 /// `[store] kind`
@@ -699,6 +708,9 @@ impl Default for StoreConfig {
             url_env: None,
             pool_size: Spanned::new(0..0, DEFAULT_POOL_SIZE),
             ca: None,
+            poll_secs: Spanned::new(0..0, 5),
+            changes_keep_secs: 7 * 24 * 3600,
+            lease_secs: Spanned::new(0..0, 30),
         }
     }
 }

@@ -301,6 +301,24 @@ fn check_store(cfg: &Config, d: &mut Vec<Diagnostic>) {
         )),
         _ => {}
     }
+    if !(1..=3600).contains(s.poll_secs.get_ref()) {
+        d.push(Diagnostic::new(
+            s.poll_secs.span(),
+            format!(
+                "[store] poll_secs = {} is outside 1..=3600",
+                s.poll_secs.get_ref()
+            ),
+        ));
+    }
+    if !(2..=3600).contains(s.lease_secs.get_ref()) {
+        d.push(Diagnostic::new(
+            s.lease_secs.span(),
+            format!(
+                "[store] lease_secs = {} is outside 2..=3600",
+                s.lease_secs.get_ref()
+            ),
+        ));
+    }
     if !POOL_SIZE_RANGE.contains(s.pool_size.get_ref()) {
         d.push(Diagnostic::new(
             s.pool_size.span(),

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 pub use super::b24app::{App, AppConfig};
 use super::{CrmError, Delivery, Sink, cut};
 use crate::events::{CallEvent, Direction, Ended, EventKind};
+use crate::store::fleet::AllowanceStore;
 use crate::store::{OutEvent, OutboxStore};
 
 const REGISTER: &str = "telephony.externalcall.register";
@@ -55,6 +56,12 @@ pub struct Bitrix24 {
     /// The portal's leaky bucket, shared by every request to it (delivery,
     /// line sync, directory sync, lookups): together they stay within it.
     bucket: Mutex<Option<super::Bucket>>,
+    /// The bucket's rate and burst.
+    rate: (f64, u32),
+    /// In a fleet: the portal's allowance in the shared store, which every
+    /// node's requests take from (the local bucket stands in while the
+    /// store cannot be reached).
+    shared: Option<Arc<dyn AllowanceStore>>,
 }
 
 impl Bitrix24 {
@@ -79,19 +86,54 @@ impl Bitrix24 {
             resets: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
             bucket: Mutex::new(None),
+            rate: (0.0, 0),
+            shared: None,
         })
     }
 
     /// Paces every request to the portal by one leaky bucket of `rate`
     /// requests a second, bursts up to `burst`.
-    pub fn with_rate(self, rate: f64, burst: u32) -> Self {
+    pub fn with_rate(mut self, rate: f64, burst: u32) -> Self {
         *self.bucket.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(super::Bucket::new(rate, burst));
+        self.rate = (rate, burst);
         self
+    }
+
+    /// Takes the tokens from `allowance` (a fleet's shared store) instead
+    /// of the local bucket: the portal counts every node's requests.
+    pub fn with_allowance(mut self, allowance: Option<Arc<dyn AllowanceStore>>) -> Self {
+        self.shared = allowance;
+        self
+    }
+
+    /// The portal's key in a shared allowance: its REST address.
+    fn portal_key(&self) -> String {
+        let url = self.app.method_url("");
+        format!("bitrix24:{}", url.trim_end_matches("/.json"))
     }
 
     /// Waits for a token of the portal's bucket (none configured: at once).
     pub async fn pace(&self) {
+        if let Some(shared) = &self.shared
+            && self.rate.0 > 0.0
+        {
+            let (st, key, (rate, burst)) = (shared.clone(), self.portal_key(), self.rate);
+            match tokio::task::spawn_blocking(move || st.take(&key, rate, burst)).await {
+                Ok(Ok(wait)) => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(sink = %self.name, error = %e, "the portal's shared allowance cannot be read: pacing by this node's bucket")
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, error = %e, "the portal's shared allowance cannot be read: pacing by this node's bucket")
+                }
+            }
+        }
         loop {
             let wait = match self
                 .bucket
@@ -111,6 +153,11 @@ impl Bitrix24 {
 
     /// The portal said "too many": its bucket starts from empty.
     fn drain(&self) {
+        if let Some(shared) = &self.shared {
+            let (st, key) = (shared.clone(), self.portal_key());
+            // Off the caller's path; a failure leaves the refill to time.
+            tokio::task::spawn_blocking(move || st.drain(&key));
+        }
         if let Some(b) = self
             .bucket
             .lock()
@@ -547,6 +594,10 @@ fn command_error(sink: &Bitrix24, method: &'static str, e: &Value) -> Delivery {
 impl Sink for Bitrix24 {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn paces_itself(&self) -> bool {
+        self.rate.0 > 0.0
     }
 
     fn max_batch(&self) -> usize {

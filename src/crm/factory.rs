@@ -200,7 +200,13 @@ pub fn build_sinks(
             })?
             .with_default_user(b.default_user.clone())
             .with_metrics(metrics.cloned())
-            .with_rate(b.rate_per_sec, b.burst),
+            .with_rate(b.rate_per_sec, b.burst)
+            // In a fleet the portal's allowance is shared by every node.
+            .with_allowance(store.and_then(|s| {
+                s.clone()
+                    .as_postgres()
+                    .map(|p| p as Arc<dyn crate::store::fleet::AllowanceStore>)
+            })),
         );
         out.bitrix24.push((sink.clone(), b.clone()));
         out.workers.push((sink, worker(b.rate_per_sec, b.burst)));

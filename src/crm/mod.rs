@@ -63,6 +63,13 @@ pub trait Sink: Send + Sync + 'static {
         1
     }
 
+    /// Whether the sink paces its requests itself (a Bitrix24 portal's
+    /// bucket covers every request to it, delivery or not): the worker
+    /// then leaves pacing to it instead of pacing twice.
+    fn paces_itself(&self) -> bool {
+        false
+    }
+
     /// Delivers events from the front of `evs` in one request where the
     /// CRM allows it: how many were delivered, and what happened to the
     /// next one if it failed.
@@ -146,7 +153,7 @@ pub async fn run_worker(
     mut shutdown: Shutdown,
 ) {
     let name = sink.name().to_string();
-    let mut bucket = Bucket::new(cfg.rate_per_sec, cfg.burst);
+    let mut bucket = (!sink.paces_itself()).then(|| Bucket::new(cfg.rate_per_sec, cfg.burst));
     // Dead-letter moves of expired events failed in a row (the backoff's
     // exponent).
     let mut dead_failures = 0;
@@ -172,7 +179,11 @@ pub async fn run_worker(
             }
         }
         let (st, n) = (store.clone(), name.clone());
-        let head = tokio::task::spawn_blocking(move || st.head(&n, 64))
+        // In a fleet the events of calls this node holds a lease on; a run
+        // stops halfway through the lease, so no event goes out once
+        // another node may have taken its call.
+        let lease_ends = store.lease().map(|l| Instant::now() + l / 2);
+        let head = tokio::task::spawn_blocking(move || st.claim(&n, now_ms(), 64))
             .await
             .ok()
             .and_then(|r| {
@@ -229,7 +240,9 @@ pub async fn run_worker(
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
-        let wait = bucket.reserve(Instant::now());
+        let wait = bucket
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.reserve(Instant::now()));
         if !wait.is_zero() {
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -246,7 +259,12 @@ pub async fn run_worker(
             sink.deliver_many(&due[..due.len().min(sink.max_batch())], &store)
                 .await
         } else {
-            deliver_each(&*sink, &due, &store, &mut bucket, &shutdown).await
+            let mut run = Run {
+                bucket: bucket.as_mut(),
+                shutdown: &shutdown,
+                lease_ends,
+            };
+            deliver_each(&*sink, &due, &store, &mut run).await
         };
         let ok: Vec<i64> = due.iter().take(n).map(|e| e.id).collect();
         if !ok.is_empty() {
@@ -282,8 +300,8 @@ pub async fn run_worker(
             }
             Delivery::Retry(error) => {
                 let rate_limited = error.is_rate_limit();
-                if rate_limited {
-                    bucket.drain();
+                if rate_limited && let Some(b) = bucket.as_mut() {
+                    b.drain();
                 }
                 metrics.crm_delivery(
                     &name,
@@ -296,14 +314,26 @@ pub async fn run_worker(
                 tracing::warn!(sink = %name, event = %ev.kind, call = %ev.call, attempts = ev.attempts + 1, error_kind = error.kind(), error = %error, "CRM delivery failed, will retry");
                 let next = now_ms() + backoff_ms(ev.attempts);
                 let error = error.to_string();
-                tokio::task::spawn_blocking(move || st.retry_later(ev.id, next, &error)).await
+                // Another node may take the call meanwhile (in order: this
+                // event is still its first).
+                let sink = name.clone();
+                tokio::task::spawn_blocking(move || {
+                    st.retry_later(ev.id, next, &error)?;
+                    st.release(&sink, &[ev.call])
+                })
+                .await
             }
             Delivery::Rejected(reason) => {
                 metrics.crm_delivery(&name, "rejected");
                 metrics.crm_dead(&name, 1);
                 tracing::error!(sink = %name, event = %ev.kind, call = %ev.call, error_kind = reason.kind(), reason = %reason, "CRM refused the event, moved to the dead-letter table");
                 let reason = reason.to_string();
-                tokio::task::spawn_blocking(move || st.dead(&[ev.id], &reason, now_ms())).await
+                let sink = name.clone();
+                tokio::task::spawn_blocking(move || {
+                    st.dead(&[ev.id], &reason, now_ms())?;
+                    st.release(&sink, &[ev.call])
+                })
+                .await
             }
         };
         if let Ok(Err(e)) = done {
@@ -313,19 +343,40 @@ pub async fn run_worker(
     }
 }
 
+/// What ends a run of single deliveries besides a failure.
+struct Run<'a> {
+    /// The worker's bucket (`None`: the sink paces itself).
+    bucket: Option<&'a mut Bucket>,
+    shutdown: &'a Shutdown,
+    /// Halfway through the claim's lease (`None`: no lease).
+    lease_ends: Option<Instant>,
+}
+
+impl Run<'_> {
+    /// Whether the next event may go now (its token then taken).
+    fn next_may_go(&mut self) -> bool {
+        let now = Instant::now();
+        !self.shutdown.is_fired()
+            && self.lease_ends.is_none_or(|t| now < t)
+            && self
+                .bucket
+                .as_mut()
+                .is_none_or(|b| b.reserve(now).is_zero())
+    }
+}
+
 /// Delivers `evs` one request each, in order, until one fails, the bucket
-/// has no token for the next, or shutdown: how many were delivered, and
-/// what happened to the next one if it failed. The first event's token is
-/// already taken.
+/// has no token for the next, the lease is half gone, or shutdown: how
+/// many were delivered, and what happened to the next one if it failed.
+/// The first event's token is already taken.
 async fn deliver_each(
     sink: &dyn Sink,
     evs: &[OutEvent],
     store: &Arc<dyn OutboxStore>,
-    bucket: &mut Bucket,
-    shutdown: &Shutdown,
+    run: &mut Run<'_>,
 ) -> (usize, Option<Delivery>) {
     for (i, ev) in evs.iter().enumerate() {
-        if i > 0 && (shutdown.is_fired() || !bucket.reserve(Instant::now()).is_zero()) {
+        if i > 0 && !run.next_may_go() {
             return (i, None);
         }
         match sink.deliver(ev, store).await {
@@ -692,6 +743,185 @@ mod tests {
             0,
             "a pause is not a failed attempt"
         );
+    }
+
+    /// Paces its requests itself; accepts everything, noting when.
+    #[derive(Default)]
+    struct SelfPaced(Clocked);
+
+    #[async_trait::async_trait]
+    impl Sink for SelfPaced {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        fn paces_itself(&self) -> bool {
+            true
+        }
+        async fn deliver(&self, ev: &OutEvent, store: &Arc<dyn OutboxStore>) -> Delivery {
+            self.0.deliver(ev, store).await
+        }
+    }
+
+    /// A sink that paces itself (Bitrix24: one bucket per portal for every
+    /// request) is not paced by the worker a second time.
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_leaves_pacing_to_a_sink_that_paces_itself() {
+        let store = Arc::new(Queue::with(5));
+        let sink = Arc::new(SelfPaced::default());
+        let t0 = Instant::now();
+        drain(sink.clone(), store, 1.0, 1).await;
+        let at = sink.0.0.lock().unwrap().clone();
+        assert_eq!(at.len(), 5);
+        let last = at.last().unwrap().duration_since(t0);
+        assert!(
+            last < Duration::from_millis(500),
+            "paced by the worker: {last:?}"
+        );
+    }
+
+    /// A store of another node's kind: claims hold 10 s; notes when each
+    /// claim was made and which calls were given back.
+    struct Leased {
+        queue: Queue,
+        claims: std::sync::Mutex<Vec<Instant>>,
+        released: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl OutboxStore for Leased {
+        fn enqueue(&self, e: &[crate::store::NewEvent], now: i64) -> Result<(), StoreError> {
+            self.queue.enqueue(e, now)
+        }
+        fn head(&self, sink: &str, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+            self.queue.head(sink, limit)
+        }
+        fn claim(&self, sink: &str, _: i64, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+            self.claims.lock().unwrap().push(Instant::now());
+            self.queue.head(sink, limit)
+        }
+        fn release(&self, _: &str, calls: &[String]) -> Result<(), StoreError> {
+            self.released.lock().unwrap().extend_from_slice(calls);
+            Ok(())
+        }
+        fn lease(&self) -> Option<Duration> {
+            Some(Duration::from_secs(10))
+        }
+        fn delivered(&self, ids: &[i64]) -> Result<(), StoreError> {
+            self.queue.delivered(ids)
+        }
+        fn retry_later(&self, id: i64, next_at: i64, error: &str) -> Result<(), StoreError> {
+            self.queue.retry_later(id, next_at, error)
+        }
+        fn dead(&self, ids: &[i64], reason: &str, now: i64) -> Result<(), StoreError> {
+            self.queue.delivered(ids)?;
+            self.queue.dead(ids, reason, now)
+        }
+        fn outbox_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+            self.queue.outbox_stats()
+        }
+        fn outbox_retrying(&self) -> Result<i64, StoreError> {
+            Ok(0)
+        }
+        fn crm_call(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn set_crm_call(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn crm_finished(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn set_crm_finished(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Takes 3 s per event; refuses event 1 once for good (`Rejected`)
+    /// when `refuse` is set; notes when each event went.
+    #[derive(Default)]
+    struct Slow {
+        sent: std::sync::Mutex<Vec<(i64, Instant)>>,
+        refuse: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Slow {
+        fn name(&self) -> &str {
+            "portal"
+        }
+        async fn deliver(&self, ev: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+            let at = Instant::now();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if self.refuse && ev.id == 1 {
+                return Delivery::Rejected(CrmError::NotRegistered);
+            }
+            self.sent.lock().unwrap().push((ev.id, at));
+            Delivery::Ok
+        }
+    }
+
+    async fn drain_leased(sink: Arc<Slow>, store: Arc<Leased>) {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cfg = WorkerConfig {
+            rate_per_sec: 1000.0,
+            burst: 1000,
+            max_age_ms: 3_600_000,
+        };
+        let worker = tokio::spawn(run_worker(
+            sink,
+            store.clone(),
+            Arc::new(Metrics::new()),
+            cfg,
+            shutdown,
+        ));
+        while !store.queue.0.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.fire();
+        worker.await.unwrap();
+    }
+
+    fn leased(n: i64) -> Arc<Leased> {
+        Arc::new(Leased {
+            queue: Queue::with(n),
+            claims: Default::default(),
+            released: Default::default(),
+        })
+    }
+
+    /// In a fleet a run of deliveries stops halfway through its claim's
+    /// lease and claims again: no event goes out when another node may
+    /// already have taken its call (paused tokio clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stops_halfway_through_the_lease_and_claims_again() {
+        let store = leased(6);
+        let sink = Arc::new(Slow::default());
+        drain_leased(sink.clone(), store.clone()).await;
+        let sent = sink.sent.lock().unwrap().clone();
+        let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6], "each once, in order");
+        let claims = store.claims.lock().unwrap().clone();
+        for (id, at) in &sent {
+            let claim = claims.iter().rev().find(|c| *c <= at).expect("claimed");
+            let since = at.duration_since(*claim);
+            assert!(
+                since < Duration::from_secs(5),
+                "event {id} sent {since:?} after its claim (lease 10 s)"
+            );
+        }
+    }
+
+    /// An event refused for good gives its call's lease back at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_lettered_event_gives_its_call_back() {
+        let store = leased(2);
+        let sink = Arc::new(Slow {
+            refuse: true,
+            ..Slow::default()
+        });
+        drain_leased(sink.clone(), store.clone()).await;
+        let ids: Vec<i64> = sink.sent.lock().unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(ids, [2]);
+        assert_eq!(*store.released.lock().unwrap(), ["c1"]);
     }
 
     #[test]

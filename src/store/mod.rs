@@ -17,6 +17,8 @@
 //! [`service::Exceptions`] puts the store and the in-memory set together:
 //! write to the store first, then publish to the set.
 
+pub mod fleet;
+pub mod follow;
 pub mod migrate;
 pub mod open;
 pub mod postgres;
@@ -234,6 +236,12 @@ pub trait Store: ExceptionStore + OutboxStore + CallStore + ContactStore + Token
     /// Where the store is, for logs (a file path, or the PostgreSQL host
     /// and database: never a password).
     fn describe(&self) -> String;
+
+    /// The PostgreSQL store behind this one, for what only a fleet has
+    /// (the change-log follower, shared portal allowances).
+    fn as_postgres(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<postgres::PgStore>> {
+        None
+    }
 }
 
 /// One row of the PostgreSQL change log: a write to the list or the
@@ -363,6 +371,27 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Whether the CRM has been told the call ended (Bitrix24 finish).
     fn crm_finished(&self, sink: &str, call: &str) -> Result<bool, StoreError>;
     fn set_crm_finished(&self, sink: &str, call: &str, now: i64) -> Result<(), StoreError>;
+
+    /// In a fleet: the oldest `limit` events of `sink` among the calls no
+    /// other node holds a live lease on, in order (so per call strictly in
+    /// order, oldest calls first), taking or renewing this node's lease on
+    /// each of their calls until `now` + [`OutboxStore::lease`]. A store
+    /// one process owns holds every lease: [`OutboxStore::head`].
+    fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+        let _ = now;
+        self.head(sink, limit)
+    }
+    /// Gives back this node's leases on `calls` (after a retry is
+    /// scheduled or an event dead-lettered) so another node may take them.
+    fn release(&self, sink: &str, calls: &[String]) -> Result<(), StoreError> {
+        let _ = (sink, calls);
+        Ok(())
+    }
+    /// How long a claim holds (`None`: no other node takes events from
+    /// this store; a claim holds for ever).
+    fn lease(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A call in progress as the tracker keeps it across restarts.
@@ -393,6 +422,12 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every call in progress.
     fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;
+    /// The calls in progress among `sip_call_ids` (in a fleet: another
+    /// node's, whose BYE reached this one after a failover).
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        let _ = sip_call_ids;
+        Ok(Vec::new())
+    }
 }
 
 /// The durable contacts directory.

@@ -142,6 +142,16 @@ impl Exceptions {
         Ok(self.counted())
     }
 
+    /// Counts the set after changes published by someone else (another
+    /// node's, through the change log), and wakes the expiry timer if one
+    /// of them has an expiry.
+    pub fn published(&self, expiring: bool) {
+        self.counted();
+        if expiring {
+            self.expiry_changed.notify_one();
+        }
+    }
+
     fn counted(&self) -> (usize, usize) {
         let (p, e) = self.set.counts();
         self.metrics.set_exception_entries(p, e);

@@ -5,6 +5,16 @@ use super::PgStore;
 use super::outbox::insert_events;
 use crate::store::{ActiveCall, CallStore, NewEvent, StoreError};
 
+/// A row of `SELECT sip_call_id, call, state, last_ms FROM active_calls`.
+fn active_call(r: &tokio_postgres::Row) -> ActiveCall {
+    ActiveCall {
+        sip_call_id: r.get(0),
+        call: r.get(1),
+        state: r.get(2),
+        last_ms: r.get(3),
+    }
+}
+
 impl CallStore for PgStore {
     fn save_calls(
         &self,
@@ -63,15 +73,25 @@ impl CallStore for PgStore {
                     &[],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| ActiveCall {
-                    sip_call_id: r.get(0),
-                    call: r.get(1),
-                    state: r.get(2),
-                    last_ms: r.get(3),
-                })
-                .collect())
+            Ok(rows.iter().map(active_call).collect())
+        })
+    }
+
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        if sip_call_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&[u8]> = sip_call_ids.iter().map(|k| &k[..]).collect();
+        self.run(async {
+            let c = self.conn().await?;
+            let rows = c
+                .query(
+                    "SELECT sip_call_id, call, state, last_ms FROM active_calls
+                      WHERE sip_call_id = ANY($1) ORDER BY ord",
+                    &[&keys],
+                )
+                .await?;
+            Ok(rows.iter().map(active_call).collect())
         })
     }
 }

@@ -128,7 +128,7 @@ CREATE TABLE changes (
 "#;
 
 /// Every migration in order; the schema version is its position + 1.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, super::fleet::V2];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -25,6 +25,8 @@
 mod calls;
 mod contacts;
 mod exceptions;
+pub mod fleet;
+pub mod listen;
 pub mod migrations;
 mod outbox;
 mod tokens;
@@ -188,6 +190,8 @@ pub struct PgStore {
     handle: tokio::runtime::Handle,
     pool: Pool,
     target: Target,
+    /// This node's name on outbox leases, and their length.
+    node: fleet::Node,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -241,6 +245,7 @@ impl PgStore {
             rt: Some(rt),
             pool,
             target,
+            node: fleet::Node::new(),
         };
         store.run(async {
             let mut c = store.pool.get().await?;
@@ -438,6 +443,10 @@ pub(crate) fn rounds<'a, T, K: std::hash::Hash + Eq + ?Sized + 'a>(
 impl super::Store for PgStore {
     fn describe(&self) -> String {
         format!("postgres {}", self.target.shown)
+    }
+
+    fn as_postgres(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<PgStore>> {
+        Some(self)
     }
 }
 

@@ -31,6 +31,20 @@ pub(super) async fn insert_events(
     Ok(())
 }
 
+/// A row of `SELECT id, call, kind, payload, created_at, attempts,
+/// next_at FROM outbox`.
+pub(super) fn out_event(r: &tokio_postgres::Row) -> OutEvent {
+    OutEvent {
+        id: r.get(0),
+        call: r.get(1),
+        kind: r.get(2),
+        payload: r.get(3),
+        created_at: r.get(4),
+        attempts: r.get(5),
+        next_at: r.get(6),
+    }
+}
+
 impl OutboxStore for PgStore {
     fn enqueue(&self, events: &[NewEvent], now: i64) -> Result<(), StoreError> {
         if events.is_empty() {
@@ -55,18 +69,7 @@ impl OutboxStore for PgStore {
                     &[&sink, &(limit.min(i64::MAX as usize) as i64)],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| OutEvent {
-                    id: r.get(0),
-                    call: r.get(1),
-                    kind: r.get(2),
-                    payload: r.get(3),
-                    created_at: r.get(4),
-                    attempts: r.get(5),
-                    next_at: r.get(6),
-                })
-                .collect())
+            Ok(rows.iter().map(out_event).collect())
         })
     }
 
@@ -182,5 +185,18 @@ impl OutboxStore for PgStore {
             .await?;
             Ok(())
         })
+    }
+
+    // Leases: the fleet's (fleet.rs).
+    fn claim(&self, sink: &str, _now: i64, limit: usize) -> Result<Vec<OutEvent>, StoreError> {
+        self.claim_events(sink, limit)
+    }
+
+    fn release(&self, sink: &str, calls: &[String]) -> Result<(), StoreError> {
+        self.release_calls(sink, calls)
+    }
+
+    fn lease(&self) -> Option<std::time::Duration> {
+        Some(self.node().lease())
     }
 }

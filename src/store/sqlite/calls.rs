@@ -7,6 +7,16 @@ use super::SqliteStore;
 use super::outbox::insert_events;
 use crate::store::{ActiveCall, CallStore, NewEvent, StoreError};
 
+/// A row of `SELECT sip_call_id, call, state, last_ms FROM active_calls`.
+fn active_call(r: &rusqlite::Row) -> rusqlite::Result<ActiveCall> {
+    Ok(ActiveCall {
+        sip_call_id: r.get(0)?,
+        call: r.get(1)?,
+        state: r.get(2)?,
+        last_ms: r.get(3)?,
+    })
+}
+
 impl CallStore for SqliteStore {
     fn save_calls(
         &self,
@@ -45,15 +55,23 @@ impl CallStore for SqliteStore {
         let c = self.reader();
         let mut st =
             c.prepare("SELECT sip_call_id, call, state, last_ms FROM active_calls ORDER BY rowid")?;
-        let rows = st.query_map([], |r| {
-            Ok(ActiveCall {
-                sip_call_id: r.get(0)?,
-                call: r.get(1)?,
-                state: r.get(2)?,
-                last_ms: r.get(3)?,
-            })
-        })?;
+        let rows = st.query_map([], active_call)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {
+        let c = self.reader();
+        let mut st = c.prepare_cached(
+            "SELECT sip_call_id, call, state, last_ms FROM active_calls WHERE sip_call_id = ?1",
+        )?;
+        let mut out = Vec::new();
+        for k in sip_call_ids {
+            let mut rows = st.query_map([&k[..]], active_call)?;
+            if let Some(row) = rows.next() {
+                out.push(row?);
+            }
+        }
+        Ok(out)
     }
 }
 

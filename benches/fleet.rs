@@ -1,0 +1,246 @@
+//! A fleet of three nodes on one PostgreSQL server (a throwaway cluster,
+//! tests/common/pg.rs), one measured run per figure:
+//!
+//! - `propagation`: an add written on node A (committed, notified) until
+//!   both B and C screen the number as listed, each node a real store,
+//!   set, follower and LISTEN connection in this process; p50/p99/max over
+//!   500 adds, one at a time.
+//! - `load`: a new node's start on a 1M-entry list: open the store, read
+//!   the change-log position, load the set (what `serve` does before it is
+//!   ready).
+//! - `outbox`: 30 000 queued events (10 000 calls) delivered by 1 and by 3
+//!   nodes' workers claiming with leases, to a sink that accepts at once
+//!   (the store's claim/commit cost, not a CRM's).
+//!
+//! cargo bench --bench fleet                  (all; a release build)
+//! cargo bench --profile dev --bench fleet    (a debug build, quicker to build)
+//! cargo bench --bench fleet -- propagation   (one part: propagation, load, outbox)
+
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code)]
+mod tools;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipscreen::contacts::Directory;
+use sipscreen::crm::{Delivery, Sink, WorkerConfig, run_worker};
+use sipscreen::metrics::Metrics;
+use sipscreen::screening::exceptions::ExceptionSet;
+use sipscreen::store::follow::{ChangeLog, Follower, StoreHealth};
+use sipscreen::store::postgres::PgStore;
+use sipscreen::store::service::Exceptions;
+use sipscreen::store::{Kind, NewEntry, NewEvent, OutEvent, OutboxStore};
+
+struct Node {
+    store: Arc<PgStore>,
+    list: Arc<Exceptions>,
+}
+
+/// A node as `serve` starts one: position, load, then follow (listener
+/// and follower on `rt`). The load's duration.
+fn start(
+    url: &str,
+    rt: &tokio::runtime::Runtime,
+    shutdown: &sipscreen::shutdown::Shutdown,
+) -> (Node, Duration) {
+    let t0 = Instant::now();
+    let store = Arc::new(PgStore::open(url, None, 4).unwrap());
+    let pos = store.latest_change().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let list = Arc::new(Exceptions::new(
+        store.clone(),
+        Arc::new(ExceptionSet::new()),
+        metrics.clone(),
+    ));
+    list.load().unwrap();
+    let took = t0.elapsed();
+    let contacts = Arc::new(Directory::new());
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    rt.spawn(sipscreen::store::postgres::listen::run(
+        store.target().clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    let f = Follower::new(
+        store.clone(),
+        list.clone(),
+        contacts,
+        store.clone(),
+        Arc::new(StoreHealth::new(store.shown())),
+        metrics,
+        pos,
+    );
+    rt.spawn(f.run(
+        rx,
+        Duration::from_secs(5),
+        Duration::from_secs(7 * 86400),
+        shutdown.clone(),
+    ));
+    (Node { store, list }, took)
+}
+
+fn phone(n: u64) -> NewEntry {
+    let v = format!("+{n}");
+    NewEntry {
+        kind: Kind::Phone,
+        value: v.clone(),
+        given: v,
+        comment: String::new(),
+        origin: "bench".into(),
+        expires_at: None,
+        allow: false,
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn propagation(c: &pg::Cluster) {
+    let url = c.database();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_t, sd) = sipscreen::shutdown::channel();
+    let nodes: Vec<Node> = (0..3).map(|_| start(&url, &rt, &sd).0).collect();
+    // The listeners connected.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lat = Vec::new();
+    for i in 0..500u64 {
+        let n = 4930_5000_0000 + i;
+        let t0 = Instant::now();
+        nodes[0].list.write(&[phone(n)], "bench").unwrap();
+        let deadline = t0 + Duration::from_secs(10);
+        while !nodes[1..]
+            .iter()
+            .all(|o| o.list.set().match_phone(n).is_some())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "add {i} never reached the others"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "propagation (3 nodes, add on A until listed on B and C, 500 adds): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    let _ = nodes[0].store.clone();
+}
+
+fn load(c: &pg::Cluster) {
+    let url = c.database();
+    let db = pg::db_name(&url).to_string();
+    // A node creates the schema; the list is written with SQL (an import
+    // through the API is measured by tests/pg_store.rs).
+    drop(PgStore::open(&url, None, 1).unwrap());
+    c.exec(
+        &db,
+        "INSERT INTO entries (kind, value, given, comment, origin, created_at, created_by)
+         SELECT 'phone', '+49301' || lpad(i::text, 8, '0'), '+49301' || lpad(i::text, 8, '0'),
+                'bench', 'bench', 1, 'bench'
+           FROM generate_series(0, 999999) AS i;
+         ANALYZE entries;",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_t, sd) = sipscreen::shutdown::channel();
+    let (n, took) = start(&url, &rt, &sd);
+    let (phones, _) = n.list.set().counts();
+    assert_eq!(phones, 1_000_000);
+    println!(
+        "load (a new node on a 1M-entry list: open, position, load the set): {:.2} s",
+        took.as_secs_f64()
+    );
+}
+
+/// Accepts every event at once.
+struct Accept;
+
+#[async_trait::async_trait]
+impl Sink for Accept {
+    fn name(&self) -> &str {
+        "bench"
+    }
+    async fn deliver(&self, _: &OutEvent, _: &Arc<dyn OutboxStore>) -> Delivery {
+        Delivery::Ok
+    }
+}
+
+fn outbox(c: &pg::Cluster, nodes: usize) {
+    let url = c.database();
+    let stores: Vec<Arc<PgStore>> = (0..nodes)
+        .map(|_| Arc::new(PgStore::open(&url, None, 4).unwrap()))
+        .collect();
+    let events: Vec<NewEvent> = (0..10_000)
+        .flat_map(|i| {
+            ["call.started", "call.answered", "call.ended"].map(|k| NewEvent {
+                sink: "bench".into(),
+                call: format!("call-{i}"),
+                kind: k.into(),
+                payload: "{}".into(),
+            })
+        })
+        .collect();
+    stores[0]
+        .enqueue(&events, sipscreen::clock::now_ms())
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (trigger, sd) = sipscreen::shutdown::channel();
+    let t0 = Instant::now();
+    for s in &stores {
+        rt.spawn(run_worker(
+            Arc::new(Accept),
+            s.clone(),
+            Arc::new(Metrics::new()),
+            WorkerConfig {
+                rate_per_sec: 1e9,
+                burst: 1_000_000,
+                max_age_ms: 3_600_000,
+            },
+            sd.clone(),
+        ));
+    }
+    while stores[0].outbox_stats().unwrap().0 > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    trigger.fire();
+    println!(
+        "outbox ({nodes} node(s) claiming with leases, 30 000 events of 10 000 calls): {:.2} s, {:.0} events/s",
+        took.as_secs_f64(),
+        30_000.0 / took.as_secs_f64()
+    );
+}
+
+fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |p: &str| only.is_empty() || only.iter().any(|o| p.contains(o.as_str()));
+    let Some(c) = pg::cluster() else {
+        eprintln!("no PostgreSQL: nothing measured");
+        return;
+    };
+    if want("propagation") {
+        propagation(c);
+    }
+    if want("load") {
+        load(c);
+    }
+    if want("outbox") {
+        outbox(c, 1);
+        outbox(c, 3);
+    }
+}
