@@ -8,13 +8,20 @@
 //! - `load`: a new node's start on a 1M-entry list: open the store, read
 //!   the change-log position, load the set (what `serve` does before it is
 //!   ready).
+//! - `import`: node B's screening while node A imports 1M lines (50
+//!   transactions of 20 000, as an import commits them) and B's follower
+//!   applies them: the time of a lookup on B (batches of 1000 lookups of
+//!   listed and unlisted numbers, p50/p99 of the batches) before and
+//!   during, and how long after A's last commit B holds every entry. A and
+//!   B share this process and its two cores here, so the figure is an
+//!   upper bound of what another machine's import does to a node.
 //! - `outbox`: 30 000 queued events (10 000 calls) delivered by 1 and by 3
 //!   nodes' workers claiming with leases, to a sink that accepts at once
 //!   (the store's claim/commit cost, not a CRM's).
 //!
 //! cargo bench --bench fleet                  (all; a release build)
 //! cargo bench --profile dev --bench fleet    (a debug build, quicker to build)
-//! cargo bench --bench fleet -- propagation   (one part: propagation, load, outbox)
+//! cargo bench --bench fleet -- propagation   (one part: propagation, load, import, outbox)
 
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
@@ -164,6 +171,109 @@ fn load(c: &pg::Cluster) {
     );
 }
 
+/// Per-lookup time of `n` batches of 1000 lookups on `list`, half of them
+/// listed numbers; stops early when `until` says so (after one batch).
+fn sample(list: &Exceptions, listed: &[u64], until: &dyn Fn() -> bool) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut k = 0usize;
+    loop {
+        let t0 = Instant::now();
+        for _ in 0..500 {
+            let n = listed[k % listed.len()];
+            std::hint::black_box(list.set().match_phone(n));
+            std::hint::black_box(list.set().match_phone(n + 5_000_000));
+            k += 1;
+        }
+        out.push(t0.elapsed() / 1000);
+        if until() {
+            return out;
+        }
+    }
+}
+
+/// Writes 1M entries through `list` in 50 transactions of 20 000 (as an
+/// import commits them) on a thread of its own; `done` gets the time of
+/// the last commit.
+fn import_1m(
+    list: Arc<Exceptions>,
+    done: Arc<std::sync::Mutex<Option<Instant>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for t in 0..50u64 {
+            let e: Vec<NewEntry> = (0..20_000u64)
+                .map(|i| phone(4930_2000_0000 + t * 20_000 + i))
+                .collect();
+            list.write(&e, "bench").unwrap();
+        }
+        *done.lock().unwrap() = Some(Instant::now());
+    })
+}
+
+fn during_import(c: &pg::Cluster) {
+    let url = c.database();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_t, sd) = sipscreen::shutdown::channel();
+    let a = start(&url, &rt, &sd).0;
+    let b = start(&url, &rt, &sd).0;
+    // 10 000 numbers listed before, reaching B by its follower.
+    let listed: Vec<u64> = (0..10_000u64).map(|i| 4930_6000_0000 + i).collect();
+    for chunk in listed.chunks(5000) {
+        let e: Vec<NewEntry> = chunk.iter().map(|&n| phone(n)).collect();
+        a.list.write(&e, "bench").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.list.set().counts().0 < listed.len() {
+        assert!(Instant::now() < deadline, "B never got the first entries");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let mut before = sample(&b.list, &listed, &|| t0.elapsed() > Duration::from_secs(3));
+    let total = listed.len() + 1_000_000;
+    let done = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    // Control: the same import by a node of another database, which B
+    // does not follow: what the import's CPU (A's and the server's) does
+    // to B's lookups on these shared cores, with nothing for B to apply.
+    let other = start(&c.database(), &rt, &sd).0;
+    let t2 = Instant::now();
+    let control_done = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let control_writer = import_1m(other.list.clone(), control_done.clone());
+    let mut control = sample(&b.list, &listed, &|| control_done.lock().unwrap().is_some());
+    control_writer.join().unwrap();
+    let control_took = t2.elapsed();
+    control.sort();
+    let writer = import_1m(a.list.clone(), done.clone());
+    let t1 = Instant::now();
+    let mut during = sample(&b.list, &listed, &|| {
+        b.list.set().counts().0 >= total || t1.elapsed() > Duration::from_secs(600)
+    });
+    assert_eq!(
+        b.list.set().counts().0,
+        total,
+        "B never got the whole import"
+    );
+    let applied = Instant::now();
+    writer.join().unwrap();
+    let took = t1.elapsed();
+    let behind = applied.saturating_duration_since(done.lock().unwrap().expect("written"));
+    before.sort();
+    during.sort();
+    println!(
+        "import (B's lookups while A imports 1M lines and B applies them): before p50 {:.0} ns, p99 {:.0} ns ({} batches); control, another database's import, nothing to apply: p50 {:.0} ns, p99 {:.0} ns ({} batches over {:.1} s); during p50 {:.0} ns, p99 {:.0} ns ({} batches over {:.1} s); B held all 1M {:.0} ms after A's last commit",
+        pct(&before, 0.5).as_nanos(),
+        pct(&before, 0.99).as_nanos(),
+        before.len(),
+        pct(&control, 0.5).as_nanos(),
+        pct(&control, 0.99).as_nanos(),
+        control.len(),
+        control_took.as_secs_f64(),
+        pct(&during, 0.5).as_nanos(),
+        pct(&during, 0.99).as_nanos(),
+        during.len(),
+        took.as_secs_f64(),
+        ms(behind)
+    );
+}
+
 /// Accepts every event at once.
 struct Accept;
 
@@ -238,6 +348,9 @@ fn main() {
     }
     if want("load") {
         load(c);
+    }
+    if want("import") {
+        during_import(c);
     }
     if want("outbox") {
         outbox(c, 1);
