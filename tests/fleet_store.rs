@@ -15,7 +15,9 @@ use sipscreen::store::fleet::AllowanceStore;
 use sipscreen::store::follow::{ChangeLog, Follower, StoreHealth};
 use sipscreen::store::postgres::PgStore;
 use sipscreen::store::service::Exceptions;
-use sipscreen::store::{ContactStore, Kind, NewEntry, NewEvent, OutboxStore};
+use sipscreen::store::{
+    ActiveCall, CallStore, ContactStore, Kind, NewEntry, NewEvent, OutboxStore,
+};
 
 fn node(url: &str) -> Arc<PgStore> {
     Arc::new(PgStore::open(url, None, 4).unwrap())
@@ -297,4 +299,38 @@ fn a_follower_applies_every_change_and_reloads_past_a_pruned_log() {
     assert!(done.reloaded, "{done:?}");
     assert!(listed(&b, 4930444) && listed(&b, 4930222) && !listed(&b, 4930111));
     assert_eq!(fb.position(), a.store.latest_change().unwrap());
+}
+
+/// A call a dead node left behind (its BYE never came) is taken over by one
+/// node only, with the time it was last active, and stamped active so that
+/// no other node takes it before it has been idle again.
+#[test]
+fn a_stale_call_is_taken_over_by_one_node() {
+    let Some(c) = common::pg::cluster() else {
+        return;
+    };
+    let url = c.database();
+    let (a, b) = (node(&url), node(&url));
+    let row = |id: &str, last_ms| ActiveCall {
+        sip_call_id: id.as_bytes().to_vec(),
+        call: format!("c-{id}"),
+        state: "{}".into(),
+        last_ms,
+    };
+    a.save_calls(&[], &[row("old", 1_000), row("live", 90_000)], &[], 90_000)
+        .unwrap();
+    let got = b.stale_calls(50_000, 200_000, 10).unwrap();
+    assert_eq!(got, [row("old", 1_000)], "only the idle call, as it was");
+    assert!(
+        a.stale_calls(50_000, 200_000, 10).unwrap().is_empty(),
+        "b holds it now"
+    );
+    let mut rows = a.active_calls().unwrap();
+    rows.sort_by(|x, y| x.sip_call_id.cmp(&y.sip_call_id));
+    assert_eq!(rows, [row("live", 90_000), row("old", 200_000)]);
+    assert_eq!(
+        b.stale_calls(250_000, 300_000, 1).unwrap().len(),
+        1,
+        "the limit"
+    );
 }

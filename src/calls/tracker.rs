@@ -42,6 +42,10 @@ pub const MAX_CALLS: usize = 200_000;
 /// retransmissions are not logged again: 64 × T1, the time a client
 /// retransmits an INVITE for (RFC 3261 timer B).
 const REFUSED_MEMORY: Duration = Duration::from_secs(32);
+/// How much longer than the idle limit a call must have been idle before
+/// another node takes it over (its owner, if alive, ended it by then).
+const STALE_MARGIN: Duration = Duration::from_secs(300);
+
 /// Events of unknown calls waiting for their look-up in the store; beyond
 /// this they are dropped (a flood of stray BYEs costs one query a tick).
 const MAX_DEFERRED: usize = 1_000;
@@ -214,6 +218,7 @@ impl Tracker {
                     // A call another node had not written yet when its
                     // stray request came is looked up again.
                     self.unknown.clear();
+                    self.take_over_stale(now_ms());
                     last_forget = Instant::now();
                 }
             }
@@ -509,6 +514,30 @@ impl Tracker {
             tracing::error!(error = %e, "writing the call log failed");
         }
         self.metrics.call_finished(&rec.verdict, "failed");
+    }
+
+    /// Takes over and ends the calls another node left idle for longer
+    /// than the limit plus [`STALE_MARGIN`] (a node that died with calls
+    /// whose BYE never came: on one store, every call is in this node's
+    /// memory and there are none). The owner, when alive, has ended such a
+    /// call itself well within the margin; a row is taken by one node only.
+    pub fn take_over_stale(&mut self, now_ms: i64) {
+        let before = now_ms - (self.cfg.max_idle + STALE_MARGIN).as_millis() as i64;
+        match self.store.stale_calls(before, now_ms, 1000) {
+            Ok(rows) => {
+                let rows: Vec<ActiveCall> = rows
+                    .into_iter()
+                    .filter(|r| !self.calls.contains_key(&r.sip_call_id[..]))
+                    .collect();
+                if !rows.is_empty() {
+                    let n = self.restore(rows, now_ms);
+                    tracing::info!(calls = n, "ended calls another node left idle");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking up calls other nodes left idle failed")
+            }
+        }
     }
 
     /// Ends calls idle for longer than the limit, and forgets refused
@@ -829,6 +858,82 @@ mod tests {
                 "crm-a call.ended"
             ]
         );
+    }
+
+    /// A node that died with a call whose BYE never comes: another node
+    /// takes the call over once it has been idle past the limit and the
+    /// margin, and ends it, once.
+    #[test]
+    fn a_call_a_dead_node_left_idle_is_ended_by_another() {
+        /// The SQLite store as a fleet's store would answer `stale_calls`.
+        struct Shared(Arc<SqliteStore>);
+        impl CallStore for Shared {
+            fn save_calls(
+                &self,
+                events: &[NewEvent],
+                active: &[ActiveCall],
+                ended: &[Box<[u8]>],
+                now: i64,
+            ) -> Result<(), crate::store::StoreError> {
+                self.0.save_calls(events, active, ended, now)
+            }
+            fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+                self.0.active_calls()
+            }
+            fn stale_calls(
+                &self,
+                before_ms: i64,
+                _now_ms: i64,
+                limit: usize,
+            ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+                Ok(self
+                    .0
+                    .active_calls()?
+                    .into_iter()
+                    .filter(|c| c.last_ms < before_ms)
+                    .take(limit)
+                    .collect())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(30);
+        let (mut a, store) = tracker(dir.path(), Duration::from_secs(3600));
+        a.handle(invite("x", t0));
+        a.handle(answer("x", t0 + Duration::from_secs(1)));
+        a.flush();
+        drop(a);
+        let b_dir = tempfile::tempdir().unwrap();
+        let mut b = Tracker::new(
+            CallLog::open(b_dir.path(), 1 << 20, 2).unwrap(),
+            Arc::new(Shared(store.clone())),
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle: Duration::from_secs(3600),
+                sinks: vec!["portal".into()],
+                directory: None,
+            },
+        );
+        let now = ms(SystemTime::now());
+        // Idle for the limit but not the margin: the owner may be alive.
+        b.take_over_stale(now + 3_600_000);
+        b.flush();
+        assert_eq!(store.active_calls().unwrap().len(), 1);
+        assert_eq!(kinds(&store), ["crm-x call.started", "crm-x call.answered"]);
+        b.take_over_stale(now + 3_600_000 + STALE_MARGIN.as_millis() as i64 + 1000);
+        b.flush();
+        assert!(store.active_calls().unwrap().is_empty());
+        assert_eq!(
+            kinds(&store),
+            [
+                "crm-x call.started",
+                "crm-x call.answered",
+                "crm-x call.ended"
+            ]
+        );
+        // Gone from the store: nothing to take again.
+        b.take_over_stale(now + 10 * 3_600_000);
+        b.flush();
+        assert_eq!(kinds(&store).len(), 3);
     }
 
     /// Two nodes on one store: the call goes through `a`, which stops

@@ -428,6 +428,20 @@ pub trait CallStore: Send + Sync + 'static {
         let _ = sip_call_ids;
         Ok(Vec::new())
     }
+    /// Takes over up to `limit` calls last active before `before_ms` (in a
+    /// fleet: calls of a node that died, whose BYE never came): each row is
+    /// stamped active at `now_ms` in the same statement, so no other node
+    /// takes it too, and returned with its previous `last_ms`. One store
+    /// (every call in this node's memory) has none.
+    fn stale_calls(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ActiveCall>, StoreError> {
+        let _ = (before_ms, now_ms, limit);
+        Ok(Vec::new())
+    }
 }
 
 /// The durable contacts directory.

@@ -94,4 +94,29 @@ impl CallStore for PgStore {
             Ok(rows.iter().map(active_call).collect())
         })
     }
+
+    fn stale_calls(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ActiveCall>, StoreError> {
+        let limit = limit as i64;
+        self.run(async {
+            let c = self.conn().await?;
+            let rows = c
+                .query(
+                    "WITH stale AS (
+                         SELECT sip_call_id, last_ms FROM active_calls
+                          WHERE last_ms < $1 ORDER BY last_ms LIMIT $3
+                            FOR UPDATE SKIP LOCKED)
+                     UPDATE active_calls a SET last_ms = $2 FROM stale
+                      WHERE a.sip_call_id = stale.sip_call_id
+                     RETURNING a.sip_call_id, a.call, a.state, stale.last_ms",
+                    &[&before_ms, &now_ms, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(active_call).collect())
+        })
+    }
 }
