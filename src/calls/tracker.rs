@@ -860,6 +860,31 @@ mod tests {
         );
     }
 
+    /// Node `a` answered call `x` 30 s ago and died without ending it
+    /// (the call's row is in `store`); the time of its INVITE.
+    fn died_with_a_call(dir: &std::path::Path) -> (Arc<SqliteStore>, SystemTime) {
+        let t0 = SystemTime::now() - Duration::from_secs(30);
+        let (mut a, store) = tracker(dir, Duration::from_secs(3600));
+        a.handle(invite("x", t0));
+        a.handle(answer("x", t0 + Duration::from_secs(1)));
+        a.flush();
+        (store, t0)
+    }
+
+    /// A second node (its own call log in `dir`) on `store`.
+    fn other_node(dir: &std::path::Path, store: Arc<dyn CallStore>) -> Tracker {
+        Tracker::new(
+            CallLog::open(dir, 1 << 20, 2).unwrap(),
+            store,
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle: Duration::from_secs(3600),
+                sinks: vec!["portal".into()],
+                directory: None,
+            },
+        )
+    }
+
     /// A node that died with a call whose BYE never comes: another node
     /// takes the call over once it has been idle past the limit and the
     /// margin, and ends it, once.
@@ -896,23 +921,9 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let t0 = SystemTime::now() - Duration::from_secs(30);
-        let (mut a, store) = tracker(dir.path(), Duration::from_secs(3600));
-        a.handle(invite("x", t0));
-        a.handle(answer("x", t0 + Duration::from_secs(1)));
-        a.flush();
-        drop(a);
+        let (store, _) = died_with_a_call(dir.path());
         let b_dir = tempfile::tempdir().unwrap();
-        let mut b = Tracker::new(
-            CallLog::open(b_dir.path(), 1 << 20, 2).unwrap(),
-            Arc::new(Shared(store.clone())),
-            Arc::new(Metrics::new()),
-            TrackerConfig {
-                max_idle: Duration::from_secs(3600),
-                sinks: vec!["portal".into()],
-                directory: None,
-            },
-        );
+        let mut b = other_node(b_dir.path(), Arc::new(Shared(store.clone())));
         let now = ms(SystemTime::now());
         // Idle for the limit but not the margin: the owner may be alive.
         b.take_over_stale(now + 3_600_000);
@@ -942,23 +953,9 @@ mod tests {
     #[test]
     fn a_bye_for_a_call_another_node_kept_ends_it_there() {
         let dir = tempfile::tempdir().unwrap();
-        let t0 = SystemTime::now() - Duration::from_secs(30);
-        let (mut a, store) = tracker(dir.path(), Duration::from_secs(3600));
-        a.handle(invite("x", t0));
-        a.handle(answer("x", t0 + Duration::from_secs(1)));
-        a.flush();
-        drop(a);
+        let (store, t0) = died_with_a_call(dir.path());
         let b_dir = tempfile::tempdir().unwrap();
-        let mut b = Tracker::new(
-            CallLog::open(b_dir.path(), 1 << 20, 2).unwrap(),
-            store.clone(),
-            Arc::new(Metrics::new()),
-            TrackerConfig {
-                max_idle: Duration::from_secs(3600),
-                sinks: vec!["portal".into()],
-                directory: None,
-            },
-        );
+        let mut b = other_node(b_dir.path(), store.clone());
         let bye = |at| request("x", RequestKind::Bye, None, at);
         b.handle(bye(t0 + Duration::from_secs(11)));
         // A stray BYE of a call nobody has: looked up once, dropped.
