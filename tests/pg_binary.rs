@@ -10,59 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::binary::{BIN, Serving};
+use common::binary::{BIN, EDIT, Serving, VIEW, store_config};
 
-const EDIT: &str = "edit-token";
-const VIEW: &str = "view-token";
 /// The variable the configs name for the URL.
 const VAR: &str = "SIPSCREEN_TEST_PG_URL";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
-/// A config; `store` is the `[store]` table's body.
-fn write_config(dir: &Path, store: &str) -> PathBuf {
-    let text = format!(
-        r#"[sip]
-udp = ["127.0.0.1:0"]
-tcp = []
-[pbx]
-target = "127.0.0.1:5080"
-sources = ["127.0.0.1/32"]
-[[trunk]]
-name = "carrier"
-target = "127.0.0.2:5070"
-sources = ["127.0.0.2/32"]
-[admin]
-listen = "127.0.0.1:0"
-[[admin.tokens]]
-name = "ops"
-role = "edit"
-sha256 = "{}"
-[[admin.tokens]]
-name = "viewer"
-role = "view"
-sha256 = "{}"
-[store]
-data_dir = "{}"
-{store}
-[[line]]
-number = "+4930901820"
-source = "WEB"
-"#,
-        sha(EDIT),
-        sha(VIEW),
-        dir.join("data").display()
-    );
-    let path = dir.join("sipscreen.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn pg_config(dir: &Path) -> PathBuf {
-    write_config(
+    store_config(
         dir,
         &format!("kind = \"postgres\"\nurl_env = \"{VAR}\"\npool_size = 4"),
     )
@@ -200,7 +154,7 @@ fn an_unset_url_variable_stops_the_start_naming_it() {
         "{stderr}"
     );
     // check-config names the file, line and column of a bad kind.
-    let bad = write_config(dir.path(), "kind = \"oracle\"");
+    let bad = store_config(dir.path(), "kind = \"oracle\"");
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&bad)
@@ -231,7 +185,7 @@ fn store_migrate_copies_a_sqlite_deployment_into_postgres() {
     };
     let dir = tempfile::tempdir().unwrap();
     // A single machine on SQLite, written through the binary's API.
-    let sqlite = write_config(dir.path(), "");
+    let sqlite = store_config(dir.path(), "");
     {
         let run = Serving::start(&sqlite);
         let admin = run.admin();

@@ -6,56 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{BIN, Serving, count};
-const EDIT: &str = "edit-token";
+use common::binary::{BIN, EDIT, Serving, count, store_config};
 /// Lines per import transaction (store::service::IMPORT_BATCH).
 const BATCH: i64 = sipscreen::store::service::IMPORT_BATCH as i64;
-
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
-fn write_config(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"[sip]
-udp = ["127.0.0.1:0"]
-tcp = []
-[pbx]
-target = "127.0.0.1:5080"
-sources = ["127.0.0.1/32"]
-[[trunk]]
-name = "carrier"
-target = "127.0.0.2:5070"
-sources = ["127.0.0.2/32"]
-[admin]
-listen = "127.0.0.1:0"
-[[admin.tokens]]
-name = "ops"
-role = "edit"
-sha256 = "{}"
-[[admin.tokens]]
-name = "viewer"
-role = "view"
-sha256 = "{}"
-[store]
-data_dir = "{}"
-[[line]]
-number = "+4930901820"
-source = "WEB"
-"#,
-        sha(EDIT),
-        sha("view-token"),
-        dir.join("data").display()
-    );
-    let path = dir.join("sipscreen.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn import(admin: SocketAddr, body: String) -> reqwest::blocking::Response {
     reqwest::blocking::Client::new()
@@ -82,7 +38,7 @@ fn verdict(admin: SocketAddr, number: &str) -> String {
 #[test]
 fn acknowledged_writes_survive_sigkill_mid_import() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = store_config(dir.path(), "");
     let db = dir.path().join("data/sipscreen.db");
     let run = Serving::start(&config);
     let admin = run.admin();
@@ -179,7 +135,7 @@ fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> std::process::O
 #[test]
 fn cli_manages_the_list() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = store_config(dir.path(), "");
     let run = Serving::start(&config);
     let admin = run.admin();
     let file = dir.path().join("list.txt");
@@ -296,7 +252,7 @@ fn cli_manages_the_list() {
 #[test]
 fn cli_adds_prefixes_allow_entries_and_ranges() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = store_config(dir.path(), "");
     let run = Serving::start(&config);
     let admin = run.admin();
     let ok = |args: &[&str]| {

@@ -132,3 +132,51 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The edit and view tokens of [`store_config`].
+pub const EDIT: &str = "edit-token";
+pub const VIEW: &str = "view-token";
+
+/// A config for the store tests written to `dir/sipscreen.toml`: loopback
+/// SIP, an admin listener with an edit token [`EDIT`] and a view token
+/// [`VIEW`], the data directory `dir/data`, `store` added to the
+/// `[store]` table's body, one line.
+pub fn store_config(dir: &Path, store: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let sha = |s: &str| hex::encode(sha2::Sha256::digest(s.as_bytes()));
+    let text = format!(
+        r#"[sip]
+udp = ["127.0.0.1:0"]
+tcp = []
+[pbx]
+target = "127.0.0.1:5080"
+sources = ["127.0.0.1/32"]
+[[trunk]]
+name = "carrier"
+target = "127.0.0.2:5070"
+sources = ["127.0.0.2/32"]
+[admin]
+listen = "127.0.0.1:0"
+[[admin.tokens]]
+name = "ops"
+role = "edit"
+sha256 = "{}"
+[[admin.tokens]]
+name = "viewer"
+role = "view"
+sha256 = "{}"
+[store]
+data_dir = "{}"
+{store}
+[[line]]
+number = "+4930901820"
+source = "WEB"
+"#,
+        sha(EDIT),
+        sha(VIEW),
+        dir.join("data").display()
+    );
+    let path = dir.join("sipscreen.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
