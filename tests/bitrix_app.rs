@@ -15,23 +15,9 @@ use std::time::Duration;
 
 use common::binary::{BIN, Serving, count, wait_until};
 use common::crm::*;
-use common::{BASE_CONFIG, EXCEPTIONS, invite, response_to};
-
-struct Peers {
-    trunk: UdpSocket,
-    pbx: UdpSocket,
-}
+use common::{BASE_CONFIG, EXCEPTIONS, Peers, invite, response_to};
 
 impl Peers {
-    fn new() -> Peers {
-        let trunk = UdpSocket::bind("127.0.0.2:0").unwrap();
-        let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for s in [&trunk, &pbx] {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        }
-        Peers { trunk, pbx }
-    }
-
     /// An inbound call to `line` that the PBX answers busy.
     fn busy_call(&self, sip: SocketAddr, id: &str, caller: &str, line: &str) {
         let inv = invite(sip, self.trunk.local_addr().unwrap(), line, caller, id, "");

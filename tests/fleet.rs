@@ -13,30 +13,13 @@ use std::time::Duration;
 
 use common::binary::{BIN, Serving, wait_until};
 use common::crm::Crm;
-use common::{BASE_CONFIG, header, invite, response_to};
+use common::{BASE_CONFIG, Peers, header, invite, response_to};
 use serde_json::{Value, json};
 
 const EDIT: &str = "edit-token";
 const VIEW: &str = "view-token";
 /// The variable `[store] url_env` names.
 const URL_ENV: &str = "SIPSCREEN_TEST_PG_URL";
-
-/// The trunk and the PBX every node of a test shares.
-struct Peers {
-    trunk: UdpSocket,
-    pbx: UdpSocket,
-}
-
-impl Peers {
-    fn new() -> Peers {
-        let trunk = UdpSocket::bind("127.0.0.2:0").unwrap();
-        let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for s in [&trunk, &pbx] {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        }
-        Peers { trunk, pbx }
-    }
-}
 
 fn recv_starting(s: &UdpSocket, start: &str) -> String {
     let mut buf = vec![0u8; 65536];
@@ -198,9 +181,11 @@ fn has_all(node: &Node, values: &[String]) -> bool {
 /// it is back every node has every acknowledged add.
 #[test]
 fn a_database_restart_during_writes_loses_nothing_on_any_node() {
-    let Some(c) = common::pg::cluster() else {
+    // Its own server: stopping the shared one would fail the other tests.
+    let Some(c) = common::pg::private_cluster() else {
         return;
     };
+    let c = &c;
     let url = c.database();
     let p = Peers::new();
     let mut nodes: Vec<Node> = (0..3).map(|_| node(&p, "poll_secs = 1", "")).collect();
@@ -274,9 +259,11 @@ fn a_cut_listen_connection_catches_up_by_sequence() {
 /// the node catches up with what was written through another way in.
 #[test]
 fn with_the_database_down_a_node_serves_its_last_list_and_refuses_writes() {
-    let Some(c) = common::pg::cluster() else {
+    // Its own server: stopping the shared one would fail the other tests.
+    let Some(c) = common::pg::private_cluster() else {
         return;
     };
+    let c = &c;
     let url = c.database();
     let p = Peers::new();
     let mut n = node(&p, "poll_secs = 1", "");

@@ -425,3 +425,22 @@ pub fn rsip_parses(msg: &[u8]) {
         );
     }
 }
+
+/// A fake trunk (127.0.0.2) and PBX (127.0.0.1) for a real binary, on
+/// ephemeral UDP ports, reads timing out after 5 s; test files add their
+/// call helpers in `impl Peers` blocks of their own.
+pub struct Peers {
+    pub trunk: std::net::UdpSocket,
+    pub pbx: std::net::UdpSocket,
+}
+
+impl Peers {
+    pub fn new() -> Peers {
+        let trunk = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let pbx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&trunk, &pbx] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        Peers { trunk, pbx }
+    }
+}

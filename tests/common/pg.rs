@@ -32,11 +32,7 @@ static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 pub fn cluster() -> Option<&'static Cluster> {
     CLUSTER
         .get_or_init(|| {
-            let dirs = pg_bin_dirs();
-            let initdb = super::tools::tool_in("initdb", "postgresql", &dirs)?;
-            let bin = initdb.canonicalize().unwrap_or(initdb);
-            let bin = bin.parent().unwrap().to_path_buf();
-            let c = Cluster::init(bin);
+            let c = new_cluster()?;
             extern "C" fn stop_at_exit() {
                 if let Some(Some(c)) = CLUSTER.get() {
                     c.destroy();
@@ -47,6 +43,28 @@ pub fn cluster() -> Option<&'static Cluster> {
             Some(c)
         })
         .as_ref()
+}
+
+/// A cluster of the caller's own, stopped and removed when dropped: for a
+/// test that stops or restarts the server, which would break the other
+/// tests of its binary on the shared [`cluster`]. `None` as for [`cluster`].
+pub fn private_cluster() -> Option<Cluster> {
+    new_cluster()
+}
+
+fn new_cluster() -> Option<Cluster> {
+    let dirs = pg_bin_dirs();
+    let initdb = super::tools::tool_in("initdb", "postgresql", &dirs)?;
+    let bin = initdb.canonicalize().unwrap_or(initdb);
+    let bin = bin.parent().unwrap().to_path_buf();
+    Some(Cluster::init(bin))
+}
+
+impl Drop for Cluster {
+    // The shared cluster is a static (never dropped; `atexit` stops it).
+    fn drop(&mut self) {
+        self.destroy();
+    }
 }
 
 /// `/usr/lib/postgresql/<version>/bin`, newest first.
