@@ -11,11 +11,15 @@
 //! alerts over it blind. The counters the SIP path bumps per message are
 //! fetched once here, so counting takes no lock.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use rustc_hash::FxHashMap;
@@ -127,6 +131,94 @@ pub const TLS_HANDSHAKE_RESULTS: &[&str] = &[
 /// Components whose panics are caught and counted.
 pub const PANIC_COMPONENTS: [&str; 3] = ["udp", "tcp", "tls"];
 
+/// Finite buckets of [`TimeHistogram`]: 250 ns doubling to 131 ms.
+const TIME_BUCKETS: usize = 20;
+/// The first bucket's upper bound, in nanoseconds.
+const TIME_BASE_NS: u64 = 250;
+/// The same in seconds, the labels' base (`250e-9 × 2^i`, exact).
+const TIME_BASE_SECONDS: f64 = 250e-9;
+
+/// A histogram of durations with fixed buckets (250 ns × 2^i, i < 20, and
+/// +Inf) kept in atomics: an observation is two relaxed atomic adds and
+/// takes no lock. prometheus-client's `Histogram` takes a mutex per
+/// observation, and every INVITE is observed, by the UDP thread and the
+/// TCP and TLS tasks alike, so they would contend on it. Counts are kept
+/// per bucket (the encoder makes them cumulative, and the count is their
+/// total, so `_count` always equals the `+Inf` bucket); the sum in whole
+/// nanoseconds, so a scrape may see the buckets and the sum an
+/// observation apart, which Prometheus tolerates.
+#[derive(Debug, Clone, Default)]
+struct TimeHistogram {
+    inner: Arc<TimeHistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct TimeHistogramInner {
+    buckets: [AtomicU64; TIME_BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+impl TimeHistogram {
+    fn observe(&self, seconds: f64) {
+        // `as` saturates: NaN and negatives count as 0, huge values as +Inf.
+        let ns = (seconds * 1e9) as u64;
+        let mut i = time_bucket(ns).min(TIME_BUCKETS);
+        // The integer guess can be one off at a bound; the bounds decide,
+        // as they do for prometheus-client (`seconds <= bound`).
+        while i > 0 && seconds <= time_bound(i - 1) {
+            i -= 1;
+        }
+        while i < TIME_BUCKETS && seconds > time_bound(i) {
+            i += 1;
+        }
+        let h = &self.inner;
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        h.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The upper bound of finite bucket `i`, in seconds.
+fn time_bound(i: usize) -> f64 {
+    TIME_BASE_SECONDS * 2f64.powi(i as i32)
+}
+
+/// About the bucket of an observation of `ns` nanoseconds: the least `i`
+/// with `ns <= 250 ns × 2^i` (20 and above: +Inf).
+fn time_bucket(ns: u64) -> usize {
+    let q = ns.div_ceil(TIME_BASE_NS);
+    if q <= 1 {
+        0
+    } else {
+        (u64::BITS - (q - 1).leading_zeros()) as usize
+    }
+}
+
+impl TypedMetric for TimeHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for TimeHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.inner;
+        let mut buckets = [(0.0, 0u64); TIME_BUCKETS + 1];
+        for (i, b) in buckets.iter_mut().enumerate() {
+            let bound = if i == TIME_BUCKETS {
+                f64::INFINITY
+            } else {
+                time_bound(i)
+            };
+            *b = (bound, h.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|b| b.1).sum();
+        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Every metric sipscreen exports (names are prefixed `sipscreen_`).
 #[derive(Debug)]
 pub struct Metrics {
@@ -143,7 +235,7 @@ pub struct Metrics {
     /// all fifteen series, indexed by `attested_slot`.
     attested_counters: [Counter; 15],
     /// Time from receiving an INVITE to handing it to the transport.
-    screening_seconds: Histogram,
+    screening_seconds: TimeHistogram,
     /// Entries in the exception set, by type. Steady: the list size; a
     /// jump to 0 after a reload means the source went empty.
     exception_entries: Family<L1, Gauge>,
@@ -360,7 +452,7 @@ impl Metrics {
                     .clone();
             }
         }
-        let screening_seconds = Histogram::new(exponential_buckets(250e-9, 2.0, 20));
+        let screening_seconds = TimeHistogram::default();
         registry.register(
             "screening_duration_seconds",
             "Time from an INVITE's arrival to its forwarding (parse, classify, normalise, look up, tag, serialise)",
@@ -823,6 +915,63 @@ fn screened_slot(d: Direction, v: Verdict) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_free_histogram_exposes_what_prometheus_clients_would() {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let ours = TimeHistogram::default();
+        let theirs = Histogram::new(exponential_buckets(250e-9, 2.0, 20));
+        // Bounds, just under and over them, the extremes, nonsense.
+        let mut xs = vec![0.0, -1.0, 1e-10, 1.0, 3600.0, f64::NAN];
+        for i in 0..21 {
+            let b = 250e-9 * 2f64.powi(i);
+            xs.extend([b, b - 1e-9, b + 1e-9]);
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // whole nanoseconds from 1 ns to ~0.5 s, log-spread
+            xs.push(((rng % (1 << (rng % 29 + 1))) + 1) as f64 * 1e-9);
+        }
+        for &x in &xs {
+            ours.observe(x);
+            // prometheus-client puts NaN in +Inf and sums negatives; a
+            // duration is neither, and ours counts both as 0.
+            theirs.observe(if x.is_nan() || x < 0.0 { 0.0 } else { x });
+        }
+        let text = |h: &dyn Fn(&mut Registry)| {
+            let mut r = Registry::default();
+            h(&mut r);
+            let mut s = String::new();
+            encode(&mut s, &r).unwrap();
+            s
+        };
+        let a = text(&|r| r.register("t", "t", ours.clone()));
+        let b = text(&|r| r.register("t", "t", theirs.clone()));
+        let lines = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| l.starts_with("t_bucket") || l.starts_with("t_count"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(lines(&a), lines(&b), "ours:\n{a}\ntheirs:\n{b}");
+        assert_eq!(lines(&a).len(), 22);
+        let sum = |s: &str| -> f64 {
+            s.lines()
+                .find_map(|l| l.strip_prefix("t_sum "))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            (sum(&a) - sum(&b)).abs() < 1e-5,
+            "{} against {}",
+            sum(&a),
+            sum(&b)
+        );
+    }
 
     #[test]
     fn exposition_has_every_family_with_prefix() {
