@@ -266,9 +266,20 @@ impl Routing {
     /// Blocklists `dest` in whichever peer it belongs to (a failure seen
     /// on the SIP path); whether one had it.
     pub fn target_failed(&self, dest: SocketAddr, why: crate::dns::Failure) -> bool {
+        self.target_failed_for(dest, why, None)
+    }
+
+    /// [`Routing::target_failed`] for `secs` (a 503's `Retry-After`)
+    /// instead of `[dns] blocklist_secs` when given.
+    pub fn target_failed_for(
+        &self,
+        dest: SocketAddr,
+        why: crate::dns::Failure,
+        secs: Option<u64>,
+    ) -> bool {
         let mut hit = false;
         for p in self.peers() {
-            hit |= p.targets.block(dest, why);
+            hit |= p.targets.block_for(dest, why, secs);
         }
         hit
     }

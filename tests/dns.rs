@@ -485,6 +485,42 @@ async fn a_503_from_the_first_target_sends_the_next_invite_to_the_second() {
 }
 
 #[tokio::test]
+async fn a_503_with_retry_after_keeps_its_address_out_for_that_long() {
+    let (a, pa) = udp_target().await;
+    let (b, pb) = udp_target().await;
+    let Some(dns) = Dns::start(&srv_zone("udp", &[(pa, 10, 1), (pb, 20, 1)])) else {
+        return;
+    };
+    let s = Sidecar::start(TRUNK, &dns, "").await;
+    let inv = s.invite("ra503");
+    s.send(&inv).await;
+    let (at, got) = arrival(&[&a, &b]).await;
+    assert_eq!(at, 0);
+    // A carrier's maintenance window: 15 minutes, with a comment and a
+    // parameter (RFC 3261 §20.33).
+    let resp = response_to(&got, 503, "Service Unavailable", "a1", "").replacen(
+        "\r\n\r\n",
+        "\r\nRetry-After: 900 (maintenance);duration=60\r\n\r\n",
+        1,
+    );
+    let sent = std::time::SystemTime::now();
+    a.send_to(resp.as_bytes(), s.sip).await.unwrap();
+    let (back, _) = recv(&s.pbx).await;
+    assert!(back.starts_with("SIP/2.0 503"), "{back}");
+    let peers = s.peers().await;
+    let first = first_address(&peers);
+    assert_eq!(first["state"], "blocked", "{first}");
+    let until = humantime::parse_rfc3339_weak(first["blocked_until"].as_str().unwrap()).unwrap();
+    let secs = until.duration_since(sent).unwrap().as_secs_f64();
+    // [dns] blocklist_secs is 60 here: the 503's own time wins.
+    assert!(
+        (895.0..=905.0).contains(&secs),
+        "blocked for {secs} s: {first}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn retransmission_and_cancel_go_where_the_invite_went() {
     let (a, pa) = udp_target().await;
     let (b, pb) = udp_target().await;

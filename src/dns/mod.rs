@@ -33,6 +33,12 @@ use crate::metrics::DnsMetrics;
 pub use resolve::{Answer, Resolved, Resolver};
 pub use task::{Started, spawn};
 
+/// The longest a 503's `Retry-After` keeps an address out of the choice:
+/// a peer's mistake (or a day's maintenance window) should not outlast an
+/// operator's attention. While every address of a peer is blocked the
+/// blocklist is ignored anyway.
+pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 /// Why an address was blocklisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -278,15 +284,25 @@ impl PeerTargets {
     /// Runs on the SIP path on a failure: no lock (the metric's label is
     /// built only then).
     pub fn block(&self, addr: SocketAddr, why: Failure) -> bool {
+        self.block_for(addr, why, None)
+    }
+
+    /// [`PeerTargets::block`] for `secs` instead of `[dns] blocklist_secs`
+    /// when given (a 503's `Retry-After`, RFC 3261 §21.5.4: not to be
+    /// retried for that long), at most [`MAX_RETRY_AFTER_SECS`].
+    pub fn block_for(&self, addr: SocketAddr, why: Failure, secs: Option<u64>) -> bool {
         let snap = self.snapshot.load();
         let Some(d) = snap.dests.iter().find(|d| d.addr == addr) else {
             return false;
         };
         let now = self.clock.now_ms();
         let was = d.state.blocked_until_ms.load(Ordering::Relaxed);
+        let ms = secs.map_or(self.blocklist_ms, |s| {
+            s.clamp(1, MAX_RETRY_AFTER_SECS) as i64 * 1000
+        });
         d.state
             .blocked_until_ms
-            .store(now.saturating_add(self.blocklist_ms), Ordering::Relaxed);
+            .store(now.saturating_add(ms), Ordering::Relaxed);
         d.state.last_error.store(why as u8, Ordering::Relaxed);
         d.state.last_error_ms.store(now, Ordering::Relaxed);
         d.state.failures.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +311,7 @@ impl PeerTargets {
             .get_or_create(&self.failure_labels(&dest_label(d), why))
             .inc();
         if was <= now {
-            tracing::warn!(peer = %self.peer, target = %addr, reason = why.as_str(), secs = self.blocklist_ms / 1000, "target blocklisted: the next requests go to the next target");
+            tracing::warn!(peer = %self.peer, target = %addr, reason = why.as_str(), secs = ms / 1000, "target blocklisted: the next requests go to the next target");
         }
         true
     }
@@ -668,6 +684,27 @@ mod tests {
         assert_eq!(v.targets[0].addresses[0].state, "blocked");
         assert_eq!(v.targets[0].addresses[0].failures, 2);
         assert_eq!(v.targets[0].addresses[0].last_error, Some("tcp_refused"));
+    }
+
+    #[test]
+    fn a_503s_retry_after_blocks_for_its_time_within_the_cap() {
+        let clock = Clock::manual(1_000);
+        let p = peer(
+            &[entry("127.0.0.8:5060", 1, 1), entry("127.0.0.9:5060", 2, 1)],
+            clock.clone(),
+        );
+        let best = addr("127.0.0.8:5060");
+        assert!(p.block_for(best, Failure::Status503, Some(300)));
+        clock.advance(std::time::Duration::from_secs(299));
+        assert_eq!(p.pick(b"x").unwrap().0, addr("127.0.0.9:5060"));
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(p.pick(b"x").unwrap().0, best);
+        // A day asked for: an hour given.
+        p.block_for(best, Failure::Status503, Some(86_400));
+        clock.advance(std::time::Duration::from_secs(MAX_RETRY_AFTER_SECS - 1));
+        assert_eq!(p.pick(b"x").unwrap().0, addr("127.0.0.9:5060"));
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(p.pick(b"x").unwrap().0, best);
     }
 
     #[test]

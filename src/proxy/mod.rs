@@ -293,8 +293,31 @@ fn refused_when_limited(msg: &Message, method: Method) -> bool {
 }
 
 /// `Retry-After: <one window, in seconds, at least 1>\r\n`.
-fn retry_after(window_ms: u64) -> Vec<u8> {
+fn retry_after_line(window_ms: u64) -> Vec<u8> {
     format!("Retry-After: {}\r\n", window_ms.div_ceil(1000).max(1)).into_bytes()
+}
+
+/// The seconds of a response's `Retry-After` (RFC 3261 §20.33:
+/// `delta-seconds [comment] *(; retry-param)`), if it has one above 0.
+fn retry_after(msg: &Message) -> Option<u64> {
+    let h = msg.headers().iter().find(|h| {
+        msg.slice(h.start as usize..h.name_end as usize)
+            .eq_ignore_ascii_case(b"retry-after")
+    })?;
+    retry_after_secs(msg.value(h))
+}
+
+/// The leading delta-seconds of a `Retry-After` value.
+fn retry_after_secs(v: &[u8]) -> Option<u64> {
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = &v[digits..];
+    let rest_ok = rest.is_empty() || matches!(rest[0], b' ' | b'\t' | b';' | b'(');
+    if !rest_ok {
+        return None;
+    }
+    // More digits than a u64 holds: a long time, capped by the blocklist.
+    let secs = crate::sip::message::parse_u64(&v[..digits]).or((digits > 0).then_some(u64::MAX))?;
+    (secs > 0).then_some(secs)
 }
 
 impl Handler for Proxy {
@@ -345,7 +368,7 @@ impl Handler for Proxy {
             Outcome::Reply {
                 code: 503,
                 reason: "peer_limit",
-                extra: Some(retry_after(flood.window_ms)),
+                extra: Some(retry_after_line(flood.window_ms)),
             }
         } else if too_large {
             if method.is_some() {
@@ -366,9 +389,13 @@ impl Handler for Proxy {
             }
             if msg.status() == Some(503) {
                 // The target is overloaded or out of service: the next
-                // request of the call goes to the next target.
-                rt.routing
-                    .target_failed(inb.remote, crate::dns::Failure::Status503);
+                // request of the call goes to the next target, and none
+                // to this one for its Retry-After when it gives one.
+                rt.routing.target_failed_for(
+                    inb.remote,
+                    crate::dns::Failure::Status503,
+                    retry_after(&msg),
+                );
             }
             response::route(&rt, &self.local, &msg, side)
         };
@@ -512,5 +539,28 @@ impl Handler for Proxy {
             400
         };
         reply::build_from_head(head, code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after_secs;
+
+    #[test]
+    fn retry_after_reads_the_delta_seconds_before_a_comment_or_parameters() {
+        for (v, want) in [
+            (&b"120"[..], Some(120)),
+            (b"18000;duration=3600", Some(18000)),
+            (b"120 (I'm in a meeting)", Some(120)),
+            (b"30\t;duration=10", Some(30)),
+            (b"99999999999999999999999", Some(u64::MAX)),
+            (b"0", None),
+            (b"", None),
+            (b"soon", None),
+            (b"12x", None),
+            (b"-5", None),
+        ] {
+            assert_eq!(retry_after_secs(v), want, "{}", String::from_utf8_lossy(v));
+        }
     }
 }
