@@ -46,6 +46,10 @@ const REFUSED_MEMORY: Duration = Duration::from_secs(32);
 /// another node takes it over (its owner, if alive, ended it by then).
 const STALE_MARGIN: Duration = Duration::from_secs(300);
 
+/// How much later than ours a shared row's last activity must be to say
+/// another node has the call (the row's milliseconds are ours, rounded).
+const TAKEN_OVER_SLACK_MS: i64 = 1000;
+
 /// Events of unknown calls waiting for their look-up in the store; beyond
 /// this they are dropped (a flood of stray BYEs costs one query a tick).
 const MAX_DEFERRED: usize = 1_000;
@@ -541,7 +545,10 @@ impl Tracker {
     }
 
     /// Ends calls idle for longer than the limit, and forgets refused
-    /// INVITEs whose retransmissions are over.
+    /// INVITEs whose retransmissions are over. On a shared store a call
+    /// another node has ended or taken over meanwhile (its BYE or
+    /// re-INVITE reached that node) is forgotten instead: ending it here
+    /// too would send the CRM a second `call.ended`.
     pub fn expire(&mut self, now: Instant) {
         self.refused
             .retain(|_, at| now.duration_since(*at) < REFUSED_MEMORY);
@@ -551,9 +558,54 @@ impl Tracker {
             .filter(|(_, c)| now.duration_since(c.last) >= self.cfg.max_idle)
             .map(|(k, _)| k.clone())
             .collect();
+        let elsewhere = self.handled_elsewhere(&idle);
         for k in idle {
-            self.expire_one(&k);
+            if elsewhere.contains(&k) {
+                self.calls.remove(&k);
+                tracing::info!(sip_call_id = %String::from_utf8_lossy(&k), "a call idle here was ended or taken over by another node; forgotten");
+            } else {
+                self.expire_one(&k);
+            }
         }
+    }
+
+    /// Which of the `idle` calls another node has handled since this one
+    /// last wrote them: the row is gone (ended there) or its last activity
+    /// is later than ours (taken over there). Only calls this node has
+    /// written (a row never written is ours alone), only on a shared
+    /// store; a store that cannot be read says none, so a call is ended
+    /// twice rather than never.
+    fn handled_elsewhere(&self, idle: &[Box<[u8]>]) -> HashSet<Box<[u8]>> {
+        let written: Vec<Box<[u8]>> = idle
+            .iter()
+            .filter(|k| !self.dirty.contains(&k[..]) && !self.ended.contains(k))
+            .cloned()
+            .collect();
+        if written.is_empty() || !self.store.shared() {
+            return HashSet::new();
+        }
+        let rows = match self.store.find_calls(&written) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, calls = written.len(), "looking up idle calls in the store failed; ending them here");
+                return HashSet::new();
+            }
+        };
+        // Wall time of our last activity, as the row would hold it (by the
+        // real clock: `now` may be a test's future).
+        let (wall, mono) = (now_ms(), Instant::now());
+        written
+            .into_iter()
+            .filter(|k| {
+                let ours = wall
+                    - mono
+                        .saturating_duration_since(self.calls[k].last)
+                        .as_millis() as i64;
+                rows.iter()
+                    .find(|r| r.sip_call_id[..] == k[..])
+                    .is_none_or(|r| r.last_ms > ours + TAKEN_OVER_SLACK_MS)
+            })
+            .collect()
     }
 
     fn expire_one(&mut self, k: &[u8]) {
@@ -885,41 +937,134 @@ mod tests {
         )
     }
 
+    /// The SQLite store as a fleet's PostgreSQL store answers: shared, and
+    /// `stale_calls` as PostgreSQL's (without the stamp).
+    struct Shared(Arc<SqliteStore>);
+
+    impl CallStore for Shared {
+        fn save_calls(
+            &self,
+            events: &[NewEvent],
+            active: &[ActiveCall],
+            ended: &[Box<[u8]>],
+            now: i64,
+        ) -> Result<(), crate::store::StoreError> {
+            self.0.save_calls(events, active, ended, now)
+        }
+        fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            self.0.active_calls()
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn find_calls(
+            &self,
+            sip_call_ids: &[Box<[u8]>],
+        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            self.0.find_calls(sip_call_ids)
+        }
+        fn stale_calls(
+            &self,
+            before_ms: i64,
+            _now_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            Ok(self
+                .0
+                .active_calls()?
+                .into_iter()
+                .filter(|c| c.last_ms < before_ms)
+                .take(limit)
+                .collect())
+        }
+    }
+
+    /// Two live nodes on one store: the call goes through `a`; its BYE
+    /// reaches `b` (the carrier failed over), which ends it. `a` never
+    /// hears of the call again: once it is idle for the limit, `a` finds
+    /// it ended elsewhere and forgets it, with no second `call.ended` and
+    /// no call log line. A call `b` took over and kept (a re-INVITE there)
+    /// is left to `b` too; one that `a` alone had is ended by `a`.
+    #[test]
+    fn a_call_another_node_ended_or_took_is_not_ended_again_at_expiry() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let sqlite = Arc::new(SqliteStore::open_dir(a_dir.path()).unwrap());
+        let shared: Arc<dyn CallStore> = Arc::new(Shared(sqlite.clone()));
+        let mut a = other_node(a_dir.path(), shared.clone());
+        let mut b = other_node(b_dir.path(), shared);
+        let t0 = SystemTime::now();
+        for id in ["ended-at-b", "kept-at-b", "only-a"] {
+            a.handle(invite(id, t0));
+            a.handle(answer(id, t0 + Duration::from_secs(1)));
+        }
+        a.flush();
+        b.handle(request(
+            "ended-at-b",
+            RequestKind::Bye,
+            None,
+            t0 + Duration::from_secs(5),
+        ));
+        b.take_over();
+        b.flush();
+        // A re-INVITE of "kept-at-b" reaches b, which takes the call; its
+        // row then says b heard of it last, 5 s after a did.
+        let reinvite = request(
+            "kept-at-b",
+            RequestKind::Reinvite,
+            None,
+            t0 + Duration::from_secs(6),
+        );
+        b.handle(reinvite);
+        b.take_over();
+        b.flush();
+        assert_eq!(b.active(), 1);
+        let mut row = sqlite.find_calls(&[b"kept-at-b"[..].into()]).unwrap();
+        row[0].last_ms += 5000;
+        sqlite.save_calls(&[], &row, &[], 1).unwrap();
+        let ended = |store: &SqliteStore| {
+            kinds(store)
+                .into_iter()
+                .filter(|k| k.ends_with("call.ended"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ended(&sqlite), ["crm-ended-at-b call.ended"]);
+        a.expire(Instant::now() + Duration::from_secs(3600));
+        a.flush();
+        assert_eq!(a.active(), 0);
+        assert_eq!(
+            ended(&sqlite),
+            ["crm-ended-at-b call.ended", "crm-only-a call.ended"],
+            "a ends only the call it alone had"
+        );
+        let recs = records(a_dir.path());
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].sip_call_id, "only-a");
+        // b still has its call, in the store too.
+        assert_eq!(b.active(), 1);
+        let rows = sqlite.active_calls().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].sip_call_id, b"kept-at-b");
+    }
+
+    /// The same on a store of one node (SQLite): every idle call is ended.
+    #[test]
+    fn on_a_store_of_one_node_every_idle_call_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, store) = tracker(dir.path(), Duration::from_secs(3600));
+        a.handle(invite("x", SystemTime::now()));
+        a.flush();
+        // Gone from the store behind a's back (nobody else writes there).
+        store.save_calls(&[], &[], &[b"x"[..].into()], 1).unwrap();
+        a.expire(Instant::now() + Duration::from_secs(3600));
+        a.flush();
+        assert_eq!(kinds(&store), ["crm-x call.started", "crm-x call.ended"]);
+    }
+
     /// A node that died with a call whose BYE never comes: another node
     /// takes the call over once it has been idle past the limit and the
     /// margin, and ends it, once.
     #[test]
     fn a_call_a_dead_node_left_idle_is_ended_by_another() {
-        /// The SQLite store as a fleet's store would answer `stale_calls`.
-        struct Shared(Arc<SqliteStore>);
-        impl CallStore for Shared {
-            fn save_calls(
-                &self,
-                events: &[NewEvent],
-                active: &[ActiveCall],
-                ended: &[Box<[u8]>],
-                now: i64,
-            ) -> Result<(), crate::store::StoreError> {
-                self.0.save_calls(events, active, ended, now)
-            }
-            fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-                self.0.active_calls()
-            }
-            fn stale_calls(
-                &self,
-                before_ms: i64,
-                _now_ms: i64,
-                limit: usize,
-            ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-                Ok(self
-                    .0
-                    .active_calls()?
-                    .into_iter()
-                    .filter(|c| c.last_ms < before_ms)
-                    .take(limit)
-                    .collect())
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = died_with_a_call(dir.path());
         let b_dir = tempfile::tempdir().unwrap();

@@ -422,6 +422,12 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every call in progress.
     fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;
+    /// Whether other nodes keep their calls here too (a fleet's
+    /// PostgreSQL): a call in this node's memory may then have been ended
+    /// or taken over by another node that got its BYE.
+    fn shared(&self) -> bool {
+        false
+    }
     /// The calls in progress among `sip_call_ids` (in a fleet: another
     /// node's, whose BYE reached this one after a failover).
     fn find_calls(&self, sip_call_ids: &[Box<[u8]>]) -> Result<Vec<ActiveCall>, StoreError> {

@@ -16,6 +16,10 @@ fn active_call(r: &tokio_postgres::Row) -> ActiveCall {
 }
 
 impl CallStore for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn save_calls(
         &self,
         events: &[NewEvent],
