@@ -461,6 +461,7 @@ fn serve(path: PathBuf, log_json: bool) -> ExitCode {
         },
         &log.level,
     );
+    sipscreen::transport::panics::install_hook();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@
 //! and the sender retransmits).
 
 pub mod batch;
+pub mod panics;
 mod tcp;
 mod udp;
 
@@ -95,7 +96,8 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Hands `msg` to the handler, as every receive loop does. A panic in the
 /// handler is caught here: counted in `sipscreen_panics_total{component}`,
-/// logged with the peer, and the message dropped; the receive loop goes on
+/// logged with the peer (at most [`panics::PER_MINUTE`] a minute), and the
+/// message dropped; the receive loop goes on
 /// with the next message, so one bad message costs no other call. (The
 /// profiles keep `panic = "unwind"`, which this needs.)
 fn deliver(
@@ -112,12 +114,15 @@ fn deliver(
     // locks), and the message itself is dropped with the panic.
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| handler.on_message(msg, out))) {
         metrics.panic(component);
-        tracing::error!(
-            %remote,
-            bytes = len,
-            panic = panic_text(&*payload),
-            "panic while handling a SIP message over {component}: message dropped, receiver goes on"
-        );
+        if let Some(suppressed) = panics::caught() {
+            tracing::error!(
+                %remote,
+                bytes = len,
+                panic = panic_text(&*payload),
+                not_reported_before = suppressed,
+                "panic while handling a SIP message over {component}: message dropped, receiver goes on"
+            );
+        }
     }
 }
 

@@ -370,12 +370,15 @@ impl TcpSide {
                 Err(payload) => {
                     // The stream's framing state is unknown now: close it.
                     self.metrics.panic(self.kind.as_str());
-                    tracing::error!(
-                        %remote,
-                        panic = panic_text(&*payload),
-                        "panic while framing a {} stream: connection closed, listener goes on",
-                        self.kind.as_str()
-                    );
+                    if let Some(suppressed) = super::panics::caught() {
+                        tracing::error!(
+                            %remote,
+                            panic = panic_text(&*payload),
+                            not_reported_before = suppressed,
+                            "panic while framing a {} stream: connection closed, listener goes on",
+                            self.kind.as_str()
+                        );
+                    }
                     break;
                 }
             }
