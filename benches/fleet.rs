@@ -116,8 +116,24 @@ fn propagation(c: &pg::Cluster) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_t, sd) = sipscreen::shutdown::channel();
     let nodes: Vec<Node> = (0..3).map(|_| start(&url, &rt, &sd).0).collect();
-    // The listeners connected.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the three nodes' LISTEN connections are up (each has
+    // `application_name = 'sipscreen-listen'`, idle after its LISTEN), so the first adds measure
+    // propagation, not connecting.
+    let db = pg::db_name(&url).to_string();
+    let up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = c.query_one(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'sipscreen-listen' AND state = 'idle' AND query ILIKE 'LISTEN %'"
+            ),
+        );
+        if n.as_deref() == Some("3") {
+            break;
+        }
+        assert!(Instant::now() < up, "the listeners never connected ({n:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut lat = Vec::new();
     for i in 0..500u64 {
         let n = 4930_5000_0000 + i;
