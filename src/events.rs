@@ -411,7 +411,7 @@ mod same_bytes {
         }
 
         fn opt(&mut self) -> Option<String> {
-            (self.next() % 3 != 0).then(|| self.text())
+            (!self.next().is_multiple_of(3)).then(|| self.text())
         }
     }
 
@@ -431,7 +431,7 @@ mod same_bytes {
                     outcome: g.text(),
                     duration: g.pick(&[0, 1, 59, 3600, u64::MAX]),
                     end: g.text(),
-                    answered: g.next() % 2 == 0,
+                    answered: g.next().is_multiple_of(2),
                 }),
             };
             let e = CallEvent {
@@ -440,8 +440,8 @@ mod same_bytes {
                 line: g.opt(),
                 client: g.text(),
                 create: g.pick(&[Create::Lead, Create::Deal, Create::Offer, Create::None]),
-                crm_create: g.next() % 2 == 0,
-                offer: g.next() % 2 == 0,
+                crm_create: g.next().is_multiple_of(2),
+                offer: g.next().is_multiple_of(2),
                 source: g.text(),
                 responsible: g.opt(),
                 start: g.text(),

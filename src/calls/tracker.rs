@@ -913,12 +913,15 @@ mod tests {
         );
     }
 
-    /// What the tracker asked the store to write, batch by batch:
-    /// (events, calls written, calls removed).
+    /// One batch the tracker asked the store to write: (events, calls
+    /// written, calls removed).
+    type Batch = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+    /// What the tracker asked the store to write, batch by batch.
     #[derive(Default)]
     struct Recording {
         inner: Option<Arc<SqliteStore>>,
-        batches: std::sync::Mutex<Vec<(usize, Vec<Vec<u8>>, Vec<Vec<u8>>)>>,
+        batches: std::sync::Mutex<Vec<Batch>>,
     }
 
     impl CallStore for Recording {
