@@ -917,14 +917,24 @@ mod tests {
     /// written, calls removed).
     type Batch = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
-    /// What the tracker asked the store to write, batch by batch.
-    #[derive(Default)]
-    struct Recording {
-        inner: Option<Arc<SqliteStore>>,
+    /// The SQLite store, recording what the tracker asked it to write
+    /// batch by batch, and answering `stale_calls` as a fleet's store
+    /// would.
+    struct Watched {
+        inner: Arc<SqliteStore>,
         batches: std::sync::Mutex<Vec<Batch>>,
     }
 
-    impl CallStore for Recording {
+    impl Watched {
+        fn new(inner: Arc<SqliteStore>) -> Arc<Watched> {
+            Arc::new(Watched {
+                inner,
+                batches: Default::default(),
+            })
+        }
+    }
+
+    impl CallStore for Watched {
         fn save_calls(
             &self,
             events: &[NewEvent],
@@ -937,13 +947,24 @@ mod tests {
                 active.iter().map(|a| a.sip_call_id.clone()).collect(),
                 ended.iter().map(|k| k.to_vec()).collect(),
             ));
-            self.inner
-                .as_ref()
-                .unwrap()
-                .save_calls(events, active, ended, now)
+            self.inner.save_calls(events, active, ended, now)
         }
         fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-            self.inner.as_ref().unwrap().active_calls()
+            self.inner.active_calls()
+        }
+        fn stale_calls(
+            &self,
+            before_ms: i64,
+            _now_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            Ok(self
+                .inner
+                .active_calls()?
+                .into_iter()
+                .filter(|c| c.last_ms < before_ms)
+                .take(limit)
+                .collect())
         }
     }
 
@@ -953,10 +974,7 @@ mod tests {
     #[test]
     fn a_call_that_ends_before_its_row_was_written_is_not_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Arc::new(Recording {
-            inner: Some(Arc::new(SqliteStore::open_dir(dir.path()).unwrap())),
-            ..Default::default()
-        });
+        let rec = Watched::new(Arc::new(SqliteStore::open_dir(dir.path()).unwrap()));
         let mut t = other_node(dir.path(), rec.clone());
         let t0 = SystemTime::now();
         t.handle(invite("short", t0));
@@ -977,14 +995,7 @@ mod tests {
                 (1, vec![], vec![b("long")]),
             ]
         );
-        assert!(
-            rec.inner
-                .as_ref()
-                .unwrap()
-                .active_calls()
-                .unwrap()
-                .is_empty()
-        );
+        assert!(rec.inner.active_calls().unwrap().is_empty());
         assert_eq!(records(dir.path()).len(), 2);
     }
 
@@ -1018,40 +1029,10 @@ mod tests {
     /// margin, and ends it, once.
     #[test]
     fn a_call_a_dead_node_left_idle_is_ended_by_another() {
-        /// The SQLite store as a fleet's store would answer `stale_calls`.
-        struct Shared(Arc<SqliteStore>);
-        impl CallStore for Shared {
-            fn save_calls(
-                &self,
-                events: &[NewEvent],
-                active: &[ActiveCall],
-                ended: &[Box<[u8]>],
-                now: i64,
-            ) -> Result<(), crate::store::StoreError> {
-                self.0.save_calls(events, active, ended, now)
-            }
-            fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-                self.0.active_calls()
-            }
-            fn stale_calls(
-                &self,
-                before_ms: i64,
-                _now_ms: i64,
-                limit: usize,
-            ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-                Ok(self
-                    .0
-                    .active_calls()?
-                    .into_iter()
-                    .filter(|c| c.last_ms < before_ms)
-                    .take(limit)
-                    .collect())
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = died_with_a_call(dir.path());
         let b_dir = tempfile::tempdir().unwrap();
-        let mut b = other_node(b_dir.path(), Arc::new(Shared(store.clone())));
+        let mut b = other_node(b_dir.path(), Watched::new(store.clone()));
         let now = ms(SystemTime::now());
         // Idle for the limit but not the margin: the owner may be alive.
         b.take_over_stale(now + 3_600_000);
