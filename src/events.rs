@@ -142,13 +142,53 @@ pub enum PayloadError {
 
 impl CallEvent {
     /// The wire form: one flat JSON object, keys in alphabetical order
-    /// (through `serde_json::Value`, whose map is sorted; the order the
-    /// events had when they were built as `json!` objects, so bodies and
+    /// (the order the events had when they were built as `json!` objects
+    /// and then went through a sorted `serde_json::Value`, so bodies and
     /// their signatures stay the same).
     pub fn to_json(&self) -> String {
-        serde_json::to_value(self)
-            .expect("a call event is plain data with string keys")
-            .to_string()
+        let mut out = Vec::with_capacity(384);
+        self.write_json(&mut out);
+        String::from_utf8(out).expect("JSON written from str is UTF-8")
+    }
+
+    /// Appends [`CallEvent::to_json`]'s bytes to `out`, written directly
+    /// (no `serde_json::Value`, no map): every key of every kind in one
+    /// alphabetical list, each written when the kind has it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut w = Obj::new(out);
+        let k = &self.kind;
+        match k {
+            EventKind::Answered { answer } => w.str("answer", answer),
+            EventKind::Ended(e) => w.bool("answered", e.answered),
+            EventKind::ResponsibleChanged { at, .. } => w.str("at", at),
+            EventKind::Started => {}
+        }
+        w.str("call_id", &self.call_id);
+        w.str("client", &self.client);
+        w.str("create", self.create.as_str());
+        w.bool("crm_create", self.crm_create);
+        w.str("direction", self.direction.as_str());
+        if let EventKind::Ended(e) = k {
+            w.num("duration", e.duration);
+            w.str("end", &e.end);
+        }
+        w.str("event", k.name());
+        w.opt_str("line", self.line.as_deref());
+        w.bool("offer", self.offer);
+        match k {
+            EventKind::Ended(e) => w.str("outcome", &e.outcome),
+            EventKind::ResponsibleChanged { previous, .. } => {
+                w.opt_str("previous", previous.as_deref())
+            }
+            _ => {}
+        }
+        w.opt_str("responsible", self.responsible.as_deref());
+        w.str("source", &self.source);
+        w.str("start", &self.start);
+        if let EventKind::Ended(e) = k {
+            w.num("status", u64::from(e.status));
+        }
+        w.end();
     }
 
     /// Reads an outbox payload queued as `kind`.
@@ -161,6 +201,81 @@ impl CallEvent {
             });
         }
         Ok(ev)
+    }
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl Create {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Create::Lead => "lead",
+            Create::Deal => "deal",
+            Create::Offer => "offer",
+            Create::None => "none",
+        }
+    }
+}
+
+/// A flat JSON object written key by key into a buffer (strings escaped
+/// as serde_json escapes them).
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        serde_json::to_writer(&mut *self.out, v).expect("writing to a Vec cannot fail");
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => {
+                self.key(k);
+                self.out.extend_from_slice(b"null");
+            }
+        }
+    }
+
+    fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    fn num(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let mut b = itoa::Buffer::new();
+        self.out.extend_from_slice(b.format(v).as_bytes());
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
     }
 }
 
@@ -244,5 +359,95 @@ mod tests {
             e("call.ended", &ev(EventKind::Started).to_json()),
             "payload is a call.started event, queued as call.ended"
         );
+    }
+}
+
+#[cfg(test)]
+mod same_bytes {
+    //! The direct writer against the path it replaced (serialize to a
+    //! sorted `serde_json::Value`, then to a string): the outbox payloads
+    //! and the webhook signatures depend on the bytes.
+    use super::*;
+
+    fn through_value(e: &CallEvent) -> String {
+        serde_json::to_value(e).unwrap().to_string()
+    }
+
+    /// A small deterministic generator (xorshift), so a failure repeats.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+            xs[(self.next() % xs.len() as u64) as usize]
+        }
+
+        /// Strings with what JSON escapes: quotes, backslashes, control
+        /// characters, non-ASCII, and the empty string.
+        fn text(&mut self) -> String {
+            let parts = [
+                "",
+                "+4930901820",
+                "anonymous",
+                "a\"b",
+                "back\\slash",
+                "tab\there",
+                "nl\n",
+                "\u{1}\u{1f}",
+                "Müller",
+                "☎",
+                "😀",
+                "</script>",
+                "2023-11-14T22:13:20.000Z",
+            ];
+            let n = self.next() % 3;
+            (0..n).map(|_| self.pick(&parts)).collect()
+        }
+
+        fn opt(&mut self) -> Option<String> {
+            (!self.next().is_multiple_of(3)).then(|| self.text())
+        }
+    }
+
+    #[test]
+    fn the_direct_writer_writes_the_bytes_the_value_path_wrote() {
+        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let kind = match g.next() % 4 {
+                0 => EventKind::Started,
+                1 => EventKind::Answered { answer: g.text() },
+                2 => EventKind::ResponsibleChanged {
+                    previous: g.opt(),
+                    at: g.text(),
+                },
+                _ => EventKind::Ended(Ended {
+                    status: g.pick(&[0, 200, 408, 487, 603, u16::MAX]),
+                    outcome: g.text(),
+                    duration: g.pick(&[0, 1, 59, 3600, u64::MAX]),
+                    end: g.text(),
+                    answered: g.next().is_multiple_of(2),
+                }),
+            };
+            let e = CallEvent {
+                call_id: g.text(),
+                direction: g.pick(&[Direction::Inbound, Direction::Outbound]),
+                line: g.opt(),
+                client: g.text(),
+                create: g.pick(&[Create::Lead, Create::Deal, Create::Offer, Create::None]),
+                crm_create: g.next().is_multiple_of(2),
+                offer: g.next().is_multiple_of(2),
+                source: g.text(),
+                responsible: g.opt(),
+                start: g.text(),
+                kind,
+            };
+            assert_eq!(e.to_json(), through_value(&e), "{e:?}");
+        }
     }
 }

@@ -68,6 +68,8 @@ pub struct CallLog {
     size: u64,
     max_bytes: u64,
     keep: usize,
+    /// The line being written (reused: no allocation per call).
+    line: Vec<u8>,
 }
 
 /// The current log file in `dir`.
@@ -87,17 +89,26 @@ impl CallLog {
             size,
             max_bytes: max_bytes.max(4096),
             keep: keep.max(1),
+            line: Vec::with_capacity(1024),
         })
     }
 
     /// Writes one record (one `write` of a whole line).
     pub fn append(&mut self, r: &CallRecord) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let written = self.write_line(&mut line, r);
+        self.line = line;
+        written
+    }
+
+    fn write_line(&mut self, line: &mut Vec<u8>, r: &CallRecord) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *line, r).map_err(std::io::Error::other)?;
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(&line)?;
+        self.file.write_all(line)?;
         self.size += line.len() as u64;
         Ok(())
     }

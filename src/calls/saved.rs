@@ -5,6 +5,7 @@
 //! and the last activity are columns of their own
 //! ([`crate::store::ActiveCall`]).
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -31,25 +32,27 @@ pub struct State {
     pub transfers: Vec<Transfer>,
 }
 
+/// The row's JSON. Written borrowed from the call (no copy of its
+/// strings), read back owned.
 #[derive(Serialize, Deserialize)]
-struct Saved {
+struct Saved<'a> {
     format: u32,
-    call_id: String,
-    direction: String,
-    verdict: String,
+    call_id: Cow<'a, str>,
+    direction: Cow<'a, str>,
+    verdict: Cow<'a, str>,
     /// E.164 digits; absent: anonymous.
     client: Option<u64>,
     line: Option<u64>,
-    create: String,
-    source: String,
+    create: Cow<'a, str>,
+    source: Cow<'a, str>,
     /// `X-CRM-Reason` (absent in rows of earlier releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     /// `X-CRM-Attest` (absent in rows of earlier releases: `none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    attest: Option<String>,
+    attest: Option<Cow<'a, str>>,
     /// The responsible person the call started with.
-    responsible_at_start: Option<String>,
+    responsible_at_start: Option<Cow<'a, str>>,
     change_responsible_on_transfer: bool,
     update_directory_on_transfer: bool,
     offer: bool,
@@ -57,8 +60,8 @@ struct Saved {
     ringing: bool,
     answer_ns: Option<u64>,
     cancelled: bool,
-    responsible: Option<String>,
-    transfers: Vec<Transfer>,
+    responsible: Option<Cow<'a, str>>,
+    transfers: Cow<'a, [Transfer]>,
 }
 
 fn ns(t: SystemTime) -> u64 {
@@ -73,21 +76,22 @@ fn time(ns: u64) -> SystemTime {
 /// The JSON of a call's state.
 pub fn to_json(s: &State) -> String {
     let n = &s.new;
+    let b = |o: &'static str| Cow::Borrowed(o);
     let saved = Saved {
         format: FORMAT,
-        call_id: n.call_id.clone(),
-        direction: n.direction.as_str().to_string(),
-        verdict: n.verdict.as_str().to_string(),
+        call_id: Cow::Borrowed(&n.call_id),
+        direction: b(n.direction.as_str()),
+        verdict: b(n.verdict.as_str()),
         client: match n.client {
             Client::Number(d) => Some(d),
             Client::Anonymous => None,
         },
         line: n.line,
-        create: n.create.as_str().to_string(),
-        source: n.source.clone(),
+        create: b(n.create.as_str()),
+        source: Cow::Borrowed(&n.source),
         reason: n.reason.map(|r| r.to_string()),
-        attest: (n.attest != Attest::None).then(|| n.attest.as_str().to_string()),
-        responsible_at_start: n.responsible.clone(),
+        attest: (n.attest != Attest::None).then(|| b(n.attest.as_str())),
+        responsible_at_start: n.responsible.as_deref().map(Cow::Borrowed),
         change_responsible_on_transfer: n.change_responsible_on_transfer,
         update_directory_on_transfer: n.update_directory_on_transfer,
         offer: n.offer,
@@ -95,8 +99,8 @@ pub fn to_json(s: &State) -> String {
         ringing: s.ringing,
         answer_ns: s.answer.map(ns),
         cancelled: s.cancelled,
-        responsible: s.responsible.clone(),
-        transfers: s.transfers.clone(),
+        responsible: s.responsible.as_deref().map(Cow::Borrowed),
+        transfers: Cow::Borrowed(&s.transfers),
     };
     serde_json::to_string(&saved).expect("plain data serialises")
 }
@@ -107,17 +111,17 @@ pub fn from_json(text: &str) -> Result<State, String> {
     if s.format != FORMAT {
         return Err(format!("format {} (this release reads {FORMAT})", s.format));
     }
-    let direction = match s.direction.as_str() {
+    let direction = match &*s.direction {
         "inbound" => Direction::Inbound,
         "outbound" => Direction::Outbound,
         d => return Err(format!("unknown direction {d:?}")),
     };
-    let verdict = match s.verdict.as_str() {
+    let verdict = match &*s.verdict {
         "log" => Verdict::Log,
         "exception" => Verdict::Exception,
         v => return Err(format!("unknown verdict {v:?}")),
     };
-    let create = match s.create.as_str() {
+    let create = match &*s.create {
         "lead" => CreateTag::Lead,
         "deal" => CreateTag::Deal,
         "offer" => CreateTag::Offer,
@@ -136,14 +140,14 @@ pub fn from_json(text: &str) -> Result<State, String> {
         new: NewCall {
             reason,
             attest,
-            call_id: s.call_id,
+            call_id: s.call_id.into_owned(),
             direction,
             verdict,
             client: s.client.map_or(Client::Anonymous, Client::Number),
             line: s.line,
             create,
-            source: s.source,
-            responsible: s.responsible_at_start,
+            source: s.source.into_owned(),
+            responsible: s.responsible_at_start.map(Cow::into_owned),
             change_responsible_on_transfer: s.change_responsible_on_transfer,
             update_directory_on_transfer: s.update_directory_on_transfer,
             offer: s.offer,
@@ -152,8 +156,8 @@ pub fn from_json(text: &str) -> Result<State, String> {
         ringing: s.ringing,
         answer: s.answer_ns.map(time),
         cancelled: s.cancelled,
-        responsible: s.responsible,
-        transfers: s.transfers,
+        responsible: s.responsible.map(Cow::into_owned),
+        transfers: s.transfers.into_owned(),
     })
 }
 

@@ -58,40 +58,49 @@ const MAX_DEFERRED: usize = 1_000;
 /// not looked up again; forgotten past this many, and every minute.
 const MAX_UNKNOWN: usize = 10_000;
 
+/// A tracked call: the state the store keeps ([`State`], written from
+/// here without a copy) and its activity clock.
 struct Call {
-    new: NewCall,
-    start: SystemTime,
-    ringing: bool,
-    answer: Option<SystemTime>,
-    cancelled: bool,
-    responsible: Option<String>,
-    transfers: Vec<Transfer>,
+    state: State,
     last: Instant,
+    /// Whether the store may have the call's row (written by a flush, or
+    /// restored from it): a call that ends before any flush wrote it has
+    /// no row to remove.
+    stored: bool,
+    /// Whether the call changed since the last flush (its key is then in
+    /// [`Tracker::dirty`]).
+    dirty: bool,
+}
+
+impl std::ops::Deref for Call {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Call {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
 }
 
 impl Call {
-    fn state(&self) -> State {
-        State {
-            new: self.new.clone(),
-            start: self.start,
-            ringing: self.ringing,
-            answer: self.answer,
-            cancelled: self.cancelled,
-            responsible: self.responsible.clone(),
-            transfers: self.transfers.clone(),
-        }
-    }
-
-    fn from_state(s: State, last: Instant) -> Call {
+    /// A call the proxy has just forwarded (or refused) at `start`.
+    fn new(new: NewCall, start: SystemTime, last: Instant) -> Call {
         Call {
-            new: s.new,
-            start: s.start,
-            ringing: s.ringing,
-            answer: s.answer,
-            cancelled: s.cancelled,
-            responsible: s.responsible,
-            transfers: s.transfers,
+            state: State {
+                responsible: new.responsible.clone(),
+                new,
+                start,
+                ringing: false,
+                answer: None,
+                cancelled: false,
+                transfers: Vec::new(),
+            },
             last,
+            stored: false,
+            dirty: false,
         }
     }
 }
@@ -112,24 +121,67 @@ pub struct TrackerConfig {
 /// The tracker's state; `run` drives it.
 pub struct Tracker {
     /// By SIP Call-ID (its bytes as received).
-    calls: HashMap<Box<[u8]>, Call>,
+    calls: HashMap<Box<[u8]>, Call, Seeded>,
     log: CallLog,
     store: Arc<dyn CallStore>,
     metrics: Arc<Metrics>,
     cfg: TrackerConfig,
     pending: Vec<NewEvent>,
-    /// Calls changed since the last flush (to write).
-    dirty: HashSet<Box<[u8]>>,
+    /// Calls changed since the last flush (to write; a key may be there
+    /// twice, its call's `dirty` flag says whether to write it).
+    dirty: Keys,
     /// Calls ended since the last flush (to remove).
     ended: Vec<Box<[u8]>>,
+    /// The rows a flush writes (reused).
+    active: Vec<ActiveCall>,
     /// Call-IDs of INVITEs refused (and logged) in the last
     /// `REFUSED_MEMORY`, at most `MAX_CALLS` of them.
-    refused: HashMap<Box<[u8]>, Instant>,
+    refused: HashMap<Box<[u8]>, Instant, Seeded>,
     /// In-dialog events of calls not tracked here, to look up in the store
     /// (another node's calls after a failover), in arrival order.
     deferred: Vec<SipEvent>,
     /// Call-IDs the store did not have either.
-    unknown: HashSet<Box<[u8]>>,
+    unknown: HashSet<Box<[u8]>, Seeded>,
+}
+
+/// The tracker's maps are keyed by SIP Call-IDs, which callers choose:
+/// a seeded hash (foldhash: several times cheaper than the default SipHash
+/// on these short keys, still randomly seeded per map).
+type Seeded = foldhash::fast::RandomState;
+
+/// Keys end to end in one buffer, reused across flushes: no allocation
+/// per key.
+#[derive(Default)]
+struct Keys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    fn push(&mut self, k: &[u8]) {
+        self.bytes.extend_from_slice(k);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter())
+            .map(|(a, &b)| &self.bytes[a..b])
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// Marks `call` (whose key is `key`) changed.
+fn touch(dirty: &mut Keys, call: &mut Call, key: &[u8]) {
+    if !call.dirty {
+        call.dirty = true;
+        dirty.push(key);
+    }
 }
 
 impl Tracker {
@@ -140,17 +192,18 @@ impl Tracker {
         cfg: TrackerConfig,
     ) -> Self {
         Tracker {
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             log,
             store,
             metrics,
             cfg,
             pending: Vec::new(),
-            dirty: HashSet::new(),
+            dirty: Keys::default(),
             ended: Vec::new(),
-            refused: HashMap::new(),
+            active: Vec::new(),
+            refused: HashMap::default(),
             deferred: Vec::new(),
-            unknown: HashSet::new(),
+            unknown: HashSet::default(),
         }
     }
 
@@ -179,8 +232,15 @@ impl Tracker {
             // Uptime shorter than the idle time: counted from now.
             let last = now.checked_sub(idle).unwrap_or(now);
             let key: Box<[u8]> = row.sip_call_id.into();
-            self.calls
-                .insert(key.clone(), Call::from_state(state, last));
+            self.calls.insert(
+                key.clone(),
+                Call {
+                    state,
+                    last,
+                    stored: true,
+                    dirty: false,
+                },
+            );
             restored += 1;
             if idle >= self.cfg.max_idle {
                 self.expire_one(&key);
@@ -246,20 +306,27 @@ impl Tracker {
     /// call log lines, never a CRM event or a call's row).
     pub fn flush(&mut self) {
         let now = SystemTime::now();
-        let active: Vec<ActiveCall> = self
-            .dirty
-            .iter()
-            .filter_map(|k| {
-                let c = self.calls.get(k)?;
-                let since = c.last.elapsed().as_millis() as i64;
-                Some(ActiveCall {
-                    sip_call_id: k.to_vec(),
-                    call: c.new.call_id.clone(),
-                    state: saved::to_json(&c.state()),
-                    last_ms: ms(now) - since,
-                })
-            })
-            .collect();
+        let mut active = std::mem::take(&mut self.active);
+        active.clear();
+        for k in self.dirty.iter() {
+            let Some(c) = self.calls.get_mut(k) else {
+                continue;
+            };
+            if !c.dirty {
+                continue; // a second copy of the key
+            }
+            c.dirty = false;
+            // Written now (or tried: a failed write retries, and the
+            // removal of a row never written is a no-op).
+            c.stored = true;
+            let since = c.last.elapsed().as_millis() as i64;
+            active.push(ActiveCall {
+                sip_call_id: k.to_vec(),
+                call: c.new.call_id.clone(),
+                state: saved::to_json(&c.state),
+                last_ms: ms(now) - since,
+            });
+        }
         match self
             .store
             .save_calls(&self.pending, &active, &self.ended, ms(now))
@@ -271,17 +338,17 @@ impl Tracker {
             }
             // Kept and retried on the next flush; the store says why.
             Err(e) => {
-                tracing::error!(error = %e, events = self.pending.len(), calls = active.len(), "queuing CRM events and keeping calls failed")
+                tracing::error!(error = %e, events = self.pending.len(), calls = active.len(), "queuing CRM events and keeping calls failed");
+                for a in &active {
+                    if let Some(c) = self.calls.get_mut(&a.sip_call_id[..]) {
+                        c.dirty = true;
+                    }
+                }
             }
         }
+        self.active = active;
         if let Err(e) = self.log.flush() {
             tracing::error!(error = %e, "writing the call log failed");
-        }
-    }
-
-    fn touch(&mut self, key: &[u8]) {
-        if !self.dirty.contains(key) {
-            self.dirty.insert(key.into());
         }
     }
 
@@ -315,23 +382,14 @@ impl Tracker {
                     self.metrics.call_event_dropped();
                     return;
                 }
-                let call = Call {
-                    responsible: new.responsible.clone(),
-                    new: *new,
-                    start: at,
-                    ringing: false,
-                    answer: None,
-                    cancelled: false,
-                    transfers: Vec::new(),
-                    last: Instant::now(),
-                };
+                let mut call = Call::new(*new, at, Instant::now());
                 event(&mut self.pending, &self.cfg.sinks, &call, || {
                     EventKind::Started
                 });
+                touch(&mut self.dirty, &mut call, &sip_call_id);
                 // A copy: the slice would hold the received datagram's
                 // buffer for the whole call.
                 self.calls.insert(sip_call_id[..].into(), call);
-                self.touch(&sip_call_id);
             }
             SipEvent::Refused {
                 sip_call_id,
@@ -344,17 +402,15 @@ impl Tracker {
                 code,
                 at,
             } => {
-                if !self.calls.contains_key(&sip_call_id[..]) {
+                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
                     return;
-                }
-                self.touch(&sip_call_id);
-                let call = self.calls.get_mut(&sip_call_id[..]).expect("present");
+                };
+                touch(&mut self.dirty, call, &sip_call_id);
                 call.last = Instant::now();
                 match code {
                     180..=199 => call.ringing = true,
                     200..=299 if call.answer.is_none() => {
                         call.answer = Some(at);
-                        let call = &self.calls[&sip_call_id[..]];
                         event(&mut self.pending, &self.cfg.sinks, call, || {
                             EventKind::Answered {
                                 answer: rfc3339(ms(at)),
@@ -378,11 +434,10 @@ impl Tracker {
                 refer_to,
                 at,
             } => {
-                if !self.calls.contains_key(&sip_call_id[..]) {
+                let Some(call) = self.calls.get_mut(&sip_call_id[..]) else {
                     return;
-                }
-                self.touch(&sip_call_id);
-                let call = self.calls.get_mut(&sip_call_id[..]).expect("present");
+                };
+                touch(&mut self.dirty, call, &sip_call_id);
                 call.last = Instant::now();
                 match kind {
                     RequestKind::Cancel => call.cancelled = true,
@@ -431,7 +486,6 @@ impl Tracker {
                             && call.responsible.as_deref() != Some(to.as_str())
                         {
                             let previous = call.responsible.replace(to.clone());
-                            let call = &self.calls[&sip_call_id[..]];
                             event(&mut self.pending, &self.cfg.sinks, call, || {
                                 EventKind::ResponsibleChanged {
                                     previous,
@@ -503,16 +557,7 @@ impl Tracker {
         if self.refused.len() < MAX_CALLS {
             self.refused.insert(sip_call_id.into(), now);
         }
-        let call = Call {
-            responsible: new.responsible.clone(),
-            new,
-            start: at,
-            ringing: false,
-            answer: None,
-            cancelled: false,
-            transfers: Vec::new(),
-            last: now,
-        };
+        let call = Call::new(new, at, now);
         let rec = record(sip_call_id, &call, code, "failed", at, 0);
         if let Err(e) = self.log.append(&rec) {
             tracing::error!(error = %e, "writing the call log failed");
@@ -620,15 +665,13 @@ impl Tracker {
     }
 
     fn finish(&mut self, key: &[u8], status: u16, outcome: &'static str, at: SystemTime) {
-        let Some(call) = self.calls.remove(key) else {
+        let Some((key, call)) = self.calls.remove_entry(key) else {
             return;
         };
-        self.dirty.remove(key);
-        self.ended.push(key.into());
         let duration = call
             .answer
             .map_or(0, |a| at.duration_since(a).map_or(0, |d| d.as_secs()));
-        let rec = record(key, &call, status, outcome, at, duration);
+        let rec = record(&key, &call, status, outcome, at, duration);
         if let Err(e) = self.log.append(&rec) {
             tracing::error!(error = %e, "writing the call log failed");
         }
@@ -642,6 +685,9 @@ impl Tracker {
                 answered: call.answer.is_some(),
             })
         });
+        if call.stored {
+            self.ended.push(key);
+        }
     }
 }
 
@@ -670,13 +716,20 @@ fn event(
         start: rfc3339(ms(call.start)),
         kind: kind(),
     };
-    let payload = ev.to_json();
-    for s in sinks {
+    let mut payload = ev.to_json();
+    let kind = ev.kind.name();
+    for (i, s) in sinks.iter().enumerate() {
+        // The last sink takes the payload itself (one sink: no copy).
+        let payload = if i + 1 == sinks.len() {
+            std::mem::take(&mut payload)
+        } else {
+            payload.clone()
+        };
         pending.push(NewEvent {
             sink: s.clone(),
             call: n.call_id.clone(),
-            kind: ev.kind.name().to_string(),
-            payload: payload.clone(),
+            kind: kind.to_string(),
+            payload,
         });
     }
 }
@@ -912,6 +965,92 @@ mod tests {
         );
     }
 
+    /// One batch the tracker asked the store to write: (events, calls
+    /// written, calls removed).
+    type Batch = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+    /// The SQLite store, recording what the tracker asked it to write
+    /// batch by batch, and answering `stale_calls` as a fleet's store
+    /// would.
+    struct Watched {
+        inner: Arc<SqliteStore>,
+        batches: std::sync::Mutex<Vec<Batch>>,
+    }
+
+    impl Watched {
+        fn new(inner: Arc<SqliteStore>) -> Arc<Watched> {
+            Arc::new(Watched {
+                inner,
+                batches: Default::default(),
+            })
+        }
+    }
+
+    impl CallStore for Watched {
+        fn save_calls(
+            &self,
+            events: &[NewEvent],
+            active: &[ActiveCall],
+            ended: &[Box<[u8]>],
+            now: i64,
+        ) -> Result<(), crate::store::StoreError> {
+            self.batches.lock().unwrap().push((
+                events.len(),
+                active.iter().map(|a| a.sip_call_id.clone()).collect(),
+                ended.iter().map(|k| k.to_vec()).collect(),
+            ));
+            self.inner.save_calls(events, active, ended, now)
+        }
+        fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            self.inner.active_calls()
+        }
+        fn stale_calls(
+            &self,
+            before_ms: i64,
+            _now_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            Ok(self
+                .inner
+                .active_calls()?
+                .into_iter()
+                .filter(|c| c.last_ms < before_ms)
+                .take(limit)
+                .collect())
+        }
+    }
+
+    /// A call that ends before any flush wrote its row has no row to
+    /// remove: its events are queued, and nothing else is written; a call
+    /// a flush wrote is removed when it ends.
+    #[test]
+    fn a_call_that_ends_before_its_row_was_written_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Watched::new(Arc::new(SqliteStore::open_dir(dir.path()).unwrap()));
+        let mut t = other_node(dir.path(), rec.clone());
+        let t0 = SystemTime::now();
+        t.handle(invite("short", t0));
+        t.handle(answer("short", t0));
+        t.handle(request("short", RequestKind::Bye, None, t0));
+        t.handle(invite("long", t0));
+        t.flush();
+        t.handle(answer("long", t0));
+        t.flush();
+        t.handle(request("long", RequestKind::Bye, None, t0));
+        t.flush();
+        let b = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            *rec.batches.lock().unwrap(),
+            [
+                (4, vec![b("long")], vec![]),
+                (1, vec![b("long")], vec![]),
+                (1, vec![], vec![b("long")]),
+            ]
+        );
+        assert!(rec.inner.active_calls().unwrap().is_empty());
+        assert_eq!(records(dir.path()).len(), 2);
+    }
+
     /// Node `a` answered call `x` 30 s ago and died without ending it
     /// (the call's row is in `store`); the time of its INVITE.
     fn died_with_a_call(dir: &std::path::Path) -> (Arc<SqliteStore>, SystemTime) {
@@ -1068,7 +1207,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = died_with_a_call(dir.path());
         let b_dir = tempfile::tempdir().unwrap();
-        let mut b = other_node(b_dir.path(), Arc::new(Shared(store.clone())));
+        let mut b = other_node(b_dir.path(), Watched::new(store.clone()));
         let now = ms(SystemTime::now());
         // Idle for the limit but not the margin: the owner may be alive.
         b.take_over_stale(now + 3_600_000);
