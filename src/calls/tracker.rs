@@ -623,7 +623,7 @@ impl Tracker {
     fn handled_elsewhere(&self, idle: &[Box<[u8]>]) -> HashSet<Box<[u8]>> {
         let written: Vec<Box<[u8]>> = idle
             .iter()
-            .filter(|k| !self.dirty.contains(&k[..]) && !self.ended.contains(k))
+            .filter(|k| self.calls.get(&k[..]).is_some_and(|c| c.stored && !c.dirty))
             .cloned()
             .collect();
         if written.is_empty() || !self.store.shared() {
