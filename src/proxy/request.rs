@@ -500,8 +500,7 @@ fn via_fixups(
         Some(None) => {
             let base = msg.buf().as_ptr() as usize;
             let p = via.params;
-            via.bare_rport_end()
-                .map(|o| p.as_ptr() as usize - base + o)
+            via.bare_rport_end().map(|o| p.as_ptr() as usize - base + o)
         }
         _ => None,
     };
