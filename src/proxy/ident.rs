@@ -25,6 +25,8 @@ pub struct Local {
     /// Our TLS listener, if any.
     pub tls: Option<SocketAddr>,
     keys: [RandomState; 2],
+    /// The key of `X-CRM-Call-Id` (SipHash-1-3-128).
+    call_key: (u64, u64),
     /// `Via: SIP/2.0/UDP host:port;branch=` per transport (UDP, TCP, TLS).
     via_prefix: [Vec<u8>; 3],
     /// `Record-Route: <sip:host:port;lr>\r\n` per transport (UDP, TCP, TLS).
@@ -49,6 +51,7 @@ impl Local {
             tcp,
             tls: None,
             keys: [RandomState::new(), RandomState::new()],
+            call_key: random_key(),
             via_prefix: Default::default(),
             record_route: Default::default(),
         };
@@ -162,17 +165,32 @@ impl Local {
     }
 
     /// The `X-CRM-Call-Id` of a call: 32 hex digits from Call-ID and From
-    /// tag, the same for every retransmission of its INVITE.
+    /// tag, the same for every retransmission of its INVITE: one keyed
+    /// SipHash-1-3-128 over both (the Call-ID's length first, so that no
+    /// other split of the same bytes gives the same id).
     pub fn call_id(&self, call_id: &[u8], from_tag: &[u8]) -> [u8; 32] {
+        use siphasher::sip128::Hasher128;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.call_key.0, self.call_key.1);
+        h.write_usize(call_id.len());
+        h.write(call_id);
+        h.write(from_tag);
+        let v = h.finish128();
         let mut out = [0u8; 32];
-        for (i, k) in self.keys.iter().enumerate() {
-            let mut h = k.build_hasher();
-            h.write(call_id);
-            h.write(from_tag);
-            hex16(h.finish(), &mut out[i * 16..i * 16 + 16]);
-        }
+        hex16(v.h1, &mut out[..16]);
+        hex16(v.h2, &mut out[16..]);
         out
     }
+}
+
+/// A key from the OS random source (per process, as `RandomState`'s).
+fn random_key() -> (u64, u64) {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source");
+    let (k0, k1) = b.split_at(8);
+    (
+        u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+        u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+    )
 }
 
 fn hex16(v: u64, out: &mut [u8]) {
@@ -239,5 +257,12 @@ mod tests {
         assert_eq!(id, l.call_id(b"abc", b"t1"));
         assert_ne!(id, l.call_id(b"abc", b"t2"));
         assert!(id.iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(
+            l.call_id(b"ab", b"c"),
+            l.call_id(b"a", b"bc"),
+            "Call-ID and From tag are told apart"
+        );
+        assert_ne!(id, local().call_id(b"abc", b"t1"), "keyed per process");
+        assert_ne!(id[..16], id[16..], "both halves hashed");
     }
 }

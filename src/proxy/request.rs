@@ -500,8 +500,7 @@ fn via_fixups(
         Some(None) => {
             let base = msg.buf().as_ptr() as usize;
             let p = via.params;
-            let off = find_param_end(p, b"rport");
-            off.map(|o| p.as_ptr() as usize - base + o)
+            via.bare_rport_end().map(|o| p.as_ptr() as usize - base + o)
         }
         _ => None,
     };
@@ -509,20 +508,6 @@ fn via_fixups(
     let needs_received = via.received().is_none()
         && (rport.is_some() || add_rport || ip_literal(via.host) != Some(remote.ip()));
     (rport_at, needs_received.then_some(add_rport))
-}
-
-/// Offset just past a bare `;name` parameter in `params`.
-fn find_param_end(params: &[u8], name: &[u8]) -> Option<usize> {
-    let mut off = 0;
-    for p in params.split(|&b| b == b';') {
-        let t = p.trim_ascii();
-        if t.eq_ignore_ascii_case(name) {
-            let lead = p.len() - p.trim_ascii_start().len();
-            return Some(off + lead + t.len());
-        }
-        off += p.len() + 1;
-    }
-    None
 }
 
 /// Appends the top Via's `received`/`rport` fix-ups to a copied Via value

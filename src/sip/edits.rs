@@ -5,8 +5,9 @@
 //! re-parsed or re-printed, so everything the proxy did not mean to change
 //! leaves byte for byte as it came.
 //!
-//! Inserted bytes live in one scratch arena, so building a forwarded
-//! message costs the arena plus the output buffer, whatever the edit count.
+//! Inserted bytes live in one scratch arena, reused per thread (taken by
+//! `Edits::new`, handed back on drop), so building a forwarded message
+//! allocates only its output buffer, whatever the edit count.
 
 use std::ops::Range;
 
@@ -30,6 +31,16 @@ impl Op {
     }
 }
 
+/// The arena first allocated for a thread; what is kept for reuse is
+/// capped at `ARENA_KEEP` (a rare huge message does not pin its arena).
+const ARENA_START: usize = 512;
+const ARENA_KEEP: usize = 16 * 1024;
+
+std::thread_local! {
+    /// The scratch arena the last `Edits` of this thread handed back.
+    static ARENA: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A list of edits over one source buffer.
 #[derive(Debug, Default, Clone)]
 pub struct Edits {
@@ -38,11 +49,15 @@ pub struct Edits {
 }
 
 impl Edits {
-    /// An empty edit list.
+    /// An empty edit list (with this thread's scratch arena).
     pub fn new() -> Self {
+        let mut arena = ARENA.with(std::cell::Cell::take);
+        if arena.capacity() == 0 {
+            arena.reserve(ARENA_START);
+        }
         Edits {
             ops: SmallVec::new(),
-            arena: Vec::with_capacity(512),
+            arena,
         }
     }
 
@@ -131,10 +146,43 @@ impl Edits {
     }
 }
 
+impl Drop for Edits {
+    /// Hands the arena back to the thread, emptied, for the next message.
+    fn drop(&mut self) {
+        let mut arena = std::mem::take(&mut self.arena);
+        if arena.capacity() > 0 && arena.capacity() <= ARENA_KEEP {
+            arena.clear();
+            // A thread being torn down has no slot left: the arena is freed.
+            let _ = ARENA.try_with(|a| a.set(arena));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The arena is reused: the second message's edits start in the
+    /// buffer the first handed back, empty, and give the same bytes.
+    #[test]
+    fn the_arena_is_reused_empty() {
+        let src = b"0123456789";
+        let mut e = Edits::new();
+        e.insert(3, b"abc");
+        let first = e.apply(src, src.len());
+        let ptr = e.arena.as_ptr();
+        drop(e);
+        let mut e = Edits::new();
+        assert_eq!(e.arena.as_ptr(), ptr, "the same buffer");
+        assert!(e.arena.is_empty());
+        e.insert(3, b"abc");
+        assert_eq!(e.apply(src, src.len()), first);
+        // Two lists at once: the second gets an arena of its own.
+        let other = Edits::new();
+        assert_ne!(other.arena.as_ptr(), ptr);
+        assert!(other.arena.capacity() >= ARENA_START);
+    }
 
     #[test]
     fn no_edits_give_identical_bytes() {

@@ -280,10 +280,8 @@ impl Message {
                 // The name (token characters), optional blanks, the colon:
                 // one walk over the name instead of a colon search and a
                 // token check.
-                let mut name_end = line.start;
-                while name_end < line.end && is_token(b[name_end]) {
-                    name_end += 1;
-                }
+                let l = &b[line.clone()];
+                let name_end = line.start + l.iter().position(|&c| !is_token(c)).unwrap_or(l.len());
                 let mut colon = name_end;
                 while colon < line.end && matches!(b[colon], b' ' | b'\t') {
                     colon += 1;

@@ -89,20 +89,28 @@ pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        // Compare the name in place; only a candidate is looked at further.
-        let p = trim_slice(piece);
-        if p.len() >= name.len() && p[..name.len()].eq_ignore_ascii_case(name) {
-            let after = &p[name.len()..];
-            if after.is_empty() {
-                return Some(after);
-            }
-            let lws = after.iter().take_while(|&&b| is_lws(b)).count();
-            if after[lws] == b'=' {
-                return Some(trim_slice(&after[lws + 1..]));
-            }
+        if let Some(v) = param_value(trim_slice(piece), name) {
+            return Some(v);
         }
         rest = next?;
     }
+}
+
+/// The value of one trimmed parameter `p` if it is named `name` (empty for
+/// a bare name). Compares the name in place; only a candidate is looked at
+/// further.
+fn param_value<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    if p.len() >= name.len() && p[..name.len()].eq_ignore_ascii_case(name) {
+        let after = &p[name.len()..];
+        if after.is_empty() {
+            return Some(after);
+        }
+        let lws = after.iter().take_while(|&&b| is_lws(b)).count();
+        if after[lws] == b'=' {
+            return Some(trim_slice(&after[lws + 1..]));
+        }
+    }
+    None
 }
 
 fn trim_slice(s: &[u8]) -> &[u8] {
@@ -131,6 +139,64 @@ pub struct Via<'a> {
     pub params: &'a [u8],
     /// Absolute range of the whole value (for inserting `;received=`).
     pub range: Range<usize>,
+    /// The parameters the proxy reads, found by the parse's one walk
+    /// over `params` (what `param` would find).
+    known: ViaParams<'a>,
+}
+
+/// `branch`, `received` and `rport` of a Via, and where a bare `;rport`
+/// ends (offset into `params`, for writing `=port` after it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ViaParams<'a> {
+    branch: Option<&'a [u8]>,
+    received: Option<&'a [u8]>,
+    rport: Option<&'a [u8]>,
+    bare_rport_end: Option<usize>,
+}
+
+impl<'a> ViaParams<'a> {
+    /// One walk over `params` (starting with `;`, or empty): the known
+    /// parameters, or `None` when a parameter has no name (`;;`, a
+    /// trailing `;`).
+    fn walk(params: &'a [u8]) -> Option<ViaParams<'a>> {
+        let mut known = ViaParams::default();
+        if params.is_empty() {
+            return Some(known);
+        }
+        let mut off = 1;
+        loop {
+            let rest = &params[off..];
+            let len = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            let piece = &rest[..len];
+            let p = trim_slice(piece);
+            if p.is_empty() {
+                return None;
+            }
+            match p[0] | 0x20 {
+                b'b' if known.branch.is_none() => known.branch = param_value(p, b"branch"),
+                b'r' => {
+                    if known.received.is_none() {
+                        known.received = param_value(p, b"received");
+                    }
+                    if known.rport.is_none() {
+                        known.rport = param_value(p, b"rport");
+                    }
+                }
+                _ => {}
+            }
+            if known.bare_rport_end.is_none() {
+                let t = piece.trim_ascii();
+                if t.eq_ignore_ascii_case(b"rport") {
+                    let lead = piece.len() - piece.trim_ascii_start().len();
+                    known.bare_rport_end = Some(off + lead + t.len());
+                }
+            }
+            if len == rest.len() {
+                return Some(known);
+            }
+            off += len + 1;
+        }
+    }
 }
 
 impl<'a> Via<'a> {
@@ -172,35 +238,36 @@ impl<'a> Via<'a> {
         let (host, port) = host_port(sent_by).ok_or(ValueError::Via)?;
         let params = &rest[sb_end..];
         // Every parameter must have a name: `;;` or a trailing `;` is junk.
-        if !params.is_empty()
-            && params[1..]
-                .split(|&b| b == b';')
-                .any(|p| trim_slice(p).is_empty())
-        {
-            return Err(ValueError::Via);
-        }
+        let known = ViaParams::walk(params).ok_or(ValueError::Via)?;
         Ok(Via {
             transport,
             host,
             port,
             params,
             range: r,
+            known,
         })
     }
 
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&'a [u8]> {
-        param(self.params, b"branch")
+        self.known.branch
     }
 
     /// The `received` parameter.
     pub fn received(&self) -> Option<&'a [u8]> {
-        param(self.params, b"received")
+        self.known.received
     }
 
     /// The `rport` parameter: `Some(None)` when present without a value.
     pub fn rport(&self) -> Option<Option<u16>> {
-        param(self.params, b"rport").map(parse_u16)
+        self.known.rport.map(parse_u16)
+    }
+
+    /// Offset into `params` just past the first bare `;rport` (where
+    /// `=port` goes).
+    pub fn bare_rport_end(&self) -> Option<usize> {
+        self.known.bare_rport_end
     }
 }
 
@@ -473,6 +540,29 @@ mod tests {
             None
         }
 
+        /// Offset just past a bare `;name` parameter in `params` (the
+        /// proxy's search before `Via::parse` recorded it).
+        pub fn find_param_end(params: &[u8], name: &[u8]) -> Option<usize> {
+            let mut off = 0;
+            for p in params.split(|&b| b == b';') {
+                let t = p.trim_ascii();
+                if t.eq_ignore_ascii_case(name) {
+                    let lead = p.len() - p.trim_ascii_start().len();
+                    return Some(off + lead + t.len());
+                }
+                off += p.len() + 1;
+            }
+            None
+        }
+
+        /// The check `Via::parse` made of its parameters before the walk.
+        pub fn params_named(params: &[u8]) -> bool {
+            params.is_empty()
+                || !params[1..]
+                    .split(|&b| b == b';')
+                    .any(|p| trim_slice(p).is_empty())
+        }
+
         pub fn parse_u16(s: &[u8]) -> Option<u16> {
             if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -530,6 +620,29 @@ mod tests {
         )
     }
 
+    /// Via parameter lists made of the names the proxy reads, spelled in
+    /// the ways they may be (case, blanks, bare, doubled, near misses).
+    fn via_param_list() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop::sample::select(vec![
+            "branch=z9hG4bK1",
+            "BRANCH = a",
+            "branchx=1",
+            "rport",
+            " rport ",
+            "RPort",
+            "rport=5060",
+            "rport=x",
+            "rport\x0c",
+            "received=192.0.2.1",
+            "Received =h",
+            "receivedx",
+            "ttl=1",
+            "",
+            " ",
+        ]);
+        proptest::collection::vec(piece, 0..6).prop_map(|ps| ps.join(";").into_bytes())
+    }
+
     proptest! {
         #[test]
         fn param_agrees_with_the_reference(v in sip_bytes(), name in prop::sample::select(vec!["branch", "rport", "received", "tag", "lr", "b", "R"])) {
@@ -538,6 +651,33 @@ mod tests {
             prop_assert_eq!(got, want);
             if let (Some(g), Some(w)) = (got, want) {
                 prop_assert_eq!(g.as_ptr(), w.as_ptr(), "the same bytes of the input");
+            }
+        }
+
+        /// The Via's one walk over its parameters finds what `param` (and
+        /// the old bare-`rport` search) found, and refuses what the old
+        /// check refused.
+        #[test]
+        fn via_params_agree_with_the_reference(v in prop_oneof![sip_bytes(), via_param_list()]) {
+            let mut s = b"SIP/2.0/UDP h:1;".to_vec();
+            s.extend_from_slice(&v);
+            let via = Via::parse(&s, 0..s.len());
+            let params = &s[15..];
+            prop_assert_eq!(via.is_ok(), reference::params_named(params));
+            if let Ok(via) = via {
+                prop_assert_eq!(via.params, params);
+                for (got, name) in [
+                    (via.branch(), &b"branch"[..]),
+                    (via.received(), b"received"),
+                    (via.known.rport, b"rport"),
+                ] {
+                    let want = reference::param(params, name);
+                    prop_assert_eq!(got, want);
+                    if let (Some(g), Some(w)) = (got, want) {
+                        prop_assert_eq!(g.as_ptr(), w.as_ptr());
+                    }
+                }
+                prop_assert_eq!(via.bare_rport_end(), reference::find_param_end(params, b"rport"));
             }
         }
 
