@@ -7,7 +7,11 @@
 //!   store (real SQLite file, `synchronous=FULL`), beside the SQLite
 //!   floor: the same rows (read back from that store) inserted with one
 //!   prepared `INSERT` in one transaction into a fresh file of the same
-//!   schema and settings. Prints both and their ratio.
+//!   schema and settings. Prints both in wall and CPU time (the
+//!   import's: every thread's until the set has merged), the importing
+//!   thread's CPU per phase (parse, store, publish), parsing and
+//!   normalising alone, the floor's audit rows (one `INSERT … SELECT`),
+//!   and the ratios.
 //! - `http`: the same 1M lines over HTTP into the running server (real
 //!   socket), timed from the first byte sent to the answer; the answer
 //!   means committed to disk and published to the screening set, which the
@@ -125,16 +129,49 @@ fn rows_of(db: &Path) -> Vec<Row> {
     .collect()
 }
 
+/// CPU time of the whole process so far (user + system, every thread),
+/// nanoseconds.
+fn process_cpu_ns() -> u64 {
+    // SAFETY: a zeroed rusage is valid; getrusage only writes it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(u.ru_utime) + ns(u.ru_stime)
+}
+
+use sipscreen::store::service::thread_cpu_ns;
+
+/// Wall and CPU time of one measured part, seconds.
+#[derive(Clone, Copy, Default)]
+struct Spent {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Spent {
+    fn show(&self) -> String {
+        format!("{:.2} s wall, {:.2} s CPU", self.wall, self.cpu)
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
 /// The SQLite floor: `rows` inserted with one prepared statement in one
-/// transaction into a fresh file with the store's schema and settings;
-/// seconds.
-fn sqlite_floor(dir: &Path, rows: &[Row]) -> f64 {
+/// transaction into a fresh file with the store's schema and settings (the
+/// rows alone), and beside it, in the same transaction, the audit rows of
+/// those adds copied by one `INSERT … SELECT` (what an import also
+/// writes). One thread: its CPU clock is the floor's CPU.
+fn sqlite_floor(dir: &Path, rows: &[Row]) -> (Spent, Spent) {
     let db = dir.join("floor.db");
     drop(sipscreen::store::sqlite::SqliteStore::open(&db).unwrap());
     let mut c = rusqlite::Connection::open(&db).unwrap();
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
     let t = Instant::now();
+    let cpu = thread_cpu_ns();
     let tx = c.transaction().unwrap();
     {
         let mut st = tx
@@ -152,7 +189,51 @@ fn sqlite_floor(dir: &Path, rows: &[Row]) -> f64 {
         }
     }
     tx.commit().unwrap();
-    t.elapsed().as_secs_f64()
+    let floor = Spent {
+        wall: t.elapsed().as_secs_f64(),
+        cpu: secs(thread_cpu_ns() - cpu),
+    };
+    let t = Instant::now();
+    let cpu = thread_cpu_ns();
+    let tx = c.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, kind, value, comment, origin, entry_action)
+         SELECT created_at, created_by, 'add', kind, value, comment, origin, action
+         FROM entries ORDER BY id",
+        [],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let audit = Spent {
+        wall: t.elapsed().as_secs_f64(),
+        cpu: secs(thread_cpu_ns() - cpu),
+    };
+    (floor, audit)
+}
+
+/// CPU time of parsing and of normalising `body`'s lines on their own,
+/// one thread (the split of the import's parse phase): (parse_entry
+/// including normalising, normalising alone), seconds.
+fn parse_phases(body: &str, screener: &sipscreen::screening::Screener) -> (f64, f64) {
+    use sipscreen::screening::source::parse_entry;
+    let norm = screener.normalizer();
+    let cpu = thread_cpu_ns();
+    let mut n = 0usize;
+    for line in body.lines() {
+        let e = parse_entry(line.as_bytes(), norm, screener.max_range_numbers());
+        n += std::hint::black_box(e).is_ok_and(|e| e.is_some()) as usize;
+    }
+    let parse = secs(thread_cpu_ns() - cpu);
+    assert_eq!(n, 1_000_000);
+    let cpu = thread_cpu_ns();
+    let mut n = 0usize;
+    for line in body.lines() {
+        let value = &line.as_bytes()[..memchr::memchr(b';', line.as_bytes()).unwrap()];
+        n += std::hint::black_box(norm.normalize(value, None)).is_some() as usize;
+    }
+    let normalise = secs(thread_cpu_ns() - cpu);
+    assert_eq!(n, 1_000_000);
+    (parse, normalise)
 }
 
 async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrency: bool) {
@@ -167,8 +248,11 @@ async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrenc
         let body = lines(1_000_000, 4_914_000_000_000);
         let list = server.list.clone();
         let rt = server.proxy.runtime_arc();
-        let (secs, report) = tokio::task::spawn_blocking(move || {
+        let (parse_alone, normalise_alone) = parse_phases(&body, &rt.screener);
+        let set = server.exceptions.clone();
+        let (visible, merged, cpu_thread, report) = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
+            let process = process_cpu_ns();
             let (report, done) = list.import(
                 std::io::BufReader::with_capacity(1 << 16, body.as_bytes()),
                 &rt.screener,
@@ -177,7 +261,20 @@ async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrenc
                 |_| {},
             );
             done.unwrap();
-            (t.elapsed().as_secs_f64(), report)
+            let visible = t.elapsed().as_secs_f64();
+            // The set's background merges finish after the answer: wait
+            // for the delta to be folded in and count their CPU too.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while set.delta_lens().0 >= sipscreen::screening::exceptions::DEFAULT_MERGE_THRESHOLD {
+                assert!(Instant::now() < deadline, "the set never merged");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let merged = Spent {
+                wall: t.elapsed().as_secs_f64(),
+                cpu: secs(process_cpu_ns() - process),
+            };
+            let c = report.cpu;
+            (visible, merged, c, report)
         })
         .await
         .unwrap();
@@ -193,14 +290,32 @@ async fn import_and_concurrency(run_import: bool, run_http: bool, run_concurrenc
                 .join(sipscreen::store::sqlite::FILE_NAME),
         );
         assert_eq!(rows.len(), 1_000_000);
-        let floor = sqlite_floor(dir.path(), &rows);
+        let (floor, audit) = sqlite_floor(dir.path(), &rows);
+        let thread = secs(cpu_thread.parse_ns + cpu_thread.store_ns + cpu_thread.publish_ns);
         println!(
-            "import: 1000000 lines through Exceptions::import -> SQLite (synchronous=FULL) -> visible: {secs:.2} s ({:.0} lines/s)",
-            1e6 / secs
+            "import: 1000000 lines through Exceptions::import -> SQLite (synchronous=FULL) -> visible: {visible:.2} s ({:.0} lines/s); set merged: {}",
+            1e6 / visible,
+            merged.show()
         );
         println!(
-            "import floor: the same 1000000 rows, one prepared INSERT in one transaction into a fresh file: {floor:.2} s; import / floor = {:.2}",
-            secs / floor
+            "import CPU by phase (importing thread {thread:.2} s): parse + normalise {:.2} s (alone: parse_entry {parse_alone:.2} s, of which normalise {normalise_alone:.2} s), store {:.2} s, publish {:.2} s; background merges and other threads {:.2} s",
+            secs(cpu_thread.parse_ns),
+            secs(cpu_thread.store_ns),
+            secs(cpu_thread.publish_ns),
+            merged.cpu - thread
+        );
+        println!(
+            "import floor: the same 1000000 rows, one prepared INSERT in one transaction into a fresh file: {}; their audit rows by one INSERT … SELECT: {}",
+            floor.show(),
+            audit.show()
+        );
+        println!(
+            "import / floor: wall {:.2} (to visible; {:.2} to merged), CPU {:.2}; against floor + audit: wall {:.2}, CPU {:.2}",
+            visible / floor.wall,
+            merged.wall / floor.wall,
+            merged.cpu / floor.cpu,
+            visible / (floor.wall + audit.wall),
+            merged.cpu / (floor.cpu + audit.cpu)
         );
     }
 

@@ -50,7 +50,7 @@
 //!   lock, so a single write made at the same time is applied after it.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -61,6 +61,11 @@ use rustc_hash::FxHashSet;
 
 /// Delta size (per kind) that triggers a merge into a new base.
 pub const DEFAULT_MERGE_THRESHOLD: usize = 4096;
+
+/// While merges are held ([`ExceptionSet::hold_merges`]), a delta is still
+/// merged at this size, so that memory and the copy of the delta each
+/// write makes stay bounded.
+pub const HELD_MERGE_MAX: usize = 1 << 20;
 
 /// The exception set; cheap to share (`Arc`), `Send + Sync`.
 pub struct ExceptionSet {
@@ -77,6 +82,24 @@ struct Inner {
     merging: AtomicBool,
     /// Delta size that triggers a merge.
     threshold: usize,
+    /// Live [`MergeHold`]s: while any, merges wait for [`HELD_MERGE_MAX`].
+    held: AtomicUsize,
+}
+
+/// Holds the set's background merges (see [`ExceptionSet::hold_merges`]).
+pub struct MergeHold<'a> {
+    set: &'a ExceptionSet,
+}
+
+impl Drop for MergeHold<'_> {
+    fn drop(&mut self) {
+        let inner = &self.set.inner;
+        if inner.held.fetch_sub(1, Ordering::AcqRel) == 1
+            && inner.current.load().over_threshold(inner.threshold)
+        {
+            self.set.start_merge();
+        }
+    }
 }
 
 /// One consistent state of every kind.
@@ -283,6 +306,7 @@ impl ExceptionSet {
                 write: Mutex::new(()),
                 merging: AtomicBool::new(false),
                 threshold: threshold.max(1),
+                held: AtomicUsize::new(0),
             }),
         }
     }
@@ -510,6 +534,16 @@ impl ExceptionSet {
         self.inner.current.load().prefixes.base.search_bytes()
     }
 
+    /// Until the returned guard drops, writes publish as before (each
+    /// visible whole at once) but start no background merge below
+    /// [`HELD_MERGE_MAX`]; the drop starts one if a delta is over the
+    /// threshold. An import of many batches then rebuilds the base once at
+    /// its end instead of after every batch.
+    pub fn hold_merges(&self) -> MergeHold<'_> {
+        self.inner.held.fetch_add(1, Ordering::AcqRel);
+        MergeHold { set: self }
+    }
+
     /// Merges every delta now, in this thread (tests, benches).
     pub fn flush(&self) {
         let _w = self.inner.lock();
@@ -549,7 +583,7 @@ impl ExceptionSet {
             prefixes: pick(d.prefixes, &cur.prefixes),
             emails: pick(d.emails, &cur.emails),
         };
-        let big = next.over_threshold(self.inner.threshold);
+        let big = next.over_threshold(self.inner.merge_at());
         self.inner.current.store(Arc::new(next));
         drop(w);
         if big {
@@ -587,6 +621,15 @@ impl Inner {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The delta size that starts a merge now (larger while held).
+    fn merge_at(&self) -> usize {
+        if self.held.load(Ordering::Acquire) > 0 {
+            self.threshold.max(HELD_MERGE_MAX)
+        } else {
+            self.threshold
+        }
+    }
+
     /// Merges whichever delta is over the threshold until none is.
     fn merge_loop(&self) {
         fn over<B: Base>(l: &Layer<B>, t: usize) -> Option<Arc<B>> {
@@ -604,9 +647,10 @@ impl Inner {
         }
         loop {
             let from = self.current.load_full();
-            let phones = over(&from.phones, self.threshold);
-            let prefixes = over(&from.prefixes, self.threshold);
-            let emails = over(&from.emails, self.threshold);
+            let at = self.merge_at();
+            let phones = over(&from.phones, at);
+            let prefixes = over(&from.prefixes, at);
+            let emails = over(&from.emails, at);
             if phones.is_none() && prefixes.is_none() && emails.is_none() {
                 break;
             }
@@ -622,7 +666,7 @@ impl Inner {
         // A write between the last check and the flag reset may have found
         // the flag set and not started a merge: check once more.
         let s = self.current.load();
-        if s.over_threshold(self.threshold) && !self.merging.swap(true, Ordering::AcqRel) {
+        if s.over_threshold(self.merge_at()) && !self.merging.swap(true, Ordering::AcqRel) {
             drop(s);
             self.merge_loop();
         }

@@ -69,9 +69,13 @@ impl SqliteStore {
             c.pragma_update(None, "synchronous", "FULL")?;
             Ok::<_, StoreError>(c)
         };
-        let mut writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        // NO_MUTEX: each connection is used by one thread at a time (it is
+        // behind its `Mutex`), so SQLite's own per-call mutexes (serialized
+        // mode) are pure cost: 9 % of an import's CPU in a profile.
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut writer = open(rw | OpenFlags::SQLITE_OPEN_CREATE)?;
         migrations::migrate(&mut writer, &shown)?;
-        let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let reader = open(rw)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
