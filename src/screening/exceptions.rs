@@ -645,7 +645,7 @@ pub struct PhoneTable {
     /// Keys in place, 8 per 64-byte bucket; 0 = empty. Within a bucket the
     /// keys come first (the base is never deleted from); a full bucket some
     /// key went past has [`PASSED`] in its last slot.
-    buckets: Box<[Bucket]>,
+    buckets: HugeBuf<Bucket>,
     /// Number of keys.
     len: usize,
     /// Keys with the top bit set (no E.164 number; a corrupt store could
@@ -693,22 +693,98 @@ impl PhoneTable {
         let _ = k;
     }
 
-    /// `n` zeroed buckets; on Linux the memory is asked to be backed by
-    /// transparent huge pages before it is first touched, so that a lookup
-    /// in a 100 MB table costs one cache miss and no page walk.
-    fn zeroed(n: usize) -> Box<[Bucket]> {
-        let mut v: Vec<Bucket> = Vec::with_capacity(n);
-        advise_huge_pages(v.as_mut_ptr() as usize, n * 64);
-        v.resize(n, Bucket::default());
-        v.into_boxed_slice()
+    /// `n` zeroed buckets in memory backed by huge pages (see [`HugeBuf`]),
+    /// so that a lookup in a 100 MB table costs one cache miss and no page
+    /// walk.
+    fn zeroed(n: usize) -> HugeBuf<Bucket> {
+        HugeBuf::filled(n, Bucket::default())
+    }
+}
+
+/// Huge page size (x86-64, aarch64 with 4 KB pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A fixed-length array for the lookup tables: of 4 MB or more, it is
+/// aligned to a huge page and (Linux) advised `MADV_HUGEPAGE` before its
+/// first touch, so every 2 MB of it can be one transparent huge page (a
+/// `Vec` of that size starts at a 4 KB boundary, which costs a huge page
+/// at each end, and the kernel grants only pages wholly inside).
+pub(crate) struct HugeBuf<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `HugeBuf` owns its elements as a `Box<[T]>` would.
+unsafe impl<T: Copy + Send> Send for HugeBuf<T> {}
+// SAFETY: shared access hands out only `&[T]`.
+unsafe impl<T: Copy + Sync> Sync for HugeBuf<T> {}
+
+impl<T: Copy> HugeBuf<T> {
+    /// `len` copies of `fill`.
+    pub(crate) fn filled(len: usize, fill: T) -> HugeBuf<T> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .expect("table size");
+        let align = if bytes >= 4 << 20 {
+            HUGE_PAGE
+        } else {
+            std::mem::align_of::<T>()
+        };
+        let layout = std::alloc::Layout::from_size_align(bytes, align).expect("table layout");
+        if bytes == 0 {
+            return HugeBuf {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+                layout,
+            };
+        }
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<T>();
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        if align == HUGE_PAGE {
+            advise_huge_pages(raw as usize, bytes);
+        }
+        for i in 0..len {
+            // SAFETY: `i < len` lies inside the allocation, aligned for `T`.
+            unsafe { ptr.as_ptr().add(i).write(fill) };
+        }
+        HugeBuf { ptr, len, layout }
+    }
+}
+
+impl<T: Copy> std::ops::Deref for HugeBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised elements at `ptr` (dangling only for 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for HugeBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as `deref`, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> Drop for HugeBuf<T> {
+    fn drop(&mut self) {
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `filled` with this layout; `T: Copy`
+            // has no destructor to run.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+        }
     }
 }
 
 /// Asks (Linux) for transparent huge pages for the `bytes` at `start`, an
-/// allocation not yet touched; a no-op for allocations under 4 MB.
-pub(crate) fn advise_huge_pages(start: usize, bytes: usize) {
+/// allocation not yet touched.
+fn advise_huge_pages(start: usize, bytes: usize) {
     #[cfg(target_os = "linux")]
-    if bytes >= 4 << 20 {
+    {
         let aligned = (start + 4095) & !4095;
         let len = (start + bytes).saturating_sub(aligned) & !4095;
         // SAFETY: the range lies inside the caller's allocation, page
