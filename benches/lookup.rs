@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group};
 use phonenumber::country::Id;
-use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
+use sipscreen::screening::exceptions::{ExceptionSet, HugeBuf, Item, Rule};
 use sipscreen::screening::normalize::Normalizer;
 use sipscreen::screening::{Direction, Screener};
 
@@ -192,7 +192,7 @@ fn exact(c: &mut Criterion) {
         );
         let buf = huge_pages(
             "chase buffer",
-            |b: &Vec<[usize; 8]>| b.len() * 64,
+            |b: &HugeBuf<[usize; 8]>| b.len() * 64,
             || chase_buffer(bytes, 3),
         );
         for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
@@ -308,11 +308,9 @@ pub fn prefix_rules(n: usize, seed: u64) -> (Vec<Item>, Vec<u64>) {
 }
 
 /// A random single cycle over `bytes / 64` cache lines (Sattolo), each
-/// line holding the index of the next; backed by huge pages as the tables,
-/// and as they are, the cycle starts at a 2 MB boundary (the lines before
-/// and after it point into it, so a chase may start anywhere).
-fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
-    const HUGE_LINES: usize = (2 << 20) / 64;
+/// line holding the index of the next; in the same memory as the tables
+/// (a [`HugeBuf`]: its own mapping, huge pages).
+fn chase_buffer(bytes: usize, seed: u64) -> HugeBuf<[usize; 8]> {
     let n = (bytes / 64).max(2);
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng(seed);
@@ -320,18 +318,9 @@ fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
         let j = (rng.next() % i as u64) as usize;
         order.swap(i, j);
     }
-    let mut buf: Vec<[usize; 8]> = Vec::with_capacity(n + HUGE_LINES);
-    let start = buf.as_mut_ptr() as usize;
-    let off = (start.next_multiple_of(2 << 20) - start) / 64;
-    #[cfg(target_os = "linux")]
-    // SAFETY: advice on the fresh allocation's own pages; no contents change.
-    unsafe {
-        let aligned = start + off * 64;
-        libc::madvise(aligned as *mut libc::c_void, n * 64, libc::MADV_HUGEPAGE);
-    }
-    buf.resize(n + HUGE_LINES, [off, 0, 0, 0, 0, 0, 0, 0]);
+    let mut buf = HugeBuf::filled(n, [0; 8]);
     for w in 0..n {
-        buf[off + order[w]][0] = off + order[(w + 1) % n];
+        buf[order[w]][0] = order[(w + 1) % n];
     }
     buf
 }
@@ -361,7 +350,7 @@ fn prefixes(c: &mut Criterion) {
     );
     let buf = huge_pages(
         "chase buffer",
-        |b: &Vec<[usize; 8]>| b.len() * 64,
+        |b: &HugeBuf<[usize; 8]>| b.len() * 64,
         || chase_buffer(bytes, 5),
     );
     side_by_side("prefix/1M", &buf, &queries, |k| {

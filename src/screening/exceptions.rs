@@ -704,14 +704,19 @@ impl PhoneTable {
 /// Huge page size (x86-64, aarch64 with 4 KB pages).
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A fixed-length array for the lookup tables: of 4 MB or more, it is
-/// aligned to a huge page and (Linux) advised `MADV_HUGEPAGE` before its
-/// first touch, so every 2 MB of it can be one transparent huge page (a
-/// `Vec` of that size starts at a 4 KB boundary, which costs a huge page
-/// at each end, and the kernel grants only pages wholly inside).
-pub(crate) struct HugeBuf<T: Copy> {
+/// A fixed-length array for the lookup tables (and the benches' floor):
+/// of 4 MB or more, on Linux it is fresh memory of its own mapping
+/// (`mmap`), aligned to a huge page and advised `MADV_HUGEPAGE` before its
+/// first touch, so every 2 MB of it can be one transparent huge page. A
+/// `Vec` of that size starts at a 4 KB boundary (a huge page lost at each
+/// end), and once glibc has raised its mmap threshold (it does so on
+/// freeing big blocks, up to 32 MB) it comes from heap memory touched
+/// before, which the kernel has already backed with small pages.
+pub struct HugeBuf<T: Copy> {
     ptr: std::ptr::NonNull<T>,
     len: usize,
+    /// Bytes mapped at `ptr` (0: from the global allocator, or nothing).
+    mapped: usize,
     layout: std::alloc::Layout,
 }
 
@@ -722,37 +727,75 @@ unsafe impl<T: Copy + Sync> Sync for HugeBuf<T> {}
 
 impl<T: Copy> HugeBuf<T> {
     /// `len` copies of `fill`.
-    pub(crate) fn filled(len: usize, fill: T) -> HugeBuf<T> {
+    pub fn filled(len: usize, fill: T) -> HugeBuf<T> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .expect("table size");
-        let align = if bytes >= 4 << 20 {
-            HUGE_PAGE
-        } else {
-            std::mem::align_of::<T>()
+        let layout = std::alloc::Layout::from_size_align(bytes, std::mem::align_of::<T>().max(64))
+            .expect("table layout");
+        let (raw, mapped) = match map_huge(bytes) {
+            Some((raw, mapped)) => (raw.cast::<T>(), mapped),
+            None if bytes == 0 => (std::ptr::NonNull::dangling().as_ptr(), 0),
+            // SAFETY: `layout` has a non-zero size.
+            None => (unsafe { std::alloc::alloc(layout) }.cast::<T>(), 0),
         };
-        let layout = std::alloc::Layout::from_size_align(bytes, align).expect("table layout");
-        if bytes == 0 {
-            return HugeBuf {
-                ptr: std::ptr::NonNull::dangling(),
-                len,
-                layout,
-            };
-        }
-        // SAFETY: `layout` has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) }.cast::<T>();
         let Some(ptr) = std::ptr::NonNull::new(raw) else {
             std::alloc::handle_alloc_error(layout)
         };
-        if align == HUGE_PAGE {
-            advise_huge_pages(raw as usize, bytes);
-        }
         for i in 0..len {
             // SAFETY: `i < len` lies inside the allocation, aligned for `T`.
             unsafe { ptr.as_ptr().add(i).write(fill) };
         }
-        HugeBuf { ptr, len, layout }
+        HugeBuf {
+            ptr,
+            len,
+            mapped,
+            layout,
+        }
     }
+}
+
+/// A fresh anonymous mapping of at least `bytes` (4 MB or more), starting
+/// at a 2 MB boundary and advised `MADV_HUGEPAGE`: its start and length.
+/// `None` below 4 MB, off Linux, or when the kernel refuses.
+fn map_huge(bytes: usize) -> Option<(*mut u8, usize)> {
+    #[cfg(target_os = "linux")]
+    if bytes >= 4 << 20 {
+        let len = bytes.next_multiple_of(HUGE_PAGE);
+        let over = len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let start = p as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        // SAFETY: the head and tail unmapped lie inside the mapping made
+        // above and nothing refers to them; the advice changes no contents.
+        unsafe {
+            if aligned > start {
+                libc::munmap(p, aligned - start);
+            }
+            let tail = start + over - (aligned + len);
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        return Some((aligned as *mut u8, len));
+    }
+    let _ = bytes;
+    None
 }
 
 impl<T: Copy> std::ops::Deref for HugeBuf<T> {
@@ -772,29 +815,20 @@ impl<T: Copy> std::ops::DerefMut for HugeBuf<T> {
 
 impl<T: Copy> Drop for HugeBuf<T> {
     fn drop(&mut self) {
+        let p = self.ptr.as_ptr();
+        #[cfg(target_os = "linux")]
+        if self.mapped != 0 {
+            // SAFETY: mapped in `map_huge` with this length; `T: Copy` has
+            // no destructor to run.
+            unsafe { libc::munmap(p.cast(), self.mapped) };
+            return;
+        }
         if self.layout.size() != 0 {
             // SAFETY: allocated in `filled` with this layout; `T: Copy`
             // has no destructor to run.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+            unsafe { std::alloc::dealloc(p.cast(), self.layout) };
         }
     }
-}
-
-/// Asks (Linux) for transparent huge pages for the `bytes` at `start`, an
-/// allocation not yet touched.
-fn advise_huge_pages(start: usize, bytes: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        let aligned = (start + 4095) & !4095;
-        let len = (start + bytes).saturating_sub(aligned) & !4095;
-        // SAFETY: the range lies inside the caller's allocation, page
-        // aligned; MADV_HUGEPAGE is advice only and changes no contents.
-        unsafe {
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (start, bytes);
 }
 
 impl Base for PhoneTable {
