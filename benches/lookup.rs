@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group};
 use phonenumber::country::Id;
-use sipscreen::screening::exceptions::{ExceptionSet, Item, Rule};
+use sipscreen::screening::exceptions::{ExceptionSet, HugeBuf, Item, Rule};
 use sipscreen::screening::normalize::Normalizer;
 use sipscreen::screening::{Direction, Screener};
 
@@ -79,12 +79,44 @@ fn fence() {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The process's anonymous memory in transparent huge pages, in kB
+/// (`AnonHugePages` of `/proc/self/smaps_rollup`; 0 where there is none).
+fn anon_huge_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `build` and prints how much of the `bytes` it was to allocate
+/// the kernel granted as huge pages (the growth of [`anon_huge_kb`]).
+fn huge_pages<T>(what: &str, bytes: impl FnOnce(&T) -> usize, build: impl FnOnce() -> T) -> T {
+    let before = anon_huge_kb();
+    let t = build();
+    let got = anon_huge_kb().saturating_sub(before);
+    eprintln!(
+        "huge pages {what}: {got} kB of {} kB granted",
+        bytes(&t) / 1024
+    );
+    t
+}
+
 /// A set of `n` random exact entries, with `QUERIES` hits and misses.
 fn exact_set(n: usize) -> (ExceptionSet, Vec<u64>, Vec<u64>) {
     let mut rng = Rng(n as u64);
     let keys: Vec<u64> = (0..n).map(|_| rng.phone()).collect();
-    let set = ExceptionSet::new();
-    set.replace_all(keys.clone(), Vec::new());
+    let set = huge_pages(
+        &format!("exact table {n}"),
+        |s: &ExceptionSet| s.phone_table_bytes(),
+        || {
+            let set = ExceptionSet::new();
+            set.replace_all(keys.clone(), Vec::new());
+            set
+        },
+    );
     let hits: Vec<u64> = (0..QUERIES)
         .map(|_| keys[(rng.next() % n as u64) as usize])
         .collect();
@@ -158,7 +190,11 @@ fn exact(c: &mut Criterion) {
             bytes as f64 / phones as f64,
             set.heap_bytes() as f64 / phones as f64,
         );
-        let buf = chase_buffer(bytes, 3);
+        let buf = huge_pages(
+            "chase buffer",
+            |b: &HugeBuf<[usize; 8]>| b.len() * 64,
+            || chase_buffer(bytes, 3),
+        );
         for (kind, queries) in [("hit", &hits), ("miss", &misses)] {
             side_by_side(&format!("exact/{kind}/{label}"), &buf, queries, |k| {
                 black_box(set.contains_phone(k));
@@ -272,8 +308,9 @@ pub fn prefix_rules(n: usize, seed: u64) -> (Vec<Item>, Vec<u64>) {
 }
 
 /// A random single cycle over `bytes / 64` cache lines (Sattolo), each
-/// line holding the index of the next; backed by huge pages as the tables.
-fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
+/// line holding the index of the next; in the same memory as the tables
+/// (a [`HugeBuf`]: its own mapping, huge pages).
+fn chase_buffer(bytes: usize, seed: u64) -> HugeBuf<[usize; 8]> {
     let n = (bytes / 64).max(2);
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng(seed);
@@ -281,16 +318,7 @@ fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
         let j = (rng.next() % i as u64) as usize;
         order.swap(i, j);
     }
-    let mut buf: Vec<[usize; 8]> = Vec::with_capacity(n);
-    #[cfg(target_os = "linux")]
-    // SAFETY: advice on the fresh allocation's own pages; no contents change.
-    unsafe {
-        let start = buf.as_mut_ptr() as usize;
-        let aligned = (start + 4095) & !4095;
-        let len = (start + n * 64).saturating_sub(aligned) & !4095;
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-    }
-    buf.resize(n, [0; 8]);
+    let mut buf = HugeBuf::filled(n, [0; 8]);
     for w in 0..n {
         buf[order[w]][0] = order[(w + 1) % n];
     }
@@ -300,8 +328,15 @@ fn chase_buffer(bytes: usize, seed: u64) -> Vec<[usize; 8]> {
 fn prefixes(c: &mut Criterion) {
     let n = 1_000_000;
     let (rules, queries) = prefix_rules(n, 11);
-    let set = ExceptionSet::new();
-    set.replace_items(rules);
+    let set = huge_pages(
+        "prefix table 1M",
+        |s: &ExceptionSet| s.prefix_table_bytes(),
+        || {
+            let set = ExceptionSet::new();
+            set.replace_items(rules);
+            set
+        },
+    );
     let bytes = set.prefix_table_bytes();
     let hits = queries
         .iter()
@@ -313,7 +348,11 @@ fn prefixes(c: &mut Criterion) {
         bytes as f64 / set.rule_count() as f64,
         100.0 * hits as f64 / queries.len() as f64
     );
-    let buf = chase_buffer(bytes, 5);
+    let buf = huge_pages(
+        "chase buffer",
+        |b: &HugeBuf<[usize; 8]>| b.len() * 64,
+        || chase_buffer(bytes, 5),
+    );
     side_by_side("prefix/1M", &buf, &queries, |k| {
         black_box(set.match_phone(k));
     });

@@ -689,7 +689,7 @@ pub struct PhoneTable {
     /// Keys in place, 8 per 64-byte bucket; 0 = empty. Within a bucket the
     /// keys come first (the base is never deleted from); a full bucket some
     /// key went past has [`PASSED`] in its last slot.
-    buckets: Box<[Bucket]>,
+    buckets: HugeBuf<Bucket>,
     /// Number of keys.
     len: usize,
     /// Keys with the top bit set (no E.164 number; a corrupt store could
@@ -737,32 +737,142 @@ impl PhoneTable {
         let _ = k;
     }
 
-    /// `n` zeroed buckets; on Linux the memory is asked to be backed by
-    /// transparent huge pages before it is first touched, so that a lookup
-    /// in a 100 MB table costs one cache miss and no page walk.
-    fn zeroed(n: usize) -> Box<[Bucket]> {
-        let mut v: Vec<Bucket> = Vec::with_capacity(n);
-        advise_huge_pages(v.as_mut_ptr() as usize, n * 64);
-        v.resize(n, Bucket::default());
-        v.into_boxed_slice()
+    /// `n` zeroed buckets in memory backed by huge pages (see [`HugeBuf`]),
+    /// so that a lookup in a 100 MB table costs one cache miss and no page
+    /// walk.
+    fn zeroed(n: usize) -> HugeBuf<Bucket> {
+        HugeBuf::filled(n, Bucket::default())
     }
 }
 
-/// Asks (Linux) for transparent huge pages for the `bytes` at `start`, an
-/// allocation not yet touched; a no-op for allocations under 4 MB.
-pub(crate) fn advise_huge_pages(start: usize, bytes: usize) {
-    #[cfg(target_os = "linux")]
-    if bytes >= 4 << 20 {
-        let aligned = (start + 4095) & !4095;
-        let len = (start + bytes).saturating_sub(aligned) & !4095;
-        // SAFETY: the range lies inside the caller's allocation, page
-        // aligned; MADV_HUGEPAGE is advice only and changes no contents.
-        unsafe {
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+/// Huge page size (x86-64, aarch64 with 4 KB pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A fixed-length array for the lookup tables (and the benches' floor):
+/// of 4 MB or more, on Linux it is fresh memory of its own mapping
+/// (`mmap`), aligned to a huge page and advised `MADV_HUGEPAGE` before its
+/// first touch, so every 2 MB of it can be one transparent huge page. A
+/// `Vec` of that size starts at a 4 KB boundary (a huge page lost at each
+/// end), and once glibc has raised its mmap threshold (it does so on
+/// freeing big blocks, up to 32 MB) it comes from heap memory touched
+/// before, which the kernel has already backed with small pages.
+pub struct HugeBuf<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    /// Bytes mapped at `ptr` (0: from the global allocator, or nothing).
+    mapped: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `HugeBuf` owns its elements as a `Box<[T]>` would.
+unsafe impl<T: Copy + Send> Send for HugeBuf<T> {}
+// SAFETY: shared access hands out only `&[T]`.
+unsafe impl<T: Copy + Sync> Sync for HugeBuf<T> {}
+
+impl<T: Copy> HugeBuf<T> {
+    /// `len` copies of `fill`.
+    pub fn filled(len: usize, fill: T) -> HugeBuf<T> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .expect("table size");
+        let layout = std::alloc::Layout::from_size_align(bytes, std::mem::align_of::<T>().max(64))
+            .expect("table layout");
+        let (raw, mapped) = match map_huge(bytes) {
+            Some((raw, mapped)) => (raw.cast::<T>(), mapped),
+            None if bytes == 0 => (std::ptr::NonNull::dangling().as_ptr(), 0),
+            // SAFETY: `layout` has a non-zero size.
+            None => (unsafe { std::alloc::alloc(layout) }.cast::<T>(), 0),
+        };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        for i in 0..len {
+            // SAFETY: `i < len` lies inside the allocation, aligned for `T`.
+            unsafe { ptr.as_ptr().add(i).write(fill) };
+        }
+        HugeBuf {
+            ptr,
+            len,
+            mapped,
+            layout,
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (start, bytes);
+}
+
+/// A fresh anonymous mapping of at least `bytes` (4 MB or more), starting
+/// at a 2 MB boundary and advised `MADV_HUGEPAGE`: its start and length.
+/// `None` below 4 MB, off Linux, or when the kernel refuses.
+fn map_huge(bytes: usize) -> Option<(*mut u8, usize)> {
+    #[cfg(target_os = "linux")]
+    if bytes >= 4 << 20 {
+        let len = bytes.next_multiple_of(HUGE_PAGE);
+        let over = len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let start = p as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        // SAFETY: the head and tail unmapped lie inside the mapping made
+        // above and nothing refers to them; the advice changes no contents.
+        unsafe {
+            if aligned > start {
+                libc::munmap(p, aligned - start);
+            }
+            let tail = start + over - (aligned + len);
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        return Some((aligned as *mut u8, len));
+    }
+    let _ = bytes;
+    None
+}
+
+impl<T: Copy> std::ops::Deref for HugeBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised elements at `ptr` (dangling only for 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for HugeBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as `deref`, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> Drop for HugeBuf<T> {
+    fn drop(&mut self) {
+        let p = self.ptr.as_ptr();
+        #[cfg(target_os = "linux")]
+        if self.mapped != 0 {
+            // SAFETY: mapped in `map_huge` with this length; `T: Copy` has
+            // no destructor to run.
+            unsafe { libc::munmap(p.cast(), self.mapped) };
+            return;
+        }
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `filled` with this layout; `T: Copy`
+            // has no destructor to run.
+            unsafe { std::alloc::dealloc(p.cast(), self.layout) };
+        }
+    }
 }
 
 impl Base for PhoneTable {

@@ -336,3 +336,15 @@ fn email_matches_address_then_domain_then_parents() {
     );
     assert_eq!(set.counts().1, 5);
 }
+
+#[test]
+fn a_big_table_buffer_starts_at_a_huge_page_and_holds_its_fill() {
+    let big = HugeBuf::filled((8 << 20) / 64, Bucket([7; 8]));
+    assert_eq!(big.as_ptr() as usize % (2 << 20), 0, "2 MB aligned");
+    assert_eq!(big.len(), (8 << 20) / 64);
+    assert!(big.iter().all(|b| b.0 == [7; 8]));
+    let small = HugeBuf::filled(3, 5u64);
+    assert_eq!(&small[..], &[5, 5, 5]);
+    let none = HugeBuf::filled(0, Bucket::default());
+    assert!(none.is_empty());
+}

@@ -18,16 +18,24 @@
 //! Built once per base (like the phone table), the intervals are flattened
 //! into elementary segments: a sorted array of boundary keys, each with
 //! the rule in force from there to the next boundary (0: none). A lookup
-//! is one predecessor search, done in a static B+-tree: leaves of eight
-//! boundaries (one cache line: each boundary's key and the label of its
-//! rule packed in one `u64`, see [`PrefixTable`]), and above them levels
-//! of nodes of eight separator keys (one cache line, nine children)
-//! addressed by arithmetic, no pointers, all in one allocation backed by
-//! huge pages. With 1M prefixes (~2M boundaries) the leaves are 16 MB and
-//! the levels above them ~2 MB; a lookup reads one line per level, of which
-//! only the leaf (and the lowest internal level) are usually not in cache.
-//! `benches/lookup.rs` measures it against a pointer chase over a buffer
-//! of the table's size.
+//! is one predecessor search over leaves of eight boundaries (one cache
+//! line: each boundary's key and the label of its rule packed in one
+//! `u64`, see [`PrefixTable`]).
+//!
+//! The leaf is found through a direct table over the packed keys' high
+//! bits: the key space from the first boundary to the last is cut into
+//! equal cells (a power of two of keys each, about one cell per two
+//! leaves), and each cell holds the first leaf a key in it can end in and
+//! how many leaves start inside it. A lookup reads its cell (the table is
+//! 4 bytes a cell, ~2 % of the leaves, mostly in L2) and then that leaf
+//! and the ones starting in the cell at once (adjacent lines, addresses
+//! known together, so their misses overlap): about one dependent miss.
+//! A cell where more than [`DIRECT_MAX`] leaves start (keys crowded in a
+//! small part of the span) is searched by the static B+-tree kept beside
+//! it: nodes of eight separator keys (one cache line, nine children)
+//! addressed by arithmetic, one line per level. Levels and leaves are one
+//! allocation backed by huge pages. `benches/lookup.rs` measures a lookup
+//! against a pointer chase over a buffer of the structure's size.
 
 /// Longest E.164 number, in digits.
 pub const MAX_DIGITS: u32 = 15;
@@ -209,6 +217,8 @@ pub fn range_cover(lo: u64, hi: u64) -> Vec<(u64, u32)> {
     out
 }
 
+use crate::screening::exceptions::HugeBuf;
+
 /// One cache line of the search structure: a node's eight separator
 /// keys, or a leaf's eight boundaries (see [`PrefixTable`]).
 #[derive(Clone, Copy)]
@@ -239,14 +249,33 @@ const PAST: u64 = u64::MAX;
 /// per level, and every line lives in one allocation backed by huge pages.
 pub struct PrefixTable {
     /// Internal levels (root first), then the leaves.
-    lines: Box<[Line]>,
+    lines: HugeBuf<Line>,
     /// Index in `lines` of each internal level's first node, root first.
     levels: Vec<usize>,
     /// Index in `lines` of the first leaf.
     leaves: usize,
+    /// The direct table over the packed keys' high bits: cell
+    /// `(x - direct_base) >> direct_shift` (clamped to the ends) holds the
+    /// first leaf a key in it can end in (bits 6..32) and how many leaves
+    /// after it start inside the cell (bits 0..6, saturated). Empty when
+    /// the leaves do not fit its 26 bits.
+    cells: Box<[u32]>,
+    direct_base: u64,
+    direct_shift: u32,
     /// The rules, sorted (membership, rebuilding).
     rules: Box<[Rule]>,
 }
+
+/// Most leaves after a cell's first that a lookup reads through the direct
+/// table (all at once: their addresses are known from the cell); a cell
+/// with more falls back to the tree.
+const DIRECT_MAX: usize = 7;
+
+/// Direct-table cells per leaf, at most (a power of two of cells between
+/// half and all of `leaves / LEAVES_PER_CELL`): two to four leaves start
+/// in a cell on evenly spread keys, and the table (four bytes a cell) is
+/// about 2 % of the leaves' bytes, small enough to stay in the L2 cache.
+const LEAVES_PER_CELL: usize = 2;
 
 /// A rule's label (see [`PrefixTable`]).
 fn label_of(r: u64) -> u64 {
@@ -323,9 +352,7 @@ impl PrefixTable {
         }
         sizes.reverse();
         let total = sizes.iter().sum::<usize>() + leaves;
-        let mut lines: Vec<Line> = Vec::with_capacity(total);
-        crate::screening::exceptions::advise_huge_pages(lines.as_mut_ptr() as usize, total * 64);
-        lines.resize(total, Line([PAST; 8]));
+        let mut lines = HugeBuf::filled(total, Line([PAST; 8]));
         let mut levels = Vec::with_capacity(sizes.len());
         let mut at = 0;
         for n in &sizes {
@@ -350,10 +377,15 @@ impl PrefixTable {
             }
             firsts = (0..n).map(|k| firsts[k * FANOUT]).collect();
         }
+        let leaf_firsts: Vec<u64> = (0..leaves).map(|l| lines[first_leaf + l].0[0]).collect();
+        let (cells, direct_base, direct_shift) = direct_table(&leaf_firsts, &bounds);
         PrefixTable {
-            lines: lines.into_boxed_slice(),
+            lines,
             levels,
             leaves: first_leaf,
+            cells,
+            direct_base,
+            direct_shift,
             rules: rules.into_boxed_slice(),
         }
     }
@@ -366,6 +398,22 @@ impl PrefixTable {
         }
         // Every packed boundary at key `x` sorts at or below this.
         let x = x << LABEL_BITS | LABEL_MASK;
+        if let Some(&cell) = self.cells.get(self.cell_of(x)) {
+            let more = (cell & 63) as usize;
+            if more <= DIRECT_MAX {
+                // The leaf holding `x`'s boundary is the first or one of the
+                // `more` after it: load them together, count those starting
+                // at or below `x`.
+                let first = self.leaves + (cell >> 6) as usize;
+                let run = &self.lines[first..=first + more];
+                let mut j = 0;
+                for l in &run[1..] {
+                    j += usize::from(l.0[0] <= x);
+                }
+                let leaf = &run[j];
+                return rule_at(leaf.0[rank(leaf, x).max(1) - 1]);
+            }
+        }
         let mut i = 0usize;
         for &start in &self.levels {
             i = i * FANOUT + rank(&self.lines[start + i], x);
@@ -374,6 +422,14 @@ impl PrefixTable {
         // Every leaf starts at or below the keys routed to it.
         let j = rank(leaf, x);
         rule_at(leaf.0[j.max(1) - 1])
+    }
+
+    /// The direct-table cell of the packed query `x` (any `x`: the ends
+    /// clamp; with no table, 0, which `cells.get` refuses).
+    #[inline(always)]
+    fn cell_of(&self, x: u64) -> usize {
+        let c = x.saturating_sub(self.direct_base) >> self.direct_shift;
+        (c as usize).min(self.cells.len().saturating_sub(1))
     }
 
     /// The innermost rule covering the number `n`.
@@ -402,10 +458,49 @@ impl PrefixTable {
         self.search_bytes() + self.rules.len() * 8
     }
 
-    /// Bytes a lookup searches: the leaves and the levels above them.
+    /// Bytes a lookup searches: the direct table, the leaves and the
+    /// levels above them.
     pub fn search_bytes(&self) -> usize {
-        self.lines.len() * std::mem::size_of::<Line>()
+        self.lines.len() * std::mem::size_of::<Line>() + self.cells.len() * 4
     }
+}
+
+/// The direct table over leaves whose first packed keys are `firsts`, of
+/// the packed boundaries `bounds` (sorted, `bounds[0]` the 0 boundary):
+/// the cells, their base and shift (see [`PrefixTable`]).
+fn direct_table(firsts: &[u64], bounds: &[u64]) -> (Box<[u32]>, u64, u32) {
+    let leaves = firsts.len();
+    if bounds.len() < 2 || leaves >= 1 << 26 {
+        return (Box::new([]), 0, 0);
+    }
+    // Cells cover the keys from the first boundary above 0 (in leaf 0, so
+    // the keys below it, clamped to cell 0, end in leaf 0) to the last
+    // (the keys above it, clamped to the last cell, end in the last leaf).
+    let (base, last) = (bounds[1], bounds[bounds.len() - 1]);
+    let span = last - base;
+    let target = (leaves / LEAVES_PER_CELL).max(1) as u64;
+    let mut shift = 0;
+    while (span >> shift) + 1 > target {
+        shift += 1;
+    }
+    let n = ((span >> shift) + 1) as usize;
+    let mut cells = Vec::with_capacity(n);
+    // `j`: the last leaf starting at or below the cell's first key.
+    let mut j = 0usize;
+    for c in 0..n as u64 {
+        let lo = base + (c << shift);
+        let hi = lo + ((1u64 << shift) - 1);
+        while j + 1 < leaves && firsts[j + 1] <= lo {
+            j += 1;
+        }
+        let mut k = j;
+        while k + 1 < leaves && firsts[k + 1] <= hi {
+            k += 1;
+        }
+        let more = (k - j).min(63) as u32;
+        cells.push((j as u32) << 6 | more);
+    }
+    (cells.into_boxed_slice(), base, shift)
 }
 
 /// Elementary segments of sorted rules: (boundary key, rule in force).

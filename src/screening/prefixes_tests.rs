@@ -185,3 +185,138 @@ fn a_large_table_answers_like_brute_force() {
         }
     }
 }
+
+/// The longest rule covering the key `x` (any key, not only a number's)
+/// by brute force.
+fn longest_naive_at(rules: &[Rule], x: u64) -> Option<Rule> {
+    rules
+        .iter()
+        .copied()
+        .filter(|r| r.covers(x))
+        .max_by_key(|r| (r.len(), r.is_exact()))
+}
+
+/// Cells of the direct table a lookup answers from, and cells that fall
+/// back to the tree.
+fn direct_and_fallback(t: &PrefixTable) -> (usize, usize) {
+    let direct = t
+        .cells
+        .iter()
+        .filter(|&&c| (c & 63) as usize <= DIRECT_MAX)
+        .count();
+    (direct, t.cells.len() - direct)
+}
+
+/// Asks the table for the keys at and around every cell's edges (the
+/// first and last key of each cell, and the keys either side), and for
+/// the lowest and highest keys (below and above every cell), against
+/// brute force.
+fn check_cell_edges(t: &PrefixTable) {
+    let kept = t.rules().to_vec();
+    let size = 1u64 << t.direct_shift;
+    let mut keys = vec![0, 1, START_MASK, t.direct_base >> LABEL_BITS];
+    for c in 0..t.cells.len() as u64 {
+        let lo = (t.direct_base + c * size) >> LABEL_BITS;
+        let hi = (t.direct_base + c * size + size - 1) >> LABEL_BITS;
+        keys.extend([
+            lo.saturating_sub(1),
+            lo,
+            lo + 1,
+            hi.saturating_sub(1),
+            hi,
+            hi + 1,
+        ]);
+    }
+    // Keys are below 2^54 (15 digits and a length).
+    for x in keys.into_iter().filter(|&x| x <= START_MASK) {
+        assert_eq!(t.longest_at(x), longest_naive_at(&kept, x), "key {x:#x}");
+    }
+}
+
+#[test]
+fn the_direct_table_answers_like_brute_force_at_every_cell_edge() {
+    // Short rules (one to three digits: each spans many cells), long ones
+    // up to 15 digits inside and beside them, exact allows, nines at the
+    // top of the key space, and stretches with no boundary (empty cells).
+    let mut x = 11u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut rules = vec![p("+1*"), p("+49*"), p("+999*"), p("+999999999999999*")];
+    rules.push(Rule::parse_value("+4930*", true).unwrap());
+    rules.push(Rule::exact(999_999_999_999_999, true).unwrap());
+    for _ in 0..3000 {
+        let v = next();
+        let len = 4 + (v % 12) as u32;
+        let head = [1u64, 49, 4930, 999][(v >> 8) as usize % 4];
+        let hl = digit_count(head);
+        let d = head * 10u64.pow(len.max(hl) - hl) + (v >> 16) % 10u64.pow(len.max(hl) - hl);
+        let r = if v >> 60 == 0 {
+            Rule::exact(d, v & 1 == 0)
+        } else {
+            Rule::prefix(d, digit_count(d), v & 1 == 0)
+        };
+        rules.extend(r);
+    }
+    let t = PrefixTable::build(rules);
+    let (direct, _) = direct_and_fallback(&t);
+    assert!(direct > 100, "{direct} direct cells of {}", t.cells.len());
+    assert!(
+        t.cells.iter().any(|&c| c & 63 == 0),
+        "some cell has no leaf starting in it"
+    );
+    check_cell_edges(&t);
+    let kept = t.rules().to_vec();
+    for r in &kept {
+        let d = r.digits();
+        let rest = MAX_DIGITS - r.len();
+        for q in [
+            d,
+            d * 10u64.pow(rest),
+            (d + 1) * 10u64.pow(rest) - 1,
+            (d + 1) * 10u64.pow(rest),
+        ] {
+            assert_eq!(t.longest(q), longest_naive(&kept, q), "{q}");
+        }
+    }
+}
+
+#[test]
+fn crowded_cells_fall_back_to_the_tree_and_answer_the_same() {
+    // Nearly all rules in one narrow block, two far away: the cells are
+    // spread over the whole span, so the block's few cells hold many
+    // leaves each and are searched by the tree.
+    let mut rules: Vec<Rule> = (0..20_000u64)
+        .map(|i| Rule::prefix(4930_0000_0000 + i * 37, 12, i % 3 == 0).unwrap())
+        .collect();
+    rules.push(p("+1*"));
+    rules.push(p("+99999*"));
+    let t = PrefixTable::build(rules);
+    let (direct, fallback) = direct_and_fallback(&t);
+    assert!(
+        direct > 0 && fallback > 0,
+        "{direct} direct, {fallback} fallback"
+    );
+    check_cell_edges(&t);
+    let kept = t.rules().to_vec();
+    for r in kept.iter().step_by(7) {
+        let d = r.digits();
+        for q in [d * 1000, d * 1000 + 999, d * 1000 - 1, d] {
+            assert_eq!(t.longest(q), longest_naive(&kept, q), "{q}");
+        }
+    }
+}
+
+#[test]
+fn one_rule_and_no_rule() {
+    let t = PrefixTable::build(vec![p("+4930*")]);
+    check_cell_edges(&t);
+    assert_eq!(t.longest(4930901820), Some(p("+4930*")));
+    assert_eq!(t.longest(4931), None);
+    let t = PrefixTable::build(Vec::new());
+    assert!(t.cells.is_empty());
+    assert_eq!(t.longest(4930901820), None);
+}
