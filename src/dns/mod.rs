@@ -212,7 +212,9 @@ impl PeerTargets {
             clock,
             metrics,
         };
-        for c in t.configured.iter().filter(|c| c.spec.is_name()) {
+        // Every configured target's series from the start (a literal's stay
+        // 0), so the alerts over them see 0 rather than nothing.
+        for c in t.configured.iter() {
             let labels = vec![("peer", t.peer.clone()), ("target", c.spec.to_string())];
             let _ = t.metrics.failures.get_or_create(&labels);
             let _ = t.metrics.stale.get_or_create(&labels);
