@@ -970,8 +970,8 @@ mod tests {
     type Batch = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
     /// The SQLite store, recording what the tracker asked it to write
-    /// batch by batch, and answering `stale_calls` as a fleet's store
-    /// would.
+    /// batch by batch, and answering as a fleet's store would: shared,
+    /// `find_calls`, and `stale_calls` as PostgreSQL's (without the stamp).
     struct Watched {
         inner: Arc<SqliteStore>,
         batches: std::sync::Mutex<Vec<Batch>>,
@@ -1003,6 +1003,15 @@ mod tests {
         }
         fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
             self.inner.active_calls()
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn find_calls(
+            &self,
+            sip_call_ids: &[Box<[u8]>],
+        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
+            self.inner.find_calls(sip_call_ids)
         }
         fn stale_calls(
             &self,
@@ -1076,48 +1085,6 @@ mod tests {
         )
     }
 
-    /// The SQLite store as a fleet's PostgreSQL store answers: shared, and
-    /// `stale_calls` as PostgreSQL's (without the stamp).
-    struct Shared(Arc<SqliteStore>);
-
-    impl CallStore for Shared {
-        fn save_calls(
-            &self,
-            events: &[NewEvent],
-            active: &[ActiveCall],
-            ended: &[Box<[u8]>],
-            now: i64,
-        ) -> Result<(), crate::store::StoreError> {
-            self.0.save_calls(events, active, ended, now)
-        }
-        fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-            self.0.active_calls()
-        }
-        fn shared(&self) -> bool {
-            true
-        }
-        fn find_calls(
-            &self,
-            sip_call_ids: &[Box<[u8]>],
-        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-            self.0.find_calls(sip_call_ids)
-        }
-        fn stale_calls(
-            &self,
-            before_ms: i64,
-            _now_ms: i64,
-            limit: usize,
-        ) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
-            Ok(self
-                .0
-                .active_calls()?
-                .into_iter()
-                .filter(|c| c.last_ms < before_ms)
-                .take(limit)
-                .collect())
-        }
-    }
-
     /// Two live nodes on one store: the call goes through `a`; its BYE
     /// reaches `b` (the carrier failed over), which ends it. `a` never
     /// hears of the call again: once it is idle for the limit, `a` finds
@@ -1128,7 +1095,7 @@ mod tests {
     fn a_call_another_node_ended_or_took_is_not_ended_again_at_expiry() {
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let sqlite = Arc::new(SqliteStore::open_dir(a_dir.path()).unwrap());
-        let shared: Arc<dyn CallStore> = Arc::new(Shared(sqlite.clone()));
+        let shared: Arc<dyn CallStore> = Watched::new(sqlite.clone());
         let mut a = other_node(a_dir.path(), shared.clone());
         let mut b = other_node(b_dir.path(), shared);
         let t0 = SystemTime::now();
