@@ -275,9 +275,15 @@ fn refer_target(msg: &Message) -> Option<String> {
 
 /// The `User-Agent` value of `msg`, if it has one.
 fn user_agent(msg: &Message) -> Option<&[u8]> {
+    value_named(msg, b"user-agent")
+}
+
+/// The value of the first header called `name` (a name the scanner does
+/// not classify), if `msg` has one.
+fn value_named<'m>(msg: &'m Message, name: &[u8]) -> Option<&'m [u8]> {
     let h = msg.headers().iter().find(|h| {
         msg.slice(h.start as usize..h.name_end as usize)
-            .eq_ignore_ascii_case(b"user-agent")
+            .eq_ignore_ascii_case(name)
     })?;
     Some(msg.value(h))
 }
@@ -300,11 +306,7 @@ fn retry_after_line(window_ms: u64) -> Vec<u8> {
 /// The seconds of a response's `Retry-After` (RFC 3261 §20.33:
 /// `delta-seconds [comment] *(; retry-param)`), if it has one above 0.
 fn retry_after(msg: &Message) -> Option<u64> {
-    let h = msg.headers().iter().find(|h| {
-        msg.slice(h.start as usize..h.name_end as usize)
-            .eq_ignore_ascii_case(b"retry-after")
-    })?;
-    retry_after_secs(msg.value(h))
+    retry_after_secs(value_named(msg, b"retry-after")?)
 }
 
 /// The leading delta-seconds of a `Retry-After` value.
