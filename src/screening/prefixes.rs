@@ -50,15 +50,46 @@ const POW10: [u64; 20] = {
     t
 };
 
-/// Number of decimal digits of `n` (`0` has one).
+/// Number of decimal digits of `n` (`0` has one): from its bit length
+/// (`bits * 1233 >> 12` is `floor(bits * log10 2)`, one short of the count
+/// or exact) and one comparison, without a loop.
 #[inline]
 pub fn digit_count(n: u64) -> u32 {
-    let mut d = 1;
-    while d < 20 && n >= POW10[d as usize] {
-        d += 1;
-    }
-    d
+    let bits = 64 - (n | 1).leading_zeros();
+    let guess = (bits * 1233) >> 12;
+    (guess + u32::from(n >= POW10[guess as usize])).max(1)
 }
+
+/// `n` with its last `k` decimal digits zeroed, for `n < 2^50` (every
+/// padded key: below 10^15) and `k ≤ 15`: one multiplication by a
+/// precomputed reciprocal instead of a division (see [`RECIP`]).
+#[inline(always)]
+fn truncate_digits(n: u64, k: u32) -> u64 {
+    let (m, shift) = RECIP[k as usize];
+    let q = ((u128::from(n) * u128::from(m)) >> shift) as u64;
+    q * POW10[k as usize]
+}
+
+/// For each `d = 10^k` (k ≤ 15), `(ceil(2^s / d), s)` with
+/// `s = 50 + ceil(log2 d)`: then `floor(n * m / 2^s) = floor(n / d)` for
+/// every `n < 2^50`, since `m * d - 2^s < d` makes the error
+/// `n * (m * d - 2^s) / (d * 2^s)` smaller than `1 / d`.
+const RECIP: [(u64, u32); 16] = {
+    let mut t = [(0u64, 0u32); 16];
+    let mut k = 0;
+    while k < 16 {
+        let d = POW10[k];
+        let mut log = 0;
+        while (1u64 << log) < d {
+            log += 1;
+        }
+        let s = 50 + log;
+        let m = ((1u128 << s).div_ceil(d as u128)) as u64;
+        t[k] = (m, s);
+        k += 1;
+    }
+    t
+};
 
 const LEN_BITS: u32 = 4;
 const START_MASK: u64 = (1 << 54) - 1;
@@ -303,8 +334,7 @@ fn rule_at(b: u64) -> Option<Rule> {
         return None;
     }
     let padded = b >> (LABEL_BITS + LEN_BITS);
-    let digits = padded / POW10[(MAX_DIGITS - len) as usize];
-    let mut r = key(digits, len);
+    let mut r = truncate_digits(padded, MAX_DIGITS - len) << LEN_BITS | u64::from(len);
     if label & LABEL_EXACT != 0 {
         r |= EXACT;
     }
@@ -312,6 +342,22 @@ fn rule_at(b: u64) -> Option<Rule> {
         r |= ALLOW;
     }
     Some(Rule(r))
+}
+
+/// Starts loading `line` with the non-temporal hint: leaf lines are read
+/// once per lookup, so they should not push the direct table (read by
+/// every lookup) out of the caches.
+#[inline(always)]
+fn prefetch_nta(line: &Line) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads no memory architecturally.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_NTA }>(
+            (line as *const Line).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = line;
 }
 
 /// Number of slots of `line` at or below `x` (slots are sorted).
@@ -406,6 +452,9 @@ impl PrefixTable {
                 // at or below `x`.
                 let first = self.leaves + (cell >> 6) as usize;
                 let run = &self.lines[first..=first + more];
+                for l in run {
+                    prefetch_nta(l);
+                }
                 let mut j = 0;
                 for l in &run[1..] {
                     j += usize::from(l.0[0] <= x);
@@ -419,6 +468,7 @@ impl PrefixTable {
             i = i * FANOUT + rank(&self.lines[start + i], x);
         }
         let leaf = &self.lines[self.leaves + i];
+        prefetch_nta(leaf);
         // Every leaf starts at or below the keys routed to it.
         let j = rank(leaf, x);
         rule_at(leaf.0[j.max(1) - 1])

@@ -10,6 +10,42 @@ fn p(s: &str) -> Rule {
 }
 
 #[test]
+fn digit_count_and_truncation_agree_with_decimal_text() {
+    // Every power of ten and its neighbours, and the ends.
+    let mut ns = vec![0u64, 1, u64::MAX];
+    for &p in &POW10 {
+        ns.extend([p - 1, p, p + 1]);
+    }
+    for n in ns {
+        assert_eq!(digit_count(n), n.to_string().len() as u32, "{n}");
+    }
+    // Truncation by reciprocal against division, over the padded-key range
+    // (below 2^50), its largest values included.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut ns: Vec<u64> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % (1 << 50)
+        })
+        .collect();
+    ns.extend([
+        0,
+        1,
+        (1 << 50) - 1,
+        999_999_999_999_999,
+        100_000_000_000_000,
+    ]);
+    for n in ns {
+        for k in 0..=MAX_DIGITS {
+            let d = POW10[k as usize];
+            assert_eq!(truncate_digits(n, k), n / d * d, "{n} k={k}");
+        }
+    }
+}
+
+#[test]
 fn values_round_trip_and_bad_ones_are_refused() {
     for v in ["+4930901*", "+4930901820", "+1*", "+493090182012345*"] {
         assert_eq!(p(v).value(), v);
