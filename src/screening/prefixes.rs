@@ -30,11 +30,14 @@
 //! 4 bytes a cell, ~2 % of the leaves, mostly in L2) and then that leaf
 //! and the ones starting in the cell at once (adjacent lines, addresses
 //! known together, so their misses overlap): about one dependent miss.
+//! The leaves are loaded with the non-temporal hint (`prefetchnta`): each
+//! is read once, and without the hint the stream of them pushed the
+//! cells, which every lookup reads, out of this machine's L2.
 //! A cell where more than [`DIRECT_MAX`] leaves start (keys crowded in a
 //! small part of the span) is searched by the static B+-tree kept beside
 //! it: nodes of eight separator keys (one cache line, nine children)
-//! addressed by arithmetic, one line per level. Levels and leaves are one
-//! allocation backed by huge pages. `benches/lookup.rs` measures a lookup
+//! addressed by arithmetic, one line per level. Cells, levels and leaves
+//! are one allocation backed by huge pages. `benches/lookup.rs` measures a lookup
 //! against a pointer chase over a buffer of the structure's size.
 
 /// Longest E.164 number, in digits.
@@ -279,18 +282,24 @@ const PAST: u64 = u64::MAX;
 /// A leaf is one cache line of eight boundaries, a lookup reads one line
 /// per level, and every line lives in one allocation backed by huge pages.
 pub struct PrefixTable {
-    /// Internal levels (root first), then the leaves.
+    /// The direct table's cells (sixteen a line), the internal levels
+    /// (root first), then the leaves: one mapping, so the cells too are in
+    /// a huge page (one TLB entry, and physically contiguous: evenly
+    /// spread over the L2 cache's sets rather than over whatever 4 KB
+    /// pages the heap had, which moved a lookup's time by a fifth from one
+    /// process to the next).
     lines: HugeBuf<Line>,
     /// Index in `lines` of each internal level's first node, root first.
     levels: Vec<usize>,
     /// Index in `lines` of the first leaf.
     leaves: usize,
-    /// The direct table over the packed keys' high bits: cell
+    /// Cells of the direct table over the packed keys' high bits (in
+    /// `lines` from the start, see [`PrefixTable::cell`]): cell
     /// `(x - direct_base) >> direct_shift` (clamped to the ends) holds the
     /// first leaf a key in it can end in (bits 6..32) and how many leaves
-    /// after it start inside the cell (bits 0..6, saturated). Empty when
+    /// after it start inside the cell (bits 0..6, saturated). None when
     /// the leaves do not fit its 26 bits.
-    cells: Box<[u32]>,
+    cell_count: usize,
     direct_base: u64,
     direct_shift: u32,
     /// The rules, sorted (membership, rebuilding).
@@ -307,6 +316,9 @@ const DIRECT_MAX: usize = 7;
 /// in a cell on evenly spread keys, and the table (four bytes a cell) is
 /// about 2 % of the leaves' bytes, small enough to stay in the L2 cache.
 const LEAVES_PER_CELL: usize = 2;
+
+/// Direct-table cells (four bytes) in one line.
+const CELLS_PER_LINE: usize = 16;
 
 /// A rule's label (see [`PrefixTable`]).
 fn label_of(r: u64) -> u64 {
@@ -389,6 +401,12 @@ impl PrefixTable {
             .map(|(k, r)| k << LABEL_BITS | label_of(r))
             .collect();
         let leaves = bounds.len().div_ceil(8).max(1);
+        // Each leaf's first boundary (a leaf past the end starts with PAST).
+        let leaf_firsts: Vec<u64> = (0..leaves)
+            .map(|l| bounds.get(l * 8).copied().unwrap_or(PAST))
+            .collect();
+        let (cells, direct_base, direct_shift) = direct_table(&leaf_firsts, &bounds);
+        let cell_lines = cells.len().div_ceil(CELLS_PER_LINE);
         // Level sizes, bottom up: nodes over the leaves, then over those.
         let mut sizes = Vec::new();
         let mut below = leaves;
@@ -397,10 +415,14 @@ impl PrefixTable {
             sizes.push(below);
         }
         sizes.reverse();
-        let total = sizes.iter().sum::<usize>() + leaves;
+        let total = cell_lines + sizes.iter().sum::<usize>() + leaves;
         let mut lines = HugeBuf::filled(total, Line([PAST; 8]));
+        for (i, pair) in cells.chunks(2).enumerate() {
+            let hi = pair.get(1).map_or(0, |&c| u64::from(c) << 32);
+            lines[i / 8].0[i % 8] = hi | u64::from(pair[0]);
+        }
         let mut levels = Vec::with_capacity(sizes.len());
-        let mut at = 0;
+        let mut at = cell_lines;
         for n in &sizes {
             levels.push(at);
             at += n;
@@ -423,13 +445,11 @@ impl PrefixTable {
             }
             firsts = (0..n).map(|k| firsts[k * FANOUT]).collect();
         }
-        let leaf_firsts: Vec<u64> = (0..leaves).map(|l| lines[first_leaf + l].0[0]).collect();
-        let (cells, direct_base, direct_shift) = direct_table(&leaf_firsts, &bounds);
         PrefixTable {
             lines,
             levels,
             leaves: first_leaf,
-            cells,
+            cell_count: cells.len(),
             direct_base,
             direct_shift,
             rules: rules.into_boxed_slice(),
@@ -444,7 +464,7 @@ impl PrefixTable {
         }
         // Every packed boundary at key `x` sorts at or below this.
         let x = x << LABEL_BITS | LABEL_MASK;
-        if let Some(&cell) = self.cells.get(self.cell_of(x)) {
+        if let Some(cell) = self.cell(self.cell_of(x)) {
             let more = (cell & 63) as usize;
             if more <= DIRECT_MAX {
                 // The leaf holding `x`'s boundary is the first or one of the
@@ -479,7 +499,24 @@ impl PrefixTable {
     #[inline(always)]
     fn cell_of(&self, x: u64) -> usize {
         let c = x.saturating_sub(self.direct_base) >> self.direct_shift;
-        (c as usize).min(self.cells.len().saturating_sub(1))
+        (c as usize).min(self.cell_count.saturating_sub(1))
+    }
+
+    /// Direct-table cell `i` (two to a `u64` slot, the even one low), if
+    /// the table has one.
+    #[inline(always)]
+    fn cell(&self, i: usize) -> Option<u32> {
+        if i >= self.cell_count {
+            return None;
+        }
+        let slot = self.lines[i / CELLS_PER_LINE].0[i % CELLS_PER_LINE / 2];
+        Some((slot >> (32 * (i % 2))) as u32)
+    }
+
+    /// Every cell, in order (for tests).
+    #[cfg(test)]
+    fn cell_list(&self) -> Vec<u32> {
+        (0..self.cell_count).filter_map(|i| self.cell(i)).collect()
     }
 
     /// The innermost rule covering the number `n`.
@@ -511,7 +548,7 @@ impl PrefixTable {
     /// Bytes a lookup searches: the direct table, the leaves and the
     /// levels above them.
     pub fn search_bytes(&self) -> usize {
-        self.lines.len() * std::mem::size_of::<Line>() + self.cells.len() * 4
+        self.lines.len() * std::mem::size_of::<Line>()
     }
 }
 
