@@ -417,10 +417,11 @@ impl PrefixTable {
         sizes.reverse();
         let total = cell_lines + sizes.iter().sum::<usize>() + leaves;
         let mut lines = HugeBuf::filled(total, Line([PAST; 8]));
-        for (i, pair) in cells.chunks(2).enumerate() {
-            let hi = pair.get(1).map_or(0, |&c| u64::from(c) << 32);
-            lines[i / 8].0[i % 8] = hi | u64::from(pair[0]);
-        }
+        // SAFETY: the first `cell_lines` lines (plain `u64`s, 64-byte
+        // aligned) have room for `cells.len()` `u32`s; nothing else refers
+        // to them yet.
+        unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u32>(), cells.len()) }
+            .copy_from_slice(&cells);
         let mut levels = Vec::with_capacity(sizes.len());
         let mut at = cell_lines;
         for n in &sizes {
@@ -502,15 +503,15 @@ impl PrefixTable {
         (c as usize).min(self.cell_count.saturating_sub(1))
     }
 
-    /// Direct-table cell `i` (two to a `u64` slot, the even one low), if
-    /// the table has one.
+    /// Direct-table cell `i`, if the table has one.
     #[inline(always)]
     fn cell(&self, i: usize) -> Option<u32> {
         if i >= self.cell_count {
             return None;
         }
-        let slot = self.lines[i / CELLS_PER_LINE].0[i % CELLS_PER_LINE / 2];
-        Some((slot >> (32 * (i % 2))) as u32)
+        // SAFETY: `build` wrote `cell_count` `u32`s from the start of
+        // `lines`, which it sized for them; `i` is below that count.
+        Some(unsafe { self.lines.as_ptr().cast::<u32>().add(i).read() })
     }
 
     /// Every cell, in order (for tests).
