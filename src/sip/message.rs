@@ -656,9 +656,7 @@ impl Message {
     }
 
     fn validate_uri<'a>(&self, uri: &'a [u8]) -> Result<Uri<'a>, Invalid> {
-        if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || uri[0] == b'<' {
-            return Err(bad("request_uri"));
-        }
+        // `Uri::parse` refuses an empty URI, LWS and `<` in it.
         let u = Uri::parse(uri).map_err(|_| bad("request_uri"))?;
         let s = u.scheme;
         if !(s.eq_ignore_ascii_case(b"sip")
