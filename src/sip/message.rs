@@ -475,8 +475,20 @@ impl Message {
 
     /// From, To or P-Asserted-Identity (first value), parsed.
     pub fn name_addr(&self, name: HeaderName) -> Option<NameAddr<'_>> {
+        if let Some(v) = self.sole_value(name) {
+            return NameAddr::parse(v).ok();
+        }
         let r = self.first_element(name)?;
         NameAddr::parse(&self.buf[r]).ok()
+    }
+
+    /// The first header's value when it holds no comma at all: then it is
+    /// the header's one comma-separated element (values are trimmed), and
+    /// one `memchr` replaces the comma walk (quotes, `<>`). `None` for an
+    /// untracked name, no header, an empty value or any comma.
+    fn sole_value(&self, name: HeaderName) -> Option<&[u8]> {
+        let v = self.value(self.first(name)?);
+        (!v.is_empty() && memchr(b',', v).is_none()).then_some(v)
     }
 
     /// The Call-ID.
@@ -647,6 +659,9 @@ impl Message {
 
     /// From / To: exactly one value, a valid name-addr or addr-spec.
     fn single_name_addr(&self, name: HeaderName) -> Result<NameAddr<'_>, Invalid> {
+        if let Some(v) = self.sole_value(name) {
+            return NameAddr::parse(v).map_err(|_| bad("name_addr"));
+        }
         let h = self.first(name).ok_or(bad("name_addr"))?;
         let mut vals = split_commas(&self.buf, h.value_range());
         match (vals.next(), vals.next()) {
@@ -656,9 +671,7 @@ impl Message {
     }
 
     fn validate_uri<'a>(&self, uri: &'a [u8]) -> Result<Uri<'a>, Invalid> {
-        if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || uri[0] == b'<' {
-            return Err(bad("request_uri"));
-        }
+        // `Uri::parse` refuses an empty URI, LWS and `<` in it.
         let u = Uri::parse(uri).map_err(|_| bad("request_uri"))?;
         let s = u.scheme;
         if !(s.eq_ignore_ascii_case(b"sip")

@@ -295,7 +295,15 @@ pub fn parse_u16(s: &[u8]) -> Option<u16> {
 /// Splits `host[:port]` (IPv6 in brackets). The host must not be empty and
 /// must not hold spaces; an unbracketed host with several colons is refused.
 pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
-    if s.is_empty() || s.iter().any(|&b| is_lws(b)) {
+    if s.iter().any(|&b| is_lws(b)) {
+        return None;
+    }
+    host_port_no_lws(s)
+}
+
+/// [`host_port`] of a value already known to hold no LWS.
+fn host_port_no_lws(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    if s.is_empty() {
         return None;
     }
     if s[0] == b'[' {
@@ -321,6 +329,30 @@ pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
     }
 }
 
+/// Byte classes of `Uri::parse`'s walk.
+const PLAIN: u8 = 0;
+const BAD: u8 = 1;
+const COLON: u8 = 2;
+const AT: u8 = 3;
+const QUESTION: u8 = 4;
+const SEMI: u8 = 5;
+
+/// The class of each byte: LWS and `<>` are refused, `:@?;` recorded.
+static URI_CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    t[b' ' as usize] = BAD;
+    t[b'\t' as usize] = BAD;
+    t[b'\r' as usize] = BAD;
+    t[b'\n' as usize] = BAD;
+    t[b'<' as usize] = BAD;
+    t[b'>' as usize] = BAD;
+    t[b':' as usize] = COLON;
+    t[b'@' as usize] = AT;
+    t[b'?' as usize] = QUESTION;
+    t[b';' as usize] = SEMI;
+    t
+};
+
 /// A SIP or SIPS URI (other schemes parse with `user`/`host` empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uri<'a> {
@@ -338,15 +370,62 @@ impl<'a> Uri<'a> {
     /// Parses an absolute URI. `sip:`/`sips:` get user, host, port, params;
     /// `tel:` gets the number as `user`; others only the scheme.
     pub fn parse(s: &'a [u8]) -> Result<Uri<'a>, ValueError> {
-        if s.is_empty() || s.iter().any(|&b| is_lws(b) || b == b'<' || b == b'>') {
+        // One walk over the bytes: LWS and angle brackets anywhere refuse
+        // the URI; the scheme's colon and, after it, the first `@`, `?`
+        // and `;` (each also the first after the `@`) are recorded, so
+        // that no part is searched again.
+        const NONE: usize = usize::MAX;
+        let (mut colon, mut at) = (NONE, NONE);
+        // First `?` / `;` after the colon, and after the `@`.
+        let (mut q_rest, mut q_host, mut semi_rest, mut semi_host) = (NONE, NONE, NONE, NONE);
+        let mut i = 0;
+        loop {
+            // Plain bytes (nearly all) in a tight loop.
+            while i < s.len() && URI_CLASS[usize::from(s[i])] == PLAIN {
+                i += 1;
+            }
+            if i == s.len() {
+                break;
+            }
+            match URI_CLASS[usize::from(s[i])] {
+                BAD => return Err(ValueError::Uri),
+                COLON => {
+                    if colon == NONE {
+                        colon = i;
+                    }
+                }
+                _ if colon == NONE => {}
+                AT => {
+                    if at == NONE {
+                        at = i;
+                    }
+                }
+                QUESTION => {
+                    if q_rest == NONE {
+                        q_rest = i;
+                    }
+                    if at != NONE && q_host == NONE {
+                        q_host = i;
+                    }
+                }
+                _ => {
+                    if semi_rest == NONE {
+                        semi_rest = i;
+                    }
+                    if at != NONE && semi_host == NONE {
+                        semi_host = i;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if s.is_empty() || colon == NONE {
             return Err(ValueError::Uri);
         }
-        let colon = s.iter().position(|&b| b == b':').ok_or(ValueError::Uri)?;
         let scheme = &s[..colon];
         if scheme.is_empty() || !scheme[0].is_ascii_alphabetic() {
             return Err(ValueError::Uri);
         }
-        let rest = &s[colon + 1..];
         let mut uri = Uri {
             scheme,
             user: None,
@@ -356,33 +435,33 @@ impl<'a> Uri<'a> {
             headers: None,
         };
         if scheme.eq_ignore_ascii_case(b"tel") {
-            let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
-            uri.user = Some(&rest[..end]);
-            uri.params = &rest[end..];
+            let end = semi_rest.min(s.len());
+            uri.user = Some(&s[colon + 1..end]);
+            uri.params = &s[end..];
             return Ok(uri);
         }
         if !(scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips")) {
             return Ok(uri);
         }
         // userinfo never holds an unescaped '@' but may hold '?' and ';'.
-        let (user, hostpart) = match rest.iter().position(|&b| b == b'@') {
-            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
-            None => (None, rest),
+        let (host_start, q, semi) = if at == NONE {
+            (colon + 1, q_rest, semi_rest)
+        } else {
+            uri.user = Some(&s[colon + 1..at]);
+            (at + 1, q_host, semi_host)
         };
-        let (hostpart, headers) = match hostpart.iter().position(|&b| b == b'?') {
-            Some(q) => (&hostpart[..q], Some(&hostpart[q + 1..])),
-            None => (hostpart, None),
+        let host_end = if q == NONE {
+            s.len()
+        } else {
+            uri.headers = Some(&s[q + 1..]);
+            q
         };
-        uri.headers = headers;
-        uri.user = user;
-        let hp_end = hostpart
-            .iter()
-            .position(|&b| b == b';')
-            .unwrap_or(hostpart.len());
-        let (host, port) = host_port(&hostpart[..hp_end]).ok_or(ValueError::Uri)?;
+        // The first `;` of the host part, if it comes before the headers.
+        let hp_end = if semi < host_end { semi } else { host_end };
+        let (host, port) = host_port_no_lws(&s[host_start..hp_end]).ok_or(ValueError::Uri)?;
         uri.host = host;
         uri.port = port;
-        uri.params = &hostpart[hp_end..];
+        uri.params = &s[hp_end..host_end];
         Ok(uri)
     }
 
@@ -433,7 +512,7 @@ impl<'a> NameAddr<'a> {
             display = Some(&v[..=i]);
             i += 1;
         }
-        match v[i..].iter().position(|&b| b == b'<') {
+        match memchr::memchr(b'<', &v[i..]) {
             Some(lt) => {
                 let lt = i + lt;
                 let before = trim_slice(&v[i..lt]);
@@ -446,11 +525,7 @@ impl<'a> NameAddr<'a> {
                 } else if display.is_some() && !before.is_empty() {
                     return Err(ValueError::NameAddr);
                 }
-                let gt = lt
-                    + v[lt..]
-                        .iter()
-                        .position(|&b| b == b'>')
-                        .ok_or(ValueError::NameAddr)?;
+                let gt = lt + memchr::memchr(b'>', &v[lt..]).ok_or(ValueError::NameAddr)?;
                 let uri = &v[lt + 1..gt];
                 if uri.is_empty() || is_lws(uri[0]) || is_lws(uri[uri.len() - 1]) {
                     return Err(ValueError::NameAddr);
@@ -470,7 +545,7 @@ impl<'a> NameAddr<'a> {
                     return Err(ValueError::NameAddr);
                 }
                 // addr-spec: params after the URI belong to the header.
-                let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+                let end = memchr::memchr(b';', v).unwrap_or(v.len());
                 let uri = trim_slice(&v[..end]);
                 if uri.is_empty() || uri.iter().any(|&b| is_lws(b)) {
                     return Err(ValueError::NameAddr);
