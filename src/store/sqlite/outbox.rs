@@ -19,18 +19,63 @@ const OUTBOX_STATS: &str = "SELECT (SELECT count(*) FROM outbox),
 const OUTBOX_RETRYING: &str =
     "SELECT count(*) FROM outbox INDEXED BY outbox_retrying WHERE attempts > 0";
 
-/// Queues `events` inside the caller's transaction.
+/// Rows per multi-row `INSERT` of [`insert_events`], largest first: a
+/// batch goes out in as few statements as these sizes allow (a flush of
+/// 300 events: 13 statements instead of 300). A statement's set-up,
+/// binding and halting cost about as much as the row's insert itself
+/// (`benches/tracker.rs`: 98,871 → 87,509 instructions per call), and a
+/// few fixed sizes keep each one's prepared statement cached.
+const INSERT_CHUNKS: [usize; 3] = [64, 8, 1];
+
+/// The `INSERT` of `rows` events: `?1` the time, then sink, call, kind
+/// and payload of each row.
+fn insert_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO outbox (sink, call, kind, payload, created_at, next_at) VALUES ");
+    for r in 0..rows {
+        let p = 2 + 4 * r;
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(?{p}, ?{}, ?{}, ?{}, ?1, ?1)",
+            p + 1,
+            p + 2,
+            p + 3
+        ));
+    }
+    sql
+}
+
+/// [`insert_sql`] of each of [`INSERT_CHUNKS`], built once.
+static INSERT_SQL: std::sync::LazyLock<[String; 3]> =
+    std::sync::LazyLock::new(|| INSERT_CHUNKS.map(insert_sql));
+
+/// Queues `events` inside the caller's transaction, in id order.
 pub(super) fn insert_events(
     tx: &Connection,
     events: &[NewEvent],
     now: i64,
 ) -> Result<(), rusqlite::Error> {
-    let mut st = tx.prepare_cached(
-        "INSERT INTO outbox (sink, call, kind, payload, created_at, next_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-    )?;
-    for e in events {
-        st.execute(params![e.sink, e.call, e.kind, e.payload, now])?;
+    let mut rest = events;
+    for (size, sql) in INSERT_CHUNKS.iter().zip(INSERT_SQL.iter()) {
+        if rest.len() < *size {
+            continue;
+        }
+        let mut st = tx.prepare_cached(sql)?;
+        while rest.len() >= *size {
+            let (chunk, tail) = rest.split_at(*size);
+            st.raw_bind_parameter(1, now)?;
+            for (r, e) in chunk.iter().enumerate() {
+                let p = 2 + 4 * r;
+                st.raw_bind_parameter(p, &e.sink)?;
+                st.raw_bind_parameter(p + 1, &e.call)?;
+                st.raw_bind_parameter(p + 2, &e.kind)?;
+                st.raw_bind_parameter(p + 3, &e.payload)?;
+            }
+            st.raw_execute()?;
+            rest = tail;
+        }
     }
     Ok(())
 }
@@ -193,6 +238,61 @@ mod tests {
             st.query_row([], |_| Ok(())).unwrap();
             let steps = st.get_status(rusqlite::StatementStatus::FullscanStep);
             assert!(steps < 10, "{steps} rows stepped through for {sql}");
+        }
+    }
+
+    /// A batch that needs every statement size (64 + 8 + 1 rows, twice
+    /// over, and a remainder) is queued whole, each row's own values in
+    /// its own columns, in the order given, with the batch's time.
+    #[test]
+    fn a_batch_of_any_size_is_queued_in_order_with_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        for n in [0, 1, 7, 8, 9, 64, 65, 2 * 73 + 5] {
+            let evs: Vec<NewEvent> = (0..n)
+                .map(|i| NewEvent {
+                    sink: if i % 3 == 0 { "a" } else { "b" }.to_string(),
+                    call: format!("c{n}-{i}"),
+                    kind: format!("k{}", i % 5),
+                    payload: format!("{{\"i\":{i}}}"),
+                })
+                .collect();
+            s.enqueue(&evs, 1_000 + n as i64).unwrap();
+            let got: Vec<(String, String, String, String, i64, i64)> = s
+                .reader()
+                .prepare(
+                    "SELECT sink, call, kind, payload, created_at, next_at FROM outbox ORDER BY id",
+                )
+                .unwrap()
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let want: Vec<_> = evs
+                .iter()
+                .map(|e| {
+                    let t = 1_000 + n as i64;
+                    (
+                        e.sink.clone(),
+                        e.call.clone(),
+                        e.kind.clone(),
+                        e.payload.clone(),
+                        t,
+                        t,
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "a batch of {n}");
+            s.writer().execute("DELETE FROM outbox", []).unwrap();
         }
     }
 
