@@ -34,7 +34,12 @@
 # with 1, `perf record -e cpu-clock` samples the proxy's processes during
 # each load run and the top symbols are printed; the sampling costs CPU
 # too, so such runs are for the profile, not for the table; PERF_ARGS adds
-# options, e.g. -g); ports
+# options, e.g. -g), CALLGRIND (0: with 1, sipscreen runs under
+# `valgrind --tool=callgrind --separate-threads=yes`, instrumented only
+# during each load run, and the run prints sipscreen's instructions per
+# call by thread: the UDP receiver(s), the call tracker, the rest;
+# valgrind is some 50 times slower, so give it a low RATE, e.g. RATE=20
+# CALLS=1000 --only sipscreen; its CPU figures are valgrind's); ports
 # SIPSCREEN_PORT (15060), KAM_PORT (15062), RELAY_PORT (15064),
 # PBX_PORT (15080), TRUNK_PORT (15070), ADMIN_PORT (18080), CRM_PORT (18090); SIPSCREEN_BIN
 # and RELAY_BIN (the release binaries under $CARGO_TARGET_DIR or target/,
@@ -81,6 +86,7 @@ KEEP=${KEEP:-0}
 VERDICT_ONLY=${VERDICT_ONLY:-0}
 PERF=${PERF:-0}
 PERF_ARGS=${PERF_ARGS:-}
+CALLGRIND=${CALLGRIND:-0}
 SIPSCREEN_PORT=${SIPSCREEN_PORT:-15060}
 KAM_PORT=${KAM_PORT:-15062}
 RELAY_PORT=${RELAY_PORT:-15064}
@@ -146,7 +152,8 @@ perf_pkg=
 if { [ "$PERF" = 1 ] || [ "$SYSCALLS" = 1 ]; } && ! perf --version >/dev/null 2>&1; then
   perf_pkg=perf:linux-perf
 fi
-# shellcheck disable=SC2086 # perf_pkg: one word or none
+[ "$CALLGRIND" = 1 ] && perf_pkg="$perf_pkg valgrind:valgrind"
+# shellcheck disable=SC2086 # perf_pkg: one word, two or none
 need_tools sipp:sip-tester kamailio:kamailio ss:iproute2 ps:procps curl:curl $perf_pkg
 # htable, db_text, rr, sl, maxfwd, sanity, textops, siputils and pv are all
 # in Debian's base `kamailio` package.
@@ -169,6 +176,17 @@ tcp_free "$ADMIN_PORT" "$CRM_PORT"
 ulimit -n 65536 2>/dev/null || true
 
 make_workdir sipscreen-load
+if [ "$CALLGRIND" = 1 ]; then
+  # sipscreen under callgrind, not instrumented until a load run turns it
+  # on (start-up and the verdict check run at valgrind's plain speed)
+  cat >"$WORK/sipscreen-callgrind" <<EOS
+#!/bin/sh
+exec valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no \\
+  --callgrind-out-file="$WORK/callgrind.%p" "$SIPSCREEN_BIN" "\$@"
+EOS
+  chmod +x "$WORK/sipscreen-callgrind"
+  SIPSCREEN_BIN=$WORK/sipscreen-callgrind
+fi
 
 # --- generated inputs -----------------------------------------------------
 # The inputs (lib.sh's gen_inputs says how the numbers and callers are
@@ -481,6 +499,28 @@ RESULTS=$WORK/results.tsv
 CAPACITY_RESULTS=$WORK/capacity.tsv
 : >"$RESULTS"
 : >"$CAPACITY_RESULTS"
+# Dumps sipscreen's callgrind counts (one file per thread) and prints
+# its instructions per call by thread; instrumentation off again.
+callgrind_instructions() { # calls label
+  local f udp=0 tracker=0 other=0 ir
+  callgrind_control -d "$SIPSCREEN_PID" >/dev/null
+  callgrind_control -i off "$SIPSCREEN_PID" >/dev/null
+  for f in "$WORK/callgrind.$SIPSCREEN_PID".*-*; do
+    [ -s "$f" ] || continue
+    ir=$(awk '/^summary:/ { print $2; exit }' "$f")
+    [ -n "$ir" ] || continue
+    if grep -q 'Handler>::on_message' "$f"; then
+      udp=$((udp + ir))
+    elif grep -q 'tracker::Tracker::flush' "$f"; then
+      tracker=$((tracker + ir))
+    else
+      other=$((other + ir))
+    fi
+    mv "$f" "$f.done"
+  done
+  say "$2: callgrind instructions per call: UDP receive $((udp / $1)), call tracker $((tracker / $1)), other threads $((other / $1)), total $(((udp + tracker + other) / $1)) (files $WORK/callgrind.$SIPSCREEN_PID.*)"
+}
+
 LAST_RUN=
 load_run() { # name rep rate calls
   local name=$1 rep=$2 rate=$3 calls=$4 uas rc c0 c1 w0 w1 x0 x1 tmo limit pre k
@@ -524,6 +564,10 @@ load_run() { # name rep rate calls
   c0=$(cpu_ticks $PROXY_PIDS)
   w0=$(date +%s.%N)
   local m0 m1
+  if [ "$CALLGRIND" = 1 ] && [ "$name" = sipscreen ]; then
+    callgrind_control -z "$SIPSCREEN_PID" >/dev/null
+    callgrind_control -i on "$SIPSCREEN_PID" >/dev/null
+  fi
   m0=$(machine_ticks)
   # the UAC(s); bash's `time` gives each one's CPU
   local uacs=()
@@ -551,6 +595,9 @@ load_run() { # name rep rate calls
   if [ -n "$statpid" ]; then
     kill -INT "$statpid" 2>/dev/null || true
     wait "$statpid" 2>/dev/null || true
+  fi
+  if [ "$CALLGRIND" = 1 ] && [ "$name" = sipscreen ]; then
+    callgrind_instructions "$calls" "$name run $rep"
   fi
   if [ -n "$perfpid" ]; then
     kill -INT "$perfpid" 2>/dev/null || true
