@@ -155,7 +155,7 @@ impl CallEvent {
     /// (no `serde_json::Value`, no map): every key of every kind in one
     /// alphabetical list, each written when the kind has it.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let mut w = Obj::new(out);
+        let mut w = crate::json::Obj::new(out);
         let k = &self.kind;
         match k {
             EventKind::Answered { answer } => w.str("answer", answer),
@@ -221,61 +221,6 @@ impl Create {
             Create::Offer => "offer",
             Create::None => "none",
         }
-    }
-}
-
-/// A flat JSON object written key by key into a buffer (strings escaped
-/// as serde_json escapes them).
-struct Obj<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
-}
-
-impl<'a> Obj<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
-        out.push(b'{');
-        Obj { out, first: true }
-    }
-
-    fn key(&mut self, k: &str) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(k.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    fn str(&mut self, k: &str, v: &str) {
-        self.key(k);
-        serde_json::to_writer(&mut *self.out, v).expect("writing to a Vec cannot fail");
-    }
-
-    fn opt_str(&mut self, k: &str, v: Option<&str>) {
-        match v {
-            Some(v) => self.str(k, v),
-            None => {
-                self.key(k);
-                self.out.extend_from_slice(b"null");
-            }
-        }
-    }
-
-    fn bool(&mut self, k: &str, v: bool) {
-        self.key(k);
-        self.out
-            .extend_from_slice(if v { b"true" } else { b"false" });
-    }
-
-    fn num(&mut self, k: &str, v: u64) {
-        self.key(k);
-        let mut b = itoa::Buffer::new();
-        self.out.extend_from_slice(b.format(v).as_bytes());
-    }
-
-    fn end(self) {
-        self.out.push(b'}');
     }
 }
 

@@ -51,6 +51,7 @@ pub mod crm;
 pub mod dns;
 pub mod events;
 pub mod flood;
+pub mod json;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -1,0 +1,211 @@
+//! JSON objects written key by key into a buffer, for the records the call
+//! tracker writes on every call (CRM event payloads, the saved call state,
+//! call log lines): the same bytes serde_json writes for the same fields
+//! in the same order, without a serializer's per-field dispatch and with
+//! strings that need no escaping copied as they are (serde_json's escaper
+//! took 11,000 instructions per call in `benches/tracker.rs`; with the
+//! saved state and the call log line written here the tracker went from
+//! 87,509 to 81,099 instructions per call). Each writer has a test
+//! comparing its bytes with serde's.
+
+/// One object; [`Obj::end`] closes it.
+pub struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    /// Opens an object at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    /// `k` must need no escaping (field names are identifiers).
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    pub fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        string(self.out, v);
+    }
+
+    /// `null` for `None`, as serde writes an `Option`.
+    pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    pub fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    pub fn num(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let mut b = itoa::Buffer::new();
+        self.out.extend_from_slice(b.format(v).as_bytes());
+    }
+
+    pub fn int(&mut self, k: &str, v: i64) {
+        self.key(k);
+        let mut b = itoa::Buffer::new();
+        self.out.extend_from_slice(b.format(v).as_bytes());
+    }
+
+    /// `null` for `None`.
+    pub fn opt_num(&mut self, k: &str, v: Option<u64>) {
+        match v {
+            Some(v) => self.num(k, v),
+            None => self.null(k),
+        }
+    }
+
+    fn null(&mut self, k: &str) {
+        self.key(k);
+        self.out.extend_from_slice(b"null");
+    }
+
+    /// Any serde value (the rare, nested ones).
+    pub fn value<T: serde::Serialize + ?Sized>(&mut self, k: &str, v: &T) {
+        self.key(k);
+        serde_json::to_writer(&mut *self.out, v).expect("plain data serialises");
+    }
+
+    /// An array of objects, each written by `each`.
+    pub fn list<T>(&mut self, k: &str, items: &[T], mut each: impl FnMut(&mut Obj<'_>, &T)) {
+        self.key(k);
+        self.out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            let mut o = Obj::new(self.out);
+            each(&mut o, item);
+            o.end();
+        }
+        self.out.push(b']');
+    }
+
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Whether any byte of `s` needs an escape in a JSON string: `"`, `\`
+/// or a control character (below 0x20). Eight bytes at a time: a byte
+/// test over a word ((x - 0x01..) & !x & 0x80..) is exact for "any byte
+/// below n" with n <= 128, and for "any zero byte" after an XOR with the
+/// byte looked for.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let chunks = s.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let x = u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+        if below(x, 0x20) | below(x ^ (ONES * 0x22), 1) | below(x ^ (ONES * 0x5C), 1) != 0 {
+            return true;
+        }
+    }
+    tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// `v` as a JSON string: copied between quotes when no byte needs an
+/// escape (no `"`, `\` or control character), else escaped by serde_json.
+pub fn string(out: &mut Vec<u8>, v: &str) {
+    if !needs_escape(v.as_bytes()) {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The copy path writes what serde_json writes, for any string.
+        #[test]
+        fn strings_are_written_as_serde_writes_them(v in ".{0,40}") {
+            let mut out = Vec::new();
+            string(&mut out, &v);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&v).unwrap());
+        }
+
+        /// The word-wise test agrees with the byte-wise one on bytes
+        /// around every class boundary, at every position.
+        #[test]
+        fn needs_escape_agrees_with_the_byte_test(
+            v in proptest::collection::vec(
+                proptest::prop_oneof![1 => 0x00u8..0x24, 1 => 0x5Au8..0x5F, 8 => 0x20u8..=0xFF],
+                0..40,
+            ),
+        ) {
+            let plain = v.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&v), plain);
+        }
+    }
+
+    #[test]
+    fn every_kind_of_field_is_written_as_serde_writes_it() {
+        #[derive(serde::Serialize)]
+        struct Item {
+            a: &'static str,
+        }
+        #[derive(serde::Serialize)]
+        struct All {
+            s: &'static str,
+            none: Option<&'static str>,
+            b: bool,
+            n: u64,
+            i: i64,
+            on: Option<u64>,
+            v: serde_json::Value,
+            l: Vec<Item>,
+            e: Vec<Item>,
+        }
+        let want = All {
+            s: "a\"b\\c\n\u{1}é",
+            none: None,
+            b: true,
+            n: u64::MAX,
+            i: i64::MIN,
+            on: None,
+            v: serde_json::json!({"x": [1, "y"]}),
+            l: vec![Item { a: "1" }, Item { a: "2" }],
+            e: vec![],
+        };
+        let mut out = Vec::new();
+        let mut o = Obj::new(&mut out);
+        o.str("s", want.s);
+        o.opt_str("none", want.none);
+        o.bool("b", want.b);
+        o.num("n", want.n);
+        o.int("i", want.i);
+        o.opt_num("on", want.on);
+        o.value("v", &want.v);
+        o.list("l", &want.l, |o, it| o.str("a", it.a));
+        o.list("e", &want.e, |o, it| o.str("a", it.a));
+        o.end();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(&want).unwrap()
+        );
+    }
+}
