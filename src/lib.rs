@@ -36,7 +36,8 @@
 //!   verdict and tags.
 //! - `config`: TOML schema, load and validate with file:line:column errors.
 //! - `sip` (scanner, edit list, TCP framing; no tokio, fuzzable alone),
-//!   `clock` (unix ms, RFC 3339, an injectable clock), `shutdown`.
+//!   `clock` (unix ms, RFC 3339, an injectable clock), `shutdown`, `json`
+//!   (the key-by-key object writer of the tracker's records).
 
 pub mod admin;
 pub mod api;

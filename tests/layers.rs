@@ -10,7 +10,7 @@ use std::path::Path;
 /// Top-level modules from the bottom layer up; modules on one line are
 /// one layer and may not use each other.
 const LAYERS: &[&[&str]] = &[
-    &["sip", "clock", "shutdown"],
+    &["sip", "clock", "shutdown", "json"],
     &["config"],
     &["screening"],
     &["metrics", "contacts", "events", "tls"],
