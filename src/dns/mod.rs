@@ -231,6 +231,11 @@ impl PeerTargets {
     /// it). `None`: nothing resolved yet. No lock, no allocation.
     pub fn pick(&self, call_id: &[u8]) -> Option<(SocketAddr, TransportKind)> {
         let snap = self.snapshot.load();
+        // One address is the answer blocklisted or not (see below): no
+        // clock, no hash.
+        if let [only] = &snap.dests[..] {
+            return Some((only.addr, only.transport));
+        }
         let now = self.clock.now_ms();
         let usable = |d: &Dest| d.state.usable(now);
         let (prio, skip_blocked) = match snap.dests.iter().find(|d| usable(d)) {
@@ -242,6 +247,13 @@ impl PeerTargets {
                 .iter()
                 .filter(move |d| d.priority == prio && (!skip_blocked || usable(d)))
         };
+        // A group of one (a peer with one target) is chosen whatever the
+        // Call-ID hashes to: no hash.
+        let mut members = group();
+        let only = members.next()?;
+        if members.next().is_none() {
+            return Some((only.addr, only.transport));
+        }
         let total: u64 = group().map(|d| u64::from(d.weight)).sum();
         let h = call_hash(call_id);
         let chosen = if total == 0 {
@@ -661,6 +673,27 @@ mod tests {
             );
         }
         assert!(p.has_ip("127.0.0.9".parse().unwrap()));
+    }
+
+    /// The shortcuts (one address; one usable address of its priority)
+    /// choose what the weighted pick would: that address, for any Call-ID,
+    /// blocked or not.
+    #[test]
+    fn a_single_address_is_picked_without_hashing() {
+        let one = peer(&[entry("127.0.0.8:5060", 1, 1)], Clock::manual(1_000));
+        let two = peer(
+            &[entry("127.0.0.8:5060", 1, 1), entry("127.0.0.9:5060", 1, 1)],
+            Clock::manual(1_000),
+        );
+        for id in ["", "a", "b", "a84b4c76e66710@carrier.example"] {
+            assert_eq!(one.pick(id.as_bytes()).unwrap().0, addr("127.0.0.8:5060"));
+        }
+        one.block(addr("127.0.0.8:5060"), Failure::Unreachable);
+        two.block(addr("127.0.0.8:5060"), Failure::Unreachable);
+        for id in ["", "a", "b", "a84b4c76e66710@carrier.example"] {
+            assert_eq!(one.pick(id.as_bytes()).unwrap().0, addr("127.0.0.8:5060"));
+            assert_eq!(two.pick(id.as_bytes()).unwrap().0, addr("127.0.0.9:5060"));
+        }
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub struct Local {
     pub tcp: Option<SocketAddr>,
     /// Our TLS listener, if any.
     pub tls: Option<SocketAddr>,
-    keys: [RandomState; 2],
+    /// The key of forwarded requests' branches (SipHash-1-3).
+    branch_key: (u64, u64),
+    /// The key of local replies' To tags.
+    reply_key: RandomState,
     /// The key of `X-CRM-Call-Id` (SipHash-1-3-128).
     call_key: (u64, u64),
     /// `Via: SIP/2.0/UDP host:port;branch=` per transport (UDP, TCP, TLS).
@@ -50,7 +53,8 @@ impl Local {
             udp,
             tcp,
             tls: None,
-            keys: [RandomState::new(), RandomState::new()],
+            branch_key: random_key(),
+            reply_key: RandomState::new(),
             call_key: random_key(),
             via_prefix: Default::default(),
             record_route: Default::default(),
@@ -135,30 +139,44 @@ impl Local {
     /// Writes the branch for a request whose top Via (before ours) is
     /// `via`, with Request-URI `ruri`, Call-ID and CSeq number. An RFC 3261
     /// branch is hashed with the sent-by; an RFC 2543 one (no cookie) with
-    /// the whole transaction key.
+    /// the whole transaction key. One keyed SipHash-1-3 (64 bits) over the
+    /// parts, each variable one preceded by its length (so that no other
+    /// split of the same bytes gives the same branch).
     pub fn branch(&self, via: &Via<'_>, ruri: &[u8], call_id: &[u8], cseq: u32, out: &mut Vec<u8>) {
-        let mut h = self.keys[0].build_hasher();
-        match via
+        let port = via.port.unwrap_or(0).to_le_bytes();
+        let host_len = len32(via.host);
+        let v = match via
             .branch()
             .filter(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
         {
-            Some(b) => h.write(b),
-            None => {
-                h.write(via.params);
-                h.write(call_id);
-                h.write_u32(cseq);
-            }
-        }
-        h.write(via.host);
-        h.write_u16(via.port.unwrap_or(0));
-        h.write(ruri);
-        out.extend_from_slice(BRANCH_PREFIX);
-        push_hex(out, h.finish());
+            Some(b) => keyed_hash(
+                self.branch_key,
+                &[&len32(b), b, &host_len, via.host, &port, ruri],
+            ),
+            None => keyed_hash(
+                self.branch_key,
+                &[
+                    &len32(via.params),
+                    via.params,
+                    &len32(call_id),
+                    call_id,
+                    &cseq.to_le_bytes(),
+                    &host_len,
+                    via.host,
+                    &port,
+                    ruri,
+                ],
+            ),
+        };
+        let mut b = [0u8; BRANCH_PREFIX.len() + 16];
+        b[..BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX);
+        hex16(v, &mut b[BRANCH_PREFIX.len()..]);
+        out.extend_from_slice(&b);
     }
 
     /// A To tag for a local reply: stable for retransmissions.
     pub fn reply_tag(&self, call_id: &[u8], via_branch: &[u8], out: &mut Vec<u8>) {
-        let mut h = self.keys[1].build_hasher();
+        let mut h = self.reply_key.build_hasher();
         h.write(call_id);
         h.write(via_branch);
         push_hex(out, h.finish());
@@ -169,17 +187,63 @@ impl Local {
     /// SipHash-1-3-128 over both (the Call-ID's length first, so that no
     /// other split of the same bytes gives the same id).
     pub fn call_id(&self, call_id: &[u8], from_tag: &[u8]) -> [u8; 32] {
-        use siphasher::sip128::Hasher128;
-        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.call_key.0, self.call_key.1);
-        h.write_usize(call_id.len());
-        h.write(call_id);
-        h.write(from_tag);
-        let v = h.finish128();
+        let len = call_id.len().to_ne_bytes();
+        let v = keyed_hash128(self.call_key, &[&len, call_id, from_tag]);
         let mut out = [0u8; 32];
         hex16(v.h1, &mut out[..16]);
         hex16(v.h2, &mut out[16..]);
         out
     }
+}
+
+/// Inputs up to this many bytes are gathered on the stack and hashed in
+/// one pass; longer ones are streamed part by part (the same hash: SipHash
+/// of a stream is SipHash of its concatenation).
+const GATHER: usize = 256;
+
+/// `parts` concatenated into `buf`, if they fit.
+fn gather<'b>(parts: &[&[u8]], buf: &'b mut [u8; GATHER]) -> Option<&'b [u8]> {
+    let mut n = 0;
+    for p in parts {
+        buf.get_mut(n..n + p.len())?.copy_from_slice(p);
+        n += p.len();
+    }
+    Some(&buf[..n])
+}
+
+/// Keyed SipHash-1-3 (64 bits) of the concatenated `parts`.
+fn keyed_hash(key: (u64, u64), parts: &[&[u8]]) -> u64 {
+    let h = siphasher::sip::SipHasher13::new_with_keys(key.0, key.1);
+    let mut buf = [0u8; GATHER];
+    match gather(parts, &mut buf) {
+        Some(all) => h.hash(all),
+        None => {
+            let mut h = h;
+            parts.iter().for_each(|p| h.write(p));
+            h.finish()
+        }
+    }
+}
+
+/// Keyed SipHash-1-3-128 of the concatenated `parts`.
+fn keyed_hash128(key: (u64, u64), parts: &[&[u8]]) -> siphasher::sip128::Hash128 {
+    use siphasher::sip128::Hasher128;
+    let h = siphasher::sip128::SipHasher13::new_with_keys(key.0, key.1);
+    let mut buf = [0u8; GATHER];
+    match gather(parts, &mut buf) {
+        Some(all) => h.hash(all),
+        None => {
+            let mut h = h;
+            parts.iter().for_each(|p| h.write(p));
+            h.finish128()
+        }
+    }
+}
+
+/// A part's length as 4 bytes (little-endian; saturated, messages are
+/// far shorter).
+fn len32(p: &[u8]) -> [u8; 4] {
+    u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes()
 }
 
 /// A key from the OS random source (per process, as `RandomState`'s).
@@ -193,10 +257,22 @@ fn random_key() -> (u64, u64) {
     )
 }
 
-fn hex16(v: u64, out: &mut [u8]) {
+/// The two lower-case hex digits of every byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, o) in out.iter_mut().enumerate().take(16) {
-        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// `v` as 16 hex digits (most significant first) into `out[..16]`.
+fn hex16(v: u64, out: &mut [u8]) {
+    for (pair, b) in out[..16].chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
@@ -233,6 +309,70 @@ mod tests {
             "CSeq does not enter an RFC 3261 branch (CANCEL, ACK follow)"
         );
         assert_ne!(a, c);
+    }
+
+    /// The digits as they were written before the lookup table.
+    fn hex16_nibbles(v: u64) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        std::array::from_fn(|i| HEX[((v >> (60 - 4 * i)) & 0xf) as usize])
+    }
+
+    /// The X-CRM-Call-Id as it was computed before the gathered one-pass
+    /// hash: streamed SipHash-1-3-128 and nibble-wise hex.
+    fn call_id_streamed(l: &Local, call_id: &[u8], from_tag: &[u8]) -> [u8; 32] {
+        use siphasher::sip128::Hasher128;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(l.call_key.0, l.call_key.1);
+        h.write_usize(call_id.len());
+        h.write(call_id);
+        h.write(from_tag);
+        let v = h.finish128();
+        let mut out = [0u8; 32];
+        out[..16].copy_from_slice(&hex16_nibbles(v.h1));
+        out[16..].copy_from_slice(&hex16_nibbles(v.h2));
+        out
+    }
+
+    proptest::proptest! {
+        /// The one-pass hashes and the table hex agree with the plain
+        /// definitions, below and above the gathered size.
+        #[test]
+        fn fast_paths_agree_with_the_plain_definitions(
+            call_id in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            tag in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            v in proptest::prelude::any::<u64>(),
+            key in proptest::prelude::any::<(u64, u64)>(),
+        ) {
+            let l = local();
+            proptest::prop_assert_eq!(l.call_id(&call_id, &tag), call_id_streamed(&l, &call_id, &tag));
+            let mut hex = [0u8; 16];
+            hex16(v, &mut hex);
+            proptest::prop_assert_eq!(hex, hex16_nibbles(v));
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(key.0, key.1);
+            h.write(&call_id);
+            h.write(&tag);
+            proptest::prop_assert_eq!(keyed_hash(key, &[&call_id, &tag]), h.finish());
+        }
+    }
+
+    #[test]
+    fn rfc2543_branch_uses_the_transaction_key() {
+        let l = local();
+        let s = b"SIP/2.0/UDP 10.0.0.1:5060;received=10.0.0.2";
+        let v = Via::parse(s, 0..s.len()).unwrap();
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        l.branch(&v, b"sip:1@x", b"cid", 1, &mut a);
+        l.branch(&v, b"sip:1@x", b"cid", 2, &mut b);
+        l.branch(&v, b"sip:1@x", b"cid", 1, &mut c);
+        assert_ne!(a, b, "CSeq enters an RFC 2543 branch");
+        assert_eq!(a, c);
+        assert_eq!(a.len(), BRANCH_PREFIX.len() + 16);
+        // A long Request-URI (streamed, not gathered) is still stable.
+        let long = vec![b'x'; 400];
+        let (mut d, mut e) = (Vec::new(), Vec::new());
+        l.branch(&v, &long, b"cid", 1, &mut d);
+        l.branch(&v, &long, b"cid", 1, &mut e);
+        assert_eq!(d, e);
+        assert_ne!(d, a);
     }
 
     #[test]

@@ -474,12 +474,26 @@ fn push_num(a: &mut Vec<u8>, n: u32) {
 fn push_ip(a: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
+            // Dotted quad on the stack, then one copy.
+            let mut b = [0u8; 15];
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    a.push(b'.');
+                    b[n] = b'.';
+                    n += 1;
                 }
-                a.extend_from_slice(itoa::Buffer::new().format(*o).as_bytes());
+                if o >= 100 {
+                    b[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    b[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                b[n] = b'0' + o % 10;
+                n += 1;
             }
+            a.extend_from_slice(&b[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(a, "{v6}");
@@ -566,4 +580,21 @@ fn is_loop(local: &Local, msg: &Message) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The dotted quad written on the stack is `Ipv4Addr`'s `Display`
+        /// (what `received` was written with before), after any prefix.
+        #[test]
+        fn push_ip_v4_is_display(ip in proptest::prelude::any::<u32>(), pre in "[a-z;=]{0,4}") {
+            let ip = std::net::Ipv4Addr::from(ip);
+            let mut out = pre.clone().into_bytes();
+            push_ip(&mut out, IpAddr::V4(ip));
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{pre}{ip}"));
+        }
+    }
 }

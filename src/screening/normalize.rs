@@ -90,6 +90,14 @@ impl Normalizer {
     /// forms with `region` (default: the configured one). `None` for empty,
     /// non-numeric or anonymous users and numbers that cannot be read.
     pub fn normalize(&self, raw: &[u8], region: Option<Id>) -> Option<u64> {
+        match plus_digits(raw) {
+            Some(n) => n,
+            None => self.normalize_any(raw, region),
+        }
+    }
+
+    /// [`normalize`](Self::normalize) without the `+digits` shortcut.
+    fn normalize_any(&self, raw: &[u8], region: Option<Id>) -> Option<u64> {
         let mut buf = [0u8; MAX_DIGITS];
         let (plus, digits) = clean(raw, &mut buf)?;
         if plus {
@@ -153,11 +161,11 @@ fn try_lock(shard: &Mutex<Shard>) -> Option<MutexGuard<'_, Shard>> {
 
 /// Drops user parameters and separators, decodes a leading `%2B`; returns
 /// whether a leading `+` was present and the digits (at most `MAX_DIGITS`).
+/// One walk: the first `;` ends the number (no separate search for it:
+/// user parts are short, a search call costs more than the walk).
 fn clean<'b>(raw: &[u8], buf: &'b mut [u8; MAX_DIGITS]) -> Option<(bool, &'b [u8])> {
-    let raw = match memchr::memchr(b';', raw) {
-        Some(p) => &raw[..p],
-        None => raw,
-    };
+    // A `;` among the first three bytes is no `+` / `%2B`, so the prefix
+    // can be read before the parameters are cut off.
     let (plus, rest) = if let Some(r) = raw.strip_prefix(b"+") {
         (true, r)
     } else if raw.len() >= 3 && raw[0] == b'%' && raw[1] == b'2' && matches!(raw[2], b'B' | b'b') {
@@ -173,6 +181,7 @@ fn clean<'b>(raw: &[u8], buf: &'b mut [u8; MAX_DIGITS]) -> Option<(bool, &'b [u8
                 n += 1;
             }
             b' ' | b'-' | b'.' | b'(' | b')' | b'/' => {}
+            b';' => break,
             _ => return None,
         }
     }
@@ -180,6 +189,30 @@ fn clean<'b>(raw: &[u8], buf: &'b mut [u8; MAX_DIGITS]) -> Option<(bool, &'b [u8
         return None;
     }
     Some((plus, &buf[..n]))
+}
+
+/// `+` and plain digits up to the end or a `;` (the form nearly every
+/// trunk sends), read in one pass without the digit buffer: `Some` with
+/// what the full path gives for it, `None` for any other form.
+#[inline]
+fn plus_digits(raw: &[u8]) -> Option<Option<u64>> {
+    let rest = raw.strip_prefix(b"+")?;
+    let mut n = 0;
+    let mut acc = 0u64;
+    for &b in rest {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            if b == b';' {
+                break;
+            }
+            return None;
+        }
+        // Wraps only past 19 digits, which are refused below.
+        acc = acc.wrapping_mul(10).wrapping_add(u64::from(d));
+        n += 1;
+    }
+    // With 7 or more digits `rest[0]` is the first of them.
+    Some((E164_DIGITS.contains(&n) && rest[0] != b'0').then_some(acc))
 }
 
 /// Digits after `+` or `00`: the E.164 number itself.
@@ -339,6 +372,68 @@ mod tests {
         assert_eq!(n.cached(), 1);
         assert_eq!(n.normalize(b"030 901821", None), Some(4930901821));
         assert_eq!(n.cached(), 2);
+    }
+
+    /// `clean` as it was before the one walk: the parameters cut off by a
+    /// search first.
+    fn clean_before<'b>(raw: &[u8], buf: &'b mut [u8; MAX_DIGITS]) -> Option<(bool, &'b [u8])> {
+        let raw = match memchr::memchr(b';', raw) {
+            Some(p) => &raw[..p],
+            None => raw,
+        };
+        let (plus, rest) = if let Some(r) = raw.strip_prefix(b"+") {
+            (true, r)
+        } else if raw.len() >= 3
+            && raw[0] == b'%'
+            && raw[1] == b'2'
+            && matches!(raw[2], b'B' | b'b')
+        {
+            (true, &raw[3..])
+        } else {
+            (false, raw)
+        };
+        let mut n = 0;
+        for &b in rest {
+            match b {
+                b'0'..=b'9' => {
+                    *buf.get_mut(n)? = b;
+                    n += 1;
+                }
+                b' ' | b'-' | b'.' | b'(' | b')' | b'/' => {}
+                _ => return None,
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        Some((plus, &buf[..n]))
+    }
+
+    proptest::proptest! {
+        /// The `+digits` shortcut gives what the full path gives.
+        #[test]
+        fn plus_digits_agrees_with_the_full_path(
+            raw in proptest::collection::vec(proptest::sample::select(b"+0123456789;- x".to_vec()), 0..30),
+            typical in "\\+[0-9]{0,20}(;[a-z0-9=+ -]{0,6})?",
+        ) {
+            let n = de();
+            let plus = [b"+", &raw[..]].concat();
+            for raw in [&raw[..], &plus[..], typical.as_bytes()] {
+                if let Some(fast) = plus_digits(raw) {
+                    proptest::prop_assert_eq!(fast, n.normalize_any(raw, None));
+                }
+            }
+            proptest::prop_assert!(plus_digits(typical.as_bytes()).is_some());
+        }
+
+        /// The one-walk `clean` agrees with the search-first one.
+        #[test]
+        fn clean_agrees_with_the_search_first_one(
+            raw in proptest::collection::vec(proptest::sample::select(b"+%2Bb;0123456789 -.()/x".to_vec()), 0..30),
+        ) {
+            let (mut a, mut b) = ([0u8; MAX_DIGITS], [0u8; MAX_DIGITS]);
+            proptest::prop_assert_eq!(clean(&raw, &mut a), clean_before(&raw, &mut b));
+        }
     }
 
     #[test]

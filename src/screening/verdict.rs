@@ -339,25 +339,49 @@ impl Screening<'_> {
     /// characters in `call_id` and `responsible` are dropped (config
     /// strings were checked when the line table was built).
     pub fn write_tags(&self, call_id: Option<&str>, responsible: Option<&str>, out: &mut Vec<u8>) {
-        header(out, b"X-CRM-Verdict: ", self.verdict.as_str().as_bytes());
-        header(
-            out,
-            b"X-CRM-Direction: ",
-            self.direction.as_str().as_bytes(),
-        );
-        out.extend_from_slice(b"X-CRM-Client: ");
+        // Room for all of it reserved once: the fixed text and numbers
+        // (`TAGS_FIXED`) and the strings of unbounded length.
+        let strings = self.settings.source.len()
+            + responsible.map_or(0, str::len)
+            + call_id.map_or(0, str::len);
+        out.reserve(TAGS_FIXED + strings);
+        // The first two lines and the third's name are one of four
+        // constants.
+        macro_rules! lines {
+            ($v:literal, $d:literal) => {
+                concat!(
+                    "X-CRM-Verdict: ",
+                    $v,
+                    "\r\nX-CRM-Direction: ",
+                    $d,
+                    "\r\nX-CRM-Client: "
+                )
+                .as_bytes()
+            };
+        }
+        out.extend_from_slice(match (self.verdict, self.direction) {
+            (Verdict::Log, Direction::Inbound) => lines!("log", "inbound"),
+            (Verdict::Log, Direction::Outbound) => lines!("log", "outbound"),
+            (Verdict::Exception, Direction::Inbound) => lines!("exception", "inbound"),
+            (Verdict::Exception, Direction::Outbound) => lines!("exception", "outbound"),
+        });
+        // Every constant between two values is one copy.
         match self.client {
             Client::Number(n) => write_e164(n, out),
             Client::Anonymous => out.extend_from_slice(b"anonymous"),
         }
-        out.extend_from_slice(b"\r\n");
         if let Some(n) = self.line {
-            out.extend_from_slice(b"X-CRM-Line: ");
+            out.extend_from_slice(b"\r\nX-CRM-Line: ");
             write_e164(n, out);
-            out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(b"\r\n");
         if self.verdict == Verdict::Log {
-            header(out, b"X-CRM-Create: ", self.create().as_str().as_bytes());
+            out.extend_from_slice(match self.create() {
+                CreateTag::Lead => b"X-CRM-Create: lead\r\n",
+                CreateTag::Deal => b"X-CRM-Create: deal\r\n",
+                CreateTag::Offer => b"X-CRM-Create: offer\r\n",
+                CreateTag::None => b"X-CRM-Create: none\r\n",
+            });
             if !self.settings.source.is_empty() {
                 header(out, b"X-CRM-Source: ", self.settings.source.as_bytes());
             }
@@ -366,12 +390,12 @@ impl Screening<'_> {
             // Directory values come from the API: no control characters
             // may reach the wire.
             out.extend_from_slice(b"X-CRM-Responsible: ");
-            push_clean(out, r);
+            push_clean(out, r.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if let Some(id) = call_id {
             out.extend_from_slice(b"X-CRM-Call-Id: ");
-            push_clean(out, id);
+            push_clean(out, id.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if let Some(r) = self.reason {
@@ -380,18 +404,31 @@ impl Screening<'_> {
             out.extend_from_slice(b"\r\n");
         }
         if self.direction == Direction::Inbound {
-            header(out, b"X-CRM-Attest: ", self.attest.as_str().as_bytes());
+            out.extend_from_slice(match self.attest {
+                Attest::A => b"X-CRM-Attest: A\r\n",
+                Attest::B => b"X-CRM-Attest: B\r\n",
+                Attest::C => b"X-CRM-Attest: C\r\n",
+                Attest::Failed => b"X-CRM-Attest: failed\r\n",
+                Attest::None => b"X-CRM-Attest: none\r\n",
+            });
         }
     }
 }
 
+/// Upper bound of the tags' bytes besides `source`, `responsible` and
+/// the call id: every header name and fixed value, two E.164 numbers (at
+/// most 20 digits each) and the longest reason.
+const TAGS_FIXED: usize = 320;
+
 /// Appends `s` without its control characters (one copy when it has
 /// none, as nearly every value).
-fn push_clean(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b.is_ascii_control()) {
-        out.extend(s.bytes().filter(|b| !b.is_ascii_control()));
+fn push_clean(out: &mut Vec<u8>, s: &[u8]) {
+    // Or-ed over all bytes (no early exit): the compiler checks many
+    // bytes per instruction.
+    if s.iter().fold(false, |c, b| c | b.is_ascii_control()) {
+        out.extend(s.iter().filter(|b| !b.is_ascii_control()));
     } else {
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
     }
 }
 

@@ -6,12 +6,13 @@
 //! leaves byte for byte as it came.
 //!
 //! Inserted bytes live in one scratch arena, reused per thread (taken by
-//! `Edits::new`, handed back on drop), so building a forwarded message
-//! allocates only its output buffer, whatever the edit count.
+//! `Edits::new`, handed back on drop), and the output is cut from a chunk
+//! reused per thread, so building a forwarded message allocates nothing
+//! in the usual case, whatever the edit count.
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,12 @@ enum Op {
 }
 
 impl Op {
+    /// Its place in the output order: the offset, and at equal offsets
+    /// inserts first (one word; offsets are far below `usize::MAX / 2`).
+    fn order(&self) -> usize {
+        (self.pos() << 1) | usize::from(matches!(self, Op::Delete { .. }))
+    }
+
     fn pos(&self) -> usize {
         match *self {
             Op::Insert { at, .. } => at,
@@ -36,9 +43,19 @@ impl Op {
 const ARENA_START: usize = 512;
 const ARENA_KEEP: usize = 16 * 1024;
 
+/// The size of the chunks forwarded messages are cut from.
+const OUT_CHUNK: usize = 16 * 1024;
+
 std::thread_local! {
     /// The scratch arena the last `Edits` of this thread handed back.
     static ARENA: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// What is left of the chunk this thread's forwarded messages are cut
+    /// from, one after the other: no allocation per message while it
+    /// lasts. A used-up chunk is reused in place once every message cut
+    /// from it has been dropped (the usual case: a datagram is sent and
+    /// gone), else a new one is taken and the old one is freed with its
+    /// last message.
+    static OUT: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
 
 /// A list of edits over one source buffer.
@@ -108,8 +125,7 @@ impl Edits {
         let end = end.min(src.len());
         // Stable sort: same-offset inserts keep their order; at equal
         // offsets inserts go before deletes.
-        self.ops
-            .sort_by_key(|op| (op.pos(), matches!(op, Op::Delete { .. })));
+        self.ops.sort_by_key(Op::order);
         let mut len = end;
         for op in &self.ops {
             match *op {
@@ -117,7 +133,13 @@ impl Edits {
                 Op::Delete { start, end: e } => len -= e.min(end).saturating_sub(start.min(end)),
             }
         }
-        let mut out = Vec::with_capacity(len);
+        let mut chunk = OUT.with(std::cell::Cell::take);
+        if chunk.capacity() < len {
+            // Reclaims the chunk in place when every message cut from it
+            // is gone, else takes a new one.
+            chunk.reserve(len.max(OUT_CHUNK));
+        }
+        let out = &mut chunk;
         let mut cursor = 0;
         for op in &self.ops {
             match *op {
@@ -142,7 +164,11 @@ impl Edits {
         }
         out.extend_from_slice(&src[cursor..end]);
         debug_assert_eq!(out.len(), len);
-        Bytes::from(out)
+        let message = chunk.split().freeze();
+        // A thread being torn down has no slot left: the chunk goes with
+        // its last message.
+        let _ = OUT.try_with(|o| o.set(chunk));
+        message
     }
 }
 
@@ -182,6 +208,31 @@ mod tests {
         let other = Edits::new();
         assert_ne!(other.arena.as_ptr(), ptr);
         assert!(other.arena.capacity() >= ARENA_START);
+    }
+
+    /// Messages cut from the thread's chunk stay as they were while later
+    /// ones are built (held across chunk ends, larger than a chunk, and
+    /// after all were dropped and the chunk is reused).
+    #[test]
+    fn messages_cut_from_the_chunk_stay_intact() {
+        let build = |i: usize, size: usize| {
+            let src: Vec<u8> = (0..size).map(|j| (i * 7 + j) as u8).collect();
+            let mut e = Edits::new();
+            e.insert(size / 2, format!("<{i}>").as_bytes());
+            e.delete(0..1);
+            let mut want = src[1..size / 2].to_vec();
+            want.extend_from_slice(format!("<{i}>").as_bytes());
+            want.extend_from_slice(&src[size / 2..]);
+            (e.apply(&src, size), want)
+        };
+        for _round in 0..2 {
+            let held: Vec<(Bytes, Vec<u8>)> = (0..80)
+                .map(|i| build(i, if i == 40 { 3 * OUT_CHUNK } else { 900 + i }))
+                .collect();
+            for (got, want) in &held {
+                assert_eq!(&got[..], &want[..]);
+            }
+        }
     }
 
     #[test]
