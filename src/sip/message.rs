@@ -524,11 +524,23 @@ impl Message {
     /// CSeq number and method token.
     pub fn cseq(&self) -> Option<(u32, &[u8])> {
         let v = self.first_value(HeaderName::CSeq)?;
-        let sp = v.iter().position(|&c| is_lws(c))?;
-        let n = parse_u64(&v[..sp]).filter(|&n| n <= u64::from(u32::MAX))? as u32;
+        // One walk: 1 to 19 digits (what `parse_u64` takes) up to the
+        // first LWS, at most `u32::MAX`, then the method.
+        let mut n = 0u64;
+        let mut sp = 0;
+        while sp < v.len() && v[sp].is_ascii_digit() {
+            n = n * 10 + u64::from(v[sp] - b'0');
+            if n > u64::from(u32::MAX) {
+                return None;
+            }
+            sp += 1;
+        }
+        if sp == 0 || sp > 19 || sp == v.len() || !is_lws(v[sp]) {
+            return None;
+        }
         let m = &v[sp..];
         let r = trim(m, 0..m.len());
-        Some((n, &m[r]))
+        Some((n as u32, &m[r]))
     }
 
     /// Max-Forwards (`None` if absent or not a number).
@@ -981,6 +993,15 @@ mod tests {
             }
         }
 
+        /// `Message::cseq` on a CSeq value before its one walk.
+        pub fn cseq(v: &[u8]) -> Option<(u32, &[u8])> {
+            let sp = v.iter().position(|&c| is_lws(c))?;
+            let n = parse_u64(&v[..sp]).filter(|&n| n <= u64::from(u32::MAX))? as u32;
+            let m = &v[sp..];
+            let r = trim(m, 0..m.len());
+            Some((n, &m[r]))
+        }
+
         /// Start line, headers, header end, terminated, body start.
         pub type Scanned = (StartLine, Vec<Header>, usize, bool, usize);
 
@@ -1104,6 +1125,18 @@ mod tests {
             b.extend_from_slice(&text);
             let got = Message::scan(Bytes::from(b.clone())).map(|m| scanned(&m));
             prop_assert_eq!(got, reference::scan(&b));
+        }
+
+        /// CSeq's one walk reads what `parse_u64` and the LWS search read.
+        #[test]
+        fn cseq_agrees_with_the_reference(
+            digits in prop::sample::select(vec!["1", "314159", "0", "4294967295", "4294967296", "00000000000000000001", "0000000000000000001", "99999999999", "", "1a", "+1"]),
+            gap in prop::sample::select(vec![" ", "\t", "  ", "", "\r\n "]),
+            method in prop::sample::select(vec!["INVITE", "ACK", "", "IN VITE"]),
+        ) {
+            let b = format!("OPTIONS sip:x SIP/2.0\r\nCSeq: {digits}{gap}{method}\r\n\r\n");
+            let m = Message::scan(Bytes::from(b)).unwrap();
+            prop_assert_eq!(m.cseq(), reference::cseq(m.first_value(HeaderName::CSeq).unwrap()));
         }
 
         /// The marks are every `\n` and `:` from the start on, in order.
