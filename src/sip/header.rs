@@ -71,7 +71,7 @@ pub fn classify(name: &[u8]) -> HeaderName {
 /// equals a lower-case letter only for that letter in either case; where
 /// `lit` has `-` the byte must be `-`.
 #[inline]
-fn eq_lower(name: &[u8], lit: &[u8]) -> bool {
+pub(super) fn eq_lower(name: &[u8], lit: &[u8]) -> bool {
     debug_assert_eq!(name.len(), lit.len());
     let n = name.len();
     let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));

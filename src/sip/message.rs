@@ -12,11 +12,10 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use memchr::memchr;
 use smallvec::SmallVec;
 
 use super::header::{HeaderName, classify, is_token};
-use super::values::{self, NameAddr, Uri, is_lws, split_commas, trim};
+use super::values::{self, NameAddr, Uri, find, is_lws, split_commas, trim};
 
 /// Request methods the proxy tells apart; the rest are `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,31 +242,51 @@ pub struct Message {
 
 impl Message {
     /// Indexes `buf` (one message, as framed by the transport).
+    ///
+    /// One pass over the header block: [`Marks`] hands out every `\n` and
+    /// `:` in order, found 64 bytes at a time, so a header line costs one
+    /// mark for its colon, one for its end (plus any colons of its value)
+    /// and no search of its own; the body is never looked at.
     pub fn scan(buf: Bytes) -> Result<Message, ScanError> {
-        let b = &buf[..];
+        let mut m = Message {
+            buf,
+            start: StartLine::Response {
+                code: 0,
+                version: 0..0,
+            },
+            headers: SmallVec::new(),
+            first: [NONE; TRACKED],
+            count: [0u16; TRACKED],
+            header_end: 0,
+            terminated: false,
+            body_start: 0,
+            content_length: None,
+        };
+        let b = &m.buf[..];
         // Leading CRLFs are keep-alive leftovers (RFC 3261 §7.5).
         let mut pos = b
             .iter()
             .position(|&c| c != b'\r' && c != b'\n')
             .ok_or(ScanError::Empty)?;
-        let (line, next) = next_line(b, pos);
-        let start = parse_start_line(b, line)?;
+        let mut marks = Marks::new(b, pos);
+        let (line, next) = line_at(b, pos, marks.line_end());
+        m.start = parse_start_line(b, line)?;
         pos = next;
-        let mut headers: SmallVec<[Header; 24]> = SmallVec::new();
-        let mut header_end = b.len();
-        let mut body_start = b.len();
-        let mut terminated = false;
+        m.header_end = b.len();
+        m.body_start = b.len();
         while pos < b.len() {
-            let (line, next) = next_line(b, pos);
-            if line.is_empty() {
-                header_end = pos;
-                body_start = next;
-                terminated = true;
+            let c = b[pos];
+            if c == b'\n' || (c == b'\r' && b.get(pos + 1) == Some(&b'\n')) {
+                // The blank line.
+                m.header_end = pos;
+                m.body_start = pos + if c == b'\n' { 1 } else { 2 };
+                m.terminated = true;
                 break;
             }
-            if matches!(b[pos], b' ' | b'\t') {
+            if matches!(c, b' ' | b'\t') {
                 // Folded continuation of the previous header.
-                let h = headers.last_mut().ok_or(ScanError::HeaderLine)?;
+                let (line, next) = line_at(b, pos, marks.line_end());
+                let h = m.headers.last_mut().ok_or(ScanError::HeaderLine)?;
                 let cont = trim(b, line);
                 if !cont.is_empty() {
                     if h.value.0 == h.value.1 {
@@ -276,62 +295,59 @@ impl Message {
                     h.value.1 = cont.end as u32;
                 }
                 h.end = next as u32;
-            } else {
-                // The name (token characters), optional blanks, the colon:
-                // one walk over the name instead of a colon search and a
-                // token check.
-                let l = &b[line.clone()];
-                let name_end = line.start + l.iter().position(|&c| !is_token(c)).unwrap_or(l.len());
-                let mut colon = name_end;
-                while colon < line.end && matches!(b[colon], b' ' | b'\t') {
-                    colon += 1;
-                }
-                if name_end == line.start || colon == line.end || b[colon] != b':' {
-                    return Err(ScanError::HeaderLine);
-                }
-                let name = &b[line.start..name_end];
-                if headers.len() >= MAX_HEADERS {
-                    return Err(ScanError::TooManyHeaders);
-                }
-                let value = trim(b, colon + 1..line.end);
-                headers.push(Header {
-                    name: classify(name),
-                    start: line.start as u32,
-                    name_end: name_end as u32,
-                    value: (value.start as u32, value.end as u32),
-                    end: next as u32,
-                });
+                pos = next;
+                continue;
             }
+            // The line's first mark is its colon, or it has none. The name
+            // is what comes before it less trailing blanks, and must be a
+            // token: what a walk over token characters, blanks and then a
+            // colon accepts.
+            let colon = match marks.next() {
+                Some(i) if b[i] == b':' => i,
+                _ => return Err(ScanError::HeaderLine),
+            };
+            let mut name_end = colon;
+            while name_end > pos && matches!(b[name_end - 1], b' ' | b'\t') {
+                name_end -= 1;
+            }
+            let name = &b[pos..name_end];
+            let kind = classify(name);
+            // A recognised name matched a literal of letters and `-` (see
+            // `classify`): only the others are checked byte by byte.
+            if name.is_empty()
+                || (matches!(kind, HeaderName::Other | HeaderName::XCrm)
+                    && !name.iter().all(|&c| is_token(c)))
+            {
+                return Err(ScanError::HeaderLine);
+            }
+            if m.headers.len() >= MAX_HEADERS {
+                return Err(ScanError::TooManyHeaders);
+            }
+            let (line, next) = line_at(b, pos, marks.line_end());
+            let value = trim(b, colon + 1..line.end);
+            let k = kind as usize;
+            if k < TRACKED {
+                if m.first[k] == NONE {
+                    // Lossless: the scan stops at MAX_HEADERS lines.
+                    m.first[k] = m.headers.len() as u16;
+                }
+                m.count[k] += 1;
+            }
+            m.headers.push(Header {
+                name: kind,
+                start: pos as u32,
+                name_end: name_end as u32,
+                value: (value.start as u32, value.end as u32),
+                end: next as u32,
+            });
             pos = next;
         }
-        let mut first = [NONE; TRACKED];
-        let mut count = [0u16; TRACKED];
-        for (i, h) in headers.iter().enumerate() {
-            let k = h.name as usize;
-            if k < TRACKED {
-                if first[k] == NONE {
-                    // Lossless: the scan stops at MAX_HEADERS lines.
-                    first[k] = i as u16;
-                }
-                count[k] += 1;
-            }
-        }
         let k = HeaderName::ContentLength as usize;
-        let content_length = (first[k] != NONE)
-            .then(|| parse_u64(&b[headers[usize::from(first[k])].value_range()]))
+        m.content_length = (m.first[k] != NONE)
+            .then(|| parse_u64(&b[m.headers[usize::from(m.first[k])].value_range()]))
             .flatten()
             .map(|n| n as usize);
-        Ok(Message {
-            buf,
-            start,
-            headers,
-            first,
-            count,
-            header_end,
-            terminated,
-            body_start,
-            content_length,
-        })
+        Ok(m)
     }
 
     /// The received bytes.
@@ -484,11 +500,20 @@ impl Message {
 
     /// The first header's value when it holds no comma at all: then it is
     /// the header's one comma-separated element (values are trimmed), and
-    /// one `memchr` replaces the comma walk (quotes, `<>`). `None` for an
+    /// one search for `,` replaces the comma walk (quotes, `<>`). `None` for an
     /// untracked name, no header, an empty value or any comma.
     fn sole_value(&self, name: HeaderName) -> Option<&[u8]> {
         let v = self.value(self.first(name)?);
-        (!v.is_empty() && memchr(b',', v).is_none()).then_some(v)
+        (!v.is_empty() && find(v, b',').is_none()).then_some(v)
+    }
+
+    /// The value of `h` as its one comma-separated element when it holds
+    /// no comma at all and is not empty (values are trimmed, and quotes
+    /// or `<>` only hide commas): what `split_commas` would yield alone,
+    /// found with one search. `None`: walk it with `split_commas`.
+    fn sole_element(&self, h: &Header) -> Option<Range<usize>> {
+        let r = h.value_range();
+        (!r.is_empty() && find(&self.buf[r.clone()], b',').is_none()).then_some(r)
     }
 
     /// The Call-ID.
@@ -499,11 +524,23 @@ impl Message {
     /// CSeq number and method token.
     pub fn cseq(&self) -> Option<(u32, &[u8])> {
         let v = self.first_value(HeaderName::CSeq)?;
-        let sp = v.iter().position(|&c| is_lws(c))?;
-        let n = parse_u64(&v[..sp]).filter(|&n| n <= u64::from(u32::MAX))? as u32;
+        // One walk: 1 to 19 digits (what `parse_u64` takes) up to the
+        // first LWS, at most `u32::MAX`, then the method.
+        let mut n = 0u64;
+        let mut sp = 0;
+        while sp < v.len() && v[sp].is_ascii_digit() {
+            n = n * 10 + u64::from(v[sp] - b'0');
+            if n > u64::from(u32::MAX) {
+                return None;
+            }
+            sp += 1;
+        }
+        if sp == 0 || sp > 19 || sp == v.len() || !is_lws(v[sp]) {
+            return None;
+        }
         let m = &v[sp..];
         let r = trim(m, 0..m.len());
-        Some((n, &m[r]))
+        Some((n as u32, &m[r]))
     }
 
     /// Max-Forwards (`None` if absent or not a number).
@@ -618,6 +655,12 @@ impl Message {
         let to = self.single_name_addr(To)?;
         let mut top_via = None;
         for h in self.of_name(Via) {
+            if let Some(r) = self.sole_element(h) {
+                if top_via.is_none() {
+                    top_via = Some(values::Via::parse(&self.buf, r).map_err(|_| bad("via"))?);
+                }
+                continue;
+            }
             for r in split_commas(&self.buf, h.value_range()) {
                 if r.is_empty() {
                     return Err(bad("via"));
@@ -640,6 +683,13 @@ impl Message {
             return Err(bad("date"));
         }
         for h in self.of_name(Contact) {
+            if let Some(r) = self.sole_element(h) {
+                let v = &self.buf[r];
+                if find(v, b'<').is_none() && find(v, b'?').is_some() {
+                    return Err(bad("contact"));
+                }
+                continue;
+            }
             for r in split_commas(&self.buf, h.value_range()) {
                 let v = &self.buf[r];
                 if v.is_empty() || (!v.contains(&b'<') && v.contains(&b'?')) {
@@ -721,11 +771,11 @@ impl Message {
     }
 }
 
-/// The line at `pos` without its ending, and the start of the next line.
-fn next_line(b: &[u8], pos: usize) -> (Range<usize>, usize) {
-    match memchr(b'\n', &b[pos..]) {
-        Some(i) => {
-            let nl = pos + i;
+/// The line at `pos` whose `\n` is at `nl` (`None`: it runs to the end),
+/// without its ending, and the start of the next line.
+fn line_at(b: &[u8], pos: usize, nl: Option<usize>) -> (Range<usize>, usize) {
+    match nl {
+        Some(nl) => {
             let end = if nl > pos && b[nl - 1] == b'\r' {
                 nl - 1
             } else {
@@ -737,11 +787,125 @@ fn next_line(b: &[u8], pos: usize) -> (Range<usize>, usize) {
     }
 }
 
+/// The positions of every `\n` and `:` from a starting point on, in
+/// order, found one 64-byte block at a time (SSE2 on x86_64: four 16-byte
+/// compares, their movemasks joined into one bit per byte) and handed out
+/// by popping the lowest bit. A block is looked at only when the one
+/// before it is used up, so the scan stops about where the headers do.
+struct Marks<'b> {
+    b: &'b [u8],
+    /// Start of the current block.
+    base: usize,
+    /// The current block's marks not handed out yet (bit i: `b[base + i]`).
+    mask: u64,
+}
+
+impl<'b> Marks<'b> {
+    fn new(b: &'b [u8], from: usize) -> Marks<'b> {
+        Marks {
+            b,
+            base: from,
+            mask: block_marks(&b[from.min(b.len())..]),
+        }
+    }
+
+    /// The next `\n` or `:`.
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += 64;
+            if self.base >= self.b.len() {
+                // Stay at the end: later calls answer `None` as well.
+                self.base = self.b.len();
+                return None;
+            }
+            self.mask = block_marks(&self.b[self.base..]);
+        }
+        let i = self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(self.base + i)
+    }
+
+    /// The next `\n` (colons before it are passed over).
+    #[inline]
+    fn line_end(&mut self) -> Option<usize> {
+        loop {
+            let i = self.next()?;
+            if self.b[i] == b'\n' {
+                return Some(i);
+            }
+        }
+    }
+}
+
+/// Bit i set where `b[i]` (i < 64) is `\n` or `:`.
+#[inline]
+fn block_marks(b: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if b.len() >= 64 {
+            return sse2::marks64(b);
+        }
+        let mut mask = 0;
+        let mut i = 0;
+        while i + 16 <= b.len() {
+            mask |= sse2::marks16(&b[i..]) << i;
+            i += 16;
+        }
+        mask | scalar_marks(&b[i..b.len()]) << i
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar_marks(&b[..b.len().min(64)])
+    }
+}
+
+/// [`block_marks`] byte by byte: the plain definition (and the tail of a
+/// buffer shorter than a block). `b` holds at most 64 bytes.
+fn scalar_marks(b: &[u8]) -> u64 {
+    b.iter().enumerate().fold(0, |mask, (i, &c)| {
+        mask | (u64::from(c == b'\n' || c == b':') << i)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+
+    /// The marks of `b[..16]` (`b` holds at least 16 bytes). SSE2 is part
+    /// of every x86_64, so no run-time detection is needed.
+    #[inline]
+    pub(super) fn marks16(b: &[u8]) -> u64 {
+        assert!(b.len() >= 16);
+        // SAFETY: the assert keeps the unaligned 16-byte load inside `b`;
+        // the rest are register operations of SSE2, which every x86_64
+        // has.
+        let hit = unsafe {
+            let v = _mm_loadu_si128(b.as_ptr().cast::<__m128i>());
+            _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)),
+                _mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)),
+            ))
+        };
+        // The movemask is 16 bits wide: one per byte.
+        u64::from(hit as u16)
+    }
+
+    /// The marks of `b[..64]` (`b` holds at least 64 bytes).
+    #[inline]
+    pub(super) fn marks64(b: &[u8]) -> u64 {
+        let b = &b[..64];
+        marks16(b) | marks16(&b[16..]) << 16 | marks16(&b[32..]) << 32 | marks16(&b[48..]) << 48
+    }
+}
+
 fn parse_start_line(b: &[u8], line: Range<usize>) -> Result<StartLine, ScanError> {
     let l = &b[line.clone()];
     if l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"SIP/") {
         // SIP-Version SP Status-Code SP Reason-Phrase
-        let sp = memchr(b' ', l).ok_or(ScanError::StartLine)?;
+        let sp = find(l, b' ').ok_or(ScanError::StartLine)?;
         let rest = &l[sp + 1..];
         let code_end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
         let code = &rest[..code_end];
@@ -759,13 +923,13 @@ fn parse_start_line(b: &[u8], line: Range<usize>) -> Result<StartLine, ScanError
             version: line.start..line.start + sp,
         });
     }
-    let sp1 = memchr(b' ', l).ok_or(ScanError::StartLine)?;
+    let sp1 = find(l, b' ').ok_or(ScanError::StartLine)?;
     if sp1 == 0 {
         return Err(ScanError::StartLine);
     }
     let method_range = line.start..line.start + sp1;
     let rest = line.start + sp1 + 1;
-    let (uri, version) = match memchr::memrchr(b' ', &b[rest..line.end]) {
+    let (uri, version) = match b[rest..line.end].iter().rposition(|&c| c == b' ') {
         Some(i) => (rest..rest + i, rest + i + 1..line.end),
         None => (rest..line.end, line.end..line.end),
     };
@@ -800,6 +964,7 @@ pub fn parse_u64(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// A request whose header lines are `filler` `X-F<i>: <i>` lines, then
     /// `tail`.
@@ -814,6 +979,183 @@ mod tests {
         }
         s.push_str("\r\n");
         Bytes::from(s)
+    }
+
+    /// The scanner as it was before the mark stream (one `memchr` per
+    /// line, a token walk for the name): what the scan must still find.
+    mod reference {
+        use super::super::*;
+
+        fn next_line(b: &[u8], pos: usize) -> (Range<usize>, usize) {
+            match memchr::memchr(b'\n', &b[pos..]) {
+                Some(i) => line_at(b, pos, Some(pos + i)),
+                None => line_at(b, pos, None),
+            }
+        }
+
+        /// `Message::cseq` on a CSeq value before its one walk.
+        pub fn cseq(v: &[u8]) -> Option<(u32, &[u8])> {
+            let sp = v.iter().position(|&c| is_lws(c))?;
+            let n = parse_u64(&v[..sp]).filter(|&n| n <= u64::from(u32::MAX))? as u32;
+            let m = &v[sp..];
+            let r = trim(m, 0..m.len());
+            Some((n, &m[r]))
+        }
+
+        /// Start line, headers, header end, terminated, body start.
+        pub type Scanned = (StartLine, Vec<Header>, usize, bool, usize);
+
+        pub fn scan(b: &[u8]) -> Result<Scanned, ScanError> {
+            let mut pos = b
+                .iter()
+                .position(|&c| c != b'\r' && c != b'\n')
+                .ok_or(ScanError::Empty)?;
+            let (line, next) = next_line(b, pos);
+            let start = parse_start_line(b, line)?;
+            pos = next;
+            let mut headers: Vec<Header> = Vec::new();
+            let (mut header_end, mut body_start, mut terminated) = (b.len(), b.len(), false);
+            while pos < b.len() {
+                let (line, next) = next_line(b, pos);
+                if line.is_empty() {
+                    header_end = pos;
+                    body_start = next;
+                    terminated = true;
+                    break;
+                }
+                if matches!(b[pos], b' ' | b'\t') {
+                    let h = headers.last_mut().ok_or(ScanError::HeaderLine)?;
+                    let cont = trim(b, line);
+                    if !cont.is_empty() {
+                        if h.value.0 == h.value.1 {
+                            h.value.0 = cont.start as u32;
+                        }
+                        h.value.1 = cont.end as u32;
+                    }
+                    h.end = next as u32;
+                } else {
+                    let l = &b[line.clone()];
+                    let name_end =
+                        line.start + l.iter().position(|&c| !is_token(c)).unwrap_or(l.len());
+                    let mut colon = name_end;
+                    while colon < line.end && matches!(b[colon], b' ' | b'\t') {
+                        colon += 1;
+                    }
+                    if name_end == line.start || colon == line.end || b[colon] != b':' {
+                        return Err(ScanError::HeaderLine);
+                    }
+                    let value = trim(b, colon + 1..line.end);
+                    headers.push(Header {
+                        name: classify(&b[line.start..name_end]),
+                        start: line.start as u32,
+                        name_end: name_end as u32,
+                        value: (value.start as u32, value.end as u32),
+                        end: next as u32,
+                    });
+                }
+                pos = next;
+            }
+            Ok((start, headers, header_end, terminated, body_start))
+        }
+    }
+
+    /// What the scan found, in the reference's terms; `first`, `count`
+    /// and `content_length` checked against the headers on the way.
+    fn scanned(m: &Message) -> reference::Scanned {
+        for k in 0..TRACKED {
+            let of_k: Vec<usize> = (0..m.headers.len())
+                .filter(|&i| m.headers[i].name as usize == k)
+                .collect();
+            assert_eq!(usize::from(m.count[k]), of_k.len());
+            assert_eq!(of_k.first().map(|&i| i as u16).unwrap_or(NONE), m.first[k]);
+        }
+        let want_cl = m
+            .first(HeaderName::ContentLength)
+            .and_then(|h| parse_u64(m.value(h)))
+            .map(|n| n as usize);
+        assert_eq!(m.content_length, want_cl);
+        (
+            m.start.clone(),
+            m.headers.to_vec(),
+            m.header_end,
+            m.terminated,
+            m.body_start,
+        )
+    }
+
+    /// Pieces SIP messages are made of, line ends and colons
+    /// over-represented, spliced anywhere.
+    fn sip_text() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            prop::sample::select(vec![
+                &b"INVITE sip:a@b SIP/2.0\r\n"[..],
+                b"SIP/2.0 200 OK\r\n",
+                b"Via: SIP/2.0/UDP h;branch=z9\r\n",
+                b"v :x\r\n",
+                b"Content-Length: 4\r\n",
+                b"l:  12 \r\n",
+                b"X-CRM-A: 1\n",
+                b"Call-ID:c@h\r\n",
+                b" folded\r\n",
+                b"\tmore \r\n",
+                b"\r\n",
+                b"\n",
+                b"\r",
+                b":",
+                b" ",
+                b"\t",
+                b"Bad Name: x\r\n",
+                b"To",
+                b"abcdefghijklmnopqrstuvwxyz0123456789",
+            ])
+            .prop_map(|s| s.to_vec()),
+            any::<u8>().prop_map(|c| vec![c]),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|ps| ps.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The mark-stream scan indexes every message as the
+        /// line-by-line scan did, and refuses what it refused.
+        #[test]
+        fn scan_agrees_with_the_reference(text in sip_text(), head in 0usize..3) {
+            let mut b = [&b"OPTIONS sip:x SIP/2.0\r\n"[..], b"", b"\r\n"][head].to_vec();
+            b.extend_from_slice(&text);
+            let got = Message::scan(Bytes::from(b.clone())).map(|m| scanned(&m));
+            prop_assert_eq!(got, reference::scan(&b));
+        }
+
+        /// CSeq's one walk reads what `parse_u64` and the LWS search read.
+        #[test]
+        fn cseq_agrees_with_the_reference(
+            digits in prop::sample::select(vec!["1", "314159", "0", "4294967295", "4294967296", "00000000000000000001", "0000000000000000001", "99999999999", "", "1a", "+1"]),
+            gap in prop::sample::select(vec![" ", "\t", "  ", "", "\r\n "]),
+            method in prop::sample::select(vec!["INVITE", "ACK", "", "IN VITE"]),
+        ) {
+            let b = format!("OPTIONS sip:x SIP/2.0\r\nCSeq: {digits}{gap}{method}\r\n\r\n");
+            let m = Message::scan(Bytes::from(b)).unwrap();
+            prop_assert_eq!(m.cseq(), reference::cseq(m.first_value(HeaderName::CSeq).unwrap()));
+        }
+
+        /// The marks are every `\n` and `:` from the start on, in order.
+        #[test]
+        fn marks_are_every_newline_and_colon(
+            b in proptest::collection::vec(any::<u8>().prop_map(|c| [c, b'\n', b':', b'a'][usize::from(c % 4)]), 0..300),
+            from in 0usize..300,
+        ) {
+            let from = from.min(b.len());
+            let mut marks = Marks::new(&b, from);
+            let got: Vec<usize> = std::iter::from_fn(|| marks.next()).collect();
+            let want: Vec<usize> = (from..b.len()).filter(|&i| b[i] == b'\n' || b[i] == b':').collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(marks.next(), None);
+            for s in [0, 1, 17, 63].into_iter().filter(|&s| s <= b.len()) {
+                let chunk = &b[s..b.len().min(s + 64)];
+                prop_assert_eq!(block_marks(&b[s..]), scalar_marks(chunk));
+            }
+        }
     }
 
     /// Index 255 and beyond: each tracked name's first header is the one at

@@ -5,11 +5,100 @@
 
 use std::ops::Range;
 
-use super::header::is_token;
+use super::header::{eq_lower, is_token};
+
+/// The first byte of `hay` that `hit` marks (16 bytes at a time with
+/// SSE2 on x86_64, `hit16` giving one bit per byte of a 16-byte chunk).
+/// Header values are tens of bytes: this inlined loop costs a fraction of
+/// a `memchr` call's set-up and dispatch, which pays off only on long
+/// haystacks.
+#[inline(always)]
+fn find_by(hay: &[u8], hit: impl Fn(u8) -> bool, hit16: impl Fn(&[u8]) -> u32) -> Option<usize> {
+    let n = hay.len();
+    #[cfg(target_arch = "x86_64")]
+    if n >= 16 {
+        let mut i = 0;
+        while i + 16 <= n {
+            let m = hit16(&hay[i..]);
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 16;
+        }
+        if i == n {
+            return None;
+        }
+        // The last 16 bytes, less those already looked at.
+        let m = hit16(&hay[n - 16..]) >> (16 - (n - i));
+        return (m != 0).then(|| i + m.trailing_zeros() as usize);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = &hit16;
+    hay.iter().position(|&c| hit(c))
+}
+
+/// The first `a` in `hay` (`memchr` for short haystacks).
+#[inline]
+pub fn find(hay: &[u8], a: u8) -> Option<usize> {
+    find_by(hay, |c| c == a, |h| sse2::eq(h, &[a]))
+}
+
+/// The first `a` or `b` in `hay`.
+#[inline]
+pub fn find2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    find_by(hay, |c| c == a || c == b, |h| sse2::eq(h, &[a, b]))
+}
+
+/// The first `a`, `b` or `c` in `hay`.
+#[inline]
+pub fn find3(hay: &[u8], a: u8, b: u8, c: u8) -> Option<usize> {
+    find_by(
+        hay,
+        |x| x == a || x == b || x == c,
+        |h| sse2::eq(h, &[a, b, c]),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_setzero_si128,
+    };
+
+    /// Bit i set where `h[i]` (i < 16) is one of `any`; `h` holds at
+    /// least 16 bytes.
+    #[inline(always)]
+    pub(super) fn eq(h: &[u8], any: &[u8]) -> u32 {
+        assert!(h.len() >= 16);
+        // SAFETY: the assert keeps the unaligned 16-byte load inside `h`;
+        // the rest are register operations of SSE2, which every x86_64
+        // has.
+        unsafe {
+            let v = _mm_loadu_si128(h.as_ptr().cast::<__m128i>());
+            let mut hit = _mm_setzero_si128();
+            for &a in any {
+                hit = _mm_or_si128(hit, _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8)));
+            }
+            _mm_movemask_epi8(hit) as u32
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod sse2 {
+    /// Not used off x86_64 (`find_by` walks bytes there).
+    pub(super) fn eq(_: &[u8], _: &[u8]) -> u32 {
+        0
+    }
+}
 
 /// Linear white space, including the CR/LF of a folded line.
+#[inline]
 pub fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+    // One compare and a bit test: bits 9, 10, 13 and 32 are `\t`, `\n`,
+    // `\r` and ` `.
+    b <= b' ' && (0x1_0000_2600u64 >> b) & 1 != 0
 }
 
 /// `range` with leading and trailing LWS removed.
@@ -50,14 +139,14 @@ pub fn split_commas(buf: &[u8], r: Range<usize>) -> impl Iterator<Item = Range<u
 /// measured dearer under callgrind even for 60-byte values).
 fn next_comma(buf: &[u8], mut i: usize, end: usize) -> usize {
     loop {
-        match memchr::memchr3(b',', b'"', b'<', &buf[i..end]) {
+        match find3(&buf[i..end], b',', b'"', b'<') {
             None => return end,
             Some(o) => {
                 i += o;
                 match buf[i] {
                     b',' => return i,
                     b'"' => i = skip_quoted(buf, i + 1, end),
-                    _ => i = memchr::memchr(b'>', &buf[i..end]).map_or(end, |o| i + o + 1),
+                    _ => i = find(&buf[i..end], b'>').map_or(end, |o| i + o + 1),
                 }
                 if i >= end {
                     return end;
@@ -71,7 +160,7 @@ fn next_comma(buf: &[u8], mut i: usize, end: usize) -> usize {
 /// at `i` (backslash escapes honoured), or `end` if it is not closed.
 fn skip_quoted(buf: &[u8], mut i: usize, end: usize) -> usize {
     while i < end {
-        match memchr::memchr2(b'"', b'\\', &buf[i..end]) {
+        match find2(&buf[i..end], b'"', b'\\') {
             None => return end,
             Some(o) if buf[i + o] == b'"' => return i + o + 1,
             Some(o) => i += o + 2,
@@ -83,16 +172,21 @@ fn skip_quoted(buf: &[u8], mut i: usize, end: usize) -> usize {
 /// Value of `;name=value` (or `Some(b"")` for a bare `;name`) in a param list.
 /// `name` holds no `=`, `;` or LWS.
 pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let mut rest = params;
+    let mut start = 0;
     loop {
-        let (piece, next) = match rest.iter().position(|&b| b == b';') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        if let Some(v) = param_value(trim_slice(piece), name) {
+        // The piece up to the next `;` (a byte loop: pieces are short, a
+        // `memchr` call costs more than it saves).
+        let mut end = start;
+        while end < params.len() && params[end] != b';' {
+            end += 1;
+        }
+        if let Some(v) = param_value(trim_slice(&params[start..end]), name) {
             return Some(v);
         }
-        rest = next?;
+        if end == params.len() {
+            return None;
+        }
+        start = end + 1;
     }
 }
 
@@ -101,14 +195,36 @@ pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// further.
 fn param_value<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     if p.len() >= name.len() && p[..name.len()].eq_ignore_ascii_case(name) {
-        let after = &p[name.len()..];
-        if after.is_empty() {
-            return Some(after);
-        }
-        let lws = after.iter().take_while(|&&b| is_lws(b)).count();
-        if after[lws] == b'=' {
-            return Some(trim_slice(&after[lws + 1..]));
-        }
+        return value_after(p, name.len());
+    }
+    None
+}
+
+/// [`param_value`] for a `name` of lower-case letters only (the Via's
+/// known parameters), compared a word at a time.
+fn known_value<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    if p.len() >= name.len() && eq_lower(&p[..name.len()], name) {
+        return value_after(p, name.len());
+    }
+    None
+}
+
+/// What follows a matched name `p[..n]` of a trimmed parameter: nothing
+/// (a bare name: empty), or LWS, `=` and the trimmed value; `None` when
+/// the parameter's name only starts with it.
+#[inline]
+fn value_after(p: &[u8], n: usize) -> Option<&[u8]> {
+    let after = &p[n..];
+    if after.is_empty() {
+        return Some(after);
+    }
+    let mut lws = 0;
+    while lws < after.len() && is_lws(after[lws]) {
+        lws += 1;
+    }
+    // `p` is trimmed: LWS after the name is followed by something.
+    if after[lws] == b'=' {
+        return Some(trim_slice(&after[lws + 1..]));
     }
     None
 }
@@ -165,36 +281,40 @@ impl<'a> ViaParams<'a> {
         }
         let mut off = 1;
         loop {
-            let rest = &params[off..];
-            let len = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
-            let piece = &rest[..len];
+            let mut end = off;
+            while end < params.len() && params[end] != b';' {
+                end += 1;
+            }
+            let piece = &params[off..end];
             let p = trim_slice(piece);
             if p.is_empty() {
                 return None;
             }
             match p[0] | 0x20 {
-                b'b' if known.branch.is_none() => known.branch = param_value(p, b"branch"),
+                b'b' if known.branch.is_none() => known.branch = known_value(p, b"branch"),
                 b'r' => {
                     if known.received.is_none() {
-                        known.received = param_value(p, b"received");
+                        known.received = known_value(p, b"received");
                     }
                     if known.rport.is_none() {
-                        known.rport = param_value(p, b"rport");
+                        known.rport = known_value(p, b"rport");
                     }
                 }
                 _ => {}
             }
-            if known.bare_rport_end.is_none() {
+            if known.bare_rport_end.is_none() && piece.len() >= 5 {
+                // `trim_ascii` (form feed too), as the proxy's search
+                // before this walk did.
                 let t = piece.trim_ascii();
-                if t.eq_ignore_ascii_case(b"rport") {
+                if t.len() == 5 && eq_lower(t, b"rport") {
                     let lead = piece.len() - piece.trim_ascii_start().len();
                     known.bare_rport_end = Some(off + lead + t.len());
                 }
             }
-            if len == rest.len() {
+            if end == params.len() {
                 return Some(known);
             }
-            off += len + 1;
+            off = end + 1;
         }
     }
 }
@@ -203,6 +323,14 @@ impl<'a> Via<'a> {
     /// Parses the value at `r` (already trimmed, one comma element).
     pub fn parse(buf: &'a [u8], r: Range<usize>) -> Result<Via<'a>, ValueError> {
         let v = &buf[r.clone()];
+        // Nearly every Via starts `SIP/2.0/` without blanks: one 8-byte
+        // compare (bit 0x20 ORed into the three letters: either case)
+        // instead of the slash and trim walks below.
+        if let Some(head) = v.first_chunk::<8>()
+            && u64::from_le_bytes(*head) | 0x0020_2020 == u64::from_le_bytes(*b"sip/2.0/")
+        {
+            return Via::after_version(v, 8, r);
+        }
         let slash2 = v
             .iter()
             .enumerate()
@@ -214,29 +342,49 @@ impl<'a> Via<'a> {
         if !trim_slice(name).eq_ignore_ascii_case(b"SIP") || trim_slice(version) != b"2.0" {
             return Err(ValueError::Via);
         }
-        let rest = &v[slash2 + 1..];
-        let rest = &rest[rest
-            .iter()
-            .position(|&b| !is_lws(b))
-            .ok_or(ValueError::Via)?..];
-        let t_end = rest
-            .iter()
-            .position(|&b| is_lws(b))
-            .ok_or(ValueError::Via)?;
-        let transport = trim_slice(&rest[..t_end]);
-        if transport.is_empty() || !transport.iter().all(|&b| is_token(b)) {
+        Via::after_version(v, slash2 + 1, r)
+    }
+
+    /// The rest of a Via whose protocol name and version end before
+    /// `v[i]`, in one forward walk: LWS, the transport token, LWS, the
+    /// sent-by up to the first `;` (no LWS inside it), the parameters.
+    fn after_version(v: &'a [u8], mut i: usize, r: Range<usize>) -> Result<Via<'a>, ValueError> {
+        let n = v.len();
+        while i < n && is_lws(v[i]) {
+            i += 1;
+        }
+        let t0 = i;
+        while i < n && is_token(v[i]) {
+            i += 1;
+        }
+        // The transport must be a token followed by LWS.
+        if i == t0 || i == n || !is_lws(v[i]) {
             return Err(ValueError::Via);
         }
-        let rest = &rest[t_end..];
-        let sb_start = rest
-            .iter()
-            .position(|&b| !is_lws(b))
-            .ok_or(ValueError::Via)?;
-        let rest = &rest[sb_start..];
-        let sb_end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
-        let sent_by = trim_slice(&rest[..sb_end]);
-        let (host, port) = host_port(sent_by).ok_or(ValueError::Via)?;
-        let params = &rest[sb_end..];
+        let transport = &v[t0..i];
+        while i < n && is_lws(v[i]) {
+            i += 1;
+        }
+        if i == n {
+            return Err(ValueError::Via);
+        }
+        let s0 = i;
+        // The sent-by's end less trailing LWS; LWS before another byte of
+        // it refuses the Via (as `host_port` does).
+        let mut s1 = s0;
+        let mut blank = false;
+        while i < n && v[i] != b';' {
+            if is_lws(v[i]) {
+                blank = true;
+            } else if blank {
+                return Err(ValueError::Via);
+            } else {
+                s1 = i + 1;
+            }
+            i += 1;
+        }
+        let (host, port) = host_port_no_lws(&v[s0..s1]).ok_or(ValueError::Via)?;
+        let params = &v[i..];
         // Every parameter must have a name: `;;` or a trailing `;` is junk.
         let known = ViaParams::walk(params).ok_or(ValueError::Via)?;
         Ok(Via {
@@ -353,6 +501,32 @@ static URI_CLASS: [u8; 256] = {
     t
 };
 
+/// Bit i set where `s[base + i]` (i < 16, inside `s`) is not `PLAIN` in
+/// [`URI_CLASS`]: ten SSE2 compares on x86_64 (a 16-byte load ending at
+/// the end of a shorter tail, shifted), the table elsewhere.
+#[inline]
+fn uri_specials(s: &[u8], base: usize) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        const SPECIAL: [u8; 10] = *b" \t\r\n<>:@?;";
+        return if base + 16 <= s.len() {
+            sse2::eq(&s[base..], &SPECIAL)
+        } else {
+            let from = s.len() - 16;
+            sse2::eq(&s[from..], &SPECIAL) >> (base - from)
+        };
+    }
+    uri_specials_plain(&s[base.min(s.len())..])
+}
+
+/// [`uri_specials`] by the table: the plain definition (and the path for
+/// URIs shorter than 16 bytes).
+fn uri_specials_plain(s: &[u8]) -> u32 {
+    s.iter().take(16).enumerate().fold(0, |m, (i, &c)| {
+        m | u32::from(URI_CLASS[usize::from(c)] != PLAIN) << i
+    })
+}
+
 /// A SIP or SIPS URI (other schemes parse with `user`/`host` empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uri<'a> {
@@ -378,15 +552,23 @@ impl<'a> Uri<'a> {
         let (mut colon, mut at) = (NONE, NONE);
         // First `?` / `;` after the colon, and after the `@`.
         let (mut q_rest, mut q_host, mut semi_rest, mut semi_host) = (NONE, NONE, NONE, NONE);
-        let mut i = 0;
+        // The bytes that are not plain, 16 at a time: plain ones (nearly
+        // all) are never looked at one by one.
+        let mut base = 0;
+        let mut mask = uri_specials(s, 0);
         loop {
-            // Plain bytes (nearly all) in a tight loop.
-            while i < s.len() && URI_CLASS[usize::from(s[i])] == PLAIN {
-                i += 1;
+            while mask == 0 {
+                base += 16;
+                if base >= s.len() {
+                    break;
+                }
+                mask = uri_specials(s, base);
             }
-            if i == s.len() {
+            if mask == 0 {
                 break;
             }
+            let i = base + mask.trailing_zeros() as usize;
+            mask &= mask - 1;
             match URI_CLASS[usize::from(s[i])] {
                 BAD => return Err(ValueError::Uri),
                 COLON => {
@@ -417,7 +599,6 @@ impl<'a> Uri<'a> {
                     }
                 }
             }
-            i += 1;
         }
         if s.is_empty() || colon == NONE {
             return Err(ValueError::Uri);
@@ -512,7 +693,7 @@ impl<'a> NameAddr<'a> {
             display = Some(&v[..=i]);
             i += 1;
         }
-        match memchr::memchr(b'<', &v[i..]) {
+        match find(&v[i..], b'<') {
             Some(lt) => {
                 let lt = i + lt;
                 let before = trim_slice(&v[i..lt]);
@@ -525,7 +706,7 @@ impl<'a> NameAddr<'a> {
                 } else if display.is_some() && !before.is_empty() {
                     return Err(ValueError::NameAddr);
                 }
-                let gt = lt + memchr::memchr(b'>', &v[lt..]).ok_or(ValueError::NameAddr)?;
+                let gt = lt + find(&v[lt..], b'>').ok_or(ValueError::NameAddr)?;
                 let uri = &v[lt + 1..gt];
                 if uri.is_empty() || is_lws(uri[0]) || is_lws(uri[uri.len() - 1]) {
                     return Err(ValueError::NameAddr);
@@ -545,7 +726,7 @@ impl<'a> NameAddr<'a> {
                     return Err(ValueError::NameAddr);
                 }
                 // addr-spec: params after the URI belong to the header.
-                let end = memchr::memchr(b';', v).unwrap_or(v.len());
+                let end = find(v, b';').unwrap_or(v.len());
                 let uri = trim_slice(&v[..end]);
                 if uri.is_empty() || uri.iter().any(|&b| is_lws(b)) {
                     return Err(ValueError::NameAddr);
@@ -638,6 +819,36 @@ mod tests {
                     .any(|p| trim_slice(p).is_empty())
         }
 
+        /// Transport, host, port and params of a Via.
+        pub type ViaParts<'a> = (&'a [u8], &'a [u8], Option<u16>, &'a [u8]);
+
+        /// `Via::parse` before the one forward walk.
+        pub fn via(v: &[u8]) -> Option<ViaParts<'_>> {
+            let slash2 = v
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b == b'/')
+                .nth(1)
+                .map(|(i, _)| i)?;
+            let (name, version) = split2(&v[..slash2], b'/')?;
+            if !trim_slice(name).eq_ignore_ascii_case(b"SIP") || trim_slice(version) != b"2.0" {
+                return None;
+            }
+            let rest = &v[slash2 + 1..];
+            let rest = &rest[rest.iter().position(|&b| !is_lws(b))?..];
+            let t_end = rest.iter().position(|&b| is_lws(b))?;
+            let transport = trim_slice(&rest[..t_end]);
+            if transport.is_empty() || !transport.iter().all(|&b| is_token(b)) {
+                return None;
+            }
+            let rest = &rest[t_end..];
+            let rest = &rest[rest.iter().position(|&b| !is_lws(b))?..];
+            let sb_end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            let (host, port) = host_port(trim_slice(&rest[..sb_end]))?;
+            let params = &rest[sb_end..];
+            params_named(params).then_some((transport, host, port, params))
+        }
+
         pub fn parse_u16(s: &[u8]) -> Option<u16> {
             if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -712,6 +923,9 @@ mod tests {
             "Received =h",
             "receivedx",
             "ttl=1",
+            "tag=1928301774",
+            "TAG = x",
+            "tagx=1",
             "",
             " ",
         ]);
@@ -754,6 +968,47 @@ mod tests {
                 }
                 prop_assert_eq!(via.bare_rport_end(), reference::find_param_end(params, b"rport"));
             }
+        }
+
+        /// The one-walk Via parse takes apart what the old one did, and
+        /// refuses what it refused.
+        #[test]
+        fn via_agrees_with_the_reference(
+            head in prop::sample::select(vec!["SIP/2.0/", "sip/2.0/", "SIP / 2.0 /", "SIP/2.0", "SIP/2.1/", "SIQ/2.0/", "Sip/2.0/ ", ""]),
+            transport in prop::sample::select(vec!["UDP", "tcp", "TLS ", " UDP", "U/D", "", "UDP\t"]),
+            tail in prop_oneof![sip_bytes(), via_param_list()],
+        ) {
+            let mut s = format!("{head}{transport}").into_bytes();
+            s.extend_from_slice(&tail);
+            let got = Via::parse(&s, 0..s.len()).ok().map(|v| (v.transport, v.host, v.port, v.params));
+            prop_assert_eq!(got, reference::via(&s));
+            let got = Via::parse(&tail, 0..tail.len()).ok().map(|v| (v.transport, v.host, v.port, v.params));
+            prop_assert_eq!(got, reference::via(&tail));
+        }
+
+        #[test]
+        fn lws_is_the_four_bytes(b in any::<u8>()) {
+            prop_assert_eq!(is_lws(b), matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        }
+
+        /// The inlined searches find what `memchr` finds, at every length
+        /// and offset (chunk edges, the overlapping last chunk).
+        #[test]
+        fn finds_agree_with_memchr(
+            v in proptest::collection::vec(prop::sample::select(b";,<\">ab".to_vec()), 0..80),
+            from in 0usize..80,
+        ) {
+            let h = &v[from.min(v.len())..];
+            prop_assert_eq!(find(h, b';'), memchr::memchr(b';', h));
+            prop_assert_eq!(find2(h, b'"', b'>'), memchr::memchr2(b'"', b'>', h));
+            prop_assert_eq!(find3(h, b',', b'"', b'<'), memchr::memchr3(b',', b'"', b'<', h));
+        }
+
+        /// The URI walk's chunked special-byte masks are the table's.
+        #[test]
+        fn uri_specials_agree_with_the_table(v in sip_bytes(), base in 0usize..40) {
+            let base = base.min(v.len());
+            prop_assert_eq!(uri_specials(&v, base), uri_specials_plain(&v[base..]));
         }
 
         #[test]
