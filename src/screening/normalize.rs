@@ -250,7 +250,13 @@ fn parse_national(digits: &[u8], region: Id) -> Option<u64> {
 
 /// `+` and the digits of `n`, as a `String` (off the hot path).
 pub fn e164_string(n: u64) -> String {
-    format!("+{n}")
+    // Not `format!`: the call tracker writes several per call.
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    let mut s = String::with_capacity(digits.len() + 1);
+    s.push('+');
+    s.push_str(digits);
+    s
 }
 
 /// The inverse of [`e164_string`]: `+4930901820` -> `4930901820`.
