@@ -51,13 +51,8 @@ impl<'a> Obj<'a> {
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
 
-    pub fn num(&mut self, k: &str, v: u64) {
-        self.key(k);
-        let mut b = itoa::Buffer::new();
-        self.out.extend_from_slice(b.format(v).as_bytes());
-    }
-
-    pub fn int(&mut self, k: &str, v: i64) {
+    /// Any integer (signed or not).
+    pub fn num<I: itoa::Integer>(&mut self, k: &str, v: I) {
         self.key(k);
         let mut b = itoa::Buffer::new();
         self.out.extend_from_slice(b.format(v).as_bytes());
@@ -197,7 +192,7 @@ mod tests {
         o.opt_str("none", want.none);
         o.bool("b", want.b);
         o.num("n", want.n);
-        o.int("i", want.i);
+        o.num("i", want.i);
         o.opt_num("on", want.on);
         o.value("v", &want.v);
         o.list("l", &want.l, |o, it| o.str("a", it.a));

@@ -69,16 +69,13 @@ impl CallRecord {
         o.str("attest", &self.attest);
         o.opt_str("responsible", self.responsible.as_deref());
         o.str("start", &self.start);
-        o.int("start_ms", self.start_ms);
+        o.num("start_ms", self.start_ms);
         o.opt_str("answer", self.answer.as_deref());
         o.str("end", &self.end);
         o.num("status", u64::from(self.status));
         o.str("outcome", &self.outcome);
         o.num("duration", self.duration);
-        o.list("transfers", &self.transfers, |o, t| {
-            o.str("at", &t.at);
-            o.str("to", &t.to);
-        });
+        o.list("transfers", &self.transfers, Transfer::write_json);
         if let Some(c) = &self.crm {
             o.value("crm", c);
         }
@@ -90,6 +87,15 @@ impl CallRecord {
 pub struct Transfer {
     pub at: String,
     pub to: String,
+}
+
+impl Transfer {
+    /// The transfer's fields into `o`, in serde's order (the call log line
+    /// and the saved call state hold transfers alike).
+    pub fn write_json(o: &mut crate::json::Obj<'_>, t: &Transfer) {
+        o.str("at", &t.at);
+        o.str("to", &t.to);
+    }
 }
 
 fn attest_none() -> String {

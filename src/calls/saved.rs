@@ -114,10 +114,7 @@ pub fn to_json(s: &State) -> String {
     o.opt_num("answer_ns", s.answer.map(ns));
     o.bool("cancelled", s.cancelled);
     o.opt_str("responsible", s.responsible.as_deref());
-    o.list("transfers", &s.transfers, |o, t| {
-        o.str("at", &t.at);
-        o.str("to", &t.to);
-    });
+    o.list("transfers", &s.transfers, Transfer::write_json);
     o.end();
     String::from_utf8(out).expect("JSON written from str is UTF-8")
 }

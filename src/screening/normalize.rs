@@ -251,12 +251,9 @@ fn parse_national(digits: &[u8], region: Id) -> Option<u64> {
 /// `+` and the digits of `n`, as a `String` (off the hot path).
 pub fn e164_string(n: u64) -> String {
     // Not `format!`: the call tracker writes several per call.
-    let mut buf = itoa::Buffer::new();
-    let digits = buf.format(n);
-    let mut s = String::with_capacity(digits.len() + 1);
-    s.push('+');
-    s.push_str(digits);
-    s
+    let mut s = Vec::with_capacity(21);
+    write_e164(n, &mut s);
+    String::from_utf8(s).expect("`+` and ASCII digits")
 }
 
 /// The inverse of [`e164_string`]: `+4930901820` -> `4930901820`.

@@ -27,13 +27,19 @@ const OUTBOX_RETRYING: &str =
 /// few fixed sizes keep each one's prepared statement cached.
 const INSERT_CHUNKS: [usize; 3] = [64, 8, 1];
 
+/// The number of row `r`'s first parameter (its sink) in an
+/// [`insert_sql`] statement: `?1` is the time, then four per row.
+const fn row_param(r: usize) -> usize {
+    2 + 4 * r
+}
+
 /// The `INSERT` of `rows` events: `?1` the time, then sink, call, kind
 /// and payload of each row.
 fn insert_sql(rows: usize) -> String {
     let mut sql =
         String::from("INSERT INTO outbox (sink, call, kind, payload, created_at, next_at) VALUES ");
     for r in 0..rows {
-        let p = 2 + 4 * r;
+        let p = row_param(r);
         if r > 0 {
             sql.push(',');
         }
@@ -67,7 +73,7 @@ pub(super) fn insert_events(
             let (chunk, tail) = rest.split_at(*size);
             st.raw_bind_parameter(1, now)?;
             for (r, e) in chunk.iter().enumerate() {
-                let p = 2 + 4 * r;
+                let p = row_param(r);
                 st.raw_bind_parameter(p, &e.sink)?;
                 st.raw_bind_parameter(p + 1, &e.call)?;
                 st.raw_bind_parameter(p + 2, &e.kind)?;
