@@ -81,7 +81,7 @@ pub struct FloodConfig {
     pub ban_scanners: bool,
     /// User-Agent substrings (case-insensitive) whose requests are dropped
     /// without an answer.
-    pub user_agents: Vec<String>,
+    pub user_agents: UserAgents,
     /// Networks never counted, limited or banned.
     pub allow: Vec<IpNet>,
     /// IPv6 sources are counted and banned per prefix of this length (a
@@ -108,6 +108,65 @@ pub const SCANNER_USER_AGENTS: &[&str] = &[
     "siparmyknife",
 ];
 
+/// `[flood] user_agents`: the names as written, and one matcher for all of
+/// them, built when the config is read (an Aho-Corasick automaton, ASCII
+/// case ignored): every request's User-Agent is searched for every name in
+/// one pass, where a search per name cost ~2,800 instructions per call on
+/// the SIPp load. Empty names match nothing (validation refuses them).
+#[derive(Clone)]
+pub struct UserAgents {
+    names: Vec<String>,
+    matcher: Option<aho_corasick::AhoCorasick>,
+}
+
+impl UserAgents {
+    /// The matcher of `names`; an error when they are too many or too long
+    /// for one automaton.
+    pub fn new(names: Vec<String>) -> Result<UserAgents, String> {
+        let patterns: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let matcher = if patterns.is_empty() {
+            None
+        } else {
+            let built = aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&patterns)
+                .map_err(|e| format!("flood.user_agents: {e}"))?;
+            Some(built)
+        };
+        Ok(UserAgents { names, matcher })
+    }
+
+    /// Whether `user_agent` holds one of the names, ASCII case ignored.
+    pub fn matches(&self, user_agent: &[u8]) -> bool {
+        self.matcher
+            .as_ref()
+            .is_some_and(|m| m.is_match(user_agent))
+    }
+}
+
+impl std::ops::Deref for UserAgents {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl std::fmt::Debug for UserAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.names.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserAgents {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UserAgents, D::Error> {
+        UserAgents::new(Vec::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Default for FloodConfig {
     fn default() -> Self {
         FloodConfig {
@@ -117,7 +176,10 @@ impl Default for FloodConfig {
             ban_secs: 300,
             ban_peers: false,
             ban_scanners: true,
-            user_agents: SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
+            user_agents: UserAgents::new(
+                SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
+            )
+            .expect("the built-in names fit"),
             allow: Vec::new(),
             ipv6_prefix: 64,
         }
