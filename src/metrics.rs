@@ -85,7 +85,6 @@ pub const SIP_ERROR_REASONS: &[&str] = &[
     "peer_limit",
     // proxy: responses
     "response_unknown_source",
-    "response_via",
     "response_not_ours",
     "response_no_via",
     "response_transport",

@@ -19,14 +19,13 @@ pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome<
     if side == Side::Unknown {
         return Outcome::Drop("response_unknown_source");
     }
-    if let Err(inv) = msg.validate() {
-        return Outcome::Drop(inv.reason);
-    }
+    // Validation parsed the top Via already: it is not parsed again.
+    let top = match msg.validate() {
+        Ok(parsed) => parsed.top_via,
+        Err(inv) => return Outcome::Drop(inv.reason),
+    };
     let vias: SmallVec<[(usize, std::ops::Range<usize>); 4]> =
         msg.values(HeaderName::Via).take(2).collect();
-    let Some(Ok(top)) = vias.first().map(|(_, r)| Via::parse(msg.buf(), r.clone())) else {
-        return Outcome::Drop("response_via");
-    };
     if !local.is_my_via(&top) {
         return Outcome::Drop("response_not_ours");
     }
