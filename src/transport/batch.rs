@@ -39,7 +39,7 @@ impl Default for Batch {
 
 impl Batch {
     pub fn new() -> Batch {
-        Batch {
+        let mut b = Batch {
             slots: (0..BATCH)
                 .map(|_| vec![0u8; SLOT].into_boxed_slice())
                 .collect(),
@@ -49,14 +49,19 @@ impl Batch {
             // structs for which all-zero bytes are a valid value.
             #[cfg(target_os = "linux")]
             sys: Box::new(unsafe { std::mem::zeroed() }),
-        }
+        };
+        #[cfg(target_os = "linux")]
+        b.point_headers();
+        b
     }
 
-    /// Waits for at least one datagram (up to the socket's read timeout:
-    /// `WouldBlock` / `TimedOut` then) and returns how many were taken.
+    /// Points each kernel record at its slot and name, once: the slots and
+    /// `sys` are heap blocks that never move (a `Batch` moving moves only
+    /// the pointers to them), and the kernel changes none of these fields.
+    /// Setting all sixteen up before every receive cost ~300 instructions
+    /// per receive, most of which take one datagram.
     #[cfg(target_os = "linux")]
-    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
+    fn point_headers(&mut self) {
         let sys = &mut *self.sys;
         for i in 0..BATCH {
             sys.iovs[i] = libc::iovec {
@@ -66,17 +71,31 @@ impl Batch {
             // Field by field: msghdr has private padding on some libcs.
             let h = &mut sys.hdrs[i].msg_hdr;
             h.msg_name = (&raw mut sys.names[i]).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &raw mut sys.iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();
             h.msg_controllen = 0;
-            h.msg_flags = 0;
-            sys.hdrs[i].msg_len = 0;
+        }
+    }
+
+    /// Waits for at least one datagram (up to the socket's read timeout:
+    /// `WouldBlock` / `TimedOut` then) and returns how many were taken.
+    #[cfg(target_os = "linux")]
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let sys = &mut *self.sys;
+        // What the kernel wrote last time (a name's length, flags, the
+        // length received) is reset; the pointers stay as `new` set them.
+        for h in &mut sys.hdrs {
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
         }
         // SAFETY: every header points at live, writable memory owned by
         // `self` (a name of the size given, one iovec covering one whole
-        // slot) that outlives the call; the kernel writes only within it.
+        // slot; set by `point_headers`, and neither moves) that outlives
+        // the call; the kernel writes only within it.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
