@@ -407,12 +407,48 @@ fn in_dialog_hop(
 
 /// An IP address written in a URI or Via host (IPv6 in brackets).
 pub fn ip_literal(host: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(host) {
+        return Some(IpAddr::V4(v4));
+    }
     let h = std::str::from_utf8(host).ok()?;
     let h = h
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(h);
     h.parse().ok()
+}
+
+/// An IPv4 address in dotted-quad form, as `core::net` reads one (four
+/// decimal octets of up to three digits, no leading zero, nothing else),
+/// without its UTF-8 check and generic parser: every request's Via and
+/// every response's second Via give one (~350 instructions each that way).
+/// `None` for anything else, which [`ip_literal`] then reads the long way.
+fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if !(7..=15).contains(&s.len()) {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if s.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut n = 0u32;
+        while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+            n = n * 10 + u32::from(d);
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 3 || n > 255 || (digits > 1 && s[start] == b'0') {
+            return None;
+        }
+        *octet = n as u8;
+    }
+    (i == s.len()).then(|| std::net::Ipv4Addr::from(octets))
 }
 
 /// Deletes comma-separated values `vals` (header index, value range): a
@@ -584,6 +620,14 @@ fn is_loop(local: &Local, msg: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        /// The dotted-quad fast path reads exactly what `core::net` reads.
+        #[test]
+        fn dotted_quad_agrees_with_the_standard_parser(s in "[0-9.]{0,17}|[0-9]{1,3}(\\.[0-9]{1,4}){3}") {
+            proptest::prop_assert_eq!(dotted_quad(s.as_bytes()), s.parse::<std::net::Ipv4Addr>().ok());
+        }
+    }
+
     use super::*;
 
     proptest::proptest! {
