@@ -385,7 +385,14 @@ impl Handler for Proxy {
         } else if method.is_some() {
             request::route(&rt, &self.local, &msg, inb.remote, inb.transport, side)
         } else {
-            if ping::is_ping_answer(&msg) {
+            // Validated once, for the ping check and the routing both (a
+            // response that does not validate may still answer a ping).
+            let validated = (side != Side::Unknown).then(|| msg.validate());
+            let ping = match &validated {
+                Some(Ok(p)) => ping::is_ping_via(&p.top_via),
+                _ => ping::is_ping_answer(&msg),
+            };
+            if ping {
                 rt.routing.ping_answered(inb.remote);
                 return;
             }
@@ -399,7 +406,10 @@ impl Handler for Proxy {
                     retry_after(&msg),
                 );
             }
-            response::route(&rt, &self.local, &msg, side)
+            match validated {
+                Some(v) => response::route_validated(&rt, &self.local, &msg, v, side),
+                None => response::route(&rt, &self.local, &msg, side),
+            }
         };
         let from = (inb.transport, inb.remote);
         match outcome {

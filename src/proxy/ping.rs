@@ -15,6 +15,7 @@ use super::ident::BRANCH_PREFIX;
 use crate::config::TransportKind;
 use crate::shutdown::Shutdown;
 use crate::sip::Message;
+use crate::sip::values::Via;
 use crate::transport::Sender;
 
 /// The branch of our pings (after [`BRANCH_PREFIX`]).
@@ -22,11 +23,14 @@ const PING_MARK: &[u8] = b"ping";
 
 /// Whether response `msg` answers one of our pings.
 pub fn is_ping_answer(msg: &Message) -> bool {
-    msg.top_via().is_some_and(|v| {
-        v.branch().is_some_and(|b| {
-            b.strip_prefix(BRANCH_PREFIX)
-                .is_some_and(|r| r.starts_with(PING_MARK))
-        })
+    msg.top_via().is_some_and(|v| is_ping_via(&v))
+}
+
+/// Whether a response whose top Via is `v` answers one of our pings.
+pub fn is_ping_via(v: &Via<'_>) -> bool {
+    v.branch().is_some_and(|b| {
+        b.strip_prefix(BRANCH_PREFIX)
+            .is_some_and(|r| r.starts_with(PING_MARK))
     })
 }
 

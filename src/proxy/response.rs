@@ -12,15 +12,29 @@ use super::request::{Outcome, ip_literal};
 use crate::config::TransportKind;
 use crate::runtime::{Runtime, Side};
 use crate::sip::values::Via;
-use crate::sip::{Edits, HeaderName, Message};
+use crate::sip::{Edits, HeaderName, Invalid, Message, Parsed};
 
 /// Decides the fate of response `msg` that came from `side`.
 pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome<'static> {
     if side == Side::Unknown {
         return Outcome::Drop("response_unknown_source");
     }
+    route_validated(rt, local, msg, msg.validate(), side)
+}
+
+/// [`route`] of a response whose `validate` the caller already has.
+pub fn route_validated(
+    rt: &Runtime,
+    local: &Local,
+    msg: &Message,
+    validated: Result<Parsed<'_>, Invalid>,
+    side: Side,
+) -> Outcome<'static> {
+    if side == Side::Unknown {
+        return Outcome::Drop("response_unknown_source");
+    }
     // Validation parsed the top Via already: it is not parsed again.
-    let top = match msg.validate() {
+    let top = match validated {
         Ok(parsed) => parsed.top_via,
         Err(inv) => return Outcome::Drop(inv.reason),
     };

@@ -467,7 +467,15 @@ impl Message {
             .enumerate()
             .filter(move |(_, h)| h.name == name)
             .flat_map(move |(i, h)| {
-                split_commas(&self.buf, h.value_range()).map(move |r| (from + i, r))
+                // A value without a comma is its own one element: one
+                // search instead of the comma walk.
+                let (one, split) = match self.sole_element(h) {
+                    Some(r) => (Some(r), None),
+                    None => (None, Some(split_commas(&self.buf, h.value_range()))),
+                };
+                one.into_iter()
+                    .chain(split.into_iter().flatten())
+                    .map(move |r| (from + i, r))
             })
     }
 
@@ -479,7 +487,9 @@ impl Message {
             // header of the name holds the first one.
             let h = self.first(name)?;
             if h.value.0 < h.value.1 {
-                return split_commas(&self.buf, h.value_range()).next();
+                return self
+                    .sole_element(h)
+                    .or_else(|| split_commas(&self.buf, h.value_range()).next());
             }
         }
         self.values(name).next().map(|(_, r)| r)
@@ -1152,6 +1162,30 @@ mod tests {
             let b = format!("OPTIONS sip:x SIP/2.0\r\nCSeq: {digits}{gap}{method}\r\n\r\n");
             let m = Message::scan(Bytes::from(b)).unwrap();
             prop_assert_eq!(m.cseq(), reference::cseq(m.first_value(HeaderName::CSeq).unwrap()));
+        }
+
+        /// `values` (a comma-free value taken whole) yields what the
+        /// comma walk over every header of the name yields.
+        #[test]
+        fn values_are_the_comma_walk(
+            vals in proptest::collection::vec(prop::sample::select(vec!["a", "a, b", "\"x,y\" <sip:a>", "<sip:a,b>", ",", "a,,b", "  c ", "", "d ,"]), 0..5),
+        ) {
+            let mut b = String::from("OPTIONS sip:x SIP/2.0\r\n");
+            for v in &vals {
+                b.push_str(&format!("Route: {v}\r\nX-A: 1\r\n"));
+            }
+            b.push_str("\r\n");
+            let m = Message::scan(Bytes::from(b)).unwrap();
+            let got: Vec<_> = m.values(HeaderName::Route).collect();
+            let want: Vec<_> = m
+                .headers()
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.name == HeaderName::Route)
+                .flat_map(|(i, h)| split_commas(m.buf(), h.value_range()).map(move |r| (i, r)))
+                .collect();
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(m.first_element(HeaderName::Route), want.first().map(|(_, r)| r.clone()));
         }
 
         /// A value's quick trim is `trim`.
