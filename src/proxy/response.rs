@@ -5,8 +5,6 @@
 
 use std::net::SocketAddr;
 
-use smallvec::SmallVec;
-
 use super::ident::Local;
 use super::request::{Outcome, ip_literal};
 use crate::config::TransportKind;
@@ -38,8 +36,7 @@ pub fn route_validated(
         Ok(parsed) => parsed.top_via,
         Err(inv) => return Outcome::Drop(inv.reason),
     };
-    let vias: SmallVec<[(usize, std::ops::Range<usize>); 4]> =
-        msg.values(HeaderName::Via).take(2).collect();
+    let vias = msg.first_two_values(HeaderName::Via);
     if !local.is_my_via(&top) {
         return Outcome::Drop("response_not_ours");
     }

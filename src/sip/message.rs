@@ -479,6 +479,33 @@ impl Message {
             })
     }
 
+    /// The first two comma-separated values of the headers named `name`
+    /// (header index and range each): `values(name).take(2)` without its
+    /// iterator chain when the first header holds no comma (a response's
+    /// two top Vias).
+    pub fn first_two_values(&self, name: HeaderName) -> SmallVec<[(usize, Range<usize>); 2]> {
+        let i = self.first_index(name);
+        let mut out = SmallVec::new();
+        if let Some(h) = self.headers.get(i).filter(|h| h.name == name)
+            && let Some(r) = self.sole_element(h)
+        {
+            out.push((i, r));
+            if let Some((j, h)) = self.headers[i + 1..]
+                .iter()
+                .enumerate()
+                .find(|(_, h)| h.name == name && h.value.0 < h.value.1)
+            {
+                let r = self
+                    .sole_element(h)
+                    .or_else(|| split_commas(&self.buf, h.value_range()).next());
+                out.extend(r.map(|r| (i + 1 + j, r)));
+            }
+            return out;
+        }
+        out.extend(self.values(name).take(2));
+        out
+    }
+
     /// The first comma-separated value of the first header named `name`
     /// (tracked names: no walk over the others).
     fn first_element(&self, name: HeaderName) -> Option<Range<usize>> {
@@ -1186,6 +1213,7 @@ mod tests {
                 .collect();
             prop_assert_eq!(&got, &want);
             prop_assert_eq!(m.first_element(HeaderName::Route), want.first().map(|(_, r)| r.clone()));
+            prop_assert_eq!(&m.first_two_values(HeaderName::Route)[..], &want[..want.len().min(2)]);
         }
 
         /// A value's quick trim is `trim`.
