@@ -164,6 +164,12 @@ impl EventRef<'_> {
         crate::json::object(384, |w| self.fields(w))
     }
 
+    /// [`CallEvent::to_json`] of the event into `out`, in place of what
+    /// it held (its buffer reused).
+    pub fn write_into(&self, out: &mut String) {
+        crate::json::object_in(out, |w| self.fields(w))
+    }
+
     /// [`CallEvent::write_json`] of the event.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut w = crate::json::Obj::new(out);

@@ -35,8 +35,8 @@ use crate::store::{ActiveCall, CallStore, NewEvent};
 /// the channel holds far more than a tick's events at any sane rate.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Rows of calls whose buffers a flush keeps for the next one (a flush of
-/// 100 ms at 1,000 calls/s writes about 100).
+/// Rows of calls and events whose buffers a flush keeps for the next one
+/// (a flush of 100 ms at 1,000 calls/s writes about 100 and 300).
 const REUSED_ROWS: usize = 1024;
 
 /// Calls tracked at once; beyond this, new calls are not tracked (counted).
@@ -161,7 +161,7 @@ pub struct Tracker {
     store: Arc<dyn CallStore>,
     metrics: Arc<Metrics>,
     cfg: TrackerConfig,
-    pending: Vec<NewEvent>,
+    pending: Pending,
     /// Calls changed since the last flush (to write; a key may be there
     /// twice, its call's `dirty` flag says whether to write it).
     dirty: Keys,
@@ -184,6 +184,56 @@ pub struct Tracker {
 /// a seeded hash (foldhash: several times cheaper than the default SipHash
 /// on these short keys, still randomly seeded per map).
 type Seeded = foldhash::fast::RandomState;
+
+/// Events queued since the last flush, written into the events (and their
+/// strings) of earlier flushes: no allocation per event once a flush's
+/// worth of them exists (up to [`REUSED_ROWS`] kept).
+#[derive(Default)]
+struct Pending {
+    events: Vec<NewEvent>,
+    len: usize,
+}
+
+impl Pending {
+    fn events(&self) -> &[NewEvent] {
+        &self.events[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The next event, its strings empty.
+    fn next(&mut self) -> &mut NewEvent {
+        if self.len == self.events.len() {
+            self.events.push(NewEvent {
+                sink: String::new(),
+                call: String::new(),
+                kind: String::new(),
+                payload: String::new(),
+            });
+        }
+        let e = &mut self.events[self.len];
+        self.len += 1;
+        e.sink.clear();
+        e.call.clear();
+        e.kind.clear();
+        e.payload.clear();
+        e
+    }
+
+    /// The payload of event `from` into the last one.
+    fn copy_payload(&mut self, from: usize) {
+        let p = std::mem::take(&mut self.events[from].payload);
+        self.events[self.len - 1].payload.push_str(&p);
+        self.events[from].payload = p;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.events.truncate(REUSED_ROWS);
+    }
+}
 
 /// Keys end to end in one buffer, reused across flushes: no allocation
 /// per key.
@@ -233,7 +283,7 @@ impl Tracker {
             store,
             metrics,
             cfg,
-            pending: Vec::new(),
+            pending: Pending::default(),
             dirty: Keys::default(),
             ended: Vec::new(),
             active: Vec::new(),
@@ -369,7 +419,7 @@ impl Tracker {
         }
         match self
             .store
-            .save_calls(&self.pending, &active[..rows], &self.ended, ms(now))
+            .save_calls(self.pending.events(), &active[..rows], &self.ended, ms(now))
         {
             Ok(()) => {
                 self.pending.clear();
@@ -739,18 +789,13 @@ impl Tracker {
 
 /// Queues the event `kind` builds for every sink, for `log` calls only
 /// (`kind`, the event's own fields, is built only then).
-fn event(
-    pending: &mut Vec<NewEvent>,
-    sinks: &[String],
-    call: &Call,
-    kind: impl FnOnce() -> EventKind,
-) {
+fn event(pending: &mut Pending, sinks: &[String], call: &Call, kind: impl FnOnce() -> EventKind) {
     if call.new.verdict != Verdict::Log || sinks.is_empty() {
         return;
     }
     let n = &call.new;
     let kind = kind();
-    let mut payload = EventRef {
+    let ev = EventRef {
         call_id: &n.call_id,
         direction: n.direction.into(),
         line: call.text.line.as_deref(),
@@ -762,22 +807,18 @@ fn event(
         responsible: call.responsible.as_deref(),
         start: &call.text.start,
         kind: &kind,
-    }
-    .to_json();
-    let kind = kind.name();
+    };
+    let first = pending.len();
     for (i, s) in sinks.iter().enumerate() {
-        // The last sink takes the payload itself (one sink: no copy).
-        let payload = if i + 1 == sinks.len() {
-            std::mem::take(&mut payload)
+        let e = pending.next();
+        e.sink.push_str(s);
+        e.call.push_str(&n.call_id);
+        e.kind.push_str(kind.name());
+        if i == 0 {
+            ev.write_into(&mut e.payload);
         } else {
-            payload.clone()
-        };
-        pending.push(NewEvent {
-            sink: s.clone(),
-            call: n.call_id.clone(),
-            kind: kind.to_string(),
-            payload,
-        });
+            pending.copy_payload(first);
+        }
     }
 }
 
@@ -910,12 +951,23 @@ mod tests {
 
     /// The payloads and the call log line the tracker writes from a call's
     /// state are the bytes of the `CallEvent`s and `CallRecord` with the
-    /// call's fields (as it built them before it wrote them borrowed).
+    /// call's fields (as it built them before it wrote them borrowed), for
+    /// every sink, in the reused buffers of earlier flushes' events.
     #[test]
     fn events_and_the_log_line_are_the_call_s_fields() {
         use crate::events::{CallEvent, Create};
         let dir = tempfile::tempdir().unwrap();
-        let (mut t, store) = tracker(dir.path(), Duration::from_secs(3600));
+        let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+        let mut t = Tracker::new(
+            CallLog::open(dir.path(), 1 << 20, 2).unwrap(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle: Duration::from_secs(3600),
+                sinks: vec!["portal".into(), "hook".into()],
+                directory: None,
+            },
+        );
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut inv = invite("a", t0);
@@ -923,11 +975,17 @@ mod tests {
             call.reason = Some(crate::screening::Reason::Verstat);
             call.attest = crate::screening::verstat::Attest::B;
         }
-        t.handle(inv);
-        t.handle(answer("a", at(2)));
-        t.handle(request("a", RequestKind::Refer, Some("205"), at(5)));
-        t.handle(request("a", RequestKind::Bye, None, at(20)));
-        t.flush();
+        // A flush after each: every event is written into the buffers
+        // of the one before.
+        for ev in [
+            inv,
+            answer("a", at(2)),
+            request("a", RequestKind::Refer, Some("205"), at(5)),
+            request("a", RequestKind::Bye, None, at(20)),
+        ] {
+            t.handle(ev);
+            t.flush();
+        }
         let ev = |responsible: &str, kind: EventKind| CallEvent {
             call_id: "crm-a".into(),
             direction: crate::events::Direction::Inbound,
@@ -967,17 +1025,19 @@ mod tests {
                 }),
             ),
         ];
-        let got: Vec<(String, String)> = store
-            .head("portal", 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.kind, e.payload))
-            .collect();
-        let want: Vec<(String, String)> = want
+        let want: Vec<(String, String, String)> = want
             .iter()
-            .map(|e| (e.kind.name().to_string(), e.to_json()))
+            .map(|e| ("crm-a".into(), e.kind.name().to_string(), e.to_json()))
             .collect();
-        assert_eq!(got, want);
+        for sink in ["portal", "hook"] {
+            let got: Vec<(String, String, String)> = store
+                .head(sink, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.call, e.kind, e.payload))
+                .collect();
+            assert_eq!(got, want, "{sink}");
+        }
         let rec = CallRecord {
             call_id: "crm-a".into(),
             sip_call_id: "a".into(),
