@@ -92,8 +92,36 @@ impl<'a> Obj<'a> {
         self.out.push(b']');
     }
 
+    /// The fields of `f`, as they were written.
+    pub fn splice(&mut self, f: &Fields) {
+        if f.0.is_empty() {
+            return;
+        }
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(f.0.as_bytes());
+    }
+
     pub fn end(self) {
         self.out.push(b'}');
+    }
+}
+
+/// Fields written once and spliced whole into objects ([`Obj::splice`]):
+/// what every event of a call repeats of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(String);
+
+impl Fields {
+    /// The fields `write` writes, in its order.
+    pub fn new(write: impl FnOnce(&mut Obj<'_>)) -> Fields {
+        let mut s = object(64, write);
+        // The fields without their object's braces.
+        s.pop();
+        s.remove(0);
+        Fields(s)
     }
 }
 
@@ -189,6 +217,33 @@ mod tests {
             let plain = v.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
             proptest::prop_assert_eq!(needs_escape(&v), plain);
         }
+    }
+
+    /// Spliced fields are the bytes of the same fields written in place,
+    /// first, between others, last, and nothing when there are none.
+    #[test]
+    fn spliced_fields_are_the_fields_written_in_place() {
+        let two = Fields::new(|o| {
+            o.str("a", "x\"y");
+            o.num("b", 7);
+        });
+        let none = Fields::new(|_| {});
+        let spliced = object(0, |o| {
+            o.splice(&two);
+            o.splice(&none);
+            o.bool("c", true);
+            o.splice(&two);
+        });
+        let direct = object(0, |o| {
+            o.str("a", "x\"y");
+            o.num("b", 7);
+            o.bool("c", true);
+            o.str("a", "x\"y");
+            o.num("b", 7);
+        });
+        assert_eq!(spliced, direct);
+        assert_eq!(spliced, r#"{"a":"x\"y","b":7,"c":true,"a":"x\"y","b":7}"#);
+        assert_eq!(object(0, |o| o.splice(&none)), "{}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
-use crate::events::{Ended, EventKind, EventRef};
+use crate::events::{CallFields, CallPart, Ended, EventKind, EventRef, WrittenCall};
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
@@ -79,19 +79,42 @@ struct Call {
 }
 
 /// A call's line and client as E.164 (`anonymous`) and its start as RFC
-/// 3339, written once per call: every event and the log line have them.
+/// 3339, written once per call: every event and the log line have them;
+/// and, for a `log` call, the fields every CRM event of it repeats,
+/// written once as JSON.
 struct Texts {
     line: Option<String>,
     client: String,
     start: String,
+    event: Option<WrittenCall>,
 }
 
 impl Texts {
     fn of(s: &State) -> Texts {
-        Texts {
+        let mut t = Texts {
             line: s.new.line.map(e164_string),
             client: client_str(s.new.client),
             start: rfc3339(ms(s.start)),
+            event: None,
+        };
+        if s.new.verdict == Verdict::Log {
+            t.event = Some(t.fields(&s.new).written());
+        }
+        t
+    }
+
+    /// What each CRM event says of the call `n` (these its strings).
+    fn fields<'a>(&'a self, n: &'a NewCall) -> CallFields<'a> {
+        CallFields {
+            call_id: &n.call_id,
+            direction: n.direction.into(),
+            line: self.line.as_deref(),
+            client: &self.client,
+            create: n.create.into(),
+            crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
+            offer: n.offer,
+            source: &n.source,
+            start: &self.start,
         }
     }
 }
@@ -796,16 +819,11 @@ fn event(pending: &mut Pending, sinks: &[String], call: &Call, kind: impl FnOnce
     let n = &call.new;
     let kind = kind();
     let ev = EventRef {
-        call_id: &n.call_id,
-        direction: n.direction.into(),
-        line: call.text.line.as_deref(),
-        client: &call.text.client,
-        create: n.create.into(),
-        crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
-        offer: n.offer,
-        source: &n.source,
+        call: match &call.text.event {
+            Some(w) => CallPart::Written(w),
+            None => CallPart::Fields(call.text.fields(n)),
+        },
         responsible: call.responsible.as_deref(),
-        start: &call.text.start,
         kind: &kind,
     };
     let first = pending.len();
