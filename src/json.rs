@@ -117,11 +117,15 @@ pub struct Fields(String);
 impl Fields {
     /// The fields `write` writes, in its order.
     pub fn new(write: impl FnOnce(&mut Obj<'_>)) -> Fields {
-        let mut s = object(64, write);
-        // The fields without their object's braces.
-        s.pop();
-        s.remove(0);
-        Fields(s)
+        let mut out = Vec::with_capacity(128);
+        // An object's fields without its braces.
+        write(&mut Obj {
+            out: &mut out,
+            first: true,
+        });
+        debug_assert!(std::str::from_utf8(&out).is_ok(), "an Obj wrote UTF-8");
+        // SAFETY: as in `object_in`: what `Obj`'s methods wrote.
+        Fields(unsafe { String::from_utf8_unchecked(out) })
     }
 }
 

@@ -12,6 +12,7 @@
 //! sent while the sidecar was down, never reached us; counting from the
 //! restore would keep a dead call open for up to the downtime longer.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -875,7 +876,11 @@ fn log_call(
     let answer = c.answer.map(|a| rfc3339(ms(a)));
     let rec = RecordRef {
         call_id: &n.call_id,
-        sip_call_id: &String::from_utf8_lossy(sip_call_id),
+        // A Call-ID is ASCII but for a rare stray byte: the check's fast
+        // path first (the lossy conversion's own check cost ~450
+        // instructions per call).
+        sip_call_id: &std::str::from_utf8(sip_call_id)
+            .map_or_else(|_| String::from_utf8_lossy(sip_call_id), Cow::Borrowed),
         direction: n.direction.as_str(),
         line: c.text.line.as_deref(),
         client: &c.text.client,
