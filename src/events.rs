@@ -140,41 +140,115 @@ pub enum PayloadError {
     },
 }
 
-impl CallEvent {
-    /// The wire form: one flat JSON object, keys in alphabetical order
-    /// (the order the events had when they were built as `json!` objects
-    /// and then went through a sorted `serde_json::Value`, so bodies and
-    /// their signatures stay the same).
-    pub fn to_json(&self) -> String {
-        let mut out = Vec::with_capacity(384);
-        self.write_json(&mut out);
-        String::from_utf8(out).expect("JSON written from str is UTF-8")
+/// What every event of a call says of the call, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFields<'a> {
+    pub call_id: &'a str,
+    pub direction: Direction,
+    pub line: Option<&'a str>,
+    pub client: &'a str,
+    pub create: Create,
+    pub crm_create: bool,
+    pub offer: bool,
+    pub source: &'a str,
+    pub start: &'a str,
+}
+
+impl CallFields<'_> {
+    /// Run `i` (0, 1, 2) of the fields in an event's key order: the
+    /// kind's own keys, `event` and `responsible` come between the runs.
+    fn run(&self, i: usize, w: &mut crate::json::Obj<'_>) {
+        match i {
+            0 => {
+                w.str("call_id", self.call_id);
+                w.str("client", self.client);
+                w.str("create", self.create.as_str());
+                w.bool("crm_create", self.crm_create);
+                w.str("direction", self.direction.as_str());
+            }
+            1 => {
+                w.opt_str("line", self.line);
+                w.bool("offer", self.offer);
+            }
+            _ => {
+                w.str("source", self.source);
+                w.str("start", self.start);
+            }
+        }
     }
 
-    /// Appends [`CallEvent::to_json`]'s bytes to `out`, written directly
-    /// (no `serde_json::Value`, no map): every key of every kind in one
-    /// alphabetical list, each written when the kind has it.
+    /// The three runs written once, for all the call's events (each of
+    /// them then copies its bytes instead of writing nine fields again).
+    pub fn written(&self) -> WrittenCall {
+        WrittenCall([0, 1, 2].map(|i| crate::json::Fields::new(|w| self.run(i, w))))
+    }
+}
+
+/// A call's fields as [`CallFields::written`] wrote them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenCall([crate::json::Fields; 3]);
+
+/// An event's call: its fields, or those written once.
+#[derive(Debug, Clone, Copy)]
+pub enum CallPart<'a> {
+    Fields(CallFields<'a>),
+    Written(&'a WrittenCall),
+}
+
+impl CallPart<'_> {
+    fn run(&self, i: usize, w: &mut crate::json::Obj<'_>) {
+        match self {
+            CallPart::Fields(f) => f.run(i, w),
+            CallPart::Written(x) => w.splice(&x.0[i]),
+        }
+    }
+}
+
+/// A [`CallEvent`] borrowed from whatever holds its fields: the tracker
+/// writes a payload from its call's state without copying each string
+/// into a `CallEvent` first (six allocations an event).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub call: CallPart<'a>,
+    /// The responsible person when the event happened.
+    pub responsible: Option<&'a str>,
+    pub kind: &'a EventKind,
+}
+
+impl EventRef<'_> {
+    /// [`CallEvent::to_json`] of the event.
+    pub fn to_json(&self) -> String {
+        crate::json::object(384, |w| self.fields(w))
+    }
+
+    /// [`CallEvent::to_json`] of the event into `out`, in place of what
+    /// it held (its buffer reused).
+    pub fn write_into(&self, out: &mut String) {
+        crate::json::object_in(out, |w| self.fields(w))
+    }
+
+    /// [`CallEvent::write_json`] of the event.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut w = crate::json::Obj::new(out);
-        let k = &self.kind;
+        self.fields(&mut w);
+        w.end();
+    }
+
+    fn fields(&self, w: &mut crate::json::Obj<'_>) {
+        let k = self.kind;
         match k {
             EventKind::Answered { answer } => w.str("answer", answer),
             EventKind::Ended(e) => w.bool("answered", e.answered),
             EventKind::ResponsibleChanged { at, .. } => w.str("at", at),
             EventKind::Started => {}
         }
-        w.str("call_id", &self.call_id);
-        w.str("client", &self.client);
-        w.str("create", self.create.as_str());
-        w.bool("crm_create", self.crm_create);
-        w.str("direction", self.direction.as_str());
+        self.call.run(0, w);
         if let EventKind::Ended(e) = k {
             w.num("duration", e.duration);
             w.str("end", &e.end);
         }
         w.str("event", k.name());
-        w.opt_str("line", self.line.as_deref());
-        w.bool("offer", self.offer);
+        self.call.run(1, w);
         match k {
             EventKind::Ended(e) => w.str("outcome", &e.outcome),
             EventKind::ResponsibleChanged { previous, .. } => {
@@ -182,13 +256,47 @@ impl CallEvent {
             }
             _ => {}
         }
-        w.opt_str("responsible", self.responsible.as_deref());
-        w.str("source", &self.source);
-        w.str("start", &self.start);
+        w.opt_str("responsible", self.responsible);
+        self.call.run(2, w);
         if let EventKind::Ended(e) = k {
             w.num("status", u64::from(e.status));
         }
-        w.end();
+    }
+}
+
+impl CallEvent {
+    /// The wire form: one flat JSON object, keys in alphabetical order
+    /// (the order the events had when they were built as `json!` objects
+    /// and then went through a sorted `serde_json::Value`, so bodies and
+    /// their signatures stay the same).
+    pub fn to_json(&self) -> String {
+        self.borrowed().to_json()
+    }
+
+    /// Appends [`CallEvent::to_json`]'s bytes to `out`, written directly
+    /// (no `serde_json::Value`, no map): every key of every kind in one
+    /// alphabetical list, each written when the kind has it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.borrowed().write_json(out)
+    }
+
+    /// The event's fields, borrowed.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            call: CallPart::Fields(CallFields {
+                call_id: &self.call_id,
+                direction: self.direction,
+                line: self.line.as_deref(),
+                client: &self.client,
+                create: self.create,
+                crm_create: self.crm_create,
+                offer: self.offer,
+                source: &self.source,
+                start: &self.start,
+            }),
+            responsible: self.responsible.as_deref(),
+            kind: &self.kind,
+        }
     }
 
     /// Reads an outbox payload queued as `kind`.

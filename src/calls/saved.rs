@@ -76,9 +76,18 @@ fn time(ns: u64) -> SystemTime {
 /// The JSON of a call's state: [`Saved`]'s fields in its order, written
 /// directly (the bytes serde writes for `Saved`: `the_writer_writes_what_serde_writes`).
 pub fn to_json(s: &State) -> String {
+    let mut out = String::with_capacity(512);
+    write_json(s, &mut out);
+    out
+}
+
+/// [`to_json`] into `out`, in place of what it held (its buffer reused).
+pub fn write_json(s: &State, out: &mut String) {
+    crate::json::object_in(out, |o| fields(s, o))
+}
+
+fn fields(s: &State, o: &mut crate::json::Obj<'_>) {
     let n = &s.new;
-    let mut out = Vec::with_capacity(512);
-    let mut o = crate::json::Obj::new(&mut out);
     o.num("format", u64::from(FORMAT));
     o.str("call_id", &n.call_id);
     o.str("direction", n.direction.as_str());
@@ -115,8 +124,6 @@ pub fn to_json(s: &State) -> String {
     o.bool("cancelled", s.cancelled);
     o.opt_str("responsible", s.responsible.as_deref());
     o.list("transfers", &s.transfers, Transfer::write_json);
-    o.end();
-    String::from_utf8(out).expect("JSON written from str is UTF-8")
 }
 
 /// A call's state from its JSON; the error says what is wrong with it.

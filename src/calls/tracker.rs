@@ -12,18 +12,19 @@
 //! sent while the sidecar was down, never reached us; counting from the
 //! restore would keep a dead call open for up to the downtime longer.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::log::{CallLog, CallRecord, Transfer};
+use super::log::{CallLog, RecordRef, Transfer};
 use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::Verdict;
-use crate::events::{CallEvent, Ended, EventKind};
+use crate::events::{CallFields, CallPart, Ended, EventKind, EventRef, WrittenCall};
 use crate::metrics::Metrics;
 use crate::screening::normalize::e164_string;
 use crate::screening::{Client, CreateTag};
@@ -34,6 +35,10 @@ use crate::store::{ActiveCall, CallStore, NewEvent};
 /// test: about 27 us of CPU on a VM, 2 % of the sidecar's CPU at 10 ms);
 /// the channel holds far more than a tick's events at any sane rate.
 const TICK: Duration = Duration::from_millis(50);
+
+/// Rows of calls and events whose buffers a flush keeps for the next one
+/// (a flush of 100 ms at 1,000 calls/s writes about 100 and 300).
+const REUSED_ROWS: usize = 1024;
 
 /// Calls tracked at once; beyond this, new calls are not tracked (counted).
 pub const MAX_CALLS: usize = 200_000;
@@ -70,6 +75,49 @@ struct Call {
     /// Whether the call changed since the last flush (its key is then in
     /// [`Tracker::dirty`]).
     dirty: bool,
+    /// Strings each of its events and its log line repeat.
+    text: Texts,
+}
+
+/// A call's line and client as E.164 (`anonymous`) and its start as RFC
+/// 3339, written once per call: every event and the log line have them;
+/// and, for a `log` call, the fields every CRM event of it repeats,
+/// written once as JSON.
+struct Texts {
+    line: Option<String>,
+    client: String,
+    start: String,
+    event: Option<WrittenCall>,
+}
+
+impl Texts {
+    fn of(s: &State) -> Texts {
+        let mut t = Texts {
+            line: s.new.line.map(e164_string),
+            client: client_str(s.new.client),
+            start: rfc3339(ms(s.start)),
+            event: None,
+        };
+        if s.new.verdict == Verdict::Log {
+            t.event = Some(t.fields(&s.new).written());
+        }
+        t
+    }
+
+    /// What each CRM event says of the call `n` (these its strings).
+    fn fields<'a>(&'a self, n: &'a NewCall) -> CallFields<'a> {
+        CallFields {
+            call_id: &n.call_id,
+            direction: n.direction.into(),
+            line: self.line.as_deref(),
+            client: &self.client,
+            create: n.create.into(),
+            crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
+            offer: n.offer,
+            source: &n.source,
+            start: &self.start,
+        }
+    }
 }
 
 impl std::ops::Deref for Call {
@@ -88,8 +136,8 @@ impl std::ops::DerefMut for Call {
 impl Call {
     /// A call the proxy has just forwarded (or refused) at `start`.
     fn new(new: NewCall, start: SystemTime, last: Instant) -> Call {
-        Call {
-            state: State {
+        Call::kept(
+            State {
                 responsible: new.responsible.clone(),
                 new,
                 start,
@@ -99,7 +147,18 @@ impl Call {
                 transfers: Vec::new(),
             },
             last,
-            stored: false,
+            false,
+        )
+    }
+
+    /// A call of `state`, last active at `last`; `stored`: the store may
+    /// have its row.
+    fn kept(state: State, last: Instant, stored: bool) -> Call {
+        Call {
+            text: Texts::of(&state),
+            state,
+            last,
+            stored,
             dirty: false,
         }
     }
@@ -126,13 +185,14 @@ pub struct Tracker {
     store: Arc<dyn CallStore>,
     metrics: Arc<Metrics>,
     cfg: TrackerConfig,
-    pending: Vec<NewEvent>,
+    pending: Pending,
     /// Calls changed since the last flush (to write; a key may be there
     /// twice, its call's `dirty` flag says whether to write it).
     dirty: Keys,
     /// Calls ended since the last flush (to remove).
     ended: Vec<Box<[u8]>>,
-    /// The rows a flush writes (reused).
+    /// The rows a flush writes, their buffers reused (up to
+    /// [`REUSED_ROWS`] of them).
     active: Vec<ActiveCall>,
     /// Call-IDs of INVITEs refused (and logged) in the last
     /// `REFUSED_MEMORY`, at most `MAX_CALLS` of them.
@@ -148,6 +208,56 @@ pub struct Tracker {
 /// a seeded hash (foldhash: several times cheaper than the default SipHash
 /// on these short keys, still randomly seeded per map).
 type Seeded = foldhash::fast::RandomState;
+
+/// Events queued since the last flush, written into the events (and their
+/// strings) of earlier flushes: no allocation per event once a flush's
+/// worth of them exists (up to [`REUSED_ROWS`] kept).
+#[derive(Default)]
+struct Pending {
+    events: Vec<NewEvent>,
+    len: usize,
+}
+
+impl Pending {
+    fn events(&self) -> &[NewEvent] {
+        &self.events[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The next event, its strings empty.
+    fn next(&mut self) -> &mut NewEvent {
+        if self.len == self.events.len() {
+            self.events.push(NewEvent {
+                sink: String::new(),
+                call: String::new(),
+                kind: String::new(),
+                payload: String::new(),
+            });
+        }
+        let e = &mut self.events[self.len];
+        self.len += 1;
+        e.sink.clear();
+        e.call.clear();
+        e.kind.clear();
+        e.payload.clear();
+        e
+    }
+
+    /// The payload of event `from` into the last one.
+    fn copy_payload(&mut self, from: usize) {
+        let p = std::mem::take(&mut self.events[from].payload);
+        self.events[self.len - 1].payload.push_str(&p);
+        self.events[from].payload = p;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.events.truncate(REUSED_ROWS);
+    }
+}
 
 /// Keys end to end in one buffer, reused across flushes: no allocation
 /// per key.
@@ -197,7 +307,7 @@ impl Tracker {
             store,
             metrics,
             cfg,
-            pending: Vec::new(),
+            pending: Pending::default(),
             dirty: Keys::default(),
             ended: Vec::new(),
             active: Vec::new(),
@@ -232,15 +342,8 @@ impl Tracker {
             // Uptime shorter than the idle time: counted from now.
             let last = now.checked_sub(idle).unwrap_or(now);
             let key: Box<[u8]> = row.sip_call_id.into();
-            self.calls.insert(
-                key.clone(),
-                Call {
-                    state,
-                    last,
-                    stored: true,
-                    dirty: false,
-                },
-            );
+            self.calls
+                .insert(key.clone(), Call::kept(state, last, true));
             restored += 1;
             if idle >= self.cfg.max_idle {
                 self.expire_one(&key);
@@ -307,7 +410,7 @@ impl Tracker {
     pub fn flush(&mut self) {
         let now = SystemTime::now();
         let mut active = std::mem::take(&mut self.active);
-        active.clear();
+        let mut rows = 0;
         for k in self.dirty.iter() {
             let Some(c) = self.calls.get_mut(k) else {
                 continue;
@@ -320,16 +423,27 @@ impl Tracker {
             // removal of a row never written is a no-op).
             c.stored = true;
             let since = c.last.elapsed().as_millis() as i64;
-            active.push(ActiveCall {
-                sip_call_id: k.to_vec(),
-                call: c.new.call_id.clone(),
-                state: saved::to_json(&c.state),
-                last_ms: ms(now) - since,
-            });
+            if rows == active.len() {
+                active.push(ActiveCall {
+                    sip_call_id: Vec::new(),
+                    call: String::new(),
+                    state: String::new(),
+                    last_ms: 0,
+                });
+            }
+            // The row's buffers of an earlier flush, written over.
+            let a = &mut active[rows];
+            rows += 1;
+            a.sip_call_id.clear();
+            a.sip_call_id.extend_from_slice(k);
+            a.call.clear();
+            a.call.push_str(&c.new.call_id);
+            saved::write_json(&c.state, &mut a.state);
+            a.last_ms = ms(now) - since;
         }
         match self
             .store
-            .save_calls(&self.pending, &active, &self.ended, ms(now))
+            .save_calls(self.pending.events(), &active[..rows], &self.ended, ms(now))
         {
             Ok(()) => {
                 self.pending.clear();
@@ -338,14 +452,15 @@ impl Tracker {
             }
             // Kept and retried on the next flush; the store says why.
             Err(e) => {
-                tracing::error!(error = %e, events = self.pending.len(), calls = active.len(), "queuing CRM events and keeping calls failed");
-                for a in &active {
+                tracing::error!(error = %e, events = self.pending.len(), calls = rows, "queuing CRM events and keeping calls failed");
+                for a in &active[..rows] {
                     if let Some(c) = self.calls.get_mut(&a.sip_call_id[..]) {
                         c.dirty = true;
                     }
                 }
             }
         }
+        active.truncate(REUSED_ROWS);
         self.active = active;
         if let Err(e) = self.log.flush() {
             tracing::error!(error = %e, "writing the call log failed");
@@ -558,11 +673,17 @@ impl Tracker {
             self.refused.insert(sip_call_id.into(), now);
         }
         let call = Call::new(new, at, now);
-        let rec = record(sip_call_id, &call, code, "failed", at, 0);
-        if let Err(e) = self.log.append(&rec) {
-            tracing::error!(error = %e, "writing the call log failed");
-        }
-        self.metrics.call_finished(&rec.verdict, "failed");
+        log_call(
+            &mut self.log,
+            sip_call_id,
+            &call,
+            code,
+            "failed",
+            &rfc3339(ms(at)),
+            0,
+        );
+        self.metrics
+            .call_finished(call.new.verdict.as_str(), "failed");
     }
 
     /// Takes over and ends the calls another node left idle for longer
@@ -671,17 +792,16 @@ impl Tracker {
         let duration = call
             .answer
             .map_or(0, |a| at.duration_since(a).map_or(0, |d| d.as_secs()));
-        let rec = record(&key, &call, status, outcome, at, duration);
-        if let Err(e) = self.log.append(&rec) {
-            tracing::error!(error = %e, "writing the call log failed");
-        }
-        self.metrics.call_finished(&rec.verdict, outcome);
+        let end = rfc3339(ms(at));
+        log_call(&mut self.log, &key, &call, status, outcome, &end, duration);
+        self.metrics
+            .call_finished(call.new.verdict.as_str(), outcome);
         event(&mut self.pending, &self.cfg.sinks, &call, || {
             EventKind::Ended(Ended {
                 status,
                 outcome: outcome.to_string(),
                 duration,
-                end: rec.end,
+                end,
                 answered: call.answer.is_some(),
             })
         });
@@ -693,44 +813,31 @@ impl Tracker {
 
 /// Queues the event `kind` builds for every sink, for `log` calls only
 /// (`kind`, the event's own fields, is built only then).
-fn event(
-    pending: &mut Vec<NewEvent>,
-    sinks: &[String],
-    call: &Call,
-    kind: impl FnOnce() -> EventKind,
-) {
+fn event(pending: &mut Pending, sinks: &[String], call: &Call, kind: impl FnOnce() -> EventKind) {
     if call.new.verdict != Verdict::Log || sinks.is_empty() {
         return;
     }
     let n = &call.new;
-    let ev = CallEvent {
-        call_id: n.call_id.clone(),
-        direction: n.direction.into(),
-        line: n.line.map(e164_string),
-        client: client_str(n.client),
-        create: n.create.into(),
-        crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
-        offer: n.offer,
-        source: n.source.clone(),
-        responsible: call.responsible.clone(),
-        start: rfc3339(ms(call.start)),
-        kind: kind(),
+    let kind = kind();
+    let ev = EventRef {
+        call: match &call.text.event {
+            Some(w) => CallPart::Written(w),
+            None => CallPart::Fields(call.text.fields(n)),
+        },
+        responsible: call.responsible.as_deref(),
+        kind: &kind,
     };
-    let mut payload = ev.to_json();
-    let kind = ev.kind.name();
+    let first = pending.len();
     for (i, s) in sinks.iter().enumerate() {
-        // The last sink takes the payload itself (one sink: no copy).
-        let payload = if i + 1 == sinks.len() {
-            std::mem::take(&mut payload)
+        let e = pending.next();
+        e.sink.push_str(s);
+        e.call.push_str(&n.call_id);
+        e.kind.push_str(kind.name());
+        if i == 0 {
+            ev.write_into(&mut e.payload);
         } else {
-            payload.clone()
-        };
-        pending.push(NewEvent {
-            sink: s.clone(),
-            call: n.call_id.clone(),
-            kind: kind.to_string(),
-            payload,
-        });
+            pending.copy_payload(first);
+        }
     }
 }
 
@@ -753,47 +860,59 @@ fn client_str(c: Client) -> String {
     }
 }
 
-/// The call log's record of `c`, whose SIP Call-ID is `sip_call_id`.
-fn record(
+/// Writes the call log's line of `c`, whose SIP Call-ID is `sip_call_id`,
+/// ended at `end` (RFC 3339); a failed write is logged.
+fn log_call(
+    log: &mut CallLog,
     sip_call_id: &[u8],
     c: &Call,
     status: u16,
     outcome: &str,
-    end: SystemTime,
+    end: &str,
     duration: u64,
-) -> CallRecord {
+) {
     let n = &c.new;
-    CallRecord {
-        call_id: n.call_id.clone(),
-        sip_call_id: String::from_utf8_lossy(sip_call_id).into_owned(),
-        direction: n.direction.as_str().to_string(),
-        line: n.line.map(e164_string),
-        client: client_str(n.client),
-        verdict: n.verdict.as_str().to_string(),
-        create: n.create.as_str().to_string(),
-        source: n.source.clone(),
-        reason: n.reason.map(|r| r.to_string()),
-        attest: n.attest.as_str().to_string(),
-        responsible: c.responsible.clone(),
-        start: rfc3339(ms(c.start)),
+    let reason = n.reason.map(|r| r.to_string());
+    let answer = c.answer.map(|a| rfc3339(ms(a)));
+    let rec = RecordRef {
+        call_id: &n.call_id,
+        // A Call-ID is ASCII but for a rare stray byte: the check's fast
+        // path first (the lossy conversion's own check cost ~450
+        // instructions per call).
+        sip_call_id: &std::str::from_utf8(sip_call_id)
+            .map_or_else(|_| String::from_utf8_lossy(sip_call_id), Cow::Borrowed),
+        direction: n.direction.as_str(),
+        line: c.text.line.as_deref(),
+        client: &c.text.client,
+        verdict: n.verdict.as_str(),
+        create: n.create.as_str(),
+        source: &n.source,
+        reason: reason.as_deref(),
+        attest: n.attest.as_str(),
+        responsible: c.responsible.as_deref(),
+        start: &c.text.start,
         start_ms: ms(c.start),
-        answer: c.answer.map(|a| rfc3339(ms(a))),
-        end: rfc3339(ms(end)),
+        answer: answer.as_deref(),
+        end,
         status: if c.answer.is_some() && outcome != "expired" {
             200
         } else {
             status
         },
-        outcome: outcome.to_string(),
+        outcome,
         duration,
-        transfers: c.transfers.clone(),
+        transfers: &c.transfers,
         crm: None,
+    };
+    if let Err(e) = log.append(&rec) {
+        tracing::error!(error = %e, "writing the call log failed");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calls::log::CallRecord;
     use crate::screening::Direction;
     use crate::store::OutboxStore;
     use crate::store::sqlite::SqliteStore;
@@ -851,6 +970,124 @@ mod tests {
             refer_to: to.map(str::to_string),
             at,
         }
+    }
+
+    /// The payloads and the call log line the tracker writes from a call's
+    /// state are the bytes of the `CallEvent`s and `CallRecord` with the
+    /// call's fields (as it built them before it wrote them borrowed), for
+    /// every sink, in the reused buffers of earlier flushes' events.
+    #[test]
+    fn events_and_the_log_line_are_the_call_s_fields() {
+        use crate::events::{CallEvent, Create};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+        let mut t = Tracker::new(
+            CallLog::open(dir.path(), 1 << 20, 2).unwrap(),
+            store.clone(),
+            Arc::new(Metrics::new()),
+            TrackerConfig {
+                max_idle: Duration::from_secs(3600),
+                sinks: vec!["portal".into(), "hook".into()],
+                directory: None,
+            },
+        );
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut inv = invite("a", t0);
+        if let SipEvent::Invite { call, .. } = &mut inv {
+            call.reason = Some(crate::screening::Reason::Verstat);
+            call.attest = crate::screening::verstat::Attest::B;
+        }
+        // A flush after each: every event is written into the buffers
+        // of the one before.
+        for ev in [
+            inv,
+            answer("a", at(2)),
+            request("a", RequestKind::Refer, Some("205"), at(5)),
+            request("a", RequestKind::Bye, None, at(20)),
+        ] {
+            t.handle(ev);
+            t.flush();
+        }
+        let ev = |responsible: &str, kind: EventKind| CallEvent {
+            call_id: "crm-a".into(),
+            direction: crate::events::Direction::Inbound,
+            line: Some("+4930901820".into()),
+            client: "+4917000000001".into(),
+            create: Create::Lead,
+            crm_create: true,
+            offer: false,
+            source: "CALL".into(),
+            responsible: Some(responsible.into()),
+            start: rfc3339(ms(t0)),
+            kind,
+        };
+        let want = [
+            ev("101", EventKind::Started),
+            ev(
+                "101",
+                EventKind::Answered {
+                    answer: rfc3339(ms(at(2))),
+                },
+            ),
+            ev(
+                "205",
+                EventKind::ResponsibleChanged {
+                    previous: Some("101".into()),
+                    at: rfc3339(ms(at(5))),
+                },
+            ),
+            ev(
+                "205",
+                EventKind::Ended(Ended {
+                    status: 200,
+                    outcome: "completed".into(),
+                    duration: 18,
+                    end: rfc3339(ms(at(20))),
+                    answered: true,
+                }),
+            ),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|e| ("crm-a".into(), e.kind.name().to_string(), e.to_json()))
+            .collect();
+        for sink in ["portal", "hook"] {
+            let got: Vec<(String, String, String)> = store
+                .head(sink, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.call, e.kind, e.payload))
+                .collect();
+            assert_eq!(got, want, "{sink}");
+        }
+        let rec = CallRecord {
+            call_id: "crm-a".into(),
+            sip_call_id: "a".into(),
+            direction: "inbound".into(),
+            line: Some("+4930901820".into()),
+            client: "+4917000000001".into(),
+            verdict: "log".into(),
+            create: "lead".into(),
+            source: "CALL".into(),
+            reason: Some("verstat".into()),
+            attest: "B".into(),
+            responsible: Some("205".into()),
+            start: rfc3339(ms(t0)),
+            start_ms: ms(t0),
+            answer: Some(rfc3339(ms(at(2)))),
+            end: rfc3339(ms(at(20))),
+            status: 200,
+            outcome: "completed".into(),
+            duration: 18,
+            transfers: vec![Transfer {
+                at: rfc3339(ms(at(5))),
+                to: "205".into(),
+            }],
+            crm: None,
+        };
+        let line = std::fs::read_to_string(crate::calls::log::log_path(dir.path())).unwrap();
+        assert_eq!(line, serde_json::to_string(&rec).unwrap() + "\n");
     }
 
     /// A refused INVITE is one call log line with its status and no CRM

@@ -1,9 +1,10 @@
 //! Calls in progress: written by the call tracker in the same transaction
 //! as the outbox events they caused, read back once at start.
 
-use rusqlite::params;
+use std::sync::LazyLock;
 
 use super::SqliteStore;
+use super::chunked::Chunked;
 use super::outbox::insert_events;
 use crate::store::{ActiveCall, CallStore, NewEvent, StoreError};
 
@@ -16,6 +17,33 @@ fn active_call(r: &rusqlite::Row) -> rusqlite::Result<ActiveCall> {
         last_ms: r.get(3)?,
     })
 }
+
+/// The removal of ended calls, many per statement.
+static DELETE: LazyLock<Chunked> = LazyLock::new(|| {
+    Chunked::new(
+        "DELETE FROM active_calls WHERE sip_call_id IN (",
+        0,
+        1,
+        |p| format!("?{p}"),
+        ")",
+    )
+});
+
+/// The write of calls that changed, many per statement: `?1` the time,
+/// then each row's Call-ID, call, state and last activity. A Call-ID
+/// twice in one statement ends as its last row, as with a statement per
+/// row.
+static UPSERT: LazyLock<Chunked> = LazyLock::new(|| {
+    Chunked::new(
+        "INSERT INTO active_calls (sip_call_id, call, state, last_ms, updated_at) VALUES ",
+        1,
+        4,
+        |p| format!("(?{p}, ?{}, ?{}, ?{}, ?1)", p + 1, p + 2, p + 3),
+        " ON CONFLICT (sip_call_id) DO UPDATE SET call = excluded.call,
+           state = excluded.state, last_ms = excluded.last_ms,
+           updated_at = excluded.updated_at",
+    )
+});
 
 impl CallStore for SqliteStore {
     fn save_calls(
@@ -31,22 +59,13 @@ impl CallStore for SqliteStore {
         let mut c = self.writer();
         let tx = c.transaction()?;
         insert_events(&tx, events, now)?;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM active_calls WHERE sip_call_id = ?1")?;
-            for k in ended {
-                del.execute([&k[..]])?;
-            }
-            let mut up = tx.prepare_cached(
-                "INSERT INTO active_calls (sip_call_id, call, state, last_ms, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (sip_call_id) DO UPDATE SET call = excluded.call,
-                   state = excluded.state, last_ms = excluded.last_ms,
-                   updated_at = excluded.updated_at",
-            )?;
-            for a in active {
-                up.execute(params![a.sip_call_id, a.call, a.state, a.last_ms, now])?;
-            }
-        }
+        DELETE.run(&tx, ended, &[], |st, p, k| st.raw_bind_parameter(p, &k[..]))?;
+        UPSERT.run(&tx, active, &[&now], |st, p, a| {
+            st.raw_bind_parameter(p, &a.sip_call_id)?;
+            st.raw_bind_parameter(p + 1, &a.call)?;
+            st.raw_bind_parameter(p + 2, &a.state)?;
+            st.raw_bind_parameter(p + 3, a.last_ms)
+        })?;
         tx.commit()?;
         Ok(())
     }
@@ -100,6 +119,55 @@ mod tests {
 
     // Calls and their events written together, surviving a reopen:
     // tests/store_contract.rs (both backends).
+
+    /// Batches of every statement size write, update and remove each
+    /// call given, in order; a call twice in one batch ends as its last
+    /// row.
+    #[test]
+    fn a_batch_of_any_size_writes_and_removes_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_dir(dir.path()).unwrap();
+        for n in super::super::chunked::TEST_BATCHES {
+            let rows: Vec<ActiveCall> = (0..n)
+                .map(|i| ActiveCall {
+                    last_ms: i as i64,
+                    ..call(&format!("{n}-{i}"), "{}")
+                })
+                .collect();
+            s.save_calls(&[], &rows, &[], 1).unwrap();
+            assert_eq!(s.active_calls().unwrap(), rows, "{n} written");
+            // Every other call ends; the rest change, the first one twice
+            // (its last row wins).
+            let (ended, mut kept): (Vec<_>, Vec<_>) =
+                rows.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+            let ended: Vec<Box<[u8]>> = ended
+                .into_iter()
+                .map(|(_, a)| a.sip_call_id.into())
+                .collect();
+            let mut changed: Vec<ActiveCall> = kept
+                .iter_mut()
+                .map(|(i, a)| {
+                    a.state = format!("{{\"i\":{i}}}");
+                    a.clone()
+                })
+                .collect();
+            if let Some(first) = changed.first().cloned() {
+                changed.insert(
+                    0,
+                    ActiveCall {
+                        state: "{\"stale\":true}".into(),
+                        ..first
+                    },
+                );
+            }
+            s.save_calls(&[], &changed, &ended, 2).unwrap();
+            let want: Vec<ActiveCall> = kept.into_iter().map(|(_, a)| a).collect();
+            assert_eq!(s.active_calls().unwrap(), want, "{n} changed");
+            let keys: Vec<Box<[u8]>> = want.iter().map(|a| a.sip_call_id.clone().into()).collect();
+            s.save_calls(&[], &[], &keys, 3).unwrap();
+            assert!(s.active_calls().unwrap().is_empty(), "{n} removed");
+        }
+    }
 
     #[test]
     fn a_failed_batch_writes_neither_events_nor_calls() {

@@ -13,6 +13,7 @@
 //! [`migrations`], applied at open.
 
 mod calls;
+mod chunked;
 mod contacts;
 mod exceptions;
 pub mod migrations;

@@ -2,9 +2,12 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use std::sync::LazyLock;
+
 use rusqlite::Connection;
 
 use super::SqliteStore;
+use super::chunked::Chunked;
 use crate::store::{NewEvent, OutEvent, OutboxStore, StoreError};
 
 /// The outbox gauges, refreshed every second: the number of queued events
@@ -19,43 +22,17 @@ const OUTBOX_STATS: &str = "SELECT (SELECT count(*) FROM outbox),
 const OUTBOX_RETRYING: &str =
     "SELECT count(*) FROM outbox INDEXED BY outbox_retrying WHERE attempts > 0";
 
-/// Rows per multi-row `INSERT` of [`insert_events`], largest first: a
-/// batch goes out in as few statements as these sizes allow (a flush of
-/// 300 events: 13 statements instead of 300). A statement's set-up,
-/// binding and halting cost about as much as the row's insert itself
-/// (`benches/tracker.rs`: 98,871 → 87,509 instructions per call), and a
-/// few fixed sizes keep each one's prepared statement cached.
-const INSERT_CHUNKS: [usize; 3] = [64, 8, 1];
-
-/// The number of row `r`'s first parameter (its sink) in an
-/// [`insert_sql`] statement: `?1` is the time, then four per row.
-const fn row_param(r: usize) -> usize {
-    2 + 4 * r
-}
-
-/// The `INSERT` of `rows` events: `?1` the time, then sink, call, kind
+/// The outbox's multi-row `INSERT`: `?1` the time, then sink, call, kind
 /// and payload of each row.
-fn insert_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO outbox (sink, call, kind, payload, created_at, next_at) VALUES ");
-    for r in 0..rows {
-        let p = row_param(r);
-        if r > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!(
-            "(?{p}, ?{}, ?{}, ?{}, ?1, ?1)",
-            p + 1,
-            p + 2,
-            p + 3
-        ));
-    }
-    sql
-}
-
-/// [`insert_sql`] of each of [`INSERT_CHUNKS`], built once.
-static INSERT_SQL: std::sync::LazyLock<[String; 3]> =
-    std::sync::LazyLock::new(|| INSERT_CHUNKS.map(insert_sql));
+static INSERT: LazyLock<Chunked> = LazyLock::new(|| {
+    Chunked::new(
+        "INSERT INTO outbox (sink, call, kind, payload, created_at, next_at) VALUES ",
+        1,
+        4,
+        |p| format!("(?{p}, ?{}, ?{}, ?{}, ?1, ?1)", p + 1, p + 2, p + 3),
+        "",
+    )
+});
 
 /// Queues `events` inside the caller's transaction, in id order.
 pub(super) fn insert_events(
@@ -63,27 +40,12 @@ pub(super) fn insert_events(
     events: &[NewEvent],
     now: i64,
 ) -> Result<(), rusqlite::Error> {
-    let mut rest = events;
-    for (size, sql) in INSERT_CHUNKS.iter().zip(INSERT_SQL.iter()) {
-        if rest.len() < *size {
-            continue;
-        }
-        let mut st = tx.prepare_cached(sql)?;
-        while rest.len() >= *size {
-            let (chunk, tail) = rest.split_at(*size);
-            st.raw_bind_parameter(1, now)?;
-            for (r, e) in chunk.iter().enumerate() {
-                let p = row_param(r);
-                st.raw_bind_parameter(p, &e.sink)?;
-                st.raw_bind_parameter(p + 1, &e.call)?;
-                st.raw_bind_parameter(p + 2, &e.kind)?;
-                st.raw_bind_parameter(p + 3, &e.payload)?;
-            }
-            st.raw_execute()?;
-            rest = tail;
-        }
-    }
-    Ok(())
+    INSERT.run(tx, events, &[&now], |st, p, e| {
+        st.raw_bind_parameter(p, &e.sink)?;
+        st.raw_bind_parameter(p + 1, &e.call)?;
+        st.raw_bind_parameter(p + 2, &e.kind)?;
+        st.raw_bind_parameter(p + 3, &e.payload)
+    })
 }
 
 impl OutboxStore for SqliteStore {
@@ -247,14 +209,13 @@ mod tests {
         }
     }
 
-    /// A batch that needs every statement size (64 + 8 + 1 rows, twice
-    /// over, and a remainder) is queued whole, each row's own values in
+    /// A batch of any statement size is queued whole, each row's own values in
     /// its own columns, in the order given, with the batch's time.
     #[test]
     fn a_batch_of_any_size_is_queued_in_order_with_its_values() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_dir(dir.path()).unwrap();
-        for n in [0, 1, 7, 8, 9, 64, 65, 2 * 73 + 5] {
+        for n in super::super::chunked::TEST_BATCHES {
             let evs: Vec<NewEvent> = (0..n)
                 .map(|i| NewEvent {
                     sink: if i % 3 == 0 { "a" } else { "b" }.to_string(),
