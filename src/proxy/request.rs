@@ -439,6 +439,10 @@ fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
         let start = i;
         let mut n = 0u32;
         while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+            // Four digits are too many already (and more would overflow).
+            if i - start == 3 {
+                return None;
+            }
             n = n * 10 + u32::from(d);
             i += 1;
         }
