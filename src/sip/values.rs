@@ -412,22 +412,12 @@ impl<'a> Via<'a> {
         if p0 == h0 {
             return None;
         }
-        let (host, port) = if v[h0] == b'[' {
-            host_port_no_lws(&v[h0..p0])?
-        } else {
-            // The sent-by's first colon, if it has one, ends the host (a
-            // second one then fails the port, as in `host_port`).
-            let c = colons >> (s + 1);
-            match h0 + c.trailing_zeros() as usize {
-                colon if colon < p0 => {
-                    if colon == h0 {
-                        return None;
-                    }
-                    (&v[h0..colon], Some(parse_u16(&v[colon + 1..p0])?))
-                }
-                _ => (&v[h0..p0], None),
-            }
-        };
+        // The sent-by's first colon, if it has one, is the first `:` bit
+        // after the blank.
+        let (host, port) = host_port_at(&v[h0..p0], || {
+            let c = (colons >> (s + 1)).trailing_zeros() as usize;
+            (h0 + c < p0).then_some(c)
+        })?;
         let params = &v[p0..];
         let mut known = ViaParams::default();
         if !params.is_empty() {
@@ -636,6 +626,13 @@ pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
 
 /// [`host_port`] of a value already known to hold no LWS.
 fn host_port_no_lws(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    host_port_at(s, || s.iter().position(|&b| b == b':'))
+}
+
+/// [`host_port_no_lws`] where `colon` says where the first `:` of an
+/// unbracketed `s` is (a parse that has found it already says so).
+#[inline(always)]
+fn host_port_at(s: &[u8], colon: impl FnOnce() -> Option<usize>) -> Option<(&[u8], Option<u16>)> {
     if s.is_empty() {
         return None;
     }
@@ -648,7 +645,7 @@ fn host_port_no_lws(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
             _ => None,
         };
     }
-    match s.iter().position(|&b| b == b':') {
+    match colon() {
         None => Some((s, None)),
         Some(i) => {
             let (h, p) = (&s[..i], &s[i + 1..]);
@@ -833,21 +830,11 @@ impl<'a> Uri<'a> {
         };
         // The first `;` of the host part, if it comes before the headers.
         let hp_end = if semi < host_end { semi } else { host_end };
-        let (host, port) = if s.get(host_start) == Some(&b'[') {
-            host_port_no_lws(&s[host_start..hp_end]).ok_or(ValueError::Uri)?
-        } else if port_colon < hp_end {
-            // `host:port` split at the colon the walk found (a second one
-            // fails the port, as in `host_port`).
-            if port_colon == host_start {
-                return Err(ValueError::Uri);
-            }
-            let port = parse_u16(&s[port_colon + 1..hp_end]).ok_or(ValueError::Uri)?;
-            (&s[host_start..port_colon], Some(port))
-        } else if host_start < hp_end {
-            (&s[host_start..hp_end], None)
-        } else {
-            return Err(ValueError::Uri);
-        };
+        // The host's first colon is the one the walk found.
+        let (host, port) = host_port_at(&s[host_start..hp_end], || {
+            (port_colon < hp_end).then(|| port_colon - host_start)
+        })
+        .ok_or(ValueError::Uri)?;
         uri.host = host;
         uri.port = port;
         uri.params = &s[hp_end..host_end];
