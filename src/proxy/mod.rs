@@ -387,7 +387,7 @@ impl Handler for Proxy {
         } else {
             // Validated once, for the ping check and the routing both (a
             // response that does not validate may still answer a ping).
-            let validated = (side != Side::Unknown).then(|| msg.validate());
+            let validated = response::validated(&msg, side);
             let ping = match &validated {
                 Some(Ok(p)) => ping::is_ping_via(&p.top_via),
                 _ => ping::is_ping_answer(&msg),
@@ -406,10 +406,7 @@ impl Handler for Proxy {
                     retry_after(&msg),
                 );
             }
-            match validated {
-                Some(v) => response::route_validated(&rt, &self.local, &msg, v, side),
-                None => response::route(&rt, &self.local, &msg, side),
-            }
+            response::route_validated(&rt, &self.local, &msg, validated)
         };
         let from = (inb.transport, inb.remote);
         match outcome {

@@ -14,23 +14,25 @@ use crate::sip::{Edits, HeaderName, Invalid, Message, Parsed};
 
 /// Decides the fate of response `msg` that came from `side`.
 pub fn route(rt: &Runtime, local: &Local, msg: &Message, side: Side) -> Outcome<'static> {
-    if side == Side::Unknown {
-        return Outcome::Drop("response_unknown_source");
-    }
-    route_validated(rt, local, msg, msg.validate(), side)
+    route_validated(rt, local, msg, validated(msg, side))
 }
 
-/// [`route`] of a response whose `validate` the caller already has.
+/// What `validate` says of response `msg` from `side`; `None` from an
+/// unknown source, which is not validated (its response is dropped).
+pub fn validated(msg: &Message, side: Side) -> Option<Result<Parsed<'_>, Invalid>> {
+    (side != Side::Unknown).then(|| msg.validate())
+}
+
+/// [`route`] of a response whose [`validated`] the caller already has.
 pub fn route_validated(
     rt: &Runtime,
     local: &Local,
     msg: &Message,
-    validated: Result<Parsed<'_>, Invalid>,
-    side: Side,
+    validated: Option<Result<Parsed<'_>, Invalid>>,
 ) -> Outcome<'static> {
-    if side == Side::Unknown {
+    let Some(validated) = validated else {
         return Outcome::Drop("response_unknown_source");
-    }
+    };
     // Validation parsed the top Via already: it is not parsed again.
     let top = match validated {
         Ok(parsed) => parsed.top_via,
