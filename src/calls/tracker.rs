@@ -185,15 +185,15 @@ pub struct Tracker {
     store: Arc<dyn CallStore>,
     metrics: Arc<Metrics>,
     cfg: TrackerConfig,
-    pending: Pending,
+    /// CRM events queued since the last flush.
+    pending: Reused<NewEvent>,
     /// Calls changed since the last flush (to write; a key may be there
     /// twice, its call's `dirty` flag says whether to write it).
     dirty: Keys,
     /// Calls ended since the last flush (to remove).
     ended: Vec<Box<[u8]>>,
-    /// The rows a flush writes, their buffers reused (up to
-    /// [`REUSED_ROWS`] of them).
-    active: Vec<ActiveCall>,
+    /// The rows of changed calls a flush writes.
+    active: Reused<ActiveCall>,
     /// Call-IDs of INVITEs refused (and logged) in the last
     /// `REFUSED_MEMORY`, at most `MAX_CALLS` of them.
     refused: HashMap<Box<[u8]>, Instant, Seeded>,
@@ -209,54 +209,65 @@ pub struct Tracker {
 /// on these short keys, still randomly seeded per map).
 type Seeded = foldhash::fast::RandomState;
 
-/// Events queued since the last flush, written into the events (and their
-/// strings) of earlier flushes: no allocation per event once a flush's
-/// worth of them exists (up to [`REUSED_ROWS`] kept).
-#[derive(Default)]
-struct Pending {
-    events: Vec<NewEvent>,
+/// Rows a flush writes (the CRM events queued since the last one, the
+/// calls that changed), each written into a row of an earlier flush: its
+/// strings' buffers reused, no allocation per row once a flush's worth of
+/// them exists (up to [`REUSED_ROWS`] kept).
+struct Reused<T> {
+    rows: Vec<T>,
     len: usize,
 }
 
-impl Pending {
-    fn events(&self) -> &[NewEvent] {
-        &self.events[..self.len]
+impl<T> Default for Reused<T> {
+    fn default() -> Self {
+        Reused {
+            rows: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Default> Reused<T> {
+    fn rows(&self) -> &[T] {
+        &self.rows[..self.len]
     }
 
     fn len(&self) -> usize {
         self.len
     }
 
-    /// The next event, its strings empty.
-    fn next(&mut self) -> &mut NewEvent {
-        if self.len == self.events.len() {
-            self.events.push(NewEvent {
-                sink: String::new(),
-                call: String::new(),
-                kind: String::new(),
-                payload: String::new(),
-            });
+    /// The next row, holding what an earlier flush wrote into it: the
+    /// caller writes every field over.
+    fn next(&mut self) -> &mut T {
+        if self.len == self.rows.len() {
+            self.rows.push(T::default());
         }
-        let e = &mut self.events[self.len];
         self.len += 1;
-        e.sink.clear();
-        e.call.clear();
-        e.kind.clear();
-        e.payload.clear();
-        e
-    }
-
-    /// The payload of event `from` into the last one.
-    fn copy_payload(&mut self, from: usize) {
-        let p = std::mem::take(&mut self.events[from].payload);
-        self.events[self.len - 1].payload.push_str(&p);
-        self.events[from].payload = p;
+        &mut self.rows[self.len - 1]
     }
 
     fn clear(&mut self) {
         self.len = 0;
-        self.events.truncate(REUSED_ROWS);
+        self.rows.truncate(REUSED_ROWS);
     }
+}
+
+impl Reused<NewEvent> {
+    /// The payload of event `from` into the last one, in place of what it
+    /// held.
+    fn copy_payload(&mut self, from: usize) {
+        let p = std::mem::take(&mut self.rows[from].payload);
+        let last = &mut self.rows[self.len - 1].payload;
+        last.clear();
+        last.push_str(&p);
+        self.rows[from].payload = p;
+    }
+}
+
+/// `s` made `v`, in its own buffer.
+fn set(s: &mut String, v: &str) {
+    s.clear();
+    s.push_str(v);
 }
 
 /// Keys end to end in one buffer, reused across flushes: no allocation
@@ -307,10 +318,10 @@ impl Tracker {
             store,
             metrics,
             cfg,
-            pending: Pending::default(),
+            pending: Reused::default(),
             dirty: Keys::default(),
             ended: Vec::new(),
-            active: Vec::new(),
+            active: Reused::default(),
             refused: HashMap::default(),
             deferred: Vec::new(),
             unknown: HashSet::default(),
@@ -409,8 +420,6 @@ impl Tracker {
     /// call log lines, never a CRM event or a call's row).
     pub fn flush(&mut self) {
         let now = SystemTime::now();
-        let mut active = std::mem::take(&mut self.active);
-        let mut rows = 0;
         for k in self.dirty.iter() {
             let Some(c) = self.calls.get_mut(k) else {
                 continue;
@@ -423,28 +432,19 @@ impl Tracker {
             // removal of a row never written is a no-op).
             c.stored = true;
             let since = c.last.elapsed().as_millis() as i64;
-            if rows == active.len() {
-                active.push(ActiveCall {
-                    sip_call_id: Vec::new(),
-                    call: String::new(),
-                    state: String::new(),
-                    last_ms: 0,
-                });
-            }
-            // The row's buffers of an earlier flush, written over.
-            let a = &mut active[rows];
-            rows += 1;
+            let a = self.active.next();
             a.sip_call_id.clear();
             a.sip_call_id.extend_from_slice(k);
-            a.call.clear();
-            a.call.push_str(&c.new.call_id);
+            set(&mut a.call, &c.new.call_id);
             saved::write_json(&c.state, &mut a.state);
             a.last_ms = ms(now) - since;
         }
-        match self
-            .store
-            .save_calls(self.pending.events(), &active[..rows], &self.ended, ms(now))
-        {
+        match self.store.save_calls(
+            self.pending.rows(),
+            self.active.rows(),
+            &self.ended,
+            ms(now),
+        ) {
             Ok(()) => {
                 self.pending.clear();
                 self.dirty.clear();
@@ -452,16 +452,15 @@ impl Tracker {
             }
             // Kept and retried on the next flush; the store says why.
             Err(e) => {
-                tracing::error!(error = %e, events = self.pending.len(), calls = rows, "queuing CRM events and keeping calls failed");
-                for a in &active[..rows] {
+                tracing::error!(error = %e, events = self.pending.len(), calls = self.active.len(), "queuing CRM events and keeping calls failed");
+                for a in self.active.rows() {
                     if let Some(c) = self.calls.get_mut(&a.sip_call_id[..]) {
                         c.dirty = true;
                     }
                 }
             }
         }
-        active.truncate(REUSED_ROWS);
-        self.active = active;
+        self.active.clear();
         if let Err(e) = self.log.flush() {
             tracing::error!(error = %e, "writing the call log failed");
         }
@@ -813,7 +812,12 @@ impl Tracker {
 
 /// Queues the event `kind` builds for every sink, for `log` calls only
 /// (`kind`, the event's own fields, is built only then).
-fn event(pending: &mut Pending, sinks: &[String], call: &Call, kind: impl FnOnce() -> EventKind) {
+fn event(
+    pending: &mut Reused<NewEvent>,
+    sinks: &[String],
+    call: &Call,
+    kind: impl FnOnce() -> EventKind,
+) {
     if call.new.verdict != Verdict::Log || sinks.is_empty() {
         return;
     }
@@ -830,9 +834,9 @@ fn event(pending: &mut Pending, sinks: &[String], call: &Call, kind: impl FnOnce
     let first = pending.len();
     for (i, s) in sinks.iter().enumerate() {
         let e = pending.next();
-        e.sink.push_str(s);
-        e.call.push_str(&n.call_id);
-        e.kind.push_str(kind.name());
+        set(&mut e.sink, s);
+        set(&mut e.call, &n.call_id);
+        set(&mut e.kind, kind.name());
         if i == 0 {
             ev.write_into(&mut e.payload);
         } else {

@@ -325,7 +325,7 @@ pub trait ExceptionStore: Send + Sync + 'static {
 }
 
 /// A CRM event to deliver to one sink.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewEvent {
     pub sink: String,
     /// The call's `X-CRM-Call-Id`.
@@ -395,7 +395,7 @@ pub trait OutboxStore: Send + Sync + 'static {
 }
 
 /// A call in progress as the tracker keeps it across restarts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ActiveCall {
     /// The SIP Call-ID, as received.
     pub sip_call_id: Vec<u8>,
