@@ -56,15 +56,16 @@ impl CallStore for SqliteStore {
         if events.is_empty() && active.is_empty() && ended.is_empty() {
             return Ok(());
         }
-        let mut c = self.writer();
-        let tx = c.transaction()?;
-        insert_events(&tx, events, now)?;
-        DELETE.run(&tx, ended, &[], |st, p, k| st.raw_bind_parameter(p, &k[..]))?;
-        UPSERT.run(&tx, active, &[&now], |st, p, a| {
-            st.raw_bind_parameter(p, &a.sip_call_id)?;
-            st.raw_bind_parameter(p + 1, &a.call)?;
-            st.raw_bind_parameter(p + 2, &a.state)?;
-            st.raw_bind_parameter(p + 3, a.last_ms)
+        let mut w = self.writer();
+        let w = &mut *w;
+        let tx = w.conn.transaction()?;
+        insert_events(&tx, &mut w.statements, events, now)?;
+        DELETE.run(&tx, &mut w.statements, ended, &[], |b, p, k| b.blob(p, k))?;
+        UPSERT.run(&tx, &mut w.statements, active, &[now], |b, p, a| {
+            b.blob(p, &a.sip_call_id)?;
+            b.text(p + 1, &a.call)?;
+            b.text(p + 2, &a.state)?;
+            b.int(p + 3, a.last_ms)
         })?;
         tx.commit()?;
         Ok(())
@@ -183,11 +184,28 @@ mod tests {
             .unwrap();
         let mut bad = call("bad", "{}");
         bad.call = "crm-bad".into();
-        assert!(
-            s.save_calls(&[ev("crm-bad", "call.started")], &[bad], &[], 1)
-                .is_err()
-        );
+        let err = s
+            .save_calls(&[ev("crm-bad", "call.started")], &[bad], &[], 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
         assert!(s.active_calls().unwrap().is_empty());
         assert_eq!(s.outbox_stats().unwrap().0, 0);
+        // The statements that failed serve the next batch, with its own
+        // values (none of the failed batch's bindings left in them).
+        let good = call("good", "{\"ok\":1}");
+        s.save_calls(
+            &[ev("crm-good", "call.started")],
+            std::slice::from_ref(&good),
+            &[],
+            2,
+        )
+        .unwrap();
+        assert_eq!(s.active_calls().unwrap(), vec![good]);
+        let head = s.head("portal", 10).unwrap();
+        assert_eq!(head.len(), 1);
+        assert_eq!(
+            (&head[0].call[..], &head[0].kind[..]),
+            ("crm-good", "call.started")
+        );
     }
 }

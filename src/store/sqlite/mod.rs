@@ -20,6 +20,7 @@ pub mod migrations;
 mod outbox;
 mod tokens;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -33,8 +34,29 @@ pub const FILE_NAME: &str = "sipscreen.db";
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     reader: Mutex<Connection>,
+}
+
+/// The writer connection and the multi-row statements prepared on it.
+struct Writer {
+    /// Declared first so that they are dropped (finalized) first: SQLite
+    /// does not close a connection that still has statements.
+    statements: chunked::Statements,
+    conn: Connection,
+}
+
+impl Deref for Writer {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 impl SqliteStore {
@@ -79,7 +101,10 @@ impl SqliteStore {
         let reader = open(rw)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                statements: chunked::Statements::default(),
+                conn: writer,
+            }),
             reader: Mutex::new(reader),
         })
     }
@@ -89,7 +114,7 @@ impl SqliteStore {
         &self.path
     }
 
-    fn writer(&self) -> MutexGuard<'_, Connection> {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
         // A panic mid-transaction rolled it back when the guard dropped.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }

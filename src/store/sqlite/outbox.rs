@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use rusqlite::Connection;
 
 use super::SqliteStore;
-use super::chunked::Chunked;
+use super::chunked::{Chunked, Statements};
 use crate::store::{NewEvent, OutEvent, OutboxStore, StoreError};
 
 /// The outbox gauges, refreshed every second: the number of queued events
@@ -37,14 +37,15 @@ static INSERT: LazyLock<Chunked> = LazyLock::new(|| {
 /// Queues `events` inside the caller's transaction, in id order.
 pub(super) fn insert_events(
     tx: &Connection,
+    statements: &mut Statements,
     events: &[NewEvent],
     now: i64,
 ) -> Result<(), rusqlite::Error> {
-    INSERT.run(tx, events, &[&now], |st, p, e| {
-        st.raw_bind_parameter(p, &e.sink)?;
-        st.raw_bind_parameter(p + 1, &e.call)?;
-        st.raw_bind_parameter(p + 2, &e.kind)?;
-        st.raw_bind_parameter(p + 3, &e.payload)
+    INSERT.run(tx, statements, events, &[now], |b, p, e| {
+        b.text(p, &e.sink)?;
+        b.text(p + 1, &e.call)?;
+        b.text(p + 2, &e.kind)?;
+        b.text(p + 3, &e.payload)
     })
 }
 
@@ -53,9 +54,10 @@ impl OutboxStore for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut c = self.writer();
-        let tx = c.transaction()?;
-        insert_events(&tx, events, now)?;
+        let mut w = self.writer();
+        let w = &mut *w;
+        let tx = w.conn.transaction()?;
+        insert_events(&tx, &mut w.statements, events, now)?;
         tx.commit()?;
         Ok(())
     }
