@@ -190,6 +190,21 @@ mod tests {
         assert!(err.to_string().contains("refused"), "{err}");
         assert!(s.active_calls().unwrap().is_empty());
         assert_eq!(s.outbox_stats().unwrap().0, 0);
+        // A row refused with the transaction rolled back by SQLite itself
+        // (as `INSERT OR ROLLBACK` does) fails the batch the same way.
+        s.writer()
+            .execute_batch(
+                "CREATE TRIGGER roll BEFORE INSERT ON outbox WHEN new.call = 'crm-roll'
+                 BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END;",
+            )
+            .unwrap();
+        let roll = call("roll", "{}");
+        let err = s
+            .save_calls(&[ev("crm-roll", "call.started")], &[roll], &[], 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        assert!(s.active_calls().unwrap().is_empty());
+        assert_eq!(s.outbox_stats().unwrap().0, 0);
         // The statements that failed serve the next batch, with its own
         // values (none of the failed batch's bindings left in them).
         let good = call("good", "{\"ok\":1}");
