@@ -174,37 +174,35 @@ mod tests {
     fn a_failed_batch_writes_neither_events_nor_calls() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_dir(dir.path()).unwrap();
+        // A batch refused by `trigger` for call `name` fails with `why`
+        // and writes nothing.
+        let refused = |trigger: &str, name: &str, why: &str| {
+            s.writer().execute_batch(trigger).unwrap();
+            let mut row = call(name, "{}");
+            row.call = format!("crm-{name}");
+            let err = s
+                .save_calls(&[ev(&row.call, "call.started")], &[row], &[], 1)
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(s.active_calls().unwrap().is_empty());
+            assert_eq!(s.outbox_stats().unwrap().0, 0);
+        };
         // The call row is refused after its event was inserted: the
         // whole batch goes.
-        s.writer()
-            .execute_batch(
-                "CREATE TRIGGER refuse BEFORE INSERT ON active_calls WHEN new.call = 'crm-bad'
-                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-            )
-            .unwrap();
-        let mut bad = call("bad", "{}");
-        bad.call = "crm-bad".into();
-        let err = s
-            .save_calls(&[ev("crm-bad", "call.started")], &[bad], &[], 1)
-            .unwrap_err();
-        assert!(err.to_string().contains("refused"), "{err}");
-        assert!(s.active_calls().unwrap().is_empty());
-        assert_eq!(s.outbox_stats().unwrap().0, 0);
+        refused(
+            "CREATE TRIGGER refuse BEFORE INSERT ON active_calls WHEN new.call = 'crm-bad'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            "bad",
+            "refused",
+        );
         // A row refused with the transaction rolled back by SQLite itself
         // (as `INSERT OR ROLLBACK` does) fails the batch the same way.
-        s.writer()
-            .execute_batch(
-                "CREATE TRIGGER roll BEFORE INSERT ON outbox WHEN new.call = 'crm-roll'
-                 BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END;",
-            )
-            .unwrap();
-        let roll = call("roll", "{}");
-        let err = s
-            .save_calls(&[ev("crm-roll", "call.started")], &[roll], &[], 1)
-            .unwrap_err();
-        assert!(err.to_string().contains("rolled back"), "{err}");
-        assert!(s.active_calls().unwrap().is_empty());
-        assert_eq!(s.outbox_stats().unwrap().0, 0);
+        refused(
+            "CREATE TRIGGER roll BEFORE INSERT ON outbox WHEN new.call = 'crm-roll'
+             BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END;",
+            "roll",
+            "rolled back",
+        );
         // The statements that failed serve the next batch, with its own
         // values (none of the failed batch's bindings left in them).
         let good = call("good", "{\"ok\":1}");
