@@ -172,11 +172,18 @@ impl<'r> Bind<'r> {
     }
 }
 
-/// The error SQLite reports for `rc` on `db`, as rusqlite gives it.
+/// The error SQLite reports for `rc` on `db`, as rusqlite gives it: the
+/// connection's message when it is `rc`'s, else `rc`'s own text (a code
+/// we made up, such as `SQLITE_MISUSE` for a statement SQLite did not
+/// give, has no message on the connection).
 fn error(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Error {
-    // SAFETY: `db` is open; its message is copied before the next call.
+    // SAFETY: `db` is open; the message is copied before the next call.
     let msg = unsafe {
-        let m = ffi::sqlite3_errmsg(db);
+        let m = if ffi::sqlite3_errcode(db) == rc {
+            ffi::sqlite3_errmsg(db)
+        } else {
+            ffi::sqlite3_errstr(rc)
+        };
         (!m.is_null()).then(|| CStr::from_ptr(m).to_string_lossy().into_owned())
     };
     rusqlite::Error::SqliteFailure(ffi::Error::new(rc), msg)
