@@ -44,7 +44,7 @@ impl CallStore for PgStore {
             }
             // One statement per round: a call written twice in one batch
             // ends as its last write.
-            for round in super::rounds(active, |a| a.sip_call_id.as_slice()) {
+            for round in crate::store::rounds(active, |a| a.sip_call_id.as_slice()) {
                 let id: Vec<&[u8]> = round.iter().map(|a| a.sip_call_id.as_slice()).collect();
                 let call: Vec<&str> = round.iter().map(|a| a.call.as_str()).collect();
                 let state: Vec<&str> = round.iter().map(|a| a.state.as_str()).collect();

@@ -1,8 +1,9 @@
 //! The contacts directory: client -> responsible user and extension; each
 //! write also writes its change rows.
 
-use super::{PgStore, lock_changes, notify_changes, rounds};
+use super::{PgStore, lock_changes, notify_changes};
 use crate::contacts::Contact;
+use crate::store::rounds;
 use crate::store::{ContactStore, StoreError};
 
 /// One round (each client once): upserts, writes the change rows, and

@@ -7,8 +7,9 @@ use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{PgStore, lock_changes, notify_changes, rounds};
+use super::{PgStore, lock_changes, notify_changes};
 use crate::screening::exceptions::Item;
+use crate::store::rounds;
 use crate::store::{
     AuditRow, Entry, ExceptionStore, Kind, ListFilter, NewEntry, Pattern, StoreError, Upserted,
     action_str, item_of,

@@ -420,26 +420,6 @@ fn change_of(r: &tokio_postgres::Row) -> Result<Change, StoreError> {
     })
 }
 
-/// Splits `items` into rounds in which each key occurs once (the n-th
-/// occurrence of a key goes to round n), so one set-based statement per
-/// round does what one statement per item in order would.
-pub(crate) fn rounds<'a, T, K: std::hash::Hash + Eq + ?Sized + 'a>(
-    items: &'a [T],
-    key: impl Fn(&'a T) -> &'a K,
-) -> Vec<Vec<&'a T>> {
-    let mut seen: std::collections::HashMap<&K, usize> = std::collections::HashMap::new();
-    let mut out: Vec<Vec<&T>> = Vec::new();
-    for it in items {
-        let n = seen.entry(key(it)).or_insert(0);
-        if out.len() <= *n {
-            out.push(Vec::new());
-        }
-        out[*n].push(it);
-        *n += 1;
-    }
-    out
-}
-
 impl super::Store for PgStore {
     fn describe(&self) -> String {
         format!("postgres {}", self.target.shown)
@@ -482,15 +462,5 @@ mod tests {
             assert!(!e.to_string().contains("s3cret"), "{e}");
             assert!(e.to_string().contains("not usable"), "{e}");
         }
-    }
-
-    #[test]
-    fn rounds_put_each_repeat_of_a_key_in_a_later_round() {
-        let r = rounds(&["a", "b", "a", "c", "a", "b"], |s: &&str| *s);
-        let r: Vec<Vec<&str>> = r
-            .into_iter()
-            .map(|v| v.into_iter().copied().collect())
-            .collect();
-        assert_eq!(r, [vec!["a", "b", "c"], vec!["a", "b"], vec!["a"]]);
     }
 }

@@ -69,38 +69,58 @@ impl Chunked {
         fixed: &[i64],
         mut bind: impl FnMut(&mut Bind<'r>, usize, &'r T) -> rusqlite::Result<()>,
     ) -> rusqlite::Result<()> {
-        debug_assert_eq!(fixed.len(), self.fixed);
-        // SAFETY: the handle is only passed to SQLite's own functions,
-        // while `c` is borrowed.
-        let db = unsafe { c.handle() };
-        let mut rest = rows;
-        for (size, sql) in CHUNKS.iter().zip(self.sql.iter()) {
-            if rest.len() < *size {
-                continue;
-            }
-            let stmt = statements.get(db, sql)?;
-            while rest.len() >= *size {
-                let (chunk, tail) = rest.split_at(*size);
-                let mut b = Bind {
-                    stmt,
-                    db,
-                    _rows: PhantomData,
-                };
-                let bound = (|| {
-                    for (i, v) in fixed.iter().enumerate() {
-                        b.int(i + 1, *v)?;
-                    }
-                    for (r, row) in chunk.iter().enumerate() {
-                        bind(&mut b, self.fixed + 1 + self.per_row * r, row)?;
-                    }
-                    Ok(())
-                })();
-                b.finish(bound)?;
-                rest = tail;
-            }
+        for (size, chunk) in chunks(rows) {
+            self.run_chunk(c, statements, size, chunk, fixed, &mut bind)?;
         }
         Ok(())
     }
+
+    /// Runs the statement of `size` (an index into [`CHUNKS`], from
+    /// [`chunks`]) for `chunk`, bound as in [`Chunked::run`]; the rows it
+    /// changed, as `sqlite3_changes64` counts them.
+    pub(super) fn run_chunk<'r, T>(
+        &self,
+        c: &Connection,
+        statements: &mut Statements,
+        size: usize,
+        chunk: &'r [T],
+        fixed: &[i64],
+        bind: &mut impl FnMut(&mut Bind<'r>, usize, &'r T) -> rusqlite::Result<()>,
+    ) -> rusqlite::Result<u64> {
+        debug_assert_eq!(fixed.len(), self.fixed);
+        debug_assert_eq!(chunk.len(), CHUNKS[size]);
+        // SAFETY: the handle is only passed to SQLite's own functions,
+        // while `c` is borrowed.
+        let db = unsafe { c.handle() };
+        let stmt = statements.get(db, &self.sql[size])?;
+        let mut b = Bind {
+            stmt,
+            db,
+            _rows: PhantomData,
+        };
+        let bound = (|| {
+            for (i, v) in fixed.iter().enumerate() {
+                b.int(i + 1, *v)?;
+            }
+            for (r, row) in chunk.iter().enumerate() {
+                bind(&mut b, self.fixed + 1 + self.per_row * r, row)?;
+            }
+            Ok(())
+        })();
+        b.finish(bound)
+    }
+}
+
+/// `rows` cut into the chunks [`Chunked::run`] runs them in, in order:
+/// (the chunk's index in [`CHUNKS`], its rows).
+pub(super) fn chunks<T>(rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = CHUNKS.iter().position(|&n| rest.len() >= n)?;
+        let (chunk, tail) = rest.split_at(CHUNKS[size]);
+        rest = tail;
+        Some((size, chunk))
+    })
 }
 
 /// The parameters of one run of a statement; values borrowed for `'r`
@@ -155,13 +175,14 @@ impl<'r> Bind<'r> {
     }
 
     /// Steps the statement if `bound` (expecting no rows back), then
-    /// resets it and clears every binding, whatever happened.
-    fn finish(self, bound: rusqlite::Result<()>) -> rusqlite::Result<()> {
+    /// resets it and clears every binding, whatever happened; the rows it
+    /// changed.
+    fn finish(self, bound: rusqlite::Result<()>) -> rusqlite::Result<u64> {
         // SAFETY: a live statement; after the clear it holds no pointer
         // into the rows.
         unsafe {
             let stepped = bound.and_then(|()| match ffi::sqlite3_step(self.stmt) {
-                ffi::SQLITE_DONE => Ok(()),
+                ffi::SQLITE_DONE => Ok(ffi::sqlite3_changes64(self.db) as u64),
                 ffi::SQLITE_ROW => Err(rusqlite::Error::ExecuteReturnedResults),
                 rc => Err(error(self.db, rc)),
             });
