@@ -481,15 +481,27 @@ impl Message {
 
     /// The first two comma-separated values of the headers named `name`
     /// (header index and range each): `values(name).take(2)` without its
-    /// iterator chain when the first header holds no comma (a response's
-    /// two top Vias).
+    /// iterator chain when the first header has a value (a response's two
+    /// top Vias, on two lines or, as SIPp's `[last_Via:]` writes them, on
+    /// one: that chain cost about 600 instructions per response).
     pub fn first_two_values(&self, name: HeaderName) -> SmallVec<[(usize, Range<usize>); 2]> {
         let i = self.first_index(name);
         let mut out = SmallVec::new();
-        if let Some(h) = self.headers.get(i).filter(|h| h.name == name)
-            && let Some(r) = self.sole_element(h)
+        if let Some(h) = self
+            .headers
+            .get(i)
+            .filter(|h| h.name == name && h.value.0 < h.value.1)
         {
-            out.push((i, r));
+            match self.sole_element(h) {
+                Some(r) => out.push((i, r)),
+                None => {
+                    let two = split_commas(&self.buf, h.value_range()).take(2);
+                    out.extend(two.map(|r| (i, r)));
+                    if out.len() == 2 {
+                        return out;
+                    }
+                }
+            }
             if let Some((j, h)) = self.headers[i + 1..]
                 .iter()
                 .enumerate()
