@@ -8,10 +8,12 @@
 //! cargo bench --bench tracker
 //!
 //! Prints the thread's CPU per call for handling and for flushing (median
-//! of REPEAT runs, default 5). Instructions per call (valgrind):
-//! `SIPSCREEN_CALLGRIND=1` runs one pass of CALLS calls (default 10,000),
-//! each batch handled and flushed inside `callgrind_step` (the events are
-//! built outside it, as the SIP path builds them in the product):
+//! of REPEAT runs, default 5). `RING=N` (default 0) answers each call N
+//! flushes after its INVITE, so its row is written, then updated.
+//! Instructions per call (valgrind): `SIPSCREEN_CALLGRIND=1` runs one
+//! pass of CALLS calls (default 10,000), each batch handled and flushed
+//! inside `callgrind_step` (the events are built outside it, as the SIP
+//! path builds them in the product):
 //!
 //! ```text
 //! cargo bench --bench tracker --no-run
@@ -105,14 +107,20 @@ fn bye(i: usize, at: SystemTime) -> SipEvent {
 }
 
 /// One batch's events (built before the timed part: on the SIP path in
-/// the product).
-fn batch(b: usize, calls: usize) -> Vec<SipEvent> {
+/// the product). A call is answered `ring` flushes after its INVITE
+/// (0: in the same one, as on the SIPp load; 1 or more: its row is
+/// written first and then updated, as a call that rings for a while).
+fn batch(b: usize, calls: usize, ring: usize) -> Vec<SipEvent> {
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + b as u64 * 100);
     let mut evs = Vec::with_capacity(BATCH * 4);
     for i in b * BATCH..((b + 1) * BATCH).min(calls) {
         evs.push(invite(i, at));
         evs.push(response(i, 180, at));
-        evs.push(response(i, 200, at));
+    }
+    if b >= ring {
+        for i in (b - ring) * BATCH..((b - ring + 1) * BATCH).min(calls) {
+            evs.push(response(i, 200, at));
+        }
     }
     if b >= HOLD {
         for i in (b - HOLD) * BATCH..((b - HOLD + 1) * BATCH).min(calls) {
@@ -122,14 +130,16 @@ fn batch(b: usize, calls: usize) -> Vec<SipEvent> {
     evs
 }
 
-/// Thread CPU of handling and of flushing, in ns, for `calls` calls.
-fn pass(calls: usize) -> (u64, u64) {
+/// Thread CPU of handling and of flushing, in ns, for `calls` calls
+/// answered `ring` flushes after their INVITE.
+fn pass(calls: usize, ring: usize) -> (u64, u64) {
+    assert!(ring < HOLD, "RING must be below {HOLD}");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut t = tracker(dir.path());
     let batches = calls.div_ceil(BATCH) + HOLD;
     let (mut handle, mut flush) = (0, 0);
     for b in 0..batches {
-        let (h, f) = callgrind_step(&mut t, batch(b, calls));
+        let (h, f) = callgrind_step(&mut t, batch(b, calls, ring));
         handle += h;
         flush += f;
     }
@@ -157,20 +167,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let calls = env("CALLS", 10_000);
+    let ring = env("RING", 0);
     if std::env::var_os("SIPSCREEN_CALLGRIND").is_some() {
-        std::hint::black_box(pass(calls));
+        std::hint::black_box(pass(calls, ring));
         return;
     }
     let (mut hs, mut fs, mut ts) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..env("REPEAT", 5) {
-        let (h, f) = pass(calls);
+        let (h, f) = pass(calls, ring);
         let per = |ns: u64| ns as f64 / calls as f64 / 1000.0;
         hs.push(per(h));
         fs.push(per(f));
         ts.push(per(h + f));
     }
     println!(
-        "tracker, {calls} calls: CPU per call {:.1} us (handle {:.1}, flush {:.1}); runs {:?}",
+        "tracker, {calls} calls, answered {ring} flushes in: CPU per call {:.1} us (handle {:.1}, flush {:.1}); runs {:?}",
         median(ts.clone()),
         median(hs),
         median(fs),

@@ -420,28 +420,36 @@ impl Tracker {
     /// call log lines, never a CRM event or a call's row).
     pub fn flush(&mut self) {
         let now = SystemTime::now();
-        for k in self.dirty.iter() {
-            let Some(c) = self.calls.get_mut(k) else {
-                continue;
-            };
-            if !c.dirty {
-                continue; // a second copy of the key
+        // Calls never written first (the store inserts them), then the
+        // ones it has (updated in place).
+        let mut new = 0;
+        for fresh in [true, false] {
+            for k in self.dirty.iter() {
+                let Some(c) = self.calls.get_mut(k) else {
+                    continue;
+                };
+                if !c.dirty || c.stored == fresh {
+                    continue; // a second copy of the key, or the other pass's
+                }
+                c.dirty = false;
+                // Written now (or tried: a failed write retries as a call
+                // that may be there, and the removal of a row never written
+                // is a no-op).
+                c.stored = true;
+                new += usize::from(fresh);
+                let since = c.last.elapsed().as_millis() as i64;
+                let a = self.active.next();
+                a.sip_call_id.clear();
+                a.sip_call_id.extend_from_slice(k);
+                set(&mut a.call, &c.new.call_id);
+                saved::write_json(&c.state, &mut a.state);
+                a.last_ms = ms(now) - since;
             }
-            c.dirty = false;
-            // Written now (or tried: a failed write retries, and the
-            // removal of a row never written is a no-op).
-            c.stored = true;
-            let since = c.last.elapsed().as_millis() as i64;
-            let a = self.active.next();
-            a.sip_call_id.clear();
-            a.sip_call_id.extend_from_slice(k);
-            set(&mut a.call, &c.new.call_id);
-            saved::write_json(&c.state, &mut a.state);
-            a.last_ms = ms(now) - since;
         }
-        match self.store.save_calls(
+        match self.store.save_calls_with_new(
             self.pending.rows(),
             self.active.rows(),
+            new,
             &self.ended,
             ms(now),
         ) {
@@ -1235,12 +1243,23 @@ mod tests {
             ended: &[Box<[u8]>],
             now: i64,
         ) -> Result<(), crate::store::StoreError> {
+            self.save_calls_with_new(events, active, 0, ended, now)
+        }
+        fn save_calls_with_new(
+            &self,
+            events: &[NewEvent],
+            active: &[ActiveCall],
+            new: usize,
+            ended: &[Box<[u8]>],
+            now: i64,
+        ) -> Result<(), crate::store::StoreError> {
             self.batches.lock().unwrap().push((
                 events.len(),
                 active.iter().map(|a| a.sip_call_id.clone()).collect(),
                 ended.iter().map(|k| k.to_vec()).collect(),
             ));
-            self.inner.save_calls(events, active, ended, now)
+            self.inner
+                .save_calls_with_new(events, active, new, ended, now)
         }
         fn active_calls(&self) -> Result<Vec<ActiveCall>, crate::store::StoreError> {
             self.inner.active_calls()

@@ -420,6 +420,21 @@ pub trait CallStore: Send + Sync + 'static {
         ended: &[Box<[u8]>],
         now: i64,
     ) -> Result<(), StoreError>;
+    /// [`CallStore::save_calls`], told that the first `new` of `active`
+    /// were never written before (the tracker knows): a store may insert
+    /// those without looking for a row of theirs first, and update the
+    /// rest in place. What is written is the same either way.
+    fn save_calls_with_new(
+        &self,
+        events: &[NewEvent],
+        active: &[ActiveCall],
+        new: usize,
+        ended: &[Box<[u8]>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let _ = new;
+        self.save_calls(events, active, ended, now)
+    }
     /// Every call in progress.
     fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;
     /// Whether other nodes keep their calls here too (a fleet's

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use super::SqliteStore;
-use super::chunked::{Bind, Chunked, chunks};
+use super::chunked::{Bind, Chunked, Statements, chunks, step};
 use super::outbox::insert_events;
 use crate::store::{ActiveCall, CallStore, NewEvent, StoreError};
 
@@ -29,17 +29,20 @@ static DELETE: LazyLock<Chunked> = LazyLock::new(|| {
     )
 });
 
-/// The write of calls that changed, many per statement: `?1` the time,
-/// then each row's Call-ID, call, state and last activity (the same
-/// parameters in [`INSERT`] and [`UPDATE`]). A row is inserted unless its
-/// call is already there; a chunk that did not insert every row is then
-/// updated too. Together they do what `INSERT … ON CONFLICT DO UPDATE`
-/// would, without its cost: an upsert's `DO UPDATE` may abort midway, so
-/// SQLite keeps a statement journal for it (a copy of every page it
-/// touches, spilled to a temporary file past 64 KiB: at 1,000 calls a
-/// second 90 files and 4,700 writes per 10,000 calls), where `OR
+/// The write of calls never written before, many per statement: `?1`
+/// the time, then each row's Call-ID, call, state and last activity (as
+/// in [`UPDATE_ONE`] and [`INSERT_ONE`], by [`bind_call`]). A call found
+/// there after all is left to [`write_one`].
+///
+/// Plain inserts and one-row updates, all `OR ROLLBACK`, instead of one
+/// `INSERT … ON CONFLICT DO UPDATE`: an upsert's `DO UPDATE` may abort
+/// midway, so SQLite kept a statement journal for it (a copy of every
+/// page it touched, spilled to a temporary file past 64 KiB: at 1,000
+/// calls a second 90 files and 4,700 writes per 10,000 calls), where `OR
 /// ROLLBACK` needs none (its callers roll the whole transaction back on
-/// any error anyway).
+/// any error anyway) and a one-row statement none either. An `UPDATE …
+/// FROM (VALUES …)` for many rows was tried and dropped: its join cost
+/// about 14,000 instructions a row.
 static INSERT: LazyLock<Chunked> = LazyLock::new(|| {
     Chunked::new(
         "INSERT OR ROLLBACK INTO active_calls (sip_call_id, call, state, last_ms, updated_at) VALUES ",
@@ -50,24 +53,35 @@ static INSERT: LazyLock<Chunked> = LazyLock::new(|| {
     )
 });
 
-/// The update of the calls of an [`INSERT`] chunk that were there.
-static UPDATE: LazyLock<Chunked> = LazyLock::new(|| {
-    Chunked::new(
-        "UPDATE OR ROLLBACK active_calls SET call = v.column2, state = v.column3,
-           last_ms = v.column4, updated_at = ?1 FROM (VALUES ",
-        1,
-        4,
-        |p| format!("(?{p}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3),
-        ") AS v WHERE active_calls.sip_call_id = v.column1",
-    )
-});
+/// One call written in place.
+static UPDATE_ONE: &str = "UPDATE OR ROLLBACK active_calls
+    SET call = ?3, state = ?4, last_ms = ?5, updated_at = ?1 WHERE sip_call_id = ?2";
 
-/// Binds a row of [`INSERT`] or [`UPDATE`] from `?p` on.
+/// One call that [`UPDATE_ONE`] did not find.
+static INSERT_ONE: &str = "INSERT OR ROLLBACK INTO active_calls
+    (sip_call_id, call, state, last_ms, updated_at) VALUES (?2, ?3, ?4, ?5, ?1)";
+
+/// Binds a row of [`INSERT`], [`UPDATE_ONE`] or [`INSERT_ONE`] from `?p`
+/// on.
 fn bind_call<'r>(b: &mut Bind<'r>, p: usize, a: &'r &ActiveCall) -> rusqlite::Result<()> {
     b.blob(p, &a.sip_call_id)?;
     b.text(p + 1, &a.call)?;
     b.text(p + 2, &a.state)?;
     b.int(p + 3, a.last_ms)
+}
+
+/// Writes call `a`: updated where it is, else inserted.
+fn write_one(
+    c: &rusqlite::Connection,
+    st: &mut Statements,
+    a: &&ActiveCall,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let row = std::slice::from_ref(a);
+    if step(c, st, UPDATE_ONE, &[now], 4, row, &mut bind_call)? == 0 {
+        step(c, st, INSERT_ONE, &[now], 4, row, &mut bind_call)?;
+    }
+    Ok(())
 }
 
 impl CallStore for SqliteStore {
@@ -78,24 +92,51 @@ impl CallStore for SqliteStore {
         ended: &[Box<[u8]>],
         now: i64,
     ) -> Result<(), StoreError> {
+        self.save_calls_with_new(events, active, 0, ended, now)
+    }
+
+    fn save_calls_with_new(
+        &self,
+        events: &[NewEvent],
+        active: &[ActiveCall],
+        new: usize,
+        ended: &[Box<[u8]>],
+        now: i64,
+    ) -> Result<(), StoreError> {
         if events.is_empty() && active.is_empty() && ended.is_empty() {
             return Ok(());
         }
         let mut w = self.writer();
         let w = &mut *w;
         let tx = w.conn.transaction()?;
-        insert_events(&tx, &mut w.statements, events, now)?;
-        DELETE.run(&tx, &mut w.statements, ended, &[], |b, p, k| b.blob(p, k))?;
-        // Each call once per round: a call twice in one batch ends as
-        // its last row.
-        for round in crate::store::rounds(active, |a| a.sip_call_id.as_slice()) {
-            for (size, chunk) in chunks(&round) {
-                let st = &mut w.statements;
+        let st = &mut w.statements;
+        insert_events(&tx, st, events, now)?;
+        DELETE.run(&tx, st, ended, &[], |b, p, k| b.blob(p, k))?;
+        let (fresh, kept) = active.split_at(new.min(active.len()));
+        // The new calls inserted many per statement, each once (a call
+        // twice in one batch ends as its last row: its later rows, and a
+        // chunk that found a call there, are written one by one).
+        for (n, round) in crate::store::rounds(fresh, |a| a.sip_call_id.as_slice())
+            .iter()
+            .enumerate()
+        {
+            if n > 0 {
+                for a in round {
+                    write_one(&tx, st, a, now)?;
+                }
+                continue;
+            }
+            for (size, chunk) in chunks(round) {
                 let added = INSERT.run_chunk(&tx, st, size, chunk, &[now], &mut bind_call)?;
                 if added < chunk.len() as u64 {
-                    UPDATE.run_chunk(&tx, st, size, chunk, &[now], &mut bind_call)?;
+                    for a in chunk {
+                        write_one(&tx, st, a, now)?;
+                    }
                 }
             }
+        }
+        for a in kept {
+            write_one(&tx, st, &a, now)?;
         }
         tx.commit()?;
         Ok(())
@@ -152,60 +193,86 @@ mod tests {
     // tests/store_contract.rs (both backends).
 
     /// Batches of every statement size write, update and remove each
-    /// call given, in order, calls there and new ones mixed in one
-    /// statement; a call twice in one batch ends as its last row.
+    /// call given, in order, calls there and new ones in one batch; a call
+    /// twice in one batch ends as its last row. Told which calls are new
+    /// (`hinted`), the same, a call said to be new that is there included.
     #[test]
     fn a_batch_of_any_size_writes_and_removes_every_call() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_dir(dir.path()).unwrap();
-        for n in super::super::chunked::TEST_BATCHES {
-            let rows: Vec<ActiveCall> = (0..n)
-                .map(|i| ActiveCall {
-                    last_ms: i as i64,
-                    ..call(&format!("{n}-{i}"), "{}")
-                })
-                .collect();
-            s.save_calls(&[], &rows, &[], 1).unwrap();
-            assert_eq!(s.active_calls().unwrap(), rows, "{n} written");
-            // Every other call ends; the rest change, the first one twice
-            // (its last row wins).
-            let (ended, mut kept): (Vec<_>, Vec<_>) =
-                rows.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
-            let ended: Vec<Box<[u8]>> = ended
-                .into_iter()
-                .map(|(_, a)| a.sip_call_id.into())
-                .collect();
-            let mut changed: Vec<ActiveCall> = kept
-                .iter_mut()
-                .map(|(i, a)| {
-                    a.state = format!("{{\"i\":{i}}}");
-                    a.clone()
-                })
-                .collect();
-            if let Some(first) = changed.first().cloned() {
-                changed.insert(
-                    0,
-                    ActiveCall {
-                        state: "{\"stale\":true}".into(),
-                        ..first
-                    },
-                );
+        for hinted in [false, true] {
+            for n in super::super::chunked::TEST_BATCHES {
+                let rows: Vec<ActiveCall> = (0..n)
+                    .map(|i| ActiveCall {
+                        last_ms: i as i64,
+                        ..call(&format!("{hinted}-{n}-{i}"), "{}")
+                    })
+                    .collect();
+                if hinted {
+                    // The first call twice among the new ones.
+                    let mut first: Vec<ActiveCall> = rows.iter().take(1).cloned().collect();
+                    first
+                        .iter_mut()
+                        .for_each(|a| a.state = "{\"stale\":0}".into());
+                    let batch = [first, rows.clone()].concat();
+                    s.save_calls_with_new(&[], &batch, batch.len(), &[], 1)
+                } else {
+                    s.save_calls(&[], &rows, &[], 1)
+                }
+                .unwrap();
+                assert_eq!(s.active_calls().unwrap(), rows, "{hinted} {n} written");
+                // Every other call ends; the rest change, the first one twice
+                // (its last row wins).
+                let (ended, mut kept): (Vec<_>, Vec<_>) =
+                    rows.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+                let ended: Vec<Box<[u8]>> = ended
+                    .into_iter()
+                    .map(|(_, a)| a.sip_call_id.into())
+                    .collect();
+                let mut changed: Vec<ActiveCall> = kept
+                    .iter_mut()
+                    .map(|(i, a)| {
+                        a.state = format!("{{\"i\":{i}}}");
+                        a.clone()
+                    })
+                    .collect();
+                if let Some(first) = changed.first().cloned() {
+                    changed.insert(
+                        0,
+                        ActiveCall {
+                            state: "{\"stale\":true}".into(),
+                            ..first
+                        },
+                    );
+                }
+                // New calls (inserted, after the calls that were there):
+                // among the changed ones, or told apart first, with the
+                // first changed call (there, its only row) said to be new
+                // too.
+                let added: Vec<ActiveCall> = (0..n / 3)
+                    .map(|i| call(&format!("{hinted}-{n}-new-{i}"), "{\"new\":1}"))
+                    .collect();
+                if hinted {
+                    let (there, rest) = changed.split_at(changed.len().min(2));
+                    let there = there.last().cloned();
+                    let new = added.len() + usize::from(there.is_some());
+                    let batch = [&added[..], there.as_slice(), rest].concat();
+                    s.save_calls_with_new(&[], &batch, new, &ended, 2)
+                } else {
+                    for (i, a) in added.iter().enumerate() {
+                        changed.insert((3 * i).min(changed.len()), a.clone());
+                    }
+                    s.save_calls(&[], &changed, &ended, 2)
+                }
+                .unwrap();
+                let mut want: Vec<ActiveCall> = kept.into_iter().map(|(_, a)| a).collect();
+                want.extend(added);
+                assert_eq!(s.active_calls().unwrap(), want, "{hinted} {n} changed");
+                let keys: Vec<Box<[u8]>> =
+                    want.iter().map(|a| a.sip_call_id.clone().into()).collect();
+                s.save_calls(&[], &[], &keys, 3).unwrap();
+                assert!(s.active_calls().unwrap().is_empty(), "{hinted} {n} removed");
             }
-            // New calls among the changed ones, in the same statements
-            // (inserted, after the calls that were there).
-            let added: Vec<ActiveCall> = (0..n / 3)
-                .map(|i| call(&format!("{n}-new-{i}"), "{\"new\":1}"))
-                .collect();
-            for (i, a) in added.iter().enumerate() {
-                changed.insert((3 * i).min(changed.len()), a.clone());
-            }
-            s.save_calls(&[], &changed, &ended, 2).unwrap();
-            let mut want: Vec<ActiveCall> = kept.into_iter().map(|(_, a)| a).collect();
-            want.extend(added);
-            assert_eq!(s.active_calls().unwrap(), want, "{n} changed");
-            let keys: Vec<Box<[u8]>> = want.iter().map(|a| a.sip_call_id.clone().into()).collect();
-            s.save_calls(&[], &[], &keys, 3).unwrap();
-            assert!(s.active_calls().unwrap().is_empty(), "{n} removed");
         }
     }
 

@@ -89,26 +89,50 @@ impl Chunked {
     ) -> rusqlite::Result<u64> {
         debug_assert_eq!(fixed.len(), self.fixed);
         debug_assert_eq!(chunk.len(), CHUNKS[size]);
-        // SAFETY: the handle is only passed to SQLite's own functions,
-        // while `c` is borrowed.
-        let db = unsafe { c.handle() };
-        let stmt = statements.get(db, &self.sql[size])?;
-        let mut b = Bind {
-            stmt,
-            db,
-            _rows: PhantomData,
-        };
-        let bound = (|| {
-            for (i, v) in fixed.iter().enumerate() {
-                b.int(i + 1, *v)?;
-            }
-            for (r, row) in chunk.iter().enumerate() {
-                bind(&mut b, self.fixed + 1 + self.per_row * r, row)?;
-            }
-            Ok(())
-        })();
-        b.finish(bound)
+        step(
+            c,
+            statements,
+            &self.sql[size],
+            fixed,
+            self.per_row,
+            chunk,
+            bind,
+        )
     }
+}
+
+/// Runs `sql`, a statement with the parameters `fixed` (`?1`…) and then
+/// `per_row` for each of `rows`, bound by `bind` as in [`Chunked::run`];
+/// the rows it changed. `sql` is prepared once per connection (found
+/// again by its address: a `'static` or a [`Chunked`]'s).
+pub(super) fn step<'r, T>(
+    c: &Connection,
+    statements: &mut Statements,
+    sql: &str,
+    fixed: &[i64],
+    per_row: usize,
+    rows: &'r [T],
+    bind: &mut impl FnMut(&mut Bind<'r>, usize, &'r T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<u64> {
+    // SAFETY: the handle is only passed to SQLite's own functions, while
+    // `c` is borrowed.
+    let db = unsafe { c.handle() };
+    let stmt = statements.get(db, sql)?;
+    let mut b = Bind {
+        stmt,
+        db,
+        _rows: PhantomData,
+    };
+    let bound = (|| {
+        for (i, v) in fixed.iter().enumerate() {
+            b.int(i + 1, *v)?;
+        }
+        for (r, row) in rows.iter().enumerate() {
+            bind(&mut b, fixed.len() + 1 + per_row * r, row)?;
+        }
+        Ok(())
+    })();
+    b.finish(bound)
 }
 
 /// `rows` cut into the chunks [`Chunked::run`] runs them in, in order:
