@@ -62,7 +62,7 @@ impl Chunked {
     /// row by `bind(binder, p, row)` from its first parameter `?p` on.
     /// `statements` are the ones prepared on `c`'s connection.
     pub(super) fn run<'r, T>(
-        &self,
+        &'static self,
         c: &Connection,
         statements: &mut Statements,
         rows: &'r [T],
@@ -79,7 +79,7 @@ impl Chunked {
     /// [`chunks`]) for `chunk`, bound as in [`Chunked::run`]; the rows it
     /// changed, as `sqlite3_changes64` counts them.
     pub(super) fn run_chunk<'r, T>(
-        &self,
+        &'static self,
         c: &Connection,
         statements: &mut Statements,
         size: usize,
@@ -103,12 +103,14 @@ impl Chunked {
 
 /// Runs `sql`, a statement with the parameters `fixed` (`?1`…) and then
 /// `per_row` for each of `rows`, bound by `bind` as in [`Chunked::run`];
-/// the rows it changed. `sql` is prepared once per connection (found
-/// again by its address: a `'static` or a [`Chunked`]'s).
+/// the rows it changed. `sql` is prepared once per connection and found
+/// again by its address, so it must live as long as the program (a
+/// `static`'s, or a static [`Chunked`]'s): another string at a freed
+/// one's address would be given the old one's statement.
 pub(super) fn step<'r, T>(
     c: &Connection,
     statements: &mut Statements,
-    sql: &str,
+    sql: &'static str,
     fixed: &[i64],
     per_row: usize,
     rows: &'r [T],
@@ -258,7 +260,7 @@ impl Statements {
     fn get(
         &mut self,
         db: *mut ffi::sqlite3,
-        sql: &str,
+        sql: &'static str,
     ) -> rusqlite::Result<*mut ffi::sqlite3_stmt> {
         if let Some((_, p)) = self.0.iter().find(|(k, _)| *k == sql.as_ptr()) {
             // SAFETY: reading which connection a live statement is on.
