@@ -108,9 +108,12 @@ fn with_prefixes(rt: &Runtime, phones: &[u64], n: usize) -> u64 {
 
 /// Scans, classifies and routes one INVITE: what it is forwarded as.
 fn route_once(rt: &Runtime, local: &Local, remote: SocketAddr, msg: &Bytes) -> Bytes {
-    let m = Message::scan(msg.clone()).expect("scans");
+    // Borrowed from the result, as `Proxy::on_message` does (no move of
+    // the `Message` out of it).
+    let scanned = Message::scan(msg.clone());
+    let m = scanned.as_ref().expect("scans");
     let side = rt.routing.classify(remote.ip());
-    match request::route(rt, local, &m, remote, TransportKind::Udp, side) {
+    match request::route(rt, local, m, remote, TransportKind::Udp, side) {
         Outcome::Forward { data, .. } => data,
         _ => panic!("not forwarded"),
     }
