@@ -41,8 +41,9 @@ static DELETE: LazyLock<Chunked> = LazyLock::new(|| {
 /// calls a second 90 files and 4,700 writes per 10,000 calls), where `OR
 /// ROLLBACK` needs none (its callers roll the whole transaction back on
 /// any error anyway) and a one-row statement none either. An `UPDATE …
-/// FROM (VALUES …)` for many rows was tried and dropped: its join cost
-/// about 14,000 instructions a row.
+/// FROM (VALUES …)` for many rows was tried and dropped: with calls
+/// answered a flush after their INVITE it cost ~10,700 instructions a
+/// call more than the upsert (`benches/tracker.rs`, `RING=1`).
 static INSERT: LazyLock<Chunked> = LazyLock::new(|| {
     Chunked::new(
         "INSERT OR ROLLBACK INTO active_calls (sip_call_id, call, state, last_ms, updated_at) VALUES ",
