@@ -1236,15 +1236,6 @@ mod tests {
     }
 
     impl CallStore for Watched {
-        fn save_calls(
-            &self,
-            events: &[NewEvent],
-            active: &[ActiveCall],
-            ended: &[Box<[u8]>],
-            now: i64,
-        ) -> Result<(), crate::store::StoreError> {
-            self.save_calls_with_new(events, active, 0, ended, now)
-        }
         fn save_calls_with_new(
             &self,
             events: &[NewEvent],

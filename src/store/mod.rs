@@ -412,18 +412,10 @@ pub trait CallStore: Send + Sync + 'static {
     /// In one durable transaction: queues `events` in the outbox, removes
     /// the `ended` calls, then writes the `active` ones (so a call's
     /// `call.started` is never queued without its row, nor its
-    /// `call.ended` without the row's removal).
-    fn save_calls(
-        &self,
-        events: &[NewEvent],
-        active: &[ActiveCall],
-        ended: &[Box<[u8]>],
-        now: i64,
-    ) -> Result<(), StoreError>;
-    /// [`CallStore::save_calls`], told that the first `new` of `active`
-    /// were never written before (the tracker knows): a store may insert
-    /// those without looking for a row of theirs first, and update the
-    /// rest in place. What is written is the same either way.
+    /// `call.ended` without the row's removal). The first `new` of
+    /// `active` were never written before (the tracker knows): a store may
+    /// insert those without looking for a row of theirs first, and update
+    /// the rest in place. What is written is the same whatever `new` is.
     fn save_calls_with_new(
         &self,
         events: &[NewEvent],
@@ -431,9 +423,16 @@ pub trait CallStore: Send + Sync + 'static {
         new: usize,
         ended: &[Box<[u8]>],
         now: i64,
+    ) -> Result<(), StoreError>;
+    /// [`CallStore::save_calls_with_new`] told of no new call.
+    fn save_calls(
+        &self,
+        events: &[NewEvent],
+        active: &[ActiveCall],
+        ended: &[Box<[u8]>],
+        now: i64,
     ) -> Result<(), StoreError> {
-        let _ = new;
-        self.save_calls(events, active, ended, now)
+        self.save_calls_with_new(events, active, 0, ended, now)
     }
     /// Every call in progress.
     fn active_calls(&self) -> Result<Vec<ActiveCall>, StoreError>;

@@ -20,10 +20,13 @@ impl CallStore for PgStore {
         true
     }
 
-    fn save_calls(
+    // Every row is an upsert: PostgreSQL keeps no statement journal, so
+    // which calls are new does not matter here.
+    fn save_calls_with_new(
         &self,
         events: &[NewEvent],
         active: &[ActiveCall],
+        _new: usize,
         ended: &[Box<[u8]>],
         now: i64,
     ) -> Result<(), StoreError> {

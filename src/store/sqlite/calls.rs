@@ -86,16 +86,6 @@ fn write_one(
 }
 
 impl CallStore for SqliteStore {
-    fn save_calls(
-        &self,
-        events: &[NewEvent],
-        active: &[ActiveCall],
-        ended: &[Box<[u8]>],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.save_calls_with_new(events, active, 0, ended, now)
-    }
-
     fn save_calls_with_new(
         &self,
         events: &[NewEvent],
