@@ -64,20 +64,6 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 
-/// mimalloc for every allocation of Rust code (the binary, its tests and
-/// benches link this crate). Measured against glibc's `malloc` on the
-/// tracker's bench (`benches/tracker.rs`, 10,000 calls under callgrind):
-/// 54,143 -> 49,883 instructions a call (49,493 with the SQLite options
-/// of `.cargo/config.toml`). About half is its own cheaper
-/// allocation and cross-thread free (the tracker frees the datagrams the
-/// UDP thread received); the other half is SQLite's, which still uses
-/// glibc's `malloc` (no override): with no Rust chunks left in glibc's
-/// fast bins, SQLite's 4 KiB page allocations no longer start a
-/// `malloc_consolidate` each. Its arenas take transparent huge pages, so
-/// RSS is higher (README, Performance, session 11).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An error and its causes as one line, "outer: inner: innermost" (a cause
 /// the message above already ends with is not repeated; hyper does that).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
