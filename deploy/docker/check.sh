@@ -518,7 +518,7 @@ check_context() {
   fi
   got=$(podman run --rm --no-healthcheck "${RT[@]}" "${UL[@]}" --entrypoint find localhost/sipscreen-check-ctx /ctx -type f | sed 's|^/ctx/||' | sort)
   podman rmi -f localhost/sipscreen-check-ctx >/dev/null 2>&1 || true
-  want=$(cd "$REPO" && find Cargo.toml Cargo.lock README.md src benches deploy/README.md \
+  want=$(cd "$REPO" && find Cargo.toml Cargo.lock .cargo/config.toml README.md src benches deploy/README.md \
     deploy/docker/sipscreen.toml deploy/docker/exceptions.txt -type f | sort)
   if [ "$got" = "$want" ]; then
     pass "build context: the $(wc -l <<<"$got") files Dockerfile.dockerignore admits (podman reads <Dockerfile>.dockerignore; no target/, no .git)"
