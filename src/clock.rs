@@ -45,6 +45,11 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 /// RFC 3339's four-digit year cannot hold (and `humantime` refused, a
 /// panic in `to_string`), are its last millisecond.
 pub fn rfc3339(ms: i64) -> String {
+    String::from_utf8(rfc3339_bytes(ms).to_vec()).expect("ASCII digits")
+}
+
+/// [`rfc3339`]'s 24 bytes, on the stack.
+pub fn rfc3339_bytes(ms: i64) -> [u8; 24] {
     /// 9999-12-31T23:59:59.999Z.
     const LAST: u64 = 253_402_300_799_999;
     let ms = (ms.max(0) as u64).min(LAST);
@@ -66,7 +71,7 @@ pub fn rfc3339(ms: i64) -> String {
     put(14, secs / 60 % 60, 2);
     put(17, secs % 60, 2);
     put(20, milli, 3);
-    String::from_utf8(b.to_vec()).expect("ASCII digits")
+    b
 }
 
 /// Year, month (1-12) and day (1-31) of `days` since 1970-01-01

@@ -180,13 +180,13 @@ impl CallFields<'_> {
     /// The three runs written once, for all the call's events (each of
     /// them then copies its bytes instead of writing nine fields again).
     pub fn written(&self) -> WrittenCall {
-        WrittenCall([0, 1, 2].map(|i| crate::json::Fields::new(|w| self.run(i, w))))
+        WrittenCall(crate::json::Fields::new(|i, w| self.run(i, w)))
     }
 }
 
 /// A call's fields as [`CallFields::written`] wrote them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WrittenCall([crate::json::Fields; 3]);
+pub struct WrittenCall(crate::json::Fields<3>);
 
 /// An event's call: its fields, or those written once.
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +199,7 @@ impl CallPart<'_> {
     fn run(&self, i: usize, w: &mut crate::json::Obj<'_>) {
         match self {
             CallPart::Fields(f) => f.run(i, w),
-            CallPart::Written(x) => w.splice(&x.0[i]),
+            CallPart::Written(x) => w.splice(&x.0, i),
         }
     }
 }

@@ -92,16 +92,17 @@ impl<'a> Obj<'a> {
         self.out.push(b']');
     }
 
-    /// The fields of `f`, as they were written.
-    pub fn splice(&mut self, f: &Fields) {
-        if f.0.is_empty() {
+    /// Run `i` of `f`, as it was written.
+    pub fn splice<const N: usize>(&mut self, f: &Fields<N>, i: usize) {
+        let run = f.run(i);
+        if run.is_empty() {
             return;
         }
         if !self.first {
             self.out.push(b',');
         }
         self.first = false;
-        self.out.extend_from_slice(f.0.as_bytes());
+        self.out.extend_from_slice(run.as_bytes());
     }
 
     pub fn end(self) {
@@ -109,23 +110,43 @@ impl<'a> Obj<'a> {
     }
 }
 
-/// Fields written once and spliced whole into objects ([`Obj::splice`]):
-/// what every event of a call repeats of it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fields(String);
+/// Runs of fields written once and spliced whole into objects
+/// ([`Obj::splice`]): what every event of a call repeats of it. The `N`
+/// runs share one buffer (one allocation, not one a run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fields<const N: usize> {
+    text: String,
+    /// Where each run ends in `text` (each starts where the one before
+    /// it ends).
+    ends: [usize; N],
+}
 
-impl Fields {
-    /// The fields `write` writes, in its order.
-    pub fn new(write: impl FnOnce(&mut Obj<'_>)) -> Fields {
-        let mut out = Vec::with_capacity(128);
-        // An object's fields without its braces.
-        write(&mut Obj {
-            out: &mut out,
-            first: true,
+impl<const N: usize> Fields<N> {
+    /// The runs `write(i, …)` writes for `i` in `0..N`, each in its order.
+    pub fn new(mut write: impl FnMut(usize, &mut Obj<'_>)) -> Fields<N> {
+        let mut out = Vec::with_capacity(96 * N);
+        let ends = std::array::from_fn(|i| {
+            // A run's fields without braces, and without a comma before
+            // its first: `splice` puts one there.
+            write(
+                i,
+                &mut Obj {
+                    out: &mut out,
+                    first: true,
+                },
+            );
+            out.len()
         });
         debug_assert!(std::str::from_utf8(&out).is_ok(), "an Obj wrote UTF-8");
         // SAFETY: as in `object_in`: what `Obj`'s methods wrote.
-        Fields(unsafe { String::from_utf8_unchecked(out) })
+        let text = unsafe { String::from_utf8_unchecked(out) };
+        Fields { text, ends }
+    }
+
+    /// Run `i` (`< N`).
+    pub fn run(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
     }
 }
 
@@ -227,16 +248,24 @@ mod tests {
     /// first, between others, last, and nothing when there are none.
     #[test]
     fn spliced_fields_are_the_fields_written_in_place() {
-        let two = Fields::new(|o| {
-            o.str("a", "x\"y");
-            o.num("b", 7);
+        // Three runs in one buffer: two fields, none, one.
+        let runs = Fields::<3>::new(|i, o| match i {
+            0 => {
+                o.str("a", "x\"y");
+                o.num("b", 7);
+            }
+            1 => {}
+            _ => o.opt_str("d", None),
         });
-        let none = Fields::new(|_| {});
+        assert_eq!(runs.run(0), r#""a":"x\"y","b":7"#);
+        assert_eq!(runs.run(1), "");
+        assert_eq!(runs.run(2), r#""d":null"#);
         let spliced = object(0, |o| {
-            o.splice(&two);
-            o.splice(&none);
+            o.splice(&runs, 0);
+            o.splice(&runs, 1);
             o.bool("c", true);
-            o.splice(&two);
+            o.splice(&runs, 0);
+            o.splice(&runs, 2);
         });
         let direct = object(0, |o| {
             o.str("a", "x\"y");
@@ -244,10 +273,14 @@ mod tests {
             o.bool("c", true);
             o.str("a", "x\"y");
             o.num("b", 7);
+            o.opt_str("d", None);
         });
         assert_eq!(spliced, direct);
-        assert_eq!(spliced, r#"{"a":"x\"y","b":7,"c":true,"a":"x\"y","b":7}"#);
-        assert_eq!(object(0, |o| o.splice(&none)), "{}");
+        assert_eq!(
+            spliced,
+            r#"{"a":"x\"y","b":7,"c":true,"a":"x\"y","b":7,"d":null}"#
+        );
+        assert_eq!(object(0, |o| o.splice(&runs, 1)), "{}");
     }
 
     #[test]

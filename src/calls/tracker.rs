@@ -22,11 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 use super::log::{CallLog, RecordRef, Transfer};
 use super::saved::{self, State};
 use super::{NewCall, RequestKind, SipEvent, ms};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::{now_ms, rfc3339, rfc3339_bytes};
 use crate::config::Verdict;
 use crate::events::{CallFields, CallPart, Ended, EventKind, EventRef, WrittenCall};
 use crate::metrics::Metrics;
-use crate::screening::normalize::e164_string;
+use crate::screening::normalize::{e164_string, write_e164};
 use crate::screening::{Client, CreateTag};
 use crate::store::{ActiveCall, CallStore, NewEvent};
 
@@ -84,18 +84,35 @@ struct Call {
 /// and, for a `log` call, the fields every CRM event of it repeats,
 /// written once as JSON.
 struct Texts {
-    line: Option<String>,
-    client: String,
-    start: String,
+    /// The start, the client and the line (if any), one after the other
+    /// in one buffer (one allocation a call, not three).
+    text: String,
+    /// Where the start ends in `text`, and the client.
+    start_end: usize,
+    client_end: usize,
+    has_line: bool,
     event: Option<WrittenCall>,
 }
 
 impl Texts {
     fn of(s: &State) -> Texts {
+        // 24 bytes of RFC 3339 and two E.164 numbers of up to 21.
+        let mut b = Vec::with_capacity(24 + 2 * 21);
+        b.extend_from_slice(&rfc3339_bytes(ms(s.start)));
+        let start_end = b.len();
+        match s.new.client {
+            Client::Number(n) => write_e164(n, &mut b),
+            Client::Anonymous => b.extend_from_slice(b"anonymous"),
+        }
+        let client_end = b.len();
+        if let Some(n) = s.new.line {
+            write_e164(n, &mut b);
+        }
         let mut t = Texts {
-            line: s.new.line.map(e164_string),
-            client: client_str(s.new.client),
-            start: rfc3339(ms(s.start)),
+            text: String::from_utf8(b).expect("ASCII digits, `+` and letters"),
+            start_end,
+            client_end,
+            has_line: s.new.line.is_some(),
             event: None,
         };
         if s.new.verdict == Verdict::Log {
@@ -104,18 +121,33 @@ impl Texts {
         t
     }
 
+    /// The call's start, RFC 3339.
+    fn start(&self) -> &str {
+        &self.text[..self.start_end]
+    }
+
+    /// The client as E.164, or `anonymous`.
+    fn client(&self) -> &str {
+        &self.text[self.start_end..self.client_end]
+    }
+
+    /// The line as E.164, if the call has one.
+    fn line(&self) -> Option<&str> {
+        self.has_line.then(|| &self.text[self.client_end..])
+    }
+
     /// What each CRM event says of the call `n` (these its strings).
     fn fields<'a>(&'a self, n: &'a NewCall) -> CallFields<'a> {
         CallFields {
             call_id: &n.call_id,
             direction: n.direction.into(),
-            line: self.line.as_deref(),
-            client: &self.client,
+            line: self.line(),
+            client: self.client(),
             create: n.create.into(),
             crm_create: matches!(n.create, CreateTag::Lead | CreateTag::Deal),
             offer: n.offer,
             source: &n.source,
-            start: &self.start,
+            start: self.start(),
         }
     }
 }
@@ -865,13 +897,6 @@ fn new_party(call: &Call, user: Option<&str>) -> bool {
         && line.as_deref() != Some(u.trim_start_matches('+'))
 }
 
-fn client_str(c: Client) -> String {
-    match c {
-        Client::Number(n) => e164_string(n),
-        Client::Anonymous => "anonymous".to_string(),
-    }
-}
-
 /// Writes the call log's line of `c`, whose SIP Call-ID is `sip_call_id`,
 /// ended at `end` (RFC 3339); a failed write is logged.
 fn log_call(
@@ -894,15 +919,15 @@ fn log_call(
         sip_call_id: &std::str::from_utf8(sip_call_id)
             .map_or_else(|_| String::from_utf8_lossy(sip_call_id), Cow::Borrowed),
         direction: n.direction.as_str(),
-        line: c.text.line.as_deref(),
-        client: &c.text.client,
+        line: c.text.line(),
+        client: c.text.client(),
         verdict: n.verdict.as_str(),
         create: n.create.as_str(),
         source: &n.source,
         reason: reason.as_deref(),
         attest: n.attest.as_str(),
         responsible: c.responsible.as_deref(),
-        start: &c.text.start,
+        start: c.text.start(),
         start_ms: ms(c.start),
         answer: answer.as_deref(),
         end,
@@ -931,6 +956,16 @@ mod tests {
     use bytes::Bytes;
 
     fn tracker(dir: &std::path::Path, max_idle: Duration) -> (Tracker, Arc<SqliteStore>) {
+        tracker_for(dir, max_idle, &["portal"])
+    }
+
+    /// A tracker on a SQLite store and a call log in `dir`, queueing for
+    /// `sinks`.
+    fn tracker_for(
+        dir: &std::path::Path,
+        max_idle: Duration,
+        sinks: &[&str],
+    ) -> (Tracker, Arc<SqliteStore>) {
         let store = Arc::new(SqliteStore::open_dir(dir).unwrap());
         let t = Tracker::new(
             CallLog::open(dir, 1 << 20, 2).unwrap(),
@@ -938,7 +973,7 @@ mod tests {
             Arc::new(Metrics::new()),
             TrackerConfig {
                 max_idle,
-                sinks: vec!["portal".into()],
+                sinks: sinks.iter().map(|s| s.to_string()).collect(),
                 directory: None,
             },
         );
@@ -992,17 +1027,8 @@ mod tests {
     fn events_and_the_log_line_are_the_call_s_fields() {
         use crate::events::{CallEvent, Create};
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
-        let mut t = Tracker::new(
-            CallLog::open(dir.path(), 1 << 20, 2).unwrap(),
-            store.clone(),
-            Arc::new(Metrics::new()),
-            TrackerConfig {
-                max_idle: Duration::from_secs(3600),
-                sinks: vec!["portal".into(), "hook".into()],
-                directory: None,
-            },
-        );
+        let (mut t, store) =
+            tracker_for(dir.path(), Duration::from_secs(3600), &["portal", "hook"]);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut inv = invite("a", t0);
@@ -1100,6 +1126,47 @@ mod tests {
         };
         let line = std::fs::read_to_string(crate::calls::log::log_path(dir.path())).unwrap();
         assert_eq!(line, serde_json::to_string(&rec).unwrap() + "\n");
+    }
+
+    /// A call with an anonymous client and no line: its texts (start,
+    /// client, line, kept in one buffer) are the start, `anonymous` and
+    /// no line in every event and in the call log line.
+    #[test]
+    fn an_anonymous_call_without_a_line_is_written_so() {
+        use crate::events::CallEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut t, store) = tracker_for(dir.path(), Duration::from_secs(3600), &["hook"]);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let mut inv = invite("b", t0);
+        if let SipEvent::Invite { call, .. } = &mut inv {
+            call.client = Client::Anonymous;
+            call.line = None;
+        }
+        t.handle(inv);
+        t.handle(answer("b", t0 + Duration::from_secs(2)));
+        t.handle(request(
+            "b",
+            RequestKind::Bye,
+            None,
+            t0 + Duration::from_secs(3),
+        ));
+        t.flush();
+        let events = store.head("hook", 10).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["call.started", "call.answered", "call.ended"]);
+        for e in &events {
+            let ev: CallEvent = serde_json::from_str(&e.payload).unwrap();
+            assert_eq!(ev.client, "anonymous", "{}", e.payload);
+            assert_eq!(ev.line, None, "{}", e.payload);
+            assert_eq!(ev.start, "2023-11-14T22:13:20.123Z", "{}", e.payload);
+            assert_eq!(e.payload, ev.to_json());
+        }
+        let line = std::fs::read_to_string(crate::calls::log::log_path(dir.path())).unwrap();
+        let rec: CallRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (rec.client.as_str(), rec.line.as_deref(), rec.start.as_str()),
+            ("anonymous", None, "2023-11-14T22:13:20.123Z")
+        );
     }
 
     /// A refused INVITE is one call log line with its status and no CRM
