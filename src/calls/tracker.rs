@@ -87,10 +87,10 @@ struct Texts {
     /// The start, the client and the line (if any), one after the other
     /// in one buffer (one allocation a call, not three).
     text: String,
-    /// Where the start ends in `text`, and the client.
+    /// Where the start ends in `text`, and the client (the line, never
+    /// empty, is what follows, if anything does).
     start_end: usize,
     client_end: usize,
-    has_line: bool,
     event: Option<WrittenCall>,
 }
 
@@ -100,10 +100,7 @@ impl Texts {
         let mut b = Vec::with_capacity(24 + 2 * 21);
         b.extend_from_slice(&rfc3339_bytes(ms(s.start)));
         let start_end = b.len();
-        match s.new.client {
-            Client::Number(n) => write_e164(n, &mut b),
-            Client::Anonymous => b.extend_from_slice(b"anonymous"),
-        }
+        s.new.client.write(&mut b);
         let client_end = b.len();
         if let Some(n) = s.new.line {
             write_e164(n, &mut b);
@@ -112,7 +109,6 @@ impl Texts {
             text: String::from_utf8(b).expect("ASCII digits, `+` and letters"),
             start_end,
             client_end,
-            has_line: s.new.line.is_some(),
             event: None,
         };
         if s.new.verdict == Verdict::Log {
@@ -133,7 +129,7 @@ impl Texts {
 
     /// The line as E.164, if the call has one.
     fn line(&self) -> Option<&str> {
-        self.has_line.then(|| &self.text[self.client_end..])
+        (self.client_end < self.text.len()).then(|| &self.text[self.client_end..])
     }
 
     /// What each CRM event says of the call `n` (these its strings).

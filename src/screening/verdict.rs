@@ -44,6 +44,17 @@ pub enum Client {
     Anonymous,
 }
 
+impl Client {
+    /// Appends the client as `X-CRM-Client` and the CRM events write it:
+    /// E.164 (`+4930901820`), or `anonymous`.
+    pub fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Client::Number(n) => write_e164(n, out),
+            Client::Anonymous => out.extend_from_slice(b"anonymous"),
+        }
+    }
+}
+
 /// What the CRM should create for this call (`X-CRM-Create`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateTag {
@@ -366,10 +377,7 @@ impl Screening<'_> {
             (Verdict::Exception, Direction::Outbound) => lines!("exception", "outbound"),
         });
         // Every constant between two values is one copy.
-        match self.client {
-            Client::Number(n) => write_e164(n, out),
-            Client::Anonymous => out.extend_from_slice(b"anonymous"),
-        }
+        self.client.write(out);
         if let Some(n) = self.line {
             out.extend_from_slice(b"\r\nX-CRM-Line: ");
             write_e164(n, out);
